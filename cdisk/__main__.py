@@ -1,0 +1,3 @@
+from cdisk.cli.app import main
+
+main()

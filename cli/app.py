@@ -1,0 +1,49 @@
+"""`cdisk`: the top-level application. Subcommands are imported only when named, so --help stays quick."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+from plumbum import cli
+
+from cdisk import __version__
+from cdisk.core.errors import Interrupted
+
+
+class CDisk(cli.Application):  # type: ignore[misc]
+    """Turn a containerDisk image from podman's cache into a disk file or block device, in place."""
+
+    PROGNAME = "cdisk"
+    VERSION = __version__
+    DESCRIPTION = ("Turn a KubeVirt containerDisk image from podman's cache into a disk file or block device, "
+                   "reading the disk where it lies in the image (nothing is extracted).")
+
+    def main(self, *args: str) -> int:
+        if args:
+            print(f"cdisk: unknown command {args[0]!r}; run `cdisk --help` for the commands", file=sys.stderr)
+            return 2
+        if not self.nested_command:
+            self.help()
+            return 2
+        return 0
+
+
+CDisk.subcommand("convert", "cdisk.cli.convert.Convert")
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # Cleanup must not be cut short by a second Ctrl-C or a repeated SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # A file longer than RLIMIT_FSIZE must fail with EFBIG, which we report, not kill us with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    CDisk.run()

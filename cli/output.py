@@ -1,0 +1,125 @@
+"""Terminal output: progress, the result, and errors, each as a terminal, a log or a program wants it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from plumbum import cli
+
+from cdisk.core.errors import CdiskError, Interrupted
+from cdisk.core.progress import NoProgress, Progress
+
+EXIT_INTERNAL = 1
+
+
+class OutputSwitches(cli.Application):  # type: ignore[misc]
+    """Switches every command shares."""
+
+    quiet = cli.Flag(["-q", "--quiet"], help="Print nothing but errors")
+    as_json = cli.Flag(["--json"], help="Print the result as one JSON object on stdout")
+    verbose = cli.Flag(["-v", "--verbose"], help="Say what is done at each step")
+    debug = cli.Flag(["--debug"], help="Show a traceback with errors")
+
+
+class LineProgress:
+    """Progress as plain log lines on stderr: one per step and one per 10 % (journald-friendly)."""
+
+    def __init__(self) -> None:
+        self._decile = -1
+
+    def stage(self, name: str) -> None:
+        self._decile = -1
+        print(f"cdisk: {name}", file=sys.stderr, flush=True)
+
+    def update(self, done: float, total: float) -> None:
+        decile = int(10 * done / total) if total else 0
+        if decile > self._decile:
+            self._decile = decile
+            print(f"cdisk: {10 * decile}%", file=sys.stderr, flush=True)
+
+
+class RichProgress:
+    """A rich progress bar on the terminal's stderr, one bar per step."""
+
+    def __init__(self, verbose: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._task: Any = None
+        self._verbose = verbose
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def stage(self, name: str) -> None:
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        if self._verbose:
+            self._bar.console.log(name)
+        self._task = self._bar.add_task(name, total=None)
+
+    def update(self, done: float, total: float) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, completed=done, total=total)
+
+
+@contextmanager
+def progress_for(switches: OutputSwitches) -> Iterator[Progress]:
+    """The progress display that suits where output goes."""
+    if switches.quiet:
+        yield NoProgress()
+    elif sys.stderr.isatty():
+        with RichProgress(switches.verbose) as bar:
+            yield bar
+    elif switches.as_json and not switches.verbose:
+        yield NoProgress()
+    else:
+        yield LineProgress()
+
+
+def error_line(message: str) -> None:
+    """One line on stderr: red on a terminal."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(f"[bold red]cdisk: error:[/] {message}", markup=True,
+                                                     soft_wrap=True)
+    else:
+        print(f"cdisk: error: {message}", file=sys.stderr, flush=True)
+
+
+def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: Callable[[Any], str]) -> int:
+    """Run `work` with progress, print its result as the switches ask, and map errors to exit codes."""
+    try:
+        with progress_for(switches) as progress:
+            result = work(progress)
+    except CdiskError as error:
+        if switches.debug:
+            traceback.print_exc()
+        error_line(error.message)
+        return error.exit_code
+    except Interrupted as stop:
+        error_line("interrupted; nothing was left behind")
+        return stop.exit_code
+    except Exception as error:  # the one place where an unexpected error becomes a clear line
+        if switches.debug:
+            traceback.print_exc()
+        error_line(f"unexpected {type(error).__name__}: {error} (run with --debug for details, and report it)")
+        return EXIT_INTERNAL
+    if switches.as_json:
+        print(json.dumps(asdict(result)), flush=True)
+    elif not switches.quiet:
+        print(summary(result), flush=True)
+    return 0

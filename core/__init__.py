@@ -1,0 +1,1 @@
+"""All of cdisk's logic. Nothing here prints; progress goes through core.progress."""

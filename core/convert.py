@@ -1,0 +1,116 @@
+"""`cdisk convert`: an image's disk, read in place, written to a file or block device."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from cdisk.core import formats, podman, qemu_img, sources, target
+from cdisk.core.errors import TargetError, UnsafeImageError
+from cdisk.core.progress import Progress
+from cdisk.core.sources import DiskSource
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """What the operator asked for."""
+
+    image: str
+    target: str
+    out_format: str = "raw"
+    compressed: bool = False
+    force: bool = False
+    pull: str = "missing"
+    method: str = "auto"
+    disk_path: str | None = None
+    tmpdir: str | None = None
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What was done; the fields of `--json` output."""
+
+    image: str
+    image_id: str
+    digest: str
+    method: str
+    disk: str
+    source_format: str
+    virtual_size: int
+    target: str
+    target_format: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class InspectedDisk:
+    """A disk that passed every check: its format as told by its bytes and as qemu-img read it."""
+
+    source: DiskSource
+    format: str
+    virtual_size: int
+    spec: str
+
+
+def inspect_disk(source: DiskSource) -> InspectedDisk:
+    """Tell the disk's format from its bytes, refuse what could escape the image, and let a
+    resource-limited qemu-img confirm it.
+    """
+    fmt = formats.detect_format(source.read_at)
+    spec = qemu_img.image_spec(fmt, source.node())
+    info = qemu_img.info(spec)
+    if info.backing or info.data_file:
+        raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
+                               f"cdisk refuses it: {formats.REFUSE_HINT}")
+    if fmt != "raw":
+        qemu_img.check(spec)
+    return InspectedDisk(source, fmt, info.virtual_size, spec)
+
+
+def _tmp_parent(request: ConvertRequest, plan: target.Target) -> str:
+    if request.tmpdir:
+        return request.tmpdir
+    # Beside the target, so the saved layer lands on the filesystem that will hold the disk anyway;
+    # a block device's directory (/dev) is a small tmpfs, so there the system's temp dir is used.
+    return os.environ.get("TMPDIR", "/var/tmp") if plan.is_block else plan.directory
+
+
+def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
+    """Convert the disk of `request.image` into `request.target`.
+
+    Raises:
+        CdiskError: any problem the operator can fix; nothing is left at the target path.
+    """
+    started = time.monotonic()
+    plan = target.plan_target(request.target, request.force, request.out_format)
+    with podman.connect() as client:
+        image = podman.resolve_image(client, request.image, request.pull, progress, request.tls_verify)
+    with ExitStack() as stack:
+        progress.stage("locating the disk")
+        source = stack.enter_context(sources.open_disk(request.method, image, _tmp_parent(request, plan),
+                                                       request.disk_path))
+        disk = inspect_disk(source)
+        if not plan.is_block:
+            out_format = "qcow2" if request.out_format == "raw" else request.out_format
+            needed = qemu_img.measure(disk.spec, out_format)
+            length = disk.virtual_size if request.out_format == "raw" else needed.required
+        else:
+            needed, length = qemu_img.Measure(0, 0), 0
+        target.check_room(plan, disk.virtual_size, needed, length)
+        output = stack.enter_context(target.writing(plan))
+        progress.stage("converting")
+        options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block)
+        try:
+            qemu_img.convert(disk.spec, output, options, progress)
+        except Exception as error:
+            if "No space left" in getattr(error, "stderr", ""):
+                raise TargetError(f"{plan.directory} ran out of space while writing; free some space or "
+                                  "choose another target (nothing was left behind)") from None
+            raise
+    return ConvertResult(image=request.image, image_id=image.id, digest=image.digest, method=source.method,
+                         disk=source.image_path, source_format=disk.format, virtual_size=disk.virtual_size,
+                         target=plan.path, target_format=request.out_format,
+                         seconds=round(time.monotonic() - started, 3))

@@ -1,0 +1,174 @@
+"""The only module that runs qemu-img: `json:` specs, info, check, measure, convert with progress."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdisk.core import processes
+from cdisk.core.errors import ToolError, UnsafeImageError
+from cdisk.core.progress import Progress
+
+SECTOR = 512
+# CDI and KubeVirt run `qemu-img info` on untrusted images under these limits: a crafted header
+# must not make qemu-img eat the host's memory or CPU.
+INSPECT_ADDRESS_SPACE = 1 << 30
+INSPECT_CPU_SECONDS = 30
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def file_node(filename: str) -> dict[str, Any]:
+    """A protocol node for a plain file."""
+    return {"driver": "file", "filename": filename}
+
+
+def slice_node(filename: str, offset: int, size: int) -> dict[str, Any]:
+    """A node for `size` bytes at `offset` in a file, e.g. a member inside a tar.
+
+    qemu's raw driver refuses a size that is not a multiple of 512; tar pads every member to 512
+    bytes, so rounding up stays inside the tar and matches the size qemu-img gives a plain file.
+    """
+    rounded = -(-size // SECTOR) * SECTOR
+    return {"driver": "raw", "offset": offset, "size": rounded, "file": file_node(filename)}
+
+
+def image_spec(fmt: str, node: dict[str, Any]) -> str:
+    """A `json:` filename opening `node` with format driver `fmt`.
+
+    The driver is always explicit so qemu-img never probes, and `"backing": null` keeps it from
+    opening a backing file even if the header check missed one.
+    """
+    if fmt == "raw" and node.get("driver") == "raw":
+        # The slice is already a raw node: a second raw layer would only cost a copy per request.
+        return "json:" + json.dumps({**node, "backing": None})
+    return "json:" + json.dumps({"driver": fmt, "backing": None, "file": node})
+
+
+def parse_progress(chunk: bytes) -> list[float]:
+    """Percentages in a piece of `qemu-img -p` output, e.g. b'    (12.50/100%)\\r' -> [12.5]."""
+    return [float(m.group(1)) for m in _PROGRESS.finditer(chunk)]
+
+
+def _limit_inspection() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (INSPECT_ADDRESS_SPACE, INSPECT_ADDRESS_SPACE))
+    resource.setrlimit(resource.RLIMIT_CPU, (INSPECT_CPU_SECONDS, INSPECT_CPU_SECONDS))
+
+
+def _run(argv: Sequence[str], inspect: bool = True) -> tuple[int, str, str]:
+    return processes.run(processes.command("qemu-img", "qemu-utils"), argv,
+                         preexec_fn=_limit_inspection if inspect else None)
+
+
+def _failure(what: str, argv: Sequence[str], code: int, err: str) -> ToolError:
+    return ToolError(f"qemu-img {what} failed: {processes.last_line(err, code)}", ["qemu-img", *argv], code, err)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `qemu-img info` says of a disk."""
+
+    format: str
+    virtual_size: int
+    backing: str | None
+    data_file: str | None
+
+
+def info(spec: str) -> ImageInfo:
+    """`qemu-img info` on a spec, under resource limits.
+
+    Raises:
+        UnsafeImageError: qemu-img cannot open the disk as its detected format.
+    """
+    argv = ["info", "--output=json", spec]
+    code, out, err = _run(argv)
+    if code != 0:
+        raise UnsafeImageError(f"qemu-img cannot read the disk: {processes.last_line(err, code)}; "
+                               "the image may be damaged: "
+                               "rebuild or re-pull it")
+    data = json.loads(out)
+    specific = data.get("format-specific", {}).get("data", {})
+    return ImageInfo(format=data["format"], virtual_size=int(data["virtual-size"]),
+                     backing=data.get("backing-filename") or data.get("full-backing-filename"),
+                     data_file=specific.get("data-file"))
+
+
+def check(spec: str) -> None:
+    """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused."""
+    argv = ["check", "--output=json", spec]
+    code, _, err = _run(argv)
+    # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
+    if code in (0, 3, 63):
+        return
+    if code == 2:
+        raise UnsafeImageError("qemu-img check found the disk corrupted; rebuild or re-pull the image")
+    raise _failure("check", argv, code, err)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Bytes the converted disk needs: `required` as qemu-img writes it, `fully_allocated` at most."""
+
+    required: int
+    fully_allocated: int
+
+
+def measure(spec: str, out_format: str) -> Measure:
+    """`qemu-img measure` of the disk converted to `out_format` (uncompressed: a safe upper bound)."""
+    argv = ["measure", "--output=json", "-O", out_format, spec]
+    code, out, err = _run(argv)
+    if code != 0:
+        raise _failure("measure", argv, code, err)
+    data = json.loads(out)
+    return Measure(int(data["required"]), int(data["fully-allocated"]))
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to write the target; see `convert_argv` for why each flag is chosen."""
+
+    out_format: str
+    compressed: bool = False
+    existing_target: bool = False
+    target_is_zero: bool = False
+
+
+def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
+    """The qemu-img arguments converting `spec` to `target`."""
+    argv = ["convert", "-p", "-O", options.out_format]
+    if options.compressed:
+        argv.append("-c")
+    else:
+        # Out-of-order writes let the coroutines decompress and write in parallel; qemu-img forbids
+        # them with -c, where the compressed clusters must be appended in order.
+        argv.append("-W")
+    if options.existing_target:
+        # A block device is written in place: qemu-img must not try to create it.
+        argv.append("-n")
+        if options.target_is_zero:
+            argv.append("--target-is-zero")
+    argv += [spec, target]
+    return argv
+
+
+def convert(spec: str, target: str, options: ConvertOptions, progress: Progress) -> None:
+    """Run `qemu-img convert`, feeding its `-p` output to `progress`.
+
+    Raises:
+        ToolError: qemu-img failed; its last stderr line is in the message.
+    """
+    argv = convert_argv(spec, target, options)
+    qemu_img = processes.command("qemu-img", "qemu-utils")
+    with processes.running(qemu_img, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        while chunk := proc.stdout.read1(4096):
+            for percent in parse_progress(chunk):
+                progress.update(percent, 100.0)
+        err = proc.stderr.read().decode(errors="replace")
+        code = proc.wait()
+    if code != 0:
+        raise _failure("convert", argv, code, err)
