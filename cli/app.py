@@ -12,7 +12,7 @@ from cdisk import __version__
 from cdisk.core.errors import Interrupted
 
 
-class CDisk(cli.Application):  # type: ignore[misc]
+class CDisk(cli.Application):
     """Turn a containerDisk image from podman's cache into a disk file or block device, in place."""
 
     PROGNAME = "cdisk"

@@ -38,8 +38,9 @@ class Convert(OutputSwitches):
         from cdisk.core.convert import ConvertRequest, ConvertResult, convert
 
         request = ConvertRequest(image=image, target=target, out_format=self.out_format,
-                                 compressed=self.compress, force=self.force, pull=self.pull,
-                                 method=self.method, disk_path=self.disk_path, tmpdir=self.tmpdir and str(self.tmpdir),
+                                 compressed=self.compress, force=self.force, pull=str(self.pull),
+                                 method=str(self.method), disk_path=self.disk_path,
+                                 tmpdir=str(self.tmpdir) if self.tmpdir else None,
                                  tls_verify=self.tls_verify == "true")
 
         def summary(result: ConvertResult) -> str:

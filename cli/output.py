@@ -18,7 +18,7 @@ from cdisk.core.progress import NoProgress, Progress
 EXIT_INTERNAL = 1
 
 
-class OutputSwitches(cli.Application):  # type: ignore[misc]
+class OutputSwitches(cli.Application):
     """Switches every command shares."""
 
     quiet = cli.Flag(["-q", "--quiet"], help="Print nothing but errors")

@@ -86,7 +86,7 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
     """
     started = time.monotonic()
     plan = target.plan_target(request.target, request.force, request.out_format)
-    with podman.connect() as client:
+    with podman.connect(progress) as client:
         image = podman.resolve_image(client, request.image, request.pull, progress, request.tls_verify)
     with ExitStack() as stack:
         progress.stage("locating the disk")

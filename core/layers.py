@@ -93,6 +93,9 @@ class MergedTree:
 
     def __init__(self, layers: Sequence[Iterable[LayerMember]]) -> None:
         self.entries: dict[str, LayerMember] = {}
+        # Paths that are, or were, directories: only replacing one of them can orphan children, so only
+        # then is the (linear) subtree removal paid for.
+        self._maybe_dirs: set[str] = set()
         for members in layers:
             self._apply(list(members))
         self._children: dict[str, set[str]] = {"": set()}
@@ -119,15 +122,19 @@ class MergedTree:
         for member in members:
             if posixpath.basename(member.path).startswith(WHITEOUT_PREFIX):
                 continue
-            old = self.entries.get(member.path)
-            if old is not None and old.kind == DIR and member.kind != DIR:
+            if member.kind != DIR and member.path in self._maybe_dirs:
                 self._remove_tree(member.path)
+                self._maybe_dirs.discard(member.path)
             # A path under what was a file below makes that file a directory.
             parts = member.path.split("/")
             for depth in range(1, len(parts)):
-                ancestor = self.entries.get("/".join(parts[:depth]))
+                ancestor_path = "/".join(parts[:depth])
+                ancestor = self.entries.get(ancestor_path)
                 if ancestor is not None and ancestor.kind != DIR:
-                    del self.entries[ancestor.path]
+                    del self.entries[ancestor_path]
+                self._maybe_dirs.add(ancestor_path)
+            if member.kind == DIR:
+                self._maybe_dirs.add(member.path)
             self.entries[member.path] = member
 
     def lookup(self, path: str) -> LayerMember | None:
@@ -148,14 +155,15 @@ def resolve(tree: ImageTree, path: str) -> LayerMember:
     read a host path on the image's say-so.
     """
     pending = split_path(path)
+    shown = "/" + "/".join(pending)
     done: list[str] = []
     links = 0
-    via_link = ""
+    via_link: LayerMember | None = None
     while pending:
         part = pending.pop(0)
         if part == "..":
             if not done:
-                raise UnsafeImageError(f"/{path} leads out of the image through '..'; cdisk only reads "
+                raise UnsafeImageError(f"{shown} leads out of the image through '..'; cdisk only reads "
                                        "files inside the image: fix the image's symlinks or pick "
                                        "another disk with --path")
             done.pop()
@@ -163,24 +171,24 @@ def resolve(tree: ImageTree, path: str) -> LayerMember:
         current = "/".join([*done, part])
         member = tree.lookup(current)
         if member is None and via_link:
-            raise UnsafeImageError(f"/{path}: symlink /{via_link} points to /{current}, which is not in "
-                                   "the image; cdisk never follows a link out of the image: fix the "
+            raise UnsafeImageError(f"{shown}: symlink /{via_link.path} points to {via_link.linkname}, which "
+                                   "is not in the image; cdisk never follows a link out of the image: fix the "
                                    "image or pick another disk with --path")
         if member is None:
-            raise DiskNotFoundError(f"/{path}: /{current} does not exist in the image; "
+            raise DiskNotFoundError(f"{shown}: /{current} does not exist in the image; "
                                     "run `cdisk ls IMAGE` to see what it holds")
         if member.kind == SYMLINK:
             links += 1
             if links > MAX_SYMLINKS:
-                raise UnsafeImageError(f"/{path}: too many symlinks (a loop?); fix the image or pick "
+                raise UnsafeImageError(f"{shown}: too many symlinks (a loop?); fix the image or pick "
                                        "another disk with --path")
-            via_link = current
+            via_link = member
             if member.linkname.startswith("/"):
                 done = []
             pending = split_path(member.linkname) + pending
             continue
         if pending and member.kind != DIR:
-            raise DiskNotFoundError(f"/{path}: /{current} is not a directory in the image")
+            raise DiskNotFoundError(f"{shown}: /{current} is not a directory in the image")
         done.append(part)
     found = tree.lookup("/".join(done))
     if found is None:  # the root itself

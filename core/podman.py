@@ -88,6 +88,22 @@ def podman_cli() -> Any:
 
 
 @contextmanager
+def _local_store() -> Iterator[None]:
+    """Run podman CLI calls of this block against the local store.
+
+    With CONTAINER_HOST set the podman CLI turns into a remote client; cdisk's CLI calls must work on
+    the local store (and a service must serve it), so the variable is the API client's alone.
+    """
+    from plumbum import local
+
+    with local.env():
+        for name in ("CONTAINER_HOST", "CONTAINER_CONNECTION"):
+            if name in local.env:
+                del local.env[name]
+        yield
+
+
+@contextmanager
 def private_service() -> Iterator[str]:
     """Start `podman system service` on a socket in a private temp dir; stop it and remove the dir after."""
     workdir = tempfile.mkdtemp(prefix="cdisk-podman-")
@@ -95,9 +111,10 @@ def private_service() -> Iterator[str]:
     log = open(os.path.join(workdir, "service.log"), "wb")  # noqa: SIM115 - closed in finally
     proc: subprocess.Popen[bytes] | None = None
     try:
-        proc = podman_cli().popen(["system", "service", "--time=0", f"unix://{socket}"],
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                  start_new_session=True, preexec_fn=_die_with_parent)
+        with _local_store():
+            proc = podman_cli().popen(["system", "service", "--time=0", f"unix://{socket}"],
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + SERVICE_START_SECONDS
         while not _answers(socket):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -115,9 +132,9 @@ def private_service() -> Iterator[str]:
 
 
 @contextmanager
-def connect() -> Iterator[Any]:
+def connect(progress: Progress) -> Iterator[Any]:
     """A podman-py client: to the user's live socket, else to a private service for this block."""
-    with _private_unless_live(default_socket()) as live_socket:
+    with _private_unless_live(default_socket(), progress) as live_socket:
         client = _client(live_socket)
         try:
             yield client
@@ -126,10 +143,12 @@ def connect() -> Iterator[Any]:
 
 
 @contextmanager
-def _private_unless_live(socket: str) -> Iterator[str]:
+def _private_unless_live(socket: str, progress: Progress) -> Iterator[str]:
     if _answers(socket):
+        progress.stage(f"podman API at {socket}")
         yield socket
     else:
+        progress.stage(f"no podman API at {socket}: starting a private podman service")
         with private_service() as private:
             yield private
 
@@ -207,7 +226,8 @@ def resolve_image(client: Any, reference: str, pull: str, progress: Progress,
 def save_oci_dir(image_id: str, destination: str) -> None:
     """`podman save --uncompressed --format oci-dir` of one image into `destination` (must not exist)."""
     argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, image_id]
-    code, _, err = processes.run(podman_cli(), argv)
+    with _local_store():
+        code, _, err = processes.run(podman_cli(), argv)
     if code != 0:
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import subprocess
@@ -165,7 +166,7 @@ def convert(spec: str, target: str, options: ConvertOptions, progress: Progress)
     qemu_img = processes.command("qemu-img", "qemu-utils")
     with processes.running(qemu_img, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        while chunk := proc.stdout.read1(4096):
+        while chunk := os.read(proc.stdout.fileno(), 4096):
             for percent in parse_progress(chunk):
                 progress.update(percent, 100.0)
         err = proc.stderr.read().decode(errors="replace")

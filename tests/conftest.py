@@ -1,0 +1,103 @@
+"""Fixtures: real images in podman's store, a way to run the real `cdisk`, and a leak check after every test."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.images import Entry, make_disk, oci_image, podman_build, remove_image, sh
+
+for tool in ("podman", "qemu-img", "qemu-io"):
+    if shutil.which(tool) is None:
+        pytest.exit(f"{tool} is missing: run scripts/test, which installs it", returncode=1)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def cdisk(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    """The real command line, in a child process, as an operator would run it (no TTY)."""
+    proc = subprocess.run([sys.executable, "-m", "cdisk", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
+    return sh("qemu-img", "compare", "-f", a_fmt, "-F", b_fmt, a, b, check=False).returncode == 0
+
+
+class Images:
+    """Builds test images and removes them after the test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.names: list[str] = []
+
+    def disk(self, name: str = "disk.qcow2", fmt: str = "qcow2", size: str = "8M", pattern: int = 0xAB,
+             *extra: str) -> Path:
+        return make_disk(self.workdir / name, fmt, size, pattern, *extra)
+
+    def build(self, files: dict[str, Path], dest: str = "/disk/") -> str:
+        context = Path(tempfile.mkdtemp(dir=self.workdir, prefix="ctx-"))
+        name = podman_build(context, files, dest)
+        self.names.append(name)
+        return name
+
+    def layers(self, *layers: list[Entry]) -> str:
+        name = oci_image(self.workdir, list(layers))
+        self.names.append(name)
+        return name
+
+    def remove(self) -> None:
+        for name in self.names:
+            remove_image(name)
+
+
+@pytest.fixture
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    made = Images(tmp_path_factory.mktemp("images"))
+    yield made
+    made.remove()
+
+
+def _service_processes() -> list[str]:
+    out = sh("pgrep", "-af", "podman system service", check=False).stdout
+    return [line for line in out.splitlines() if "cdisk-podman-" in line]
+
+
+def _qemu_processes() -> list[str]:
+    out = sh("pgrep", "-af", "qemu-img", check=False).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """After every test: no private podman service, temp dir, partial file, mount or qemu-img left."""
+    temp_root = tempfile.gettempdir()
+    before = set(glob.glob(os.path.join(temp_root, "cdisk-podman-*")))
+    yield
+    assert _service_processes() == [], "a private podman service outlived cdisk"
+    assert _qemu_processes() == [], "a qemu-img process outlived cdisk"
+    assert set(glob.glob(os.path.join(temp_root, "cdisk-podman-*"))) - before == set(), "service dir left"
+    leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
+    assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
+    mounts = sh("podman", "image", "mount", check=False).stdout.strip()
+    assert mounts == "", f"images left mounted: {mounts}"
+
+
+@pytest.fixture
+def run() -> Callable[..., Run]:
+    return cdisk
