@@ -26,8 +26,9 @@ class Convert(OutputSwitches):
     force = cli.Flag(["-f", "--force"], help="Replace an existing TARGET (a block device is written in place)")
     pull = cli.SwitchAttr(["--pull"], cli.Set("missing", "always", "never"), default="missing",
                           help="When to pull IMAGE, as podman's --pull")
-    method = cli.SwitchAttr(["--method"], cli.Set("auto", "save"), default="auto",
-                            help="How to read the disk: save (read the saved layer in place); auto picks")
+    method = cli.SwitchAttr(["--method"], cli.Set("auto", "mount", "save"), default="auto",
+                            help="How to read the disk: mount (in podman's store, no copy), save (in a saved "
+                                 "copy of the layers); auto mounts where it can")
     disk_path = cli.SwitchAttr(["--path"], str, default=None, help="The disk's path in the image, e.g. /disk/x.qcow2")
     tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
                             help="Where the save method keeps the saved layers (default: beside TARGET)")

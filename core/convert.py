@@ -61,12 +61,12 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
     """
     fmt = formats.detect_format(source.read_at)
     spec = qemu_img.image_spec(fmt, source.node())
-    info = qemu_img.info(spec)
+    info = qemu_img.info(spec, source.pass_fds)
     if info.backing or info.data_file:
         raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
                                f"cdisk refuses it: {formats.REFUSE_HINT}")
     if fmt != "raw":
-        qemu_img.check(spec)
+        qemu_img.check(spec, source.pass_fds)
     return InspectedDisk(source, fmt, info.virtual_size, spec)
 
 
@@ -89,13 +89,14 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
     with podman.connect(progress) as client:
         image = podman.resolve_image(client, request.image, request.pull, progress, request.tls_verify)
     with ExitStack() as stack:
-        progress.stage("locating the disk")
         source = stack.enter_context(sources.open_disk(request.method, image, _tmp_parent(request, plan),
-                                                       request.disk_path))
+                                                       request.disk_path, progress))
         disk = inspect_disk(source)
         if not plan.is_block:
             out_format = "qcow2" if request.out_format == "raw" else request.out_format
-            needed = qemu_img.measure(disk.spec, out_format)
+            # Raw output is sparse and measure reports its whole length; the qcow2 measure of the
+            # same disk is what the data takes.
+            needed = qemu_img.measure(disk.spec, out_format, source.pass_fds)
             length = disk.virtual_size if request.out_format == "raw" else needed.required
         else:
             needed, length = qemu_img.Measure(0, 0), 0
@@ -104,7 +105,7 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
         progress.stage("converting")
         options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block)
         try:
-            qemu_img.convert(disk.spec, output, options, progress)
+            qemu_img.convert(disk.spec, output, options, progress, source.pass_fds)
         except Exception as error:
             if "No space left" in getattr(error, "stderr", ""):
                 raise TargetError(f"{plan.directory} ran out of space while writing; free some space or "

@@ -233,3 +233,28 @@ def save_oci_dir(image_id: str, destination: str) -> None:
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
             else "check `podman image inspect " + image_id + "`"
         raise ToolError(f"podman save failed: {last}; {hint}", ["podman", *argv], code, err)
+
+
+@contextmanager
+def mount_image(image_id: str) -> Iterator[str]:
+    """`podman image mount` the image; unmount exactly this one mount when the block ends.
+
+    Mounts are reference-counted by containers/storage, so one `unmount` (never `--all`, never
+    `--force`) takes back exactly what this block added and leaves other users' mounts alone.
+    """
+    with _local_store():
+        code, out, err = processes.run(podman_cli(), ["image", "mount", image_id])
+    if code != 0:
+        raise ToolError(f"podman image mount failed: {processes.last_line(err, code)}; use --method save",
+                        ["podman", "image", "mount", image_id], code, err)
+    try:
+        yield out.strip()
+    finally:
+        with _local_store():
+            code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id])
+            # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
+            gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1
+        if code != 0 and not gone:
+            raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
+                            f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", image_id],
+                            code, err)

@@ -60,9 +60,9 @@ def _limit_inspection() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (INSPECT_CPU_SECONDS, INSPECT_CPU_SECONDS))
 
 
-def _run(argv: Sequence[str], inspect: bool = True) -> tuple[int, str, str]:
-    return processes.run(processes.command("qemu-img", "qemu-utils"), argv,
-                         preexec_fn=_limit_inspection if inspect else None)
+def _run(argv: Sequence[str], pass_fds: Sequence[int]) -> tuple[int, str, str]:
+    return processes.run(processes.command("qemu-img", "qemu-utils"), argv, preexec_fn=_limit_inspection,
+                         pass_fds=tuple(pass_fds))
 
 
 def _failure(what: str, argv: Sequence[str], code: int, err: str) -> ToolError:
@@ -79,14 +79,14 @@ class ImageInfo:
     data_file: str | None
 
 
-def info(spec: str) -> ImageInfo:
+def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
     """`qemu-img info` on a spec, under resource limits.
 
     Raises:
         UnsafeImageError: qemu-img cannot open the disk as its detected format.
     """
     argv = ["info", "--output=json", spec]
-    code, out, err = _run(argv)
+    code, out, err = _run(argv, pass_fds)
     if code != 0:
         raise UnsafeImageError(f"qemu-img cannot read the disk: {processes.last_line(err, code)}; "
                                "the image may be damaged: "
@@ -98,10 +98,10 @@ def info(spec: str) -> ImageInfo:
                      data_file=specific.get("data-file"))
 
 
-def check(spec: str) -> None:
+def check(spec: str, pass_fds: Sequence[int] = ()) -> None:
     """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused."""
     argv = ["check", "--output=json", spec]
-    code, _, err = _run(argv)
+    code, _, err = _run(argv, pass_fds)
     # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
     if code in (0, 3, 63):
         return
@@ -118,10 +118,10 @@ class Measure:
     fully_allocated: int
 
 
-def measure(spec: str, out_format: str) -> Measure:
+def measure(spec: str, out_format: str, pass_fds: Sequence[int] = ()) -> Measure:
     """`qemu-img measure` of the disk converted to `out_format` (uncompressed: a safe upper bound)."""
     argv = ["measure", "--output=json", "-O", out_format, spec]
-    code, out, err = _run(argv)
+    code, out, err = _run(argv, pass_fds)
     if code != 0:
         raise _failure("measure", argv, code, err)
     data = json.loads(out)
@@ -156,7 +156,8 @@ def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
     return argv
 
 
-def convert(spec: str, target: str, options: ConvertOptions, progress: Progress) -> None:
+def convert(spec: str, target: str, options: ConvertOptions, progress: Progress,
+            pass_fds: Sequence[int] = ()) -> None:
     """Run `qemu-img convert`, feeding its `-p` output to `progress`.
 
     Raises:
@@ -164,7 +165,8 @@ def convert(spec: str, target: str, options: ConvertOptions, progress: Progress)
     """
     argv = convert_argv(spec, target, options)
     qemu_img = processes.command("qemu-img", "qemu-utils")
-    with processes.running(qemu_img, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    with processes.running(qemu_img, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           pass_fds=tuple(pass_fds)) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         while chunk := os.read(proc.stdout.fileno(), 4096):
             for percent in parse_progress(chunk):

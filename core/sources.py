@@ -1,4 +1,8 @@
-"""Where the disk's bytes lie on the host, by method: a member of a saved layer (`save`), or later others."""
+"""Where the disk's bytes lie on the host, by method.
+
+`mount`: the file itself, in the root `podman image mount` gives (no copy at all).
+`save`: a member of a layer tar that `podman save` wrote to a private temp dir.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdisk.core import oci_layout, podman, qemu_img
 from cdisk.core.disks import find_disk
+from cdisk.core.mounted import MountedTree
+from cdisk.core.progress import Progress
 from cdisk.core.errors import TargetError, UsageError
 from cdisk.core.podman import Image
 
-METHODS = ("auto", "save")
+METHODS = ("auto", "mount", "save")
 
 
 @dataclass(frozen=True)
@@ -31,12 +37,18 @@ class DiskSource:
     filename: str
     offset: int | None
     size: int
+    fd: int | None = None
 
     def node(self) -> dict[str, Any]:
         """The qemu block node reading exactly the disk's bytes."""
         if self.offset is None:
             return qemu_img.file_node(self.filename)
         return qemu_img.slice_node(self.filename, self.offset, self.size)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """Descriptors qemu-img must inherit to open `filename`."""
+        return () if self.fd is None else (self.fd,)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes of the disk from `offset`, never past its end."""
@@ -76,10 +88,36 @@ def saved_disk(image: Image, tmp_parent: str, path: str | None) -> Iterator[Disk
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def mount_possible() -> bool:
+    """Whether `podman image mount` works here without a user namespace: only root may mount."""
+    return os.geteuid() == 0
+
+
 @contextmanager
-def open_disk(method: str, image: Image, tmp_parent: str, path: str | None) -> Iterator[DiskSource]:
-    """The disk of `image` read by `method` (`auto` picks the best one available)."""
+def mounted_disk(image: Image, path: str | None) -> Iterator[DiskSource]:
+    """The mount method: the disk file in the mounted image root, held open while the block runs."""
+    with ExitStack() as stack:
+        root = stack.enter_context(podman.mount_image(image.id))
+        tree = MountedTree(root)
+        image_path, member = find_disk(tree, path)
+        fd = tree.open_disk(member)
+        stack.callback(os.close, fd)
+        # qemu-img reopens the file through the descriptor it inherits, so it reads the checked file.
+        yield DiskSource(image_path, "mount", f"/dev/fd/{fd}", None, member.size, fd)
+
+
+@contextmanager
+def open_disk(method: str, image: Image, tmp_parent: str, path: str | None,
+              progress: Progress) -> Iterator[DiskSource]:
+    """The disk of `image` read by `method`; `auto` mounts where it can and saves otherwise."""
     if method not in METHODS:
         raise UsageError(f"--method {method}: use one of {', '.join(METHODS)}")
-    with saved_disk(image, tmp_parent, path) as source:
+    if method == "auto":
+        method = "mount" if mount_possible() else "save"
+    if method == "mount" and not mount_possible():
+        raise UsageError("--method mount needs root here (rootless podman can only mount inside "
+                         "`podman unshare`); run as root or use --method save")
+    progress.stage(f"reading the disk in place ({method} method)")
+    opened = mounted_disk(image, path) if method == "mount" else saved_disk(image, tmp_parent, path)
+    with opened as source:
         yield source

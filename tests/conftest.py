@@ -30,13 +30,22 @@ class Run:
 
 def cdisk(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
     """The real command line, in a child process, as an operator would run it (no TTY)."""
-    proc = subprocess.run([sys.executable, "-m", "cdisk", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdisk", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
     return sh("qemu-img", "compare", "-f", a_fmt, "-F", b_fmt, a, b, check=False).returncode == 0
+
+
+Convert = Callable[..., Run]
 
 
 class Images:
@@ -46,8 +55,9 @@ class Images:
         self.workdir = workdir
         self.names: list[str] = []
 
-    def disk(self, name: str = "disk.qcow2", fmt: str = "qcow2", size: str = "8M", pattern: int = 0xAB,
-             *extra: str) -> Path:
+    def disk(
+        self, name: str = "disk.qcow2", fmt: str = "qcow2", size: str = "8M", pattern: int = 0xAB, *extra: str
+    ) -> Path:
         return make_disk(self.workdir / name, fmt, size, pattern, *extra)
 
     def build(self, files: dict[str, Path], dest: str = "/disk/") -> str:
@@ -98,6 +108,20 @@ def no_leaks(tmp_path: Path) -> Iterator[None]:
     assert mounts == "", f"images left mounted: {mounts}"
 
 
+METHODS = ["save", "mount"]
+
+
+@pytest.fixture(params=METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    """Every convert case runs once per method of reading the disk."""
+    return str(request.param)
+
+
 @pytest.fixture
-def run() -> Callable[..., Run]:
-    return cdisk
+def convert(method: str) -> Callable[..., Run]:
+    """`cdisk convert --method METHOD …` for the method under test."""
+
+    def run(*args: str | Path, env: dict[str, str] | None = None) -> Run:
+        return cdisk("convert", "--method", method, *args, env=env)
+
+    return run

@@ -91,14 +91,24 @@ def oci_image(workdir: Path, layers: list[list[Entry]]) -> str:
 
     tars = [_layer_tar(entries) for entries in layers]
     layer_refs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(t)} for t in tars]
-    config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": [ref["digest"] for ref in layer_refs]}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           **blob(json.dumps(config).encode())},
-                "layers": layer_refs}
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                                 **blob(json.dumps(manifest).encode())}]}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [ref["digest"] for ref in layer_refs]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(json.dumps(config).encode())},
+        "layers": layer_refs,
+    }
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", **blob(json.dumps(manifest).encode())}
+        ],
+    }
     (layout / "index.json").write_text(json.dumps(index))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     image_id = sh("podman", "pull", "-q", f"oci:{layout}").stdout.strip().splitlines()[-1]

@@ -7,46 +7,46 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk, same_disk
+from tests.conftest import Convert, Images, same_disk
 from tests.images import Entry, sh
 
 
-def test_qcow2_disk_converts_to_raw(images: Images, tmp_path: Path) -> None:
+def test_qcow2_disk_converts_to_raw(convert: Convert, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     target = tmp_path / "out.raw"
-    result = cdisk("convert", name, target)
+    result = convert(name, target)
     assert result.code == 0, result.err
     assert same_disk(disk, "qcow2", target, "raw")
     assert "/disk/disk.qcow2 (qcow2, 8.0 MiB)" in result.out
     assert str(target) in result.out
 
 
-def test_raw_disk_converts(images: Images, tmp_path: Path) -> None:
+def test_raw_disk_converts(convert: Convert, images: Images, tmp_path: Path) -> None:
     disk = images.disk("disk.img", fmt="raw", size="4M")
     name = images.build({"disk.img": disk})
     target = tmp_path / "out.raw"
-    assert cdisk("convert", name, target).code == 0
+    assert convert(name, target).code == 0
     assert same_disk(disk, "raw", target, "raw")
 
 
 @pytest.mark.parametrize("extra", [[], ["-c"]], ids=["plain", "compressed"])
-def test_output_format_qcow2(images: Images, tmp_path: Path, extra: list[str]) -> None:
+def test_output_format_qcow2(convert: Convert, images: Images, tmp_path: Path, extra: list[str]) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     target = tmp_path / "out.qcow2"
-    result = cdisk("convert", "-O", "qcow2", *extra, name, target)
+    result = convert("-O", "qcow2", *extra, name, target)
     assert result.code == 0, result.err
     info = json.loads(sh("qemu-img", "info", "--output=json", "-f", "qcow2", target).stdout)
     assert info["format"] == "qcow2"
     assert same_disk(disk, "qcow2", target, "qcow2")
 
 
-def test_json_output_is_one_object(images: Images, tmp_path: Path) -> None:
+def test_json_output_is_one_object(convert: Convert, method: str, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     target = tmp_path / "out.raw"
-    result = cdisk("convert", "--json", name, target)
+    result = convert("--json", name, target)
     assert result.code == 0, result.err
     data = json.loads(result.out)
     assert data["disk"] == "/disk/disk.qcow2"
@@ -54,89 +54,89 @@ def test_json_output_is_one_object(images: Images, tmp_path: Path) -> None:
     assert data["virtual_size"] == 8 << 20
     assert data["target"] == str(target)
     assert data["target_format"] == "raw"
-    assert data["method"] == "save"
+    assert data["method"] == method
     assert len(data["image_id"]) == 64
 
 
-def test_quiet_prints_nothing(images: Images, tmp_path: Path) -> None:
+def test_quiet_prints_nothing(convert: Convert, images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk()})
-    result = cdisk("convert", "-q", name, tmp_path / "out.raw")
+    result = convert("-q", name, tmp_path / "out.raw")
     assert (result.code, result.out, result.err) == (0, "", "")
 
 
-def test_references_by_digest_and_id(images: Images, tmp_path: Path) -> None:
+def test_references_by_digest_and_id(convert: Convert, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     inspect = json.loads(sh("podman", "image", "inspect", name).stdout)[0]
     repo = name.rsplit(":", 1)[0]
     for n, reference in enumerate([f"{repo}@{inspect['Digest']}", inspect["Id"], inspect["Id"][:12]]):
         target = tmp_path / f"out{n}.raw"
-        result = cdisk("convert", "--pull", "never", reference, target)
+        result = convert("--pull", "never", reference, target)
         assert result.code == 0, (reference, result.err)
         assert same_disk(disk, "qcow2", target, "raw")
 
 
-def test_pull_never_refuses_a_missing_image(tmp_path: Path) -> None:
-    result = cdisk("convert", "--pull", "never", "localhost/cdisk-test-absent:1", tmp_path / "out.raw")
+def test_pull_never_refuses_a_missing_image(convert: Convert, tmp_path: Path) -> None:
+    result = convert("--pull", "never", "localhost/cdisk-test-absent:1", tmp_path / "out.raw")
     assert result.code == 3
     assert "not in the local store" in result.err and "--pull never" in result.err
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("reference", ["127.0.0.1:1/cdisk/absent:1", "localhost/cdisk-test-unknown-name"])
-def test_failed_pull_is_one_clear_line(tmp_path: Path, reference: str) -> None:
-    result = cdisk("convert", "-q", reference, tmp_path / "out.raw")
+def test_failed_pull_is_one_clear_line(convert: Convert, tmp_path: Path, reference: str) -> None:
+    result = convert("-q", reference, tmp_path / "out.raw")
     assert result.code == 3
     assert result.err.count("\n") == 1 and result.err.startswith("cdisk: error: cannot pull")
     assert "Traceback" not in result.err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_target_needs_force(images: Images, tmp_path: Path) -> None:
+def test_existing_target_needs_force(convert: Convert, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     target = tmp_path / "out.raw"
     target.write_bytes(b"precious")
-    result = cdisk("convert", name, target)
+    result = convert(name, target)
     assert result.code == 6 and "--force" in result.err
     assert target.read_bytes() == b"precious"
-    assert cdisk("convert", "--force", name, target).code == 0
+    assert convert("--force", name, target).code == 0
     assert same_disk(disk, "qcow2", target, "raw")
 
 
-def test_missing_target_directory(images: Images, tmp_path: Path) -> None:
+def test_missing_target_directory(convert: Convert, images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk()})
-    result = cdisk("convert", name, tmp_path / "nope" / "out.raw")
+    result = convert(name, tmp_path / "nope" / "out.raw")
     assert result.code == 6 and "does not exist" in result.err
 
 
-def test_awkward_names_for_disk_and_target(images: Images, tmp_path: Path) -> None:
+def test_awkward_names_for_disk_and_target(convert: Convert, images: Images, tmp_path: Path) -> None:
     awkward = 'dïsk "q" \\ ,co:lon € ' + "long" * 40 + ".qcow2"
     disk = images.disk("plain.qcow2")
     # buildah's COPY mangles quotes and backslashes, so this image's layer is written directly.
     name = images.layers([Entry("disk/" + awkward, data=disk.read_bytes())])
     target = tmp_path / 'tärget "x" \\ ,y:z €.raw'
-    result = cdisk("convert", "--json", name, target)
+    result = convert("--json", name, target)
     assert result.code == 0, result.err
     assert json.loads(result.out)["disk"] == "/disk/" + awkward
     assert same_disk(disk, "qcow2", target, "raw")
 
 
-def test_tmpdir_switch_holds_the_save(images: Images, tmp_path: Path) -> None:
+def test_tmpdir_switch_holds_the_save(convert: Convert, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert cdisk("convert", "--tmpdir", scratch, name, tmp_path / "out.raw").code == 0
+    assert convert("--tmpdir", scratch, name, tmp_path / "out.raw").code == 0
     assert list(scratch.iterdir()) == []
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
 
 
 @pytest.mark.parametrize("fmt", ["vmdk", "vdi", "vhdx", "vpc"])
-def test_other_disk_formats(images: Images, tmp_path: Path, fmt: str) -> None:
+def test_other_disk_formats(convert: Convert, images: Images, tmp_path: Path, fmt: str) -> None:
     disk = images.disk(f"disk.{fmt}", fmt=fmt, size="8M")
     name = images.build({f"disk.{fmt}": disk})
-    result = cdisk("convert", "--json", name, tmp_path / "out.raw")
+    result = convert("--json", name, tmp_path / "out.raw")
     assert result.code == 0, result.err
     assert json.loads(result.out)["source_format"] == fmt
     assert same_disk(disk, fmt, tmp_path / "out.raw", "raw")

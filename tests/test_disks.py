@@ -19,9 +19,17 @@ def test_the_one_file_under_disk() -> None:
 
 
 def test_candidates_list_refusals() -> None:
-    tree = MergedTree([[f("disk/a"), LayerMember("disk/b", SYMLINK, linkname="/etc/passwd"),
-                        LayerMember("disk/c", SYMLINK, linkname="sub"), LayerMember("disk/sub", DIR),
-                        LayerMember("disk/dev", OTHER)]])
+    tree = MergedTree(
+        [
+            [
+                f("disk/a"),
+                LayerMember("disk/b", SYMLINK, linkname="/etc/passwd"),
+                LayerMember("disk/c", SYMLINK, linkname="sub"),
+                LayerMember("disk/sub", DIR),
+                LayerMember("disk/dev", OTHER),
+            ]
+        ]
+    )
     candidates = list_candidates(tree)
     assert [c.path for c in candidates] == ["/disk/a", "/disk/b", "/disk/dev"]
     assert candidates[0] == DiskCandidate("/disk/a", f("disk/a"))

@@ -13,25 +13,37 @@ from tests.images import sh
 
 def reader(path: Path):  # type: ignore[no-untyped-def]
     data = path.read_bytes()
-    return lambda offset, length: data[offset:offset + length]
+    return lambda offset, length: data[offset : offset + length]
 
 
-@pytest.mark.parametrize(("fmt", "options"), [
-    ("qcow2", []), ("qcow2", ["-o", "compat=0.10"]), ("raw", []), ("vmdk", []),
-    ("vmdk", ["-o", "subformat=streamOptimized"]), ("vdi", []), ("vhdx", []), ("vpc", []),
-])
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("qcow2", []),
+        ("qcow2", ["-o", "compat=0.10"]),
+        ("raw", []),
+        ("vmdk", []),
+        ("vmdk", ["-o", "subformat=streamOptimized"]),
+        ("vdi", []),
+        ("vhdx", []),
+        ("vpc", []),
+    ],
+)
 def test_formats_qemu_img_creates(tmp_path: Path, fmt: str, options: list[str]) -> None:
     disk = tmp_path / f"d.{fmt}"
     sh("qemu-img", "create", "-q", "-f", fmt, *options, disk, "4M")
     assert detect_format(reader(disk)) == fmt
 
 
-@pytest.mark.parametrize(("options", "says"), [
-    (["-u", "-b", "/etc/hostname", "-F", "raw"], "backing file ('/etc/hostname')"),
-    (["-u", "-b", "nbd+unix:///x?socket=/run/s", "-F", "raw", "-o", "compat=0.10"], "backing file"),
-    (["-o", "data_file=DATA"], "external data file"),
-    (["--object", "secret,id=s0,data=pw", "-o", "encrypt.format=luks,encrypt.key-secret=s0"], "encrypted qcow2"),
-])
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["-u", "-b", "/etc/hostname", "-F", "raw"], "backing file ('/etc/hostname')"),
+        (["-u", "-b", "nbd+unix:///x?socket=/run/s", "-F", "raw", "-o", "compat=0.10"], "backing file"),
+        (["-o", "data_file=DATA"], "external data file"),
+        (["--object", "secret,id=s0,data=pw", "-o", "encrypt.format=luks,encrypt.key-secret=s0"], "encrypted qcow2"),
+    ],
+)
 def test_qcow2_refusals(tmp_path: Path, options: list[str], says: str) -> None:
     disk = tmp_path / "d.qcow2"
     options = [o.replace("DATA", str(tmp_path / "data.raw")) for o in options]
@@ -49,14 +61,17 @@ def test_vmdk_with_parent_is_refused(tmp_path: Path) -> None:
         detect_format(reader(child))
 
 
-@pytest.mark.parametrize(("head", "says"), [
-    (b"# Disk DescriptorFile\n", "vmdk descriptor"),
-    (b"QED\0" + bytes(60), "QED image"),
-    (b"LUKS\xba\xbe" + bytes(58), "LUKS-encrypted"),
-])
+@pytest.mark.parametrize(
+    ("head", "says"),
+    [
+        (b"# Disk DescriptorFile\n", "vmdk descriptor"),
+        (b"QED\0" + bytes(60), "QED image"),
+        (b"LUKS\xba\xbe" + bytes(58), "LUKS-encrypted"),
+    ],
+)
 def test_other_refusals(head: bytes, says: str) -> None:
     with pytest.raises(UnsafeImageError, match=says):
-        detect_format(lambda offset, length: head[offset:offset + length])
+        detect_format(lambda offset, length: head[offset : offset + length])
 
 
 def test_a_short_raw_disk() -> None:

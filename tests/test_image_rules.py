@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk, same_disk
+from tests.conftest import Convert, Images, same_disk
 from tests.images import Entry
 
 
@@ -16,96 +16,115 @@ def two_disks(images: Images) -> tuple[bytes, bytes, Path, Path]:
     return a.read_bytes(), b.read_bytes(), a, b
 
 
-def convert_ok(name: str, target: Path, *extra: str) -> None:
-    result = cdisk("convert", *extra, name, target)
+def convert_ok(convert: Convert, name: str, target: Path, *extra: str) -> None:
+    result = convert(*extra, name, target)
     assert result.code == 0, result.err
 
 
-def test_whiteout_hides_a_lower_disk(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_whiteout_hides_a_lower_disk(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, b, a_path, _ = two_disks
     name = images.layers([Entry("disk/a.qcow2", a), Entry("disk/b.qcow2", b)], [Entry("disk/.wh.b.qcow2", b"")])
-    convert_ok(name, tmp_path / "out.raw")
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_opaque_directory_hides_everything_below(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_opaque_directory_hides_everything_below(
+    convert: Convert, images: Images, tmp_path: Path, two_disks: tuple
+) -> None:
     a, b, _, b_path = two_disks
-    name = images.layers([Entry("disk/a.qcow2", a), Entry("disk/old.qcow2", a)],
-                         [Entry("disk", directory=True), Entry("disk/.wh..wh..opq", b""), Entry("disk/b.qcow2", b)])
-    convert_ok(name, tmp_path / "out.raw")
+    name = images.layers(
+        [Entry("disk/a.qcow2", a), Entry("disk/old.qcow2", a)],
+        [Entry("disk", directory=True), Entry("disk/.wh..wh..opq", b""), Entry("disk/b.qcow2", b)],
+    )
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_upper_layer_replaces_the_disk(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_upper_layer_replaces_the_disk(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, b, _, b_path = two_disks
     name = images.layers([Entry("disk/disk.qcow2", a)], [Entry("disk/disk.qcow2", b)])
-    convert_ok(name, tmp_path / "out.raw")
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
 @pytest.mark.parametrize("data_at", ["data/real.qcow2", "zz/real.qcow2"])
-def test_hard_link_is_followed_to_its_data(images: Images, tmp_path: Path, two_disks: tuple, data_at: str) -> None:
+def test_hard_link_is_followed_to_its_data(
+    convert: Convert, images: Images, tmp_path: Path, two_disks: tuple, data_at: str
+) -> None:
     # podman save writes whichever name it meets first as the data and the other as the link.
     a, _, a_path, _ = two_disks
     name = images.layers([Entry(data_at, a), Entry("disk/x.qcow2", hardlink=data_at)])
-    convert_ok(name, tmp_path / "out.raw")
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
 @pytest.mark.parametrize("link", ["/data/real.qcow2", "../data/real.qcow2", "/data/via/../real.qcow2"])
-def test_symlink_inside_the_image_is_followed(images: Images, tmp_path: Path, two_disks: tuple, link: str) -> None:
+def test_symlink_inside_the_image_is_followed(
+    convert: Convert, images: Images, tmp_path: Path, two_disks: tuple, link: str
+) -> None:
     a, _, a_path, _ = two_disks
-    name = images.layers([Entry("data/real.qcow2", a), Entry("data/via", directory=True),
-                          Entry("disk/x.qcow2", symlink=link)])
-    convert_ok(name, tmp_path / "out.raw")
+    name = images.layers(
+        [Entry("data/real.qcow2", a), Entry("data/via", directory=True), Entry("disk/x.qcow2", symlink=link)]
+    )
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-@pytest.mark.parametrize(("entries", "says"), [
-    ([Entry("disk/x.qcow2", symlink="/etc/hostname")], "not in the image"),
-    ([Entry("disk/x.qcow2", symlink="../../../../etc/hostname")], "out of the image"),
-    ([Entry("disk/x.qcow2", symlink="/loop/a"), Entry("loop/a", symlink="b"), Entry("loop/b", symlink="a")],
-     "too many symlinks"),
-], ids=["absolute-host-path", "dot-dot", "loop"])
-def test_symlink_out_of_the_image_is_refused(images: Images, tmp_path: Path, entries: list, says: str) -> None:
-    result = cdisk("convert", "-q", images.layers(entries), tmp_path / "out.raw")
+@pytest.mark.parametrize(
+    ("entries", "says"),
+    [
+        ([Entry("disk/x.qcow2", symlink="/etc/hostname")], "not in the image"),
+        ([Entry("disk/x.qcow2", symlink="../../../../etc/hostname")], "out of the image"),
+        (
+            [Entry("disk/x.qcow2", symlink="/loop/a"), Entry("loop/a", symlink="b"), Entry("loop/b", symlink="a")],
+            "too many symlinks",
+        ),
+    ],
+    ids=["absolute-host-path", "dot-dot", "loop"],
+)
+def test_symlink_out_of_the_image_is_refused(
+    convert: Convert, images: Images, tmp_path: Path, entries: list, says: str
+) -> None:
+    result = convert("-q", images.layers(entries), tmp_path / "out.raw")
     assert result.code == 5
     assert says in result.err and result.err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cdi_disk_downloaded(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_cdi_disk_downloaded(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, _, a_path, _ = two_disks
     name = images.layers([Entry("disk/downloaded", a)])
-    convert_ok(name, tmp_path / "out.raw")
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_dotfiles_and_directories_are_not_candidates(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_dotfiles_and_directories_are_not_candidates(
+    convert: Convert, images: Images, tmp_path: Path, two_disks: tuple
+) -> None:
     a, b, a_path, _ = two_disks
     name = images.layers([Entry("disk/.hidden.qcow2", b), Entry("disk/sub/b.qcow2", b), Entry("disk/a.qcow2", a)])
-    convert_ok(name, tmp_path / "out.raw")
+    convert_ok(convert, name, tmp_path / "out.raw")
     assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_several_disks_need_path(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_several_disks_need_path(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, b, _, b_path = two_disks
     name = images.layers([Entry("disk/a.qcow2", a), Entry("disk/b.qcow2", b)])
-    result = cdisk("convert", "-q", name, tmp_path / "out.raw")
+    result = convert("-q", name, tmp_path / "out.raw")
     assert result.code == 4
     assert "/disk/a.qcow2, /disk/b.qcow2" in result.err and "--path" in result.err
-    convert_ok(name, tmp_path / "out.raw", "--path", "/disk/b.qcow2")
+    convert_ok(convert, name, tmp_path / "out.raw", "--path", "/disk/b.qcow2")
     assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_no_disk_lists_what_is_there(images: Images, tmp_path: Path) -> None:
+def test_no_disk_lists_what_is_there(convert: Convert, images: Images, tmp_path: Path) -> None:
     name = images.layers([Entry("disk/.keep", b""), Entry("other/file", b"x")])
-    result = cdisk("convert", "-q", name, tmp_path / "out.raw")
+    result = convert("-q", name, tmp_path / "out.raw")
     assert result.code == 4
     assert "no disk file directly under /disk/ (found: /disk/.keep)" in result.err
 
 
-def test_path_to_a_missing_file(images: Images, tmp_path: Path, two_disks: tuple) -> None:
+def test_path_to_a_missing_file(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     name = images.layers([Entry("disk/a.qcow2", two_disks[0])])
-    result = cdisk("convert", "-q", "--path", "/disk/nope.qcow2", name, tmp_path / "out.raw")
+    result = convert("-q", "--path", "/disk/nope.qcow2", name, tmp_path / "out.raw")
     assert result.code == 4 and "/disk/nope.qcow2 does not exist in the image" in result.err

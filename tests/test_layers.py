@@ -16,15 +16,18 @@ def f(path: str, layer: int = 0, size: int = 1) -> LayerMember:
 
 
 def test_whiteout_removes_a_file_and_a_whole_directory() -> None:
-    tree = MergedTree([[f("disk/a"), f("disk/b"), f("keep/x"), f("gone/y/z")],
-                       [f("disk/.wh.b", 1), f(".wh.gone", 1)]])
+    tree = MergedTree([[f("disk/a"), f("disk/b"), f("keep/x"), f("gone/y/z")], [f("disk/.wh.b", 1), f(".wh.gone", 1)]])
     assert sorted(tree.entries) == ["disk/a", "keep/x"]
     assert tree.lookup("gone") is None and tree.lookup("gone/y/z") is None
 
 
 def test_opaque_directory_keeps_only_its_own_layer() -> None:
-    tree = MergedTree([[f("disk/old"), f("disk/sub/deep")],
-                       [LayerMember("disk", DIR, 1), f("disk/.wh..wh..opq", 1), f("disk/new", 1)]])
+    tree = MergedTree(
+        [
+            [f("disk/old"), f("disk/sub/deep")],
+            [LayerMember("disk", DIR, 1), f("disk/.wh..wh..opq", 1), f("disk/new", 1)],
+        ]
+    )
     assert sorted(tree.entries) == ["disk", "disk/new"]
 
 
@@ -57,8 +60,9 @@ def link(path: str, target: str) -> LayerMember:
 
 @pytest.mark.parametrize("target", ["/data/real", "../data/real", "/data/./x/../real", "real2"])
 def test_resolve_follows_links_inside(target: str) -> None:
-    tree = MergedTree([[f("data/real"), LayerMember("data/x", DIR), link("disk/real2", "/data/real"),
-                        link("disk/d", target)]])
+    tree = MergedTree(
+        [[f("data/real"), LayerMember("data/x", DIR), link("disk/real2", "/data/real"), link("disk/d", target)]]
+    )
     assert resolve(tree, "/disk/d") == f("data/real")
 
 
@@ -67,13 +71,22 @@ def test_resolve_through_a_linked_directory() -> None:
     assert resolve(tree, "disk/disk.img") == f("store/v1/disk.img")
 
 
-@pytest.mark.parametrize(("entries", "error", "says"), [
-    ([link("disk/d", "/etc/shadow")], UnsafeImageError, "symlink /disk/d points to /etc/shadow"),
-    ([link("disk/d", "../../etc/shadow")], UnsafeImageError, "out of the image"),
-    ([link("disk/d", "/a"), link("a", "b"), link("b", "a")], UnsafeImageError, "too many symlinks"),
-    ([f("disk/x")], DiskNotFoundError, "/disk/d does not exist"),
-    ([f("disk"), ], DiskNotFoundError, "/disk is not a directory"),
-])
+@pytest.mark.parametrize(
+    ("entries", "error", "says"),
+    [
+        ([link("disk/d", "/etc/shadow")], UnsafeImageError, "symlink /disk/d points to /etc/shadow"),
+        ([link("disk/d", "../../etc/shadow")], UnsafeImageError, "out of the image"),
+        ([link("disk/d", "/a"), link("a", "b"), link("b", "a")], UnsafeImageError, "too many symlinks"),
+        ([f("disk/x")], DiskNotFoundError, "/disk/d does not exist"),
+        (
+            [
+                f("disk"),
+            ],
+            DiskNotFoundError,
+            "/disk is not a directory",
+        ),
+    ],
+)
 def test_resolve_refuses(entries: list[LayerMember], error: type, says: str) -> None:
     with pytest.raises(error, match=says):
         resolve(MergedTree([entries]), "/disk/d")
@@ -104,15 +117,22 @@ def test_offsets_move_past_long_name_headers(fmt: int) -> None:
     long_name = "disk/" + "ü" * 120 + ".qcow2"
     raw = _tar_bytes((_info("a", 3), b"abc"), (_info(long_name, 2), b"xy"), fmt=fmt)
     members = members_from_tar(_tar((_info("a", 3), b"abc"), (_info(long_name, 2), b"xy"), fmt=fmt), layer=0)
-    assert members == [LayerMember("a", FILE, 0, offset=512, size=3),
-                       LayerMember(long_name, FILE, 0, offset=2560, size=2)]
+    assert members == [
+        LayerMember("a", FILE, 0, offset=512, size=3),
+        LayerMember(long_name, FILE, 0, offset=2560, size=2),
+    ]
     assert raw[2560:2562] == b"xy"
 
 
 def test_hard_link_carries_its_targets_data_and_a_dangling_one_is_other() -> None:
-    members = members_from_tar(_tar((_info("./data/real", 5), b"12345"),
-                                    (_info("disk/x", kind=tarfile.LNKTYPE, linkname="./data/real"), None),
-                                    (_info("disk/y", kind=tarfile.LNKTYPE, linkname="nowhere"), None)), layer=3)
+    members = members_from_tar(
+        _tar(
+            (_info("./data/real", 5), b"12345"),
+            (_info("disk/x", kind=tarfile.LNKTYPE, linkname="./data/real"), None),
+            (_info("disk/y", kind=tarfile.LNKTYPE, linkname="nowhere"), None),
+        ),
+        layer=3,
+    )
     assert members[1] == LayerMember("disk/x", FILE, 3, offset=512, size=5)
     assert members[2] == LayerMember("disk/y", OTHER, 3, linkname="nowhere")
 

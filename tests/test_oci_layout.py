@@ -26,8 +26,14 @@ def _layout(tmp_path: Path, layer: bytes, media_type: str) -> tuple[Path, str]:
 
     config_id = put(b'{"rootfs": {}}')
     layer_id = put(layer)
-    manifest = put(json.dumps({"config": {"digest": f"sha256:{config_id}"},
-                               "layers": [{"mediaType": media_type, "digest": f"sha256:{layer_id}"}]}).encode())
+    manifest = put(
+        json.dumps(
+            {
+                "config": {"digest": f"sha256:{config_id}"},
+                "layers": [{"mediaType": media_type, "digest": f"sha256:{layer_id}"}],
+            }
+        ).encode()
+    )
     (tmp_path / "index.json").write_text(json.dumps({"manifests": [{"digest": f"sha256:{manifest}"}]}))
     return tmp_path, config_id
 
@@ -48,8 +54,9 @@ def test_plain_tar_labelled_gzip_is_read_by_its_bytes(tmp_path: Path) -> None:
     assert (member.path, member.offset, member.size) == ("disk/d.img", 512, 4)
 
 
-@pytest.mark.parametrize(("data", "name"), [(gzip.compress(_plain_tar()), "gzip"),
-                                            (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd")])
+@pytest.mark.parametrize(
+    ("data", "name"), [(gzip.compress(_plain_tar()), "gzip"), (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd")]
+)
 def test_a_really_compressed_layer_is_refused(tmp_path: Path, data: bytes, name: str) -> None:
     layout, image_id = _layout(tmp_path, data, "application/vnd.oci.image.layer.v1.tar")
     [blob] = layer_blobs(layout, image_id)

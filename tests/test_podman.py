@@ -59,10 +59,13 @@ def test_remote_container_host_is_refused(tmp_path: Path) -> None:
 
 def test_private_service_dies_with_a_killed_cdisk() -> None:
     # SIGKILL runs no `finally`: the kernel's parent-death signal must stop the service.
-    proc = subprocess.Popen([sys.executable, "-c",
-                             "import cdisk.core.podman as p, time\nwith p.private_service():\n time.sleep(120)"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import cdisk.core.podman as p, time\nwith p.private_service():\n time.sleep(120)"]
+    )
+
     def service_runs() -> bool:
         return "cdisk-podman-" in sh("pgrep", "-af", "podman system service", check=False).stdout
+
     _wait_for(service_runs)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -85,13 +88,18 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = root / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
     def up() -> bool:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
+
     _wait_for(up)
     yield f"127.0.0.1:{port}"
     proc.terminate()

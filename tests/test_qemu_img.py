@@ -12,7 +12,11 @@ from tests.images import sh
 
 def test_slice_rounds_size_up_to_a_sector() -> None:
     assert slice_node("/l", 1536, 196616) == {
-        "driver": "raw", "offset": 1536, "size": 197120, "file": {"driver": "file", "filename": "/l"}}
+        "driver": "raw",
+        "offset": 1536,
+        "size": 197120,
+        "file": {"driver": "file", "filename": "/l"},
+    }
     assert slice_node("/l", 512, 1024)["size"] == 1024
 
 
@@ -20,11 +24,15 @@ def test_specs_are_json_with_explicit_driver_and_no_backing() -> None:
     name = '/a "b" \\c,d:e €'
     spec = image_spec("qcow2", file_node(name))
     assert spec.startswith("json:")
-    assert json.loads(spec[5:]) == {"driver": "qcow2", "backing": None,
-                                    "file": {"driver": "file", "filename": name}}
+    assert json.loads(spec[5:]) == {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": name}}
     raw = image_spec("raw", slice_node(name, 512, 512))
-    assert json.loads(raw[5:]) == {"driver": "raw", "offset": 512, "size": 512, "backing": None,
-                                   "file": {"driver": "file", "filename": name}}
+    assert json.loads(raw[5:]) == {
+        "driver": "raw",
+        "offset": 512,
+        "size": 512,
+        "backing": None,
+        "file": {"driver": "file", "filename": name},
+    }
 
 
 def test_parse_progress() -> None:
@@ -34,12 +42,27 @@ def test_parse_progress() -> None:
 
 
 def test_convert_argv() -> None:
-    assert convert_argv("json:{}", "/t", ConvertOptions("raw")) == \
-        ["convert", "-p", "-O", "raw", "-W", "json:{}", "/t"]
-    assert convert_argv("json:{}", "/t", ConvertOptions("qcow2", compressed=True)) == \
-        ["convert", "-p", "-O", "qcow2", "-c", "json:{}", "/t"]
-    assert convert_argv("json:{}", "/dev/x", ConvertOptions("raw", existing_target=True, target_is_zero=True)) == \
-        ["convert", "-p", "-O", "raw", "-W", "-n", "--target-is-zero", "json:{}", "/dev/x"]
+    assert convert_argv("json:{}", "/t", ConvertOptions("raw")) == ["convert", "-p", "-O", "raw", "-W", "json:{}", "/t"]
+    assert convert_argv("json:{}", "/t", ConvertOptions("qcow2", compressed=True)) == [
+        "convert",
+        "-p",
+        "-O",
+        "qcow2",
+        "-c",
+        "json:{}",
+        "/t",
+    ]
+    assert convert_argv("json:{}", "/dev/x", ConvertOptions("raw", existing_target=True, target_is_zero=True)) == [
+        "convert",
+        "-p",
+        "-O",
+        "raw",
+        "-W",
+        "-n",
+        "--target-is-zero",
+        "json:{}",
+        "/dev/x",
+    ]
 
 
 def test_slice_spec_reads_a_member_of_a_real_tar(tmp_path: Path) -> None:

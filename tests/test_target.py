@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk, same_disk
+from tests.conftest import Convert, Images, same_disk
 from tests.images import sh
 
 
@@ -41,35 +41,37 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     sh("umount", mountpoint)
 
 
-def test_block_device_is_written_in_place_with_force(images: Images, loop_device: Path) -> None:
+def test_block_device_is_written_in_place_with_force(convert: Convert, images: Images, loop_device: Path) -> None:
     disk = images.disk(size="8M")
     name = images.build({"disk.qcow2": disk})
-    refused = cdisk("convert", name, loop_device)
+    refused = convert(name, loop_device)
     assert refused.code == 6 and "--force" in refused.err
-    result = cdisk("convert", "--force", name, loop_device)
+    result = convert("--force", name, loop_device)
     assert result.code == 0, result.err
     assert stat.S_ISBLK(os.stat(loop_device).st_mode)
     # Every byte, zeros included, must be the disk's: the device held 0x5a before.
     assert same_disk(disk, "qcow2", loop_device, "raw")
 
 
-def test_block_device_too_small(images: Images, loop_device: Path) -> None:
+def test_block_device_too_small(convert: Convert, images: Images, loop_device: Path) -> None:
     name = images.build({"disk.qcow2": images.disk(size="16M")})
-    result = cdisk("convert", "-q", "--force", name, loop_device)
+    result = convert("-q", "--force", name, loop_device)
     assert result.code == 6 and "use a larger device" in result.err
 
 
-def test_block_device_takes_raw_only(images: Images, loop_device: Path) -> None:
+def test_block_device_takes_raw_only(convert: Convert, images: Images, loop_device: Path) -> None:
     name = images.build({"disk.qcow2": images.disk()})
-    result = cdisk("convert", "-q", "--force", "-O", "qcow2", name, loop_device)
+    result = convert("-q", "--force", "-O", "qcow2", name, loop_device)
     assert result.code == 6 and "raw only" in result.err
 
 
-def test_not_enough_space_is_refused_before_writing(images: Images, small_fs: Path, tmp_path: Path) -> None:
+def test_not_enough_space_is_refused_before_writing(
+    convert: Convert, images: Images, small_fs: Path, tmp_path: Path
+) -> None:
     disk = images.disk("full.raw", fmt="raw", size="4M")
     sh("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 4M", disk)
     name = images.build({"full.raw": disk})
-    result = cdisk("convert", "-q", "--tmpdir", tmp_path, name, small_fs / "out.raw")
+    result = convert("-q", "--tmpdir", tmp_path, name, small_fs / "out.raw")
     assert result.code == 6 and "free" in result.err
     assert list(small_fs.iterdir()) == []
 
@@ -80,8 +82,12 @@ def test_file_size_limit_is_refused(images: Images, tmp_path: Path) -> None:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
 
-    proc = subprocess.run([sys.executable, "-m", "cdisk", "convert", "-q", name, tmp_path / "out.raw"],
-                          capture_output=True, text=True, preexec_fn=limit)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdisk", "convert", "-q", name, tmp_path / "out.raw"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+    )
     assert proc.returncode == 6 and "cannot hold a file of 67108864 bytes" in proc.stderr
     assert not (tmp_path / "out.raw").exists()
 
@@ -101,19 +107,22 @@ target = sys.argv[-1]
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-def test_disk_full_while_writing_leaves_nothing(images: Images, tmp_path: Path) -> None:
+def test_disk_full_while_writing_leaves_nothing(convert: Convert, images: Images, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    env = _fake_qemu_img(bin_dir, """
+    env = _fake_qemu_img(
+        bin_dir,
+        """
 open(target, "wb").write(b"half a disk")
 sys.stderr.write("qemu-img: error while writing at byte 0: No space left on device\\n")
 sys.exit(1)
-""")
+""",
+    )
     name = images.build({"disk.qcow2": images.disk()})
     out = tmp_path / "out"
     out.mkdir()
     (out / "disk.raw").write_bytes(b"previous")
-    result = cdisk("convert", "-q", "--force", name, out / "disk.raw", env=env)
+    result = convert("-q", "--force", name, out / "disk.raw", env=env)
     assert result.code == 6 and "ran out of space" in result.err
     assert (out / "disk.raw").read_bytes() == b"previous"
     assert [p.name for p in out.iterdir()] == ["disk.raw"]
@@ -127,8 +136,13 @@ def test_signal_during_conversion_leaves_nothing(images: Images, tmp_path: Path,
     name = images.build({"disk.qcow2": images.disk()})
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "convert", "-q", name, out / "disk.raw"],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdisk", "convert", "-q", name, out / "disk.raw"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".cdisk-part") and p.stat().st_size for p in out.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
