@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cdisk.core import formats, podman, qemu_img, sources, target
-from cdisk.core.errors import TargetError, UnsafeImageError
+from cdisk.core import formats, podman, qemu_img, sources, target, userns
+from cdisk.core.errors import TargetError, ToolError, UnsafeImageError
 from cdisk.core.progress import Progress
 from cdisk.core.sources import DiskSource
 
@@ -88,8 +88,25 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
     plan = target.plan_target(request.target, request.force, request.out_format)
     with podman.connect(progress) as client:
         image = podman.resolve_image(client, request.image, request.pull, progress, request.tls_verify)
+    method = sources.choose_method(request.method)
+    if method == sources.USERNS_MOUNT:
+        try:
+            result = userns.convert_in_user_namespace(request, image, plan, progress)
+        except userns.UserNamespaceUnavailable as error:
+            if request.method != "auto":
+                raise
+            progress.stage(f"{error.message.split(';')[0]}: falling back to the save method")
+            result = convert_image(request, image, plan, "save", progress)
+    else:
+        result = convert_image(request, image, plan, method, progress)
+    return replace(result, image=request.image, seconds=round(time.monotonic() - started, 3))
+
+
+def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Target, method: str,
+                  progress: Progress) -> ConvertResult:
+    """Convert the disk of a resolved image by `method` (mount or save) into a planned target."""
     with ExitStack() as stack:
-        source = stack.enter_context(sources.open_disk(request.method, image, _tmp_parent(request, plan),
+        source = stack.enter_context(sources.open_disk(method, image, _tmp_parent(request, plan),
                                                        request.disk_path, progress))
         disk = inspect_disk(source)
         if not plan.is_block:
@@ -106,12 +123,11 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
         options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block)
         try:
             qemu_img.convert(disk.spec, output, options, progress, source.pass_fds)
-        except Exception as error:
-            if "No space left" in getattr(error, "stderr", ""):
+        except ToolError as error:
+            if "No space left" in error.stderr:
                 raise TargetError(f"{plan.directory} ran out of space while writing; free some space or "
                                   "choose another target (nothing was left behind)") from None
             raise
     return ConvertResult(image=request.image, image_id=image.id, digest=image.digest, method=source.method,
                          disk=source.image_path, source_format=disk.format, virtual_size=disk.virtual_size,
-                         target=plan.path, target_format=request.out_format,
-                         seconds=round(time.monotonic() - started, 3))
+                         target=plan.path, target_format=request.out_format, seconds=0.0)

@@ -52,9 +52,11 @@ def default_socket() -> str:
                 return host[len(scheme):]
         raise ImageError(f"CONTAINER_HOST={host} is not a local unix socket; cdisk reads the local image "
                          "store, so unset CONTAINER_HOST or point it at a unix:// socket")
-    if os.geteuid() == 0:
+    # Inside `podman unshare` we are root in a user namespace: the socket is still the rootless user's.
+    rootless_uid = os.environ.get("_CONTAINERS_ROOTLESS_UID")
+    if os.geteuid() == 0 and not rootless_uid:
         return "/run/podman/podman.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{rootless_uid or os.geteuid()}"
     return f"{runtime}/podman/podman.sock"
 
 
@@ -88,7 +90,7 @@ def podman_cli() -> Any:
 
 
 @contextmanager
-def _local_store() -> Iterator[None]:
+def local_store() -> Iterator[None]:
     """Run podman CLI calls of this block against the local store.
 
     With CONTAINER_HOST set the podman CLI turns into a remote client; cdisk's CLI calls must work on
@@ -111,7 +113,7 @@ def private_service() -> Iterator[str]:
     log = open(os.path.join(workdir, "service.log"), "wb")  # noqa: SIM115 - closed in finally
     proc: subprocess.Popen[bytes] | None = None
     try:
-        with _local_store():
+        with local_store():
             proc = podman_cli().popen(["system", "service", "--time=0", f"unix://{socket}"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       start_new_session=True, preexec_fn=_die_with_parent)
@@ -226,7 +228,7 @@ def resolve_image(client: Any, reference: str, pull: str, progress: Progress,
 def save_oci_dir(image_id: str, destination: str) -> None:
     """`podman save --uncompressed --format oci-dir` of one image into `destination` (must not exist)."""
     argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, image_id]
-    with _local_store():
+    with local_store():
         code, _, err = processes.run(podman_cli(), argv)
     if code != 0:
         last = processes.last_line(err, code)
@@ -242,7 +244,7 @@ def mount_image(image_id: str) -> Iterator[str]:
     Mounts are reference-counted by containers/storage, so one `unmount` (never `--all`, never
     `--force`) takes back exactly what this block added and leaves other users' mounts alone.
     """
-    with _local_store():
+    with local_store():
         code, out, err = processes.run(podman_cli(), ["image", "mount", image_id])
     if code != 0:
         raise ToolError(f"podman image mount failed: {processes.last_line(err, code)}; use --method save",
@@ -250,7 +252,7 @@ def mount_image(image_id: str) -> Iterator[str]:
     try:
         yield out.strip()
     finally:
-        with _local_store():
+        with local_store():
             code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id])
             # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
             gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,25 +24,41 @@ def command(name: str, package: str) -> Any:
             from None
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Terminate `proc` if it still runs, kill it after `grace` seconds, and reap it."""
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0, group: bool = False) -> None:
+    """Terminate `proc` (with `group`, its whole process group) if it still runs, kill it after
+    `grace` seconds, and reap it.
+    """
     if proc.poll() is None:
-        proc.terminate()
+        _signal(proc, signal.SIGTERM, group)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal(proc, signal.SIGKILL, group)
             proc.wait()
 
 
+def _signal(proc: subprocess.Popen[bytes], signum: int, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
 @contextmanager
-def running(cmd: Any, argv: Sequence[str], **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """`cmd argv` as a child that is stopped and reaped however the block ends (error, Ctrl-C, SIGTERM)."""
-    proc: subprocess.Popen[bytes] = cmd.popen(list(argv), stdin=subprocess.DEVNULL, **popen)
+def running(cmd: Any, argv: Sequence[str], group: bool = False, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`cmd argv` as a child that is stopped and reaped however the block ends (error, Ctrl-C, SIGTERM).
+
+    With `group` it leads a session of its own, and the whole session is stopped.
+    """
+    proc: subprocess.Popen[bytes] = cmd.popen(list(argv), stdin=subprocess.DEVNULL, start_new_session=group,
+                                              **popen)
     try:
         yield proc
     finally:
-        stop(proc)
+        stop(proc, group=group)
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()

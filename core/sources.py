@@ -17,10 +17,10 @@ from typing import Any
 
 from cdisk.core import oci_layout, podman, qemu_img
 from cdisk.core.disks import find_disk
-from cdisk.core.mounted import MountedTree
-from cdisk.core.progress import Progress
 from cdisk.core.errors import TargetError, UsageError
+from cdisk.core.mounted import MountedTree
 from cdisk.core.podman import Image
+from cdisk.core.progress import Progress
 
 METHODS = ("auto", "mount", "save")
 
@@ -88,9 +88,18 @@ def saved_disk(image: Image, tmp_parent: str, path: str | None) -> Iterator[Disk
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def mount_possible() -> bool:
-    """Whether `podman image mount` works here without a user namespace: only root may mount."""
-    return os.geteuid() == 0
+USERNS_MOUNT = "userns-mount"
+
+
+def choose_method(asked: str) -> str:
+    """The method to use: `mount` where this process may mount (root, or inside `podman unshare`),
+    `userns-mount` for a rootless user (mount inside `podman unshare`), `save` when asked.
+    """
+    if asked not in METHODS:
+        raise UsageError(f"--method {asked}: use one of {', '.join(METHODS)}")
+    if asked == "save":
+        return "save"
+    return "mount" if os.geteuid() == 0 else USERNS_MOUNT
 
 
 @contextmanager
@@ -109,14 +118,7 @@ def mounted_disk(image: Image, path: str | None) -> Iterator[DiskSource]:
 @contextmanager
 def open_disk(method: str, image: Image, tmp_parent: str, path: str | None,
               progress: Progress) -> Iterator[DiskSource]:
-    """The disk of `image` read by `method`; `auto` mounts where it can and saves otherwise."""
-    if method not in METHODS:
-        raise UsageError(f"--method {method}: use one of {', '.join(METHODS)}")
-    if method == "auto":
-        method = "mount" if mount_possible() else "save"
-    if method == "mount" and not mount_possible():
-        raise UsageError("--method mount needs root here (rootless podman can only mount inside "
-                         "`podman unshare`); run as root or use --method save")
+    """The disk of `image` read by `method`: `mount` or `save`."""
     progress.stage(f"reading the disk in place ({method} method)")
     opened = mounted_disk(image, path) if method == "mount" else saved_disk(image, tmp_parent, path)
     with opened as source:
