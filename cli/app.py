@@ -31,6 +31,9 @@ class CDisk(cli.Application):
 
 
 CDisk.subcommand("convert", "cdisk.cli.convert.Convert")
+CDisk.subcommand("ls", "cdisk.cli.ls.Ls")
+CDisk.subcommand("verify", "cdisk.cli.verify.Verify")
+CDisk.subcommand("refresh", "cdisk.cli.refresh.Refresh")
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:

@@ -100,8 +100,12 @@ def error_line(message: str) -> None:
         print(f"cdisk: error: {message}", file=sys.stderr, flush=True)
 
 
-def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: Callable[[Any], str]) -> int:
-    """Run `work` with progress, print its result as the switches ask, and map errors to exit codes."""
+def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: Callable[[Any], str],
+           exit_code: Callable[[Any], int] = lambda _: 0) -> int:
+    """Run `work` with progress, print its result as the switches ask, and map errors to exit codes.
+
+    `summary` renders the result for a person; `exit_code` says what a result means to a script.
+    """
     try:
         with progress_for(switches) as progress:
             result = work(progress)
@@ -121,5 +125,11 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
     if switches.as_json:
         print(json.dumps(asdict(result)), flush=True)
     elif not switches.quiet:
-        print(summary(result), flush=True)
-    return 0
+        text = summary(result)
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            Console(highlight=False).print(text)
+        else:
+            print(text, flush=True)
+    return exit_code(result)

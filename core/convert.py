@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ class ConvertRequest:
     disk_path: str | None = None
     tmpdir: str | None = None
     tls_verify: bool = True
+    keep: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,22 @@ def _tmp_parent(request: ConvertRequest, plan: target.Target) -> str:
         return request.tmpdir
     # Beside the target, so the saved layer lands on the filesystem that will hold the disk anyway;
     # a block device's directory (/dev) is a small tmpfs, so there the system's temp dir is used.
-    return os.environ.get("TMPDIR", "/var/tmp") if plan.is_block else plan.directory
+    return sources.system_tmpdir() if plan.is_block else plan.directory
+
+
+def _room_needed(disk: InspectedDisk, out_format: str, plan: target.Target) -> tuple[qemu_img.Measure, int]:
+    """What the target will take on disk, and the length of the file qemu-img will write."""
+    if plan.is_block:
+        return qemu_img.Measure(0, 0), 0
+    if out_format == "raw":
+        # A raw file is as long as the disk but sparse: when the whole length fits, so does the data,
+        # and qemu-img measure (which reads all allocation metadata) is not worth running.
+        if target.free_bytes(plan.directory) >= disk.virtual_size:
+            return qemu_img.Measure(0, 0), disk.virtual_size
+        # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
+        return qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds), disk.virtual_size
+    needed = qemu_img.measure(disk.spec, out_format, disk.source.pass_fds)
+    return needed, needed.required
 
 
 def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
@@ -86,8 +101,14 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
     """
     started = time.monotonic()
     plan = target.plan_target(request.target, request.force, request.out_format)
-    with podman.connect(progress) as client:
-        image = podman.resolve_image(client, request.image, request.pull, progress, request.tls_verify)
+    image = podman.find_image(request.image, request.pull, progress, request.tls_verify)
+    result = convert_resolved(request, image, plan, progress)
+    return replace(result, image=request.image, seconds=round(time.monotonic() - started, 3))
+
+
+def convert_resolved(request: ConvertRequest, image: podman.Image, plan: target.Target,
+                     progress: Progress) -> ConvertResult:
+    """Convert a resolved image into a planned target by the method the request asks for."""
     method = sources.choose_method(request.method)
     if method == sources.USERNS_MOUNT:
         try:
@@ -99,7 +120,7 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
             result = convert_image(request, image, plan, "save", progress)
     else:
         result = convert_image(request, image, plan, method, progress)
-    return replace(result, image=request.image, seconds=round(time.monotonic() - started, 3))
+    return result
 
 
 def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Target, method: str,
@@ -109,16 +130,9 @@ def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Tar
         source = stack.enter_context(sources.open_disk(method, image, _tmp_parent(request, plan),
                                                        request.disk_path, progress))
         disk = inspect_disk(source)
-        if not plan.is_block:
-            out_format = "qcow2" if request.out_format == "raw" else request.out_format
-            # Raw output is sparse and measure reports its whole length; the qcow2 measure of the
-            # same disk is what the data takes.
-            needed = qemu_img.measure(disk.spec, out_format, source.pass_fds)
-            length = disk.virtual_size if request.out_format == "raw" else needed.required
-        else:
-            needed, length = qemu_img.Measure(0, 0), 0
+        needed, length = _room_needed(disk, request.out_format, plan)
         target.check_room(plan, disk.virtual_size, needed, length)
-        output = stack.enter_context(target.writing(plan))
+        output = stack.enter_context(target.writing(plan, request.keep))
         progress.stage("converting")
         options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block)
         try:

@@ -128,6 +128,25 @@ def measure(spec: str, out_format: str, pass_fds: Sequence[int] = ()) -> Measure
     return Measure(int(data["required"]), int(data["fully-allocated"]))
 
 
+_MISMATCH = re.compile(r"Content mismatch at offset (\d+)")
+
+
+def compare(spec: str, other_spec: str, pass_fds: Sequence[int] = ()) -> int | None:
+    """`qemu-img compare` of two specs: None when identical, else the first differing offset.
+
+    Sizes are not compared here (qemu-img treats a longer all-zero tail as equal); callers do that.
+    """
+    argv = ["compare", spec, other_spec]
+    qemu_img = processes.command("qemu-img", "qemu-utils")
+    code, out, err = processes.run(qemu_img, argv, pass_fds=tuple(pass_fds))
+    if code == 0:
+        return None
+    if code == 1:
+        match = _MISMATCH.search(out)
+        return int(match.group(1)) if match else 0
+    raise _failure("compare", argv, code, err)
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """How to write the target; see `convert_argv` for why each flag is chosen."""

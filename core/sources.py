@@ -18,9 +18,11 @@ from typing import Any
 from cdisk.core import oci_layout, podman, qemu_img
 from cdisk.core.disks import find_disk
 from cdisk.core.errors import TargetError, UsageError
+from cdisk.core.layers import LayerMember, MergedTree
 from cdisk.core.mounted import MountedTree
 from cdisk.core.podman import Image
 from cdisk.core.progress import Progress
+from cdisk.core.target import free_bytes
 
 METHODS = ("auto", "mount", "save")
 
@@ -58,20 +60,33 @@ class DiskSource:
             return f.read(length)
 
 
+def system_tmpdir() -> str:
+    """Where temp data goes when no target directory suits: $TMPDIR, else /var/tmp (disk, not tmpfs)."""
+    return os.environ.get("TMPDIR", "/var/tmp")
+
+
 def _check_room_for_save(image: Image, directory: str) -> None:
-    stat = os.statvfs(directory)
-    free = stat.f_bavail * stat.f_frsize
+    free = free_bytes(directory)
     if image.size > free:
         raise TargetError(f"podman save needs about {image.size} bytes in {directory} but only {free} are "
                           "free; pass --tmpdir on a larger filesystem")
 
 
-@contextmanager
-def saved_disk(image: Image, tmp_parent: str, path: str | None) -> Iterator[DiskSource]:
-    """The save method: `podman save` the image's layers to a private temp dir, find the disk in them.
+@dataclass(frozen=True)
+class SavedLayers:
+    """An image's layers as `podman save` wrote them, and the merged view they make."""
 
-    The temp dir is removed when the block ends, however it ends.
-    """
+    blobs: list[Path]
+    tree: MergedTree
+
+    def source(self, image_path: str, member: LayerMember) -> DiskSource:
+        """The disk source for a file member found in this view."""
+        return DiskSource(image_path, "save", str(self.blobs[member.layer]), member.offset, member.size)
+
+
+@contextmanager
+def saved_layers(image: Image, tmp_parent: str) -> Iterator[SavedLayers]:
+    """`podman save` the image's layers to a private temp dir, removed when the block ends, however it ends."""
     try:
         workdir = tempfile.mkdtemp(prefix=".cdisk-save-", dir=tmp_parent)
     except OSError as error:
@@ -82,10 +97,16 @@ def saved_disk(image: Image, tmp_parent: str, path: str | None) -> Iterator[Disk
         layout = Path(workdir, "layout")
         podman.save_oci_dir(image.id, str(layout))
         blobs = oci_layout.layer_blobs(layout, image.id)
-        image_path, member = find_disk(oci_layout.merged_tree(blobs), path)
-        yield DiskSource(image_path, "save", str(blobs[member.layer]), member.offset, member.size)
+        yield SavedLayers(blobs, oci_layout.merged_tree(blobs))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def saved_disk(image: Image, tmp_parent: str, path: str | None) -> Iterator[DiskSource]:
+    """The save method: the disk read in place from the saved layer tar that holds it."""
+    with saved_layers(image, tmp_parent) as saved:
+        yield saved.source(*find_disk(saved.tree, path))
 
 
 USERNS_MOUNT = "userns-mount"

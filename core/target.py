@@ -63,6 +63,12 @@ def _device_size(path: str) -> int:
         os.close(fd)
 
 
+def free_bytes(directory: str) -> int:
+    """Bytes an unprivileged writer may still use in `directory`'s filesystem."""
+    vfs = os.statvfs(directory)
+    return vfs.f_bavail * vfs.f_frsize
+
+
 def check_room(target: Target, virtual_size: int, needed: Measure, file_length: int) -> None:
     """Refuse before writing when the disk cannot fit.
 
@@ -77,8 +83,7 @@ def check_room(target: Target, virtual_size: int, needed: Measure, file_length: 
             raise TargetError(f"{target.path} holds {capacity} bytes but the disk is {virtual_size}; "
                               "use a larger device")
         return
-    vfs = os.statvfs(target.directory)
-    free = vfs.f_bavail * vfs.f_frsize
+    free = free_bytes(target.directory)
     if needed.required > free:
         raise TargetError(f"{target.directory} has {free} bytes free but the disk needs {needed.required}; "
                           "free some space or choose another target")
@@ -94,10 +99,26 @@ def check_room(target: Target, virtual_size: int, needed: Measure, file_length: 
             raise
 
 
+def keep_previous(path: str, keep: int) -> None:
+    """Shift the previous versions (TARGET.1 → TARGET.2, …) and hard-link TARGET as TARGET.1.
+
+    A link, not a rename: TARGET stays in place until the new disk is renamed over it.
+    """
+    if keep < 1 or not os.path.exists(path):
+        return
+    for n in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{n}"):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    if os.path.exists(f"{path}.1"):
+        os.unlink(f"{path}.1")
+    os.link(path, f"{path}.1")
+
+
 @contextmanager
-def writing(target: Target) -> Iterator[str]:
-    """The path qemu-img should write. A file is renamed over the target only if the block succeeds;
-    otherwise the partial file is removed, whatever ended the block.
+def writing(target: Target, keep: int = 0) -> Iterator[str]:
+    """The path qemu-img should write. A file is renamed over the target only if the block succeeds
+    (after keeping `keep` previous versions); otherwise the partial file is removed, whatever ended
+    the block.
     """
     if target.is_block:
         yield target.path
@@ -113,6 +134,7 @@ def writing(target: Target) -> Iterator[str]:
         os.close(fd)
     try:
         yield temp
+        keep_previous(target.path, keep)
         os.replace(temp, target.path)
         dir_fd = os.open(target.directory, os.O_RDONLY)
         try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +97,16 @@ def _qemu_processes() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_leaks(tmp_path: Path) -> Iterator[None]:
-    """After every test: no private podman service, temp dir, partial file, mount or qemu-img left."""
+    """After every test: no private podman service, temp dir, partial file, mount or qemu-img left.
+
+    Processes that ran before the test (another job on the machine) are not the test's doing.
+    """
     temp_root = tempfile.gettempdir()
     before = set(glob.glob(os.path.join(temp_root, "cdisk-podman-*")))
+    services, qemus = set(_service_processes()), set(_qemu_processes())
     yield
-    assert _service_processes() == [], "a private podman service outlived cdisk"
-    assert _qemu_processes() == [], "a qemu-img process outlived cdisk"
+    assert set(_service_processes()) - services == set(), "a private podman service outlived cdisk"
+    assert set(_qemu_processes()) - qemus == set(), "a qemu-img process outlived cdisk"
     assert set(glob.glob(os.path.join(temp_root, "cdisk-podman-*"))) - before == set(), "service dir left"
     leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
     assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
@@ -125,3 +131,42 @@ def convert(method: str) -> Callable[..., Run]:
         return cdisk("convert", "--method", method, *args, env=env)
 
     return run
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 with temp storage; stopped afterwards."""
+    if not sh("which", "docker-registry", check=False).stdout:
+        pytest.fail("docker-registry is missing: run scripts/test, which installs it")
+    root = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def up() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(up)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk, same_disk
+from tests.conftest import Images, cdisk, same_disk, wait_for
 from tests.images import sh
-
-
-def _wait_for(predicate, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -29,7 +20,7 @@ def user_socket(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "user" / "podman.sock"
     path.parent.mkdir()
     proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{path}"])
-    _wait_for(path.is_socket)
+    wait_for(path.is_socket)
     yield path
     proc.terminate()
     proc.wait(10)
@@ -44,12 +35,29 @@ def test_live_user_socket_is_used(images: Images, tmp_path: Path, user_socket: P
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
 
 
-def test_private_service_when_no_socket_answers(images: Images, tmp_path: Path) -> None:
+def test_no_service_for_a_local_lookup(images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk()})
     dead = tmp_path / "dead.sock"
     result = cdisk("convert", "-v", name, tmp_path / "out.raw", env={"CONTAINER_HOST": f"unix://{dead}"})
     assert result.code == 0, result.err
-    assert "private podman service" in result.err
+    assert f"found {name} in the local store (podman CLI: no API at {dead})" in result.err
+    assert "private podman service" not in result.err
+
+
+def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) -> None:
+    disk = images.disk()
+    local = images.build({"disk.qcow2": disk})
+    remote = f"{registry}/cdisk/private-{local.rsplit(':', 1)[0].rsplit('-', 1)[1]}:1"
+    sh("podman", "push", "-q", "--tls-verify=false", local, remote)
+    dead = tmp_path / "dead.sock"
+    try:
+        result = cdisk("convert", "-v", "--tls-verify", "false", remote, tmp_path / "out.raw",
+                       env={"CONTAINER_HOST": f"unix://{dead}"})
+        assert result.code == 0, result.err
+        assert "starting a private podman service" in result.err and f"pulling {remote}" in result.err
+        assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    finally:
+        sh("podman", "rmi", "-f", remote, check=False)
 
 
 def test_remote_container_host_is_refused(tmp_path: Path) -> None:
@@ -66,44 +74,12 @@ def test_private_service_dies_with_a_killed_cdisk() -> None:
     def service_runs() -> bool:
         return "cdisk-podman-" in sh("pgrep", "-af", "podman system service", check=False).stdout
 
-    _wait_for(service_runs)
+    wait_for(service_runs)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    _wait_for(lambda: not service_runs())
+    wait_for(lambda: not service_runs())
     for leftover in Path("/tmp").glob("cdisk-podman-*"):  # only the dir is left to a SIGKILL; not a process
         sh("rm", "-rf", leftover)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1 with temp storage; stopped afterwards."""
-    if not sh("which", "docker-registry", check=False).stdout:
-        pytest.fail("docker-registry is missing: run scripts/test, which installs it")
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    _wait_for(up)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_pull_from_a_registry(images: Images, tmp_path: Path, registry: str) -> None:

@@ -1,0 +1,42 @@
+"""`cdisk refresh IMAGE TARGET`: make TARGET current, for cron and systemd timers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plumbum import cli
+
+from cdisk.cli.output import report
+from cdisk.cli.switches import WriteSwitches
+from cdisk.core.progress import Progress
+
+if TYPE_CHECKING:
+    from cdisk.core.refresh import RefreshResult
+
+
+def summary(result: RefreshResult) -> str:
+    if result.action == "unchanged":
+        return f"unchanged: {result.target} holds {result.disk} of {result.image} ({result.image_id[:12]})"
+    kept = f"; kept {', '.join(result.kept)}" if result.kept else ""
+    return (f"updated: {result.target} from {result.disk} of {result.image} ({result.image_id[:12]}) "
+            f"in {result.seconds:.2f} s [{result.method}]{kept}")
+
+
+class Refresh(WriteSwitches):
+    """Make TARGET hold the current disk of IMAGE: convert only when the image or TARGET changed."""
+
+    pull = cli.SwitchAttr(["--pull"], cli.Set("newer", "always", "missing", "never"), default="newer",
+                          help="When to pull IMAGE: newer asks the registry whether the tag moved; never "
+                               "checks the local cache only")
+    keep = cli.SwitchAttr(["--keep"], cli.Range(0, 99), default=0, help="Keep N previous versions (TARGET.1, …)")
+    no_wait = cli.Flag(["--no-wait"], help="Exit 9 at once when another refresh of TARGET runs, instead of waiting")
+
+    def main(self, image: str, target: str) -> int:
+        from cdisk.core.refresh import refresh
+
+        request = self.request(image, target, keep=int(self.keep))
+
+        def work(progress: Progress) -> RefreshResult:
+            return refresh(request, not self.no_wait, progress)
+
+        return report(self, work, summary)

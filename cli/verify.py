@@ -1,0 +1,40 @@
+"""`cdisk verify IMAGE TARGET`: does TARGET hold exactly the image's disk?"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from cdisk.cli.output import report
+from cdisk.cli.switches import DiskSwitches
+from cdisk.core.progress import Progress
+
+if TYPE_CHECKING:
+    from cdisk.core.verify import Verdict
+
+EXIT_DIFFERENT = 8
+
+
+def summary(verdict: Verdict) -> str:
+    if verdict.identical:
+        return f"{verdict.target} holds exactly {verdict.disk} of {verdict.image}"
+    return (f"{verdict.target} differs from {verdict.disk} of {verdict.image} "
+            f"from offset {verdict.first_difference}")
+
+
+class Verify(DiskSwitches):
+    """Check that TARGET holds exactly the disk of IMAGE (exit 0), or say where it first differs (exit 8)."""
+
+    def main(self, image: str, target: str) -> int:
+        from cdisk.core import podman, sources
+        from cdisk.core.verify import verify
+
+        def work(progress: Progress) -> Verdict:
+            found = podman.find_image(image, str(self.pull), progress, self.tls_verify == "true")
+            method = sources.choose_method(str(self.method))
+            if method == sources.USERNS_MOUNT:
+                method = "save"  # comparing needs no write, so the simple way serves a rootless user
+            tmp = self.tmpdir_path or os.path.dirname(os.path.abspath(target))
+            return verify(image, found, target, method, tmp, self.disk_path, progress)
+
+        return report(self, work, summary, lambda verdict: 0 if verdict.identical else EXIT_DIFFERENT)

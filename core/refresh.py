@@ -1,0 +1,158 @@
+"""`cdisk refresh`: make a target current — cheap when nothing changed, atomic when something did.
+
+Beside TARGET live its record (`TARGET.cdisk.json`: what was last written) and its lock
+(`.TARGET.cdisk.lock`, held with flock while a refresh runs). A refresh converts only when the image,
+the request or the target itself differs from the record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+
+from cdisk.core import podman, target
+from cdisk.core.convert import ConvertRequest, ConvertResult, convert_resolved
+from cdisk.core.errors import CdiskError, TargetError
+from cdisk.core.progress import Progress
+
+RECORD_SUFFIX = ".cdisk.json"
+
+
+class BusyError(CdiskError):
+    """Another refresh of the same target holds its lock, and --no-wait was given (exit 9)."""
+
+    exit_code = 9
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the last refresh wrote: enough to tell, without reading the disk, whether it is current."""
+
+    image: str
+    image_id: str
+    digest: str
+    disk: str
+    source_format: str
+    target_format: str
+    compressed: bool
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """The outcome; the fields of `--json`. `action` is `updated` or `unchanged`."""
+
+    action: str
+    image: str
+    image_id: str
+    digest: str
+    target: str
+    seconds: float
+    disk: str
+    method: str | None
+    kept: list[str]
+
+
+def record_path(target_path: str) -> str:
+    return target_path + RECORD_SUFFIX
+
+
+def lock_path(target_path: str) -> str:
+    directory, name = os.path.split(target_path)
+    return os.path.join(directory, f".{name}.cdisk.lock")
+
+
+@contextmanager
+def target_lock(target_path: str, wait: bool) -> Iterator[None]:
+    """Hold the target's lock; without `wait`, fail at once if another refresh holds it.
+
+    flock is released by the kernel when the process dies, so a killed refresh never leaves it stuck.
+    """
+    fd = os.open(lock_path(target_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BusyError(f"another refresh of {target_path} is running; try again later or drop --no-wait") \
+                from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_record(target_path: str) -> Record | None:
+    """The record beside the target, or None when there is none or it cannot be read."""
+    try:
+        with open(record_path(target_path)) as f:
+            return Record(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_record(target_path: str, record: Record) -> None:
+    directory = os.path.dirname(target_path)
+    fd, temp = tempfile.mkstemp(prefix=".record.", suffix=".cdisk-part", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(record), f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, record_path(target_path))
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def is_current(record: Record | None, image: podman.Image, request: ConvertRequest) -> bool:
+    """Whether the target still holds what the record says, from the same image, as asked now."""
+    if record is None or record.image_id != image.id:
+        return False
+    if (record.target_format, record.compressed) != (request.out_format, request.compressed):
+        return False
+    if request.disk_path and "/" + request.disk_path.strip("/") != record.disk:
+        return False
+    try:
+        st = os.stat(request.target)
+    except FileNotFoundError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (record.size, record.mtime_ns)
+
+
+def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshResult:
+    """Make `request.target` hold the current disk of `request.image`.
+
+    Raises:
+        BusyError: the target is locked and `wait` is false.
+        CdiskError: anything else; the previous target and its record are then untouched.
+    """
+    started = time.monotonic()
+    path = os.path.abspath(request.target)
+    request = replace(request, target=path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise TargetError(f"{os.path.dirname(path)} does not exist; create it or choose another target")
+    with target_lock(path, wait):
+        record = load_record(path)
+        if os.path.lexists(path) and record is None and not request.force:
+            raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
+                              " pass --force to let refresh replace it")
+        image = podman.find_image(request.image, request.pull, progress, request.tls_verify)
+        if is_current(record, image, request):
+            assert record is not None
+            return RefreshResult("unchanged", request.image, image.id, image.digest, path,
+                                 round(time.monotonic() - started, 3), record.disk, None, [])
+        plan = target.plan_target(path, True, request.out_format)
+        result: ConvertResult = convert_resolved(request, image, plan, progress)
+        st = os.stat(path)
+        _write_record(path, Record(request.image, image.id, image.digest, result.disk, result.source_format,
+                                   request.out_format, request.compressed, st.st_size, st.st_mtime_ns))
+    kept = [f"{path}.{n}" for n in range(1, request.keep + 1) if os.path.exists(f"{path}.{n}")]
+    return RefreshResult("updated", request.image, image.id, image.digest, path,
+                         round(time.monotonic() - started, 3), result.disk, result.method, kept)

@@ -1,0 +1,217 @@
+"""cdisk's benchmark: every method against the floor (bare qemu-img convert) and the naive way, interleaved.
+
+Builds once, cached under bench-cache/: an ext4 filesystem of >= 4 GiB made by `mkfs.ext4 -d` from
+>= 600 MiB of real files (/usr/share, topped up from /usr/lib), stored as compressed qcow2,
+uncompressed qcow2 and raw, each in a FROM-scratch containerDisk; and a 256 GiB qcow2 holding 4 MiB.
+Then runs, round after round, each command of each case in turn (A B C … A B C …) and prints medians,
+ratios to the floor and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench-cache"
+CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
+FS_SIZE = "4G"
+MIN_DATA = 600 << 20
+CASES = {
+    "qcow2-compressed": ("qcow2", ["-c"]),
+    "qcow2": ("qcow2", []),
+    "raw": ("raw", []),
+    "qcow2-256g-sparse": ("qcow2", []),
+}
+
+
+def sh(*argv: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+
+
+def du(path: Path) -> int:
+    return int(sh("du", "-sb", path).stdout.split()[0])
+
+
+def build_filesystem() -> Path:
+    fs = CACHE / "fs.raw"
+    if fs.exists():
+        return fs
+    staging = CACHE / "files"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    sh("cp", "-a", "/usr/share", staging / "share")
+    if du(staging) < MIN_DATA:
+        sh("cp", "-a", "/usr/lib/x86_64-linux-gnu", staging / "lib")
+    print(f"bench: {du(staging) >> 20} MiB of real files -> ext4 of {FS_SIZE}", file=sys.stderr)
+    sh("mkfs.ext4", "-q", "-F", "-d", staging, fs.with_suffix(".tmp"), FS_SIZE)
+    fs.with_suffix(".tmp").rename(fs)
+    shutil.rmtree(staging)
+    return fs
+
+
+def build_case(name: str, fs: Path) -> tuple[str, Path]:
+    """The case's disk file (the floor reads it) and its containerDisk image."""
+    fmt, options = CASES[name]
+    case_dir = CACHE / name
+    disk = case_dir / f"disk.{fmt}"
+    image = f"localhost/cdisk-bench-{name}:latest"
+    if not disk.exists():
+        case_dir.mkdir(parents=True, exist_ok=True)
+        if name == "qcow2-256g-sparse":
+            sh("qemu-img", "create", "-q", "-f", "qcow2", disk, "256G")
+            sh("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1G 4M", disk)
+        else:
+            sh("qemu-img", "convert", "-f", "raw", "-O", fmt, *options, fs, disk)
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+    if subprocess.run(["podman", "image", "exists", image]).returncode != 0:
+        (case_dir / "Containerfile").write_text(f"FROM scratch\nCOPY --chown=107:107 disk.{fmt} /disk/\n")
+        print(f"bench: building {image}", file=sys.stderr)
+        sh("podman", "build", "-q", "-t", image, case_dir)
+    return image, disk
+
+
+@dataclass
+class Sample:
+    seconds: float
+    self_mib: float  # peak RSS of the process started (cdisk's Python, or qemu-img for the floor)
+    tree_mib: float  # peak RSS of the largest process in its tree (qemu-img, podman, …)
+
+
+def _hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def timed(argv: list[str]) -> Sample:
+    """Run argv; its wall time, and peak memory: VmHWM polled (it only grows) and wait4's maximum."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _hwm(proc.pid))
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    done.set()
+    poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return Sample(seconds, peak / 1024, usage.ru_maxrss / 1024)
+
+
+def naive(image: str, fmt: str, work: Path, out: Path) -> list[str]:
+    """The way without cdisk: podman save to a tar, extract it and the layer, convert the extracted file."""
+    script = f"""set -e
+rm -rf {work}; mkdir -p {work}/x {work}/root
+podman save -q -o {work}/image.tar {image}
+tar -xf {work}/image.tar -C {work}/x
+for layer in $(find {work}/x -type f -name '*.tar' -o -type f -path '*blobs*'); do
+  tar -xf "$layer" -C {work}/root 2>/dev/null || true
+done
+qemu-img convert -W -f {fmt} -O raw {work}/root/disk/* {out}
+rm -rf {work}"""
+    return ["bash", "-c", script]
+
+
+def run_case(name: str, fs: Path, rounds: int) -> dict[str, object]:
+    image, disk = build_case(name, fs)
+    fmt = CASES[name][0]
+    out = CACHE / "out"
+    out.mkdir(exist_ok=True)
+    target = out / f"{name}.raw"
+    commands = {
+        "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)],
+        "auto": [CDISK, "convert", "-q", "--force", image, str(target)],
+        "mount": [CDISK, "convert", "-q", "--force", "--method", "mount", image, str(target)],
+        "save": [CDISK, "convert", "-q", "--force", "--method", "save", image, str(target)],
+        "naive": naive(image, fmt, out / "naive", target),
+    }
+    samples: dict[str, list[Sample]] = {k: [] for k in commands}
+    for round_ in range(rounds + 1):  # round 0 warms the page cache and is not counted
+        for key, argv in commands.items():
+            target.unlink(missing_ok=True)
+            sample = timed(argv)
+            if round_:
+                samples[key].append(sample)
+    target.unlink(missing_ok=True)
+    floor = statistics.median(s.seconds for s in samples["floor"])
+    rows = {}
+    for key, got in samples.items():
+        median = statistics.median(s.seconds for s in got)
+        rows[key] = {"median_s": round(median, 3), "ratio": round(median / floor, 2),
+                     "self_peak_mib": round(max(s.self_mib for s in got), 1),
+                     "tree_peak_mib": round(max(s.tree_mib for s in got), 1),
+                     "samples_s": [round(s.seconds, 3) for s in got]}
+    return rows
+
+
+def startup(rounds: int) -> dict[str, object]:
+    """`cdisk --version`: the fixed cost every run pays before any work."""
+    got = [timed([CDISK, "--version"]) for _ in range(rounds * 3 + 1)][1:]
+    return {"median_s": round(statistics.median(s.seconds for s in got), 3),
+            "self_peak_mib": round(max(s.self_mib for s in got), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    fs = build_filesystem()
+    machine = {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+               "qemu_img": sh("qemu-img", "--version").stdout.splitlines()[0],
+               "podman": sh("podman", "--version").stdout.strip(),
+               "storage": sh("podman", "info", "--format", "{{.Store.GraphDriverName}}").stdout.strip(),
+               "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)}
+    results: dict[str, object] = {"machine": machine, "rounds": args.rounds, "startup": startup(args.rounds),
+                                  "cases": {}}
+    for name in args.cases.split(","):
+        print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
+        results["cases"][name] = run_case(name, fs, args.rounds)  # type: ignore[index]
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def render(results: dict) -> str:  # type: ignore[type-arg]
+    m = results["machine"]
+    lines = [f"machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel {m['kernel']}, {m['qemu_img']}, "
+             f"{m['podman']} ({m['storage']}); medians of {results['rounds']} interleaved rounds, warm cache",
+             f"cdisk --version: {results['startup']['median_s']:.3f} s, {results['startup']['self_peak_mib']} MiB", "",
+             "| case | command | median s | × floor | cdisk/qemu-img peak MiB | tree peak MiB |",
+             "|---|---|---:|---:|---:|---:|"]
+    for case, rows in results["cases"].items():
+        for command, row in rows.items():
+            lines.append(f"| {case} | {command} | {row['median_s']:.3f} | {row['ratio']:.2f} | "
+                         f"{row['self_peak_mib']:.1f} | {row['tree_peak_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

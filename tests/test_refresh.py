@@ -1,0 +1,214 @@
+"""`cdisk refresh` against a real registry: no-op, updates, repairs, --keep, locks, signals, full disks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Images, Run, cdisk, same_disk, wait_for
+from tests.images import sh
+
+TLS = ("--tls-verify", "false")
+
+
+class Remote:
+    """A repository in the test registry; `push` makes its tag hold a new disk."""
+
+    def __init__(self, images: Images, registry: str) -> None:
+        self.images = images
+        self.ref = f"{registry}/cdisk/refresh-{uuid.uuid4().hex[:8]}:latest"
+
+    def push(self, pattern: int, size: str = "8M", fmt: str = "qcow2", fill: bool = False) -> Path:
+        disk = self.images.disk(f"d{pattern}.{fmt}", fmt=fmt, size=size, pattern=pattern)
+        if fill:
+            sh("qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 {size}", disk)
+        local = self.images.build({f"disk.{fmt}": disk})
+        sh("podman", "push", "-q", "--tls-verify=false", local, self.ref)
+        return disk
+
+
+@pytest.fixture
+def remote(images: Images, registry: str) -> Iterator[Remote]:
+    made = Remote(images, registry)
+    yield made
+    sh("podman", "rmi", "-f", made.ref, check=False)
+
+
+def refresh(remote: Remote, target: Path, *extra: str, env: dict[str, str] | None = None) -> Run:
+    return cdisk("refresh", "--json", *TLS, *extra, remote.ref, target, env=env)
+
+
+def action(result: Run) -> str:
+    assert result.code == 0, result.err
+    return str(json.loads(result.out.splitlines()[-1])["action"])
+
+
+def test_first_noop_update_and_repair(remote: Remote, tmp_path: Path) -> None:
+    first = remote.push(0x11)
+    target = tmp_path / "vm.raw"
+    result = refresh(remote, target)
+    assert action(result) == "updated"
+    data = json.loads(result.out.splitlines()[-1])
+    assert {"action", "image", "digest", "target", "seconds"} <= set(data) and data["target"] == str(target)
+    assert same_disk(first, "qcow2", target, "raw")
+    assert action(refresh(remote, target)) == "unchanged"
+    assert action(refresh(remote, target, "--pull", "never")) == "unchanged"
+
+    second = remote.push(0x22)
+    assert action(refresh(remote, target, "--pull", "never")) == "unchanged"  # offline: the cache rules
+    assert action(refresh(remote, target)) == "updated"
+    assert same_disk(second, "qcow2", target, "raw")
+
+    with open(target, "r+b") as f:  # damage it: size and mtime no longer what was written
+        f.seek(0, os.SEEK_END)
+        f.write(b"junk")
+    assert action(refresh(remote, target)) == "updated"
+    assert same_disk(second, "qcow2", target, "raw")
+    record = json.loads((tmp_path / "vm.raw.cdisk.json").read_text())
+    assert record["size"] == target.stat().st_size and record["mtime_ns"] == target.stat().st_mtime_ns
+
+
+def test_keep_previous_versions(remote: Remote, tmp_path: Path) -> None:
+    target = tmp_path / "vm.raw"
+    disks = []
+    for pattern in (0x31, 0x32, 0x33, 0x34):
+        disks.append(remote.push(pattern))
+        assert action(refresh(remote, target, "--keep", "2")) == "updated"
+    assert same_disk(disks[3], "qcow2", target, "raw")
+    assert same_disk(disks[2], "qcow2", tmp_path / "vm.raw.1", "raw")
+    assert same_disk(disks[1], "qcow2", tmp_path / "vm.raw.2", "raw")
+    assert not (tmp_path / "vm.raw.3").exists()
+
+
+def test_a_file_refresh_did_not_write_needs_force(remote: Remote, tmp_path: Path) -> None:
+    disk = remote.push(0x41)
+    target = tmp_path / "vm.raw"
+    target.write_bytes(b"someone's disk")
+    result = refresh(remote, target)
+    assert result.code == 6 and "--force" in result.err and target.read_bytes() == b"someone's disk"
+    assert action(refresh(remote, target, "--force")) == "updated"
+    assert same_disk(disk, "qcow2", target, "raw")
+
+
+def test_no_wait_and_waiting_on_the_lock(remote: Remote, tmp_path: Path) -> None:
+    remote.push(0x51)
+    target = tmp_path / "vm.raw"
+    fd = os.open(tmp_path / ".vm.raw.cdisk.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        busy = refresh(remote, target, "--no-wait")
+        assert busy.code == 9 and "another refresh" in busy.err
+        assert not target.exists()
+        # The holder finishes while the next one waits for it.
+        threading.Timer(1.0, fcntl.flock, [fd, fcntl.LOCK_UN]).start()
+        assert action(refresh(remote, target)) == "updated"
+    finally:
+        os.close(fd)
+
+
+def test_concurrent_refreshes_convert_once(remote: Remote, tmp_path: Path) -> None:
+    disk = remote.push(0x61)
+    target = tmp_path / "vm.raw"
+    argv = [sys.executable, "-m", "cdisk", "refresh", "--json", *TLS, remote.ref, str(target)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    actions = sorted(action(Run(p.wait(120), p.stdout.read(), p.stderr.read())) for p in procs)  # type: ignore[union-attr]
+    assert actions == ["unchanged", "unchanged", "updated"]
+    assert same_disk(disk, "qcow2", target, "raw")
+
+
+def _slow_qemu_img(bin_dir: Path) -> dict[str, str]:
+    """The real qemu-img, its convert rate-limited so that a signal lands in the middle of it."""
+    real = sh("which", "qemu-img").stdout.strip()
+    bin_dir.mkdir()
+    (bin_dir / "qemu-img").write_text(
+        f"#!/bin/sh\nif [ \"$1\" = convert ]; then shift; exec {real} convert -r 1M \"$@\"; fi\nexec {real} \"$@\"\n"
+    )
+    (bin_dir / "qemu-img").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())}
+
+
+def test_sigterm_during_conversion_keeps_the_previous_target(remote: Remote, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "vm.raw"
+    remote.push(0x71)
+    assert action(refresh(remote, target)) == "updated"
+    before = _snapshot(out)
+    remote.push(0x72, size="16M", fill=True)  # 16 MiB of data at 1 MiB/s: the conversion runs for seconds
+    env = {**os.environ, **_slow_qemu_img(tmp_path / "bin")}
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "refresh", "-q", *TLS, remote.ref, str(target)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(p.name.endswith(".cdisk-part") for p in out.iterdir()) or proc.poll() is not None, 60)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert _snapshot(out) == before
+
+
+def test_full_filesystem_keeps_the_previous_target(remote: Remote, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if sh("mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", small, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        target = small / "vm.raw"
+        remote.push(0x81, size="8M", fmt="raw", fill=True)
+        assert action(refresh(remote, target, "--tmpdir", tmp_path)) == "updated"
+        before = _snapshot(small)
+        remote.push(0x82, size="8M", fmt="raw", fill=True)  # a second 8 MiB does not fit beside the first
+        result = refresh(remote, target, "--tmpdir", tmp_path)
+        assert result.code == 6 and "free" in result.err
+        assert _snapshot(small) == before
+    finally:
+        sh("umount", small)
+
+
+def test_podman_service_dying_mid_run(tmp_path: Path) -> None:
+    # A registry that accepts and then says nothing holds the pull open; the service dies meanwhile.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    connected = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            held.append(listener.accept()[0])
+            connected.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    target = tmp_path / "vm.raw"
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "refresh", "-q", *TLS, f"127.0.0.1:{port}/cdisk/stall:1",
+                             str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert connected.wait(60), "podman never reached the registry"
+        services = sh("pgrep", "-f", "podman system service --time=0 unix:///.*cdisk-podman-").stdout.split()
+        assert len(services) == 1
+        os.kill(int(services[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert proc.returncode == 7, err
+    assert "the podman API stopped answering" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vm.raw.cdisk.lock"]
