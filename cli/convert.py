@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from plumbum import cli
+
 from cdisk.cli.output import report
 from cdisk.cli.switches import WriteSwitches, size_text
 from cdisk.core.progress import Progress
@@ -20,10 +22,15 @@ def summary(result: ConvertResult) -> str:
 class Convert(WriteSwitches):
     """Convert the disk of a containerDisk IMAGE into TARGET (a file, or an existing block device)."""
 
+    # Only convert has it: a refreshed device holds the previous disk, never zeros.
+    target_is_zero = cli.Flag(["--target-is-zero"], requires=["--force"],
+                              help="TARGET is a block device that already reads as zeros (a fresh thin LV): "
+                                   "skip writing the disk's empty areas")
+
     def main(self, image: str, target: str) -> int:
         from cdisk.core.convert import convert
 
-        request = self.request(image, target)
+        request = self.request(image, target, target_is_zero=self.target_is_zero)
 
         def work(progress: Progress) -> ConvertResult:
             return convert(request, progress)

@@ -34,7 +34,9 @@ class Refresh(WriteSwitches):
     def main(self, image: str, target: str) -> int:
         from cdisk.core.refresh import refresh
 
-        request = self.request(image, target, keep=int(self.keep))
+        # A refresh syncs the new disk before renaming it over the old: "never a broken disk where a
+        # good one was" has to hold across a crash too.
+        request = self.request(image, target, keep=int(self.keep), durable=True)
 
         def work(progress: Progress) -> RefreshResult:
             return refresh(request, not self.no_wait, progress)

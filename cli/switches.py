@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from plumbum import cli
 
 from cdisk.cli.output import OutputSwitches
+
+if TYPE_CHECKING:
+    from cdisk.core.convert import ConvertRequest
 
 
 class ImageSwitches(OutputSwitches):
@@ -40,14 +45,16 @@ class WriteSwitches(DiskSwitches):
     compress = cli.Flag(["-c", "--compress"], help="Compress the output (qcow2)")
     force = cli.Flag(["-f", "--force"], help="Replace an existing TARGET (a block device is written in place)")
 
-    def request(self, image: str, target: str, keep: int = 0):  # type: ignore[no-untyped-def]
+    def request(self, image: str, target: str, keep: int = 0, durable: bool = False,
+                target_is_zero: bool = False) -> ConvertRequest:
         """The ConvertRequest these switches ask for."""
         from cdisk.core.convert import ConvertRequest
 
         return ConvertRequest(image=image, target=target, out_format=self.out_format, compressed=self.compress,
                               force=self.force, pull=str(self.pull), method=str(self.method),
                               disk_path=self.disk_path, tmpdir=self.tmpdir_path,
-                              tls_verify=self.tls_verify == "true", keep=keep)
+                              tls_verify=self.tls_verify == "true", keep=keep,
+                              target_is_zero=target_is_zero, durable=durable)
 
 
 def size_text(n: int | None) -> str:

@@ -6,10 +6,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
-from cdisk.core import formats, podman, qemu_img, sources, target, userns
-from cdisk.core.errors import TargetError, ToolError, UnsafeImageError
+from cdisk.core import podman, qemu_img, sources, target, userns
+from cdisk.core.errors import TargetError, ToolError
+from cdisk.core.inspection import InspectedDisk, inspect_disk
 from cdisk.core.progress import Progress
-from cdisk.core.sources import DiskSource
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class ConvertRequest:
     tmpdir: str | None = None
     tls_verify: bool = True
     keep: int = 0
+    target_is_zero: bool = False
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,31 +45,6 @@ class ConvertResult:
     target: str
     target_format: str
     seconds: float
-
-
-@dataclass(frozen=True)
-class InspectedDisk:
-    """A disk that passed every check: its format as told by its bytes and as qemu-img read it."""
-
-    source: DiskSource
-    format: str
-    virtual_size: int
-    spec: str
-
-
-def inspect_disk(source: DiskSource) -> InspectedDisk:
-    """Tell the disk's format from its bytes, refuse what could escape the image, and let a
-    resource-limited qemu-img confirm it.
-    """
-    fmt = formats.detect_format(source.read_at)
-    spec = qemu_img.image_spec(fmt, source.node())
-    info = qemu_img.info(spec, source.pass_fds)
-    if info.backing or info.data_file:
-        raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
-                               f"cdisk refuses it: {formats.REFUSE_HINT}")
-    if fmt != "raw":
-        qemu_img.check(spec, source.pass_fds)
-    return InspectedDisk(source, fmt, info.virtual_size, spec)
 
 
 def _tmp_parent(request: ConvertRequest, plan: target.Target) -> str:
@@ -100,7 +77,7 @@ def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
         CdiskError: any problem the operator can fix; nothing is left at the target path.
     """
     started = time.monotonic()
-    plan = target.plan_target(request.target, request.force, request.out_format)
+    plan = target.plan_target(request.target, request.force, request.out_format, request.target_is_zero)
     image = podman.find_image(request.image, request.pull, progress, request.tls_verify)
     result = convert_resolved(request, image, plan, progress)
     return replace(result, image=request.image, seconds=round(time.monotonic() - started, 3))
@@ -110,17 +87,15 @@ def convert_resolved(request: ConvertRequest, image: podman.Image, plan: target.
                      progress: Progress) -> ConvertResult:
     """Convert a resolved image into a planned target by the method the request asks for."""
     method = sources.choose_method(request.method)
-    if method == sources.USERNS_MOUNT:
-        try:
-            result = userns.convert_in_user_namespace(request, image, plan, progress)
-        except userns.UserNamespaceUnavailable as error:
-            if request.method != "auto":
-                raise
-            progress.stage(f"{error.message.split(';')[0]}: falling back to the save method")
-            result = convert_image(request, image, plan, "save", progress)
-    else:
-        result = convert_image(request, image, plan, method, progress)
-    return result
+    if method != sources.USERNS_MOUNT:
+        return convert_image(request, image, plan, method, progress)
+    try:
+        return userns.convert_in_user_namespace(request, image, plan, progress)
+    except userns.UserNamespaceUnavailable as error:
+        if request.method != "auto":
+            raise
+        progress.stage(f"{error.message.split(';')[0]}: falling back to the save method")
+        return convert_image(request, image, plan, "save", progress)
 
 
 def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Target, method: str,
@@ -132,9 +107,10 @@ def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Tar
         disk = inspect_disk(source)
         needed, length = _room_needed(disk, request.out_format, plan)
         target.check_room(plan, disk.virtual_size, needed, length)
-        output = stack.enter_context(target.writing(plan, request.keep))
+        output = stack.enter_context(target.writing(plan, request.keep, request.durable))
         progress.stage("converting")
-        options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block)
+        options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block,
+                                          target_is_zero=request.target_is_zero)
         try:
             qemu_img.convert(disk.spec, output, options, progress, source.pass_fds)
         except ToolError as error:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from cdisk.core.disks import list_candidates
 from cdisk.core.errors import CdiskError
+from cdisk.core.inspection import inspect_disk
 from cdisk.core.podman import Image
 from cdisk.core.progress import Progress
 from cdisk.core.sources import saved_layers
@@ -43,8 +44,6 @@ class Listing:
 
 def list_image(reference: str, image: Image, tmp_parent: str, progress: Progress) -> Listing:
     """Describe every candidate disk under /disk/ of a resolved image."""
-    from cdisk.core.convert import inspect_disk
-
     progress.stage("reading the image's layers (save method)")
     disks: list[ListedDisk] = []
     with saved_layers(image, tmp_parent) as saved:

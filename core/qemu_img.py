@@ -158,14 +158,21 @@ class ConvertOptions:
 
 
 def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
-    """The qemu-img arguments converting `spec` to `target`."""
+    """The qemu-img arguments converting `spec` to `target`.
+
+    Measured on a 2-core machine, warm cache, 4 GiB ext4 disks (scripts/bench, qemu-img 7.2):
+    - `-W` (out-of-order writes): 8-13 % faster on compressed qcow2, qcow2 and raw sources alike;
+      qemu-img forbids it with `-c`, where compressed clusters must be appended in order.
+    - `-m 16` instead of the default 8 coroutines: within noise (-7 % to +18 %): not used.
+    - `-C` (copy offload): 1.1× to 5× slower here: not used.
+    - `-T none` (O_DIRECT source): 1.3× to 4× slower on a warm cache: not used.
+    - target cache: qemu-img's default (unsafe: no flushes) is 1.5× to 3× faster than writeback;
+      durability is bought once at the end instead (target.writing syncs for refresh).
+    - `--target-is-zero` with `-n`: only when the operator says a block device reads as zeros
+      (a fresh thin LV); qemu-img then skips writing the disk's unallocated areas.
+    """
     argv = ["convert", "-p", "-O", options.out_format]
-    if options.compressed:
-        argv.append("-c")
-    else:
-        # Out-of-order writes let the coroutines decompress and write in parallel; qemu-img forbids
-        # them with -c, where the compressed clusters must be appended in order.
-        argv.append("-W")
+    argv.append("-c" if options.compressed else "-W")
     if options.existing_target:
         # A block device is written in place: qemu-img must not try to create it.
         argv.append("-n")

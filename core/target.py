@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from cdisk.core.errors import TargetError
+from cdisk.core.errors import TargetError, UsageError
 from cdisk.core.qemu_img import Measure
 
 
@@ -26,7 +26,7 @@ class Target:
         return os.path.dirname(self.path)
 
 
-def plan_target(path: str, force: bool, out_format: str) -> Target:
+def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = False) -> Target:
     """Check the target before any expensive work.
 
     Raises:
@@ -40,6 +40,11 @@ def plan_target(path: str, force: bool, out_format: str) -> Target:
     try:
         mode = os.stat(absolute).st_mode
     except FileNotFoundError:
+        mode = 0
+    if target_is_zero and not stat.S_ISBLK(mode):
+        raise UsageError(f"--target-is-zero is for an existing block device, and {absolute} is not one; "
+                         "drop --target-is-zero (a new file is known to be empty)")
+    if not mode:
         return Target(absolute, is_block=False)
     if stat.S_ISDIR(mode):
         raise TargetError(f"{absolute} is a directory; give the path of the disk file to write")
@@ -114,14 +119,28 @@ def keep_previous(path: str, keep: int) -> None:
     os.link(path, f"{path}.1")
 
 
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def writing(target: Target, keep: int = 0) -> Iterator[str]:
+def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[str]:
     """The path qemu-img should write. A file is renamed over the target only if the block succeeds
     (after keeping `keep` previous versions); otherwise the partial file is removed, whatever ended
     the block.
+
+    With `durable`, the data reaches the disk before the rename, so a crash right after it cannot
+    leave a renamed but empty disk where a good one was (refresh asks for this; convert, like cp and
+    qemu-img, leaves flushing to the kernel).
     """
     if target.is_block:
         yield target.path
+        if durable:
+            _sync(target.path)
         return
     name = os.path.basename(target.path)
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".cdisk-part", dir=target.directory)
@@ -134,13 +153,12 @@ def writing(target: Target, keep: int = 0) -> Iterator[str]:
         os.close(fd)
     try:
         yield temp
+        if durable:
+            _sync(temp)
         keep_previous(target.path, keep)
         os.replace(temp, target.path)
-        dir_fd = os.open(target.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename survives a crash only once its directory is on disk
-        finally:
-            os.close(dir_fd)
+        if durable:
+            _sync(target.directory)  # the rename survives a crash only once its directory is on disk
     finally:
         if os.path.lexists(temp):
             os.unlink(temp)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from cdisk.core import formats, qemu_img, sources
 from cdisk.core.errors import TargetError
+from cdisk.core.inspection import inspect_disk
 from cdisk.core.podman import Image
 from cdisk.core.progress import Progress
 
@@ -47,8 +48,6 @@ def _target_format(path: str) -> str:
 def verify(reference: str, image: Image, target_path: str, method: str, tmp_parent: str, disk_path: str | None,
            progress: Progress) -> Verdict:
     """Compare the image's disk with `target_path` through qemu-img, by `method` (mount or save)."""
-    from cdisk.core.convert import inspect_disk
-
     target = os.path.abspath(target_path)
     target_format = _target_format(target)
     with ExitStack() as stack:

@@ -5,6 +5,11 @@ Builds once, cached under bench-cache/: an ext4 filesystem of >= 4 GiB made by `
 uncompressed qcow2 and raw, each in a FROM-scratch containerDisk; and a 256 GiB qcow2 holding 4 MiB.
 Then runs, round after round, each command of each case in turn (A B C … A B C …) and prints medians,
 ratios to the floor and peak memory.
+
+floor: bare `qemu-img convert -W` of the disk file as podman stores it, copied to the same filesystem.
+floor-sparse (raw only): the same of the sparse file the image was built from.
+auto+socket: `auto` with a live podman API socket (a host with podman.socket running).
+naive: podman save to a tar, extract it and the layer, convert the extracted file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +85,16 @@ def build_case(name: str, fs: Path) -> tuple[str, Path]:
         (case_dir / "Containerfile").write_text(f"FROM scratch\nCOPY --chown=107:107 disk.{fmt} /disk/\n")
         print(f"bench: building {image}", file=sys.stderr)
         sh("podman", "build", "-q", "-t", image, case_dir)
+        (case_dir / f"floor.{fmt}").unlink(missing_ok=True)
+    floor = case_dir / f"floor.{fmt}"
+    if not floor.exists():
+        # The floor reads the disk file exactly as podman stores it: a layer tar has no holes, so
+        # a raw disk lies fully allocated in the store, where the file it was built from was sparse.
+        root = sh("podman", "image", "mount", image).stdout.strip()
+        try:
+            sh("cp", "--sparse=never", f"{root}/disk/disk.{fmt}", floor)
+        finally:
+            sh("podman", "image", "unmount", image)
     return image, disk
 
 
@@ -137,19 +154,38 @@ rm -rf {work}"""
     return ["bash", "-c", script]
 
 
-def run_case(name: str, fs: Path, rounds: int) -> dict[str, object]:
+@contextmanager
+def live_socket() -> Iterator[str]:
+    """A podman API service, as a host with podman.socket active has: `auto+socket` runs against it."""
+    path = CACHE / "api.sock"
+    path.unlink(missing_ok=True)
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{path}"])
+    while not path.is_socket():
+        time.sleep(0.02)
+    try:
+        yield f"unix://{path}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_case(name: str, fs: Path, rounds: int, socket: str) -> dict[str, object]:
     image, disk = build_case(name, fs)
     fmt = CASES[name][0]
     out = CACHE / "out"
     out.mkdir(exist_ok=True)
     target = out / f"{name}.raw"
+    floor = disk.with_name(f"floor.{fmt}")
     commands = {
-        "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)],
+        "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(floor), str(target)],
         "auto": [CDISK, "convert", "-q", "--force", image, str(target)],
+        "auto+socket": ["env", f"CONTAINER_HOST={socket}", CDISK, "convert", "-q", "--force", image, str(target)],
         "mount": [CDISK, "convert", "-q", "--force", "--method", "mount", image, str(target)],
         "save": [CDISK, "convert", "-q", "--force", "--method", "save", image, str(target)],
         "naive": naive(image, fmt, out / "naive", target),
     }
+    if fmt == "raw":
+        commands["floor-sparse"] = ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)]
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for round_ in range(rounds + 1):  # round 0 warms the page cache and is not counted
         for key, argv in commands.items():
@@ -169,11 +205,23 @@ def run_case(name: str, fs: Path, rounds: int) -> dict[str, object]:
     return rows
 
 
-def startup(rounds: int) -> dict[str, object]:
-    """`cdisk --version`: the fixed cost every run pays before any work."""
-    got = [timed([CDISK, "--version"]) for _ in range(rounds * 3 + 1)][1:]
-    return {"median_s": round(statistics.median(s.seconds for s in got), 3),
-            "self_peak_mib": round(max(s.self_mib for s in got), 1)}
+def startup(rounds: int, image: str) -> dict[str, object]:
+    """`cdisk --version` (the fixed cost of every run) against a no-op `cdisk refresh`, interleaved."""
+    target = CACHE / "out" / "noop.raw"
+    target.parent.mkdir(exist_ok=True)
+    sh(CDISK, "refresh", "-q", "--pull", "never", image, target)
+    commands = {"version": [CDISK, "--version"],
+                "noop_refresh": [CDISK, "refresh", "-q", "--pull", "never", image, str(target)]}
+    got: dict[str, list[Sample]] = {k: [] for k in commands}
+    for round_ in range(rounds * 3 + 1):
+        for key, argv in commands.items():
+            sample = timed(argv)
+            if round_:
+                got[key].append(sample)
+    out = {key: {"median_s": round(statistics.median(s.seconds for s in samples), 3),
+                 "self_peak_mib": round(max(s.self_mib for s in samples), 1)} for key, samples in got.items()}
+    out["noop_ratio"] = round(out["noop_refresh"]["median_s"] / out["version"]["median_s"], 2)  # type: ignore[assignment]
+    return out  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -189,21 +237,25 @@ def main() -> None:
                "podman": sh("podman", "--version").stdout.strip(),
                "storage": sh("podman", "info", "--format", "{{.Store.GraphDriverName}}").stdout.strip(),
                "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)}
-    results: dict[str, object] = {"machine": machine, "rounds": args.rounds, "startup": startup(args.rounds),
-                                  "cases": {}}
-    for name in args.cases.split(","):
-        print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
-        results["cases"][name] = run_case(name, fs, args.rounds)  # type: ignore[index]
+    small, _ = build_case("qcow2-256g-sparse", fs)
+    results: dict[str, object] = {"machine": machine, "rounds": args.rounds,
+                                  "startup": startup(args.rounds, small), "cases": {}}
+    with live_socket() as socket:
+        for name in args.cases.split(","):
+            print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
+            results["cases"][name] = run_case(name, fs, args.rounds, socket)  # type: ignore[index]
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def render(results: dict) -> str:  # type: ignore[type-arg]
-    m = results["machine"]
+    m, startup = results["machine"], results["startup"]
     lines = [f"machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel {m['kernel']}, {m['qemu_img']}, "
              f"{m['podman']} ({m['storage']}); medians of {results['rounds']} interleaved rounds, warm cache",
-             f"cdisk --version: {results['startup']['median_s']:.3f} s, {results['startup']['self_peak_mib']} MiB", "",
+             f"cdisk --version: {startup['version']['median_s']:.3f} s; no-op `cdisk refresh --pull never`: "
+             f"{startup['noop_refresh']['median_s']:.3f} s ({startup['noop_ratio']:.2f}× --version, "
+             f"{startup['noop_refresh']['self_peak_mib']} MiB)", "",
              "| case | command | median s | × floor | cdisk/qemu-img peak MiB | tree peak MiB |",
              "|---|---|---:|---:|---:|---:|"]
     for case, rows in results["cases"].items():

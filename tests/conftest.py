@@ -90,6 +90,10 @@ def _service_processes() -> list[str]:
     return [line for line in out.splitlines() if "cdisk-podman-" in line]
 
 
+def _mounts() -> set[str]:
+    return set(sh("podman", "image", "mount", check=False).stdout.splitlines())
+
+
 def _qemu_processes() -> list[str]:
     out = sh("pgrep", "-af", "qemu-img", check=False).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
@@ -99,19 +103,18 @@ def _qemu_processes() -> list[str]:
 def no_leaks(tmp_path: Path) -> Iterator[None]:
     """After every test: no private podman service, temp dir, partial file, mount or qemu-img left.
 
-    Processes that ran before the test (another job on the machine) are not the test's doing.
+    Processes and mounts that were there before the test (another job on the machine) are not its doing.
     """
     temp_root = tempfile.gettempdir()
     before = set(glob.glob(os.path.join(temp_root, "cdisk-podman-*")))
-    services, qemus = set(_service_processes()), set(_qemu_processes())
+    services, qemus, mounts = set(_service_processes()), set(_qemu_processes()), _mounts()
     yield
     assert set(_service_processes()) - services == set(), "a private podman service outlived cdisk"
     assert set(_qemu_processes()) - qemus == set(), "a qemu-img process outlived cdisk"
     assert set(glob.glob(os.path.join(temp_root, "cdisk-podman-*"))) - before == set(), "service dir left"
     leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
     assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
-    mounts = sh("podman", "image", "mount", check=False).stdout.strip()
-    assert mounts == "", f"images left mounted: {mounts}"
+    assert _mounts() - mounts == set(), "an image was left mounted"
 
 
 METHODS = ["save", "mount"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ import cdisk
 from tests.images import make_disk, sh
 
 USER = "cdisk-rootless"
+DEPENDENCIES = ("podman", "plumbum", "rich", "requests", "urllib3", "idna", "charset_normalizer", "certifi",
+                "markdown_it", "mdurl", "pygments", "typing_extensions")
 REPO = Path(cdisk.__file__).resolve().parent.parent
 
 
@@ -40,20 +42,25 @@ def rootless() -> Iterator[RootlessUser]:
     if sh("id", USER, check=False).returncode != 0:
         sh("useradd", "-m", "-s", "/bin/sh", USER)
     home = Path(f"/home/{USER}")
-    # The user runs the package from this checkout through a tree with the installed layout, and the
-    # pure-Python dependencies from the test venv (the venv's own python lives where root alone may go).
+    # The user runs the system python on a copy of the package (in its installed layout) and of its
+    # pure-Python dependencies: the checkout, the venv and its python may live where root alone may go.
     work = Path(tempfile.mkdtemp(prefix="rootless-"))
-    tree = work / "pkg" / "cdisk"
-    tree.mkdir(parents=True)
-    for name in ("__init__.py", "__main__.py"):
-        shutil.copy(REPO / "cdisk" / name, tree / name)
-    (tree / "cli").symlink_to(REPO / "cli")
-    (tree / "core").symlink_to(REPO / "core")
-    site = sysconfig.get_paths()["purelib"]
+    pkg = work / "pkg"
+    shutil.copytree(REPO / "cdisk", pkg / "cdisk", ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("cli", "core"):
+        shutil.copytree(REPO / part, pkg / "cdisk" / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in DEPENDENCIES:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, pkg / module, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(origin, pkg / origin.name)
     sh("chown", "-R", f"{USER}:{USER}", work)
     sh("chmod", "755", work)
-    user = RootlessUser(USER, home, work, [f"HOME={home}", f"PYTHONPATH={work / 'pkg'}:{site}",
-                                           f"PATH={os.environ['PATH']}", "XDG_RUNTIME_DIR="])
+    user = RootlessUser(USER, home, work, [f"HOME={home}", f"PYTHONPATH={pkg}", f"PATH={os.environ['PATH']}",
+                                           "XDG_RUNTIME_DIR="])
     info = user.run("podman", "info", "--format", "{{.Host.Security.Rootless}}")
     if info.stdout.strip() != "true":
         shutil.rmtree(work)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Convert, Images, same_disk
+from tests.conftest import Convert, Images, cdisk, same_disk
 from tests.images import sh
 
 
@@ -152,3 +152,22 @@ def test_signal_during_conversion_leaves_nothing(images: Images, tmp_path: Path,
     assert proc.returncode == 128 + signum
     assert "interrupted" in err
     assert list(out.iterdir()) == []
+
+
+def test_target_is_zero_on_a_fresh_device(images: Images, tmp_path: Path) -> None:
+    disk = images.disk(size="8M")
+    name = images.build({"disk.qcow2": disk})
+    backing = tmp_path / "zero.img"
+    backing.write_bytes(bytes(8 << 20))
+    attached = sh("losetup", "-f", "--show", backing, check=False)
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        result = cdisk("convert", "--force", "--target-is-zero", name, device)
+        assert result.code == 0, result.err
+        assert same_disk(disk, "qcow2", Path(device), "raw")
+    finally:
+        sh("losetup", "-d", device)
+    refused = cdisk("convert", "-q", "--force", "--target-is-zero", name, tmp_path / "file.raw")
+    assert refused.code == 2 and "--target-is-zero is for an existing block device" in refused.err

@@ -1,0 +1,34 @@
+"""A disk judged before anything is written: its format told by its bytes, confirmed by qemu-img."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdisk.core import formats, qemu_img
+from cdisk.core.errors import UnsafeImageError
+from cdisk.core.sources import DiskSource
+
+
+@dataclass(frozen=True)
+class InspectedDisk:
+    """A disk that passed every check: its format as told by its bytes and as qemu-img read it."""
+
+    source: DiskSource
+    format: str
+    virtual_size: int
+    spec: str
+
+
+def inspect_disk(source: DiskSource) -> InspectedDisk:
+    """Tell the disk's format from its bytes, refuse what could escape the image, and let a
+    resource-limited qemu-img confirm it.
+    """
+    fmt = formats.detect_format(source.read_at)
+    spec = qemu_img.image_spec(fmt, source.node())
+    info = qemu_img.info(spec, source.pass_fds)
+    if info.backing or info.data_file:
+        raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
+                               f"cdisk refuses it: {formats.REFUSE_HINT}")
+    if fmt != "raw":
+        qemu_img.check(spec, source.pass_fds)
+    return InspectedDisk(source, fmt, info.virtual_size, spec)

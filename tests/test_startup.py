@@ -1,0 +1,31 @@
+"""Start-up stays cheap: --version, --help and a no-op import only what they use (checked, not timed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("podman", "rich", "requests", "tarfile", "cdisk.core.convert")
+
+
+def imported(*argv: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cdisk", *argv], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["convert", "--help"], ["refresh", "--help"]])
+def test_meta_switches_import_nothing_heavy(argv: list[str]) -> None:
+    modules = imported(*argv)
+    assert "cdisk.cli.app" in modules
+    assert [m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY] == []
+
+
+def test_version_prints_the_version() -> None:
+    import cdisk
+
+    proc = subprocess.run([sys.executable, "-m", "cdisk", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and cdisk.__version__ in proc.stdout

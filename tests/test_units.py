@@ -1,0 +1,61 @@
+"""The systemd units and the config they read: checked by systemd-analyze, and run as systemd would."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Images, same_disk
+
+UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+
+
+def _cdisk_bin() -> str:
+    found = Path(sys.executable).parent / "cdisk"
+    assert found.exists(), "the cdisk console script is not installed beside this python"
+    return str(found)
+
+
+def test_units_verify(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    for unit in ("cdisk-refresh@.service", "cdisk-refresh@.timer"):
+        text = (UNITS / unit).read_text().replace("/usr/local/bin/cdisk", _cdisk_bin())
+        (tmp_path / unit.replace("@.", "@demo.")).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "cdisk-refresh@demo.service"),
+                             str(tmp_path / "cdisk-refresh@demo.timer")], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if "cdisk" in line]
+    assert result.returncode == 0 and problems == [], result.stderr
+
+
+def _exec_start(config: dict[str, str]) -> list[str]:
+    """ExecStart as systemd expands it: $VAR splits into words, ${VAR} stays one argument."""
+    line = next(x for x in (UNITS / "cdisk-refresh@.service").read_text().splitlines() if x.startswith("ExecStart="))
+    argv: list[str] = []
+    for word in line.removeprefix("ExecStart=").split():
+        if braced := re.fullmatch(r"\$\{(\w+)\}", word):
+            argv.append(config[braced.group(1)])
+        elif bare := re.fullmatch(r"\$(\w+)", word):
+            argv.extend(config[bare.group(1)].split())
+        else:
+            argv.append(word)
+    return argv
+
+
+def test_example_config_runs_a_refresh(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    example = (UNITS / "cdisk-refresh.conf.example").read_text()
+    config = dict(line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#"))
+    config.update(IMAGE=name, TARGET=str(tmp_path / "vm raw.img"), OPTIONS=config["OPTIONS"] + " --pull never")
+    argv = _exec_start(config)
+    assert argv[0] == "/usr/local/bin/cdisk"
+    result = subprocess.run([_cdisk_bin(), *argv[1:]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '"action": "updated"' in result.stdout.splitlines()[-1]
+    assert same_disk(disk, "qcow2", tmp_path / "vm raw.img", "raw")
