@@ -310,7 +310,9 @@ def mount_image(image_id: str) -> Iterator[str]:
         yield out.strip()
     finally:
         with local_store():
-            code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id])
+            # In a session of its own: the Ctrl-C a terminal sends to our process group must not kill
+            # the one command that gives the mount back.
+            code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id], group=True)
             # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
             gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1
         if code != 0 and not gone:

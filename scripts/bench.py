@@ -169,7 +169,7 @@ def live_socket() -> Iterator[str]:
         proc.wait()
 
 
-def run_case(name: str, fs: Path, rounds: int, socket: str) -> dict[str, object]:
+def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str]) -> dict[str, object]:
     image, disk = build_case(name, fs)
     fmt = CASES[name][0]
     out = CACHE / "out"
@@ -186,10 +186,13 @@ def run_case(name: str, fs: Path, rounds: int, socket: str) -> dict[str, object]
     }
     if fmt == "raw":
         commands["floor-sparse"] = ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)]
+    commands = {k: v for k, v in commands.items() if k == "floor" or not only or k in only}
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for round_ in range(rounds + 1):  # round 0 warms the page cache and is not counted
         for key, argv in commands.items():
             target.unlink(missing_ok=True)
+            # Untimed: the previous command's dirty pages must not be written back during this one.
+            subprocess.run(["sync"], check=True)
             sample = timed(argv)
             if round_:
                 samples[key].append(sample)
@@ -228,6 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--commands", default="", help="only these commands (and the floor), e.g. auto,mount")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
@@ -243,7 +247,8 @@ def main() -> None:
     with live_socket() as socket:
         for name in args.cases.split(","):
             print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
-            results["cases"][name] = run_case(name, fs, args.rounds, socket)  # type: ignore[index]
+            only = set(filter(None, args.commands.split(",")))
+            results["cases"][name] = run_case(name, fs, args.rounds, socket, only)  # type: ignore[index]
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
