@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cdisk.core import processes
-from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.errors import ImageError, Interrupted, ToolError, UsageError
 from cdisk.core.progress import Progress
 
 PULL_POLICIES = ("missing", "always", "never", "newer")
@@ -299,23 +299,36 @@ def mount_image(image_id: str) -> Iterator[str]:
     """`podman image mount` the image; unmount exactly this one mount when the block ends.
 
     Mounts are reference-counted by containers/storage, so one `unmount` (never `--all`, never
-    `--force`) takes back exactly what this block added and leaves other users' mounts alone.
+    `--force`) takes back exactly what this block added and leaves other users' mounts alone. Both
+    commands run in a session of their own, so the Ctrl-C a terminal sends to our process group
+    cannot cut them half-way; a mount that completes while we are being interrupted is given back.
     """
-    with local_store():
-        code, out, err = processes.run(podman_cli(), ["image", "mount", image_id])
+    argv = ["image", "mount", image_id]
+    with local_store(), processes.running(podman_cli(), argv, group=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate()
+        except Interrupted:
+            proc.communicate()  # the signal handlers now ignore further signals: this wait is safe
+            if proc.returncode == 0:
+                _unmount(image_id)
+            raise
+    code = proc.returncode
     if code != 0:
-        raise ToolError(f"podman image mount failed: {processes.last_line(err, code)}; use --method save",
-                        ["podman", "image", "mount", image_id], code, err)
+        raise ToolError(f"podman image mount failed: {processes.last_line(err.decode(errors='replace'), code)}; "
+                        "use --method save", ["podman", *argv], code, err.decode(errors="replace"))
     try:
-        yield out.strip()
+        yield out.decode().strip()
     finally:
-        with local_store():
-            # In a session of its own: the Ctrl-C a terminal sends to our process group must not kill
-            # the one command that gives the mount back.
-            code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id], group=True)
-            # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
-            gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1
-        if code != 0 and not gone:
-            raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
-                            f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", image_id],
-                            code, err)
+        _unmount(image_id)
+
+
+def _unmount(image_id: str) -> None:
+    with local_store():
+        code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id], group=True)
+        # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
+        gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1
+    if code != 0 and not gone:
+        raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
+                        f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", image_id],
+                        code, err)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Images, cdisk, same_disk
+from tests.conftest import Images, cdisk, same_disk, wait_for
 from tests.images import sh
 
 
@@ -50,3 +52,26 @@ os.execv({real!r}, [{real!r}, *sys.argv[1:]])
     # qemu-img reads through the descriptor cdisk holds, so the removed image's disk is still what it reads.
     assert result.code == 0, result.err
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+
+
+def test_interrupt_while_mounting_gives_the_mount_back(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    real = sh("which", "podman").stdout.strip()
+    started = tmp_path / "mounting"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A `podman image mount` that has mounted but not yet answered when the interrupt lands.
+    (bin_dir / "podman").write_text(
+        f'#!/bin/sh\nif [ "$1" = image ] && [ "$2" = mount ]; then\n'
+        f'  out=$({real} "$@") || exit $?; touch {started}; sleep 1; echo "$out"; exit 0\nfi\nexec {real} "$@"\n'
+    )
+    (bin_dir / "podman").chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "convert", "-q", "--method", "mount", name,
+                             str(tmp_path / "out.raw")], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: started.exists() or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert name not in sh("podman", "image", "mount").stdout
+    assert not (tmp_path / "out.raw").exists()
