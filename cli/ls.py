@@ -43,12 +43,9 @@ class Ls(ImageSwitches):
     """List the candidate disks of IMAGE: path, format, sizes, layer and offset, and what would be refused."""
 
     def main(self, image: str) -> int:
-        from cdisk.core import podman
         from cdisk.core.listing import list_image
-        from cdisk.core.sources import system_tmpdir
 
         def work(progress: Progress) -> Listing:
-            found = podman.find_image(image, str(self.pull), progress, self.tls_verify == "true")
-            return list_image(image, found, self.tmpdir_path or system_tmpdir(), progress)
+            return list_image(image, self.find_image(image, progress), self.tmpdir_path, progress)
 
         return report(self, work, table)

@@ -10,6 +10,8 @@ from cdisk.cli.output import OutputSwitches
 
 if TYPE_CHECKING:
     from cdisk.core.convert import ConvertRequest
+    from cdisk.core.podman import Image
+    from cdisk.core.progress import Progress
 
 
 class ImageSwitches(OutputSwitches):
@@ -26,6 +28,12 @@ class ImageSwitches(OutputSwitches):
     @property
     def tmpdir_path(self) -> str | None:
         return str(self.tmpdir) if self.tmpdir else None
+
+    def find_image(self, reference: str, progress: Progress) -> Image:
+        """The image these switches ask for, pulled as `--pull` says."""
+        from cdisk.core import podman
+
+        return podman.find_image(reference, str(self.pull), progress, self.tls_verify == "true")
 
 
 class DiskSwitches(ImageSwitches):

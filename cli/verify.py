@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from cdisk.cli.output import report
@@ -26,15 +25,10 @@ class Verify(DiskSwitches):
     """Check that TARGET holds exactly the disk of IMAGE (exit 0), or say where it first differs (exit 8)."""
 
     def main(self, image: str, target: str) -> int:
-        from cdisk.core import podman, sources
         from cdisk.core.verify import verify
 
         def work(progress: Progress) -> Verdict:
-            found = podman.find_image(image, str(self.pull), progress, self.tls_verify == "true")
-            method = sources.choose_method(str(self.method))
-            if method == sources.USERNS_MOUNT:
-                method = "save"  # comparing needs no write, so the simple way serves a rootless user
-            tmp = self.tmpdir_path or os.path.dirname(os.path.abspath(target))
-            return verify(image, found, target, method, tmp, self.disk_path, progress)
+            found = self.find_image(image, progress)
+            return verify(image, found, target, str(self.method), self.tmpdir_path, self.disk_path, progress)
 
         return report(self, work, summary, lambda verdict: 0 if verdict.identical else EXIT_DIFFERENT)

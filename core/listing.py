@@ -13,7 +13,7 @@ from cdisk.core.errors import CdiskError
 from cdisk.core.inspection import inspect_disk
 from cdisk.core.podman import Image
 from cdisk.core.progress import Progress
-from cdisk.core.sources import saved_layers
+from cdisk.core.sources import saved_layers, system_tmpdir
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,11 @@ class Listing:
     problems: list[str]
 
 
-def list_image(reference: str, image: Image, tmp_parent: str, progress: Progress) -> Listing:
-    """Describe every candidate disk under /disk/ of a resolved image."""
+def list_image(reference: str, image: Image, tmpdir: str | None, progress: Progress) -> Listing:
+    """Describe every candidate disk under /disk/ of a resolved image (layers saved under `tmpdir`)."""
     progress.stage("reading the image's layers (save method)")
     disks: list[ListedDisk] = []
-    with saved_layers(image, tmp_parent) as saved:
+    with saved_layers(image, tmpdir or system_tmpdir()) as saved:
         for candidate in list_candidates(saved.tree):
             member = candidate.member
             if member is None:

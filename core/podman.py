@@ -1,7 +1,9 @@
 """The only module that touches podman: the REST API through podman-py, the CLI through plumbum.
 
-The API serves lookups, inspection and pulls. It is the user's socket when one answers, otherwise a
-private `podman system service` that lives exactly as long as the `connect()` block.
+The API serves lookups, inspection and pulls when the user's socket answers; without one, local
+lookups go through `podman image inspect` and only a pull starts a private `podman system service`,
+which lives exactly as long as the `connect()` block. The CLI serves what the API lacks: save,
+image mount/unmount, unshare.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,25 +142,17 @@ def private_service() -> Iterator[str]:
 
 
 @contextmanager
-def connect(progress: Progress) -> Iterator[Any]:
-    """A podman-py client: to the user's live socket, else to a private service for this block."""
-    with _private_unless_live(default_socket(), progress) as live_socket:
-        client = _client(live_socket)
-        try:
-            yield client
-        finally:
-            client.close()
-
-
-@contextmanager
-def _private_unless_live(socket: str, progress: Progress) -> Iterator[str]:
-    if _answers(socket):
-        progress.stage(f"podman API at {socket}")
-        yield socket
-    else:
-        progress.stage(f"no podman API at {socket}: starting a private podman service")
-        with private_service() as private:
-            yield private
+def connect(socket: str, live: bool, progress: Progress) -> Iterator[Any]:
+    """A podman-py client: to `socket` when it is `live`, else to a private service for this block."""
+    with ExitStack() as stack:
+        if live:
+            progress.stage(f"podman API at {socket}")
+        else:
+            progress.stage(f"no podman API at {socket}: starting a private podman service")
+            socket = stack.enter_context(private_service())
+        client = _client(socket)
+        stack.callback(client.close)
+        yield client
 
 
 def looks_like_id(reference: str) -> bool:
@@ -216,24 +210,45 @@ def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool =
     """
     if pull not in PULL_POLICIES:
         raise UsageError(f"--pull {pull}: use one of {', '.join(PULL_POLICIES)}")
+    by_id = looks_like_id(reference)
+    asks_registry = pull in ("always", "newer") and not by_id
     socket = default_socket()
-    if not _answers(socket) and (pull in ("never", "missing") or looks_like_id(reference)):
+    live = _answers(socket)
+    if not live and not asks_registry:
         found = _inspect_cli(reference)
         if found is not None:
             progress.stage(f"found {reference} in the local store (podman CLI: no API at {socket})")
             return found
-        if pull == "never" or looks_like_id(reference):
-            return _resolve_never(reference)
-    with connect(progress) as client:
-        return resolve_image(client, reference, pull, progress, tls_verify)
+        if pull == "never" or by_id:
+            raise ImageError(_absent(reference, by_id))
+    import requests  # only on the API path: the CLI lookup above must not pay for it
+
+    with connect(socket, live, progress) as client:
+        try:
+            # Without a live API the local store was asked above already.
+            local = _inspect(client, reference) if live and not asks_registry else None
+            if local is not None:
+                return local
+            if pull == "never" or by_id:
+                raise ImageError(_absent(reference, by_id))
+            # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only
+            # when the tag moved; for `missing` we already know the image is absent.
+            _pull(client, reference, "newer" if pull == "newer" else "always", tls_verify, progress)
+            pulled = _inspect(client, reference)
+        except requests.RequestException as error:
+            raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman "
+                            "works (`podman info`) and run cdisk again") from None
+    if pulled is None:
+        raise ImageError(f"pulled {reference} but podman cannot find it afterwards; check `podman images`")
+    return pulled
 
 
-def _resolve_never(reference: str) -> Image:
-    if looks_like_id(reference):
-        raise ImageError(f"no image with ID {reference} in the local store, and an ID cannot be pulled; "
-                         "check `podman images`")
-    raise ImageError(f"image {reference} is not in the local store and --pull never forbids pulling; "
-                     f"pull it (`podman pull {reference}`) or drop --pull never")
+def _absent(reference: str, by_id: bool) -> str:
+    if by_id:
+        return (f"no image with ID {reference} in the local store, and an ID cannot be pulled; "
+                "check `podman images`")
+    return (f"image {reference} is not in the local store and --pull never forbids pulling; "
+            f"pull it (`podman pull {reference}`) or drop --pull never")
 
 
 def _image(reference: str, attrs: dict[str, Any]) -> Image:
@@ -252,34 +267,6 @@ def _inspect_cli(reference: str) -> Image | None:
                         ["podman", "image", "inspect", reference], code, err)
     found = json.loads(out)
     return _image(reference, found[0]) if found else None
-
-
-def resolve_image(client: Any, reference: str, pull: str, progress: Progress,
-                  tls_verify: bool = True) -> Image:
-    """`find_image` through a connected API client."""
-    import requests
-
-    try:
-        return _resolve(client, reference, pull, progress, tls_verify)
-    except requests.RequestException as error:
-        raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman works "
-                        "(`podman info`) and run cdisk again") from None
-
-
-def _resolve(client: Any, reference: str, pull: str, progress: Progress, tls_verify: bool) -> Image:
-    by_id = looks_like_id(reference)
-    local = None if pull in ("always", "newer") and not by_id else _inspect(client, reference)
-    if local is not None:
-        return local
-    if pull == "never" or by_id:
-        return _resolve_never(reference)
-    # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only when
-    # the tag moved; for `missing` we already know the image is absent.
-    _pull(client, reference, "newer" if pull == "newer" else "always", tls_verify, progress)
-    pulled = _inspect(client, reference)
-    if pulled is None:
-        raise ImageError(f"pulled {reference} but podman cannot find it afterwards; check `podman images`")
-    return pulled
 
 
 def save_oci_dir(image_id: str, destination: str) -> None:

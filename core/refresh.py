@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,18 +96,12 @@ def load_record(target_path: str) -> Record | None:
 
 
 def _write_record(target_path: str, record: Record) -> None:
-    directory = os.path.dirname(target_path)
-    fd, temp = tempfile.mkstemp(prefix=".record.", suffix=".cdisk-part", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(record), f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, record_path(target_path))
-    finally:
-        if os.path.lexists(temp):
-            os.unlink(temp)
+    # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
+    # disk that is not there.
+    with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
+            open(temp, "w") as f:
+        json.dump(asdict(record), f, indent=1)
+        f.write("\n")
 
 
 def is_current(record: Record | None, image: podman.Image, request: ConvertRequest) -> bool:
@@ -134,10 +127,9 @@ def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshR
         CdiskError: anything else; the previous target and its record are then untouched.
     """
     started = time.monotonic()
-    path = os.path.abspath(request.target)
+    plan = target.plan_target(request.target, True, request.out_format)  # replacing is what refresh is for
+    path = plan.path
     request = replace(request, target=path)
-    if not os.path.isdir(os.path.dirname(path)):
-        raise TargetError(f"{os.path.dirname(path)} does not exist; create it or choose another target")
     with target_lock(path, wait):
         record = load_record(path)
         if os.path.lexists(path) and record is None and not request.force:
@@ -148,7 +140,6 @@ def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshR
             assert record is not None
             return RefreshResult("unchanged", request.image, image.id, image.digest, path,
                                  round(time.monotonic() - started, 3), record.disk, None, [])
-        plan = target.plan_target(path, True, request.out_format)
         result: ConvertResult = convert_resolved(request, image, plan, progress)
         st = os.stat(path)
         _write_record(path, Record(request.image, image.id, image.digest, result.disk, result.source_format,

@@ -45,11 +45,18 @@ def _target_format(path: str) -> str:
     return formats.detect_format(read_at)
 
 
-def verify(reference: str, image: Image, target_path: str, method: str, tmp_parent: str, disk_path: str | None,
-           progress: Progress) -> Verdict:
-    """Compare the image's disk with `target_path` through qemu-img, by `method` (mount or save)."""
+def verify(reference: str, image: Image, target_path: str, asked_method: str, tmpdir: str | None,
+           disk_path: str | None, progress: Progress) -> Verdict:
+    """Compare the image's disk with `target_path` through qemu-img, by the method asked for.
+
+    `tmpdir` (for the save method) defaults to TARGET's directory, as for convert.
+    """
     target = os.path.abspath(target_path)
     target_format = _target_format(target)
+    method = sources.choose_method(asked_method)
+    if method == sources.USERNS_MOUNT:
+        method = "save"  # comparing writes nothing, so a rootless user needs no user namespace for it
+    tmp_parent = tmpdir or os.path.dirname(target)
     with ExitStack() as stack:
         source = stack.enter_context(sources.open_disk(method, image, tmp_parent, disk_path, progress))
         disk = inspect_disk(source)

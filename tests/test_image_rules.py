@@ -16,16 +16,17 @@ def two_disks(images: Images) -> tuple[bytes, bytes, Path, Path]:
     return a.read_bytes(), b.read_bytes(), a, b
 
 
-def convert_ok(convert: Convert, name: str, target: Path, *extra: str) -> None:
+def converts_to(convert: Convert, name: str, target: Path, expected: Path, *extra: str) -> None:
+    """Converting `name` succeeds and gives exactly the qcow2 disk `expected`."""
     result = convert(*extra, name, target)
     assert result.code == 0, result.err
+    assert same_disk(expected, "qcow2", target, "raw")
 
 
 def test_whiteout_hides_a_lower_disk(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, b, a_path, _ = two_disks
     name = images.layers([Entry("disk/a.qcow2", a), Entry("disk/b.qcow2", b)], [Entry("disk/.wh.b.qcow2", b"")])
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", a_path)
 
 
 def test_opaque_directory_hides_everything_below(
@@ -36,15 +37,13 @@ def test_opaque_directory_hides_everything_below(
         [Entry("disk/a.qcow2", a), Entry("disk/old.qcow2", a)],
         [Entry("disk", directory=True), Entry("disk/.wh..wh..opq", b""), Entry("disk/b.qcow2", b)],
     )
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", b_path)
 
 
 def test_upper_layer_replaces_the_disk(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, b, _, b_path = two_disks
     name = images.layers([Entry("disk/disk.qcow2", a)], [Entry("disk/disk.qcow2", b)])
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", b_path)
 
 
 @pytest.mark.parametrize("data_at", ["data/real.qcow2", "zz/real.qcow2"])
@@ -54,8 +53,7 @@ def test_hard_link_is_followed_to_its_data(
     # podman save writes whichever name it meets first as the data and the other as the link.
     a, _, a_path, _ = two_disks
     name = images.layers([Entry(data_at, a), Entry("disk/x.qcow2", hardlink=data_at)])
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", a_path)
 
 
 @pytest.mark.parametrize("link", ["/data/real.qcow2", "../data/real.qcow2", "/data/via/../real.qcow2"])
@@ -66,8 +64,7 @@ def test_symlink_inside_the_image_is_followed(
     name = images.layers(
         [Entry("data/real.qcow2", a), Entry("data/via", directory=True), Entry("disk/x.qcow2", symlink=link)]
     )
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", a_path)
 
 
 @pytest.mark.parametrize(
@@ -94,8 +91,7 @@ def test_symlink_out_of_the_image_is_refused(
 def test_cdi_disk_downloaded(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
     a, _, a_path, _ = two_disks
     name = images.layers([Entry("disk/downloaded", a)])
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", a_path)
 
 
 def test_dotfiles_and_directories_are_not_candidates(
@@ -103,8 +99,7 @@ def test_dotfiles_and_directories_are_not_candidates(
 ) -> None:
     a, b, a_path, _ = two_disks
     name = images.layers([Entry("disk/.hidden.qcow2", b), Entry("disk/sub/b.qcow2", b), Entry("disk/a.qcow2", a)])
-    convert_ok(convert, name, tmp_path / "out.raw")
-    assert same_disk(a_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", a_path)
 
 
 def test_several_disks_need_path(convert: Convert, images: Images, tmp_path: Path, two_disks: tuple) -> None:
@@ -113,8 +108,7 @@ def test_several_disks_need_path(convert: Convert, images: Images, tmp_path: Pat
     result = convert("-q", name, tmp_path / "out.raw")
     assert result.code == 4
     assert "/disk/a.qcow2, /disk/b.qcow2" in result.err and "--path" in result.err
-    convert_ok(convert, name, tmp_path / "out.raw", "--path", "/disk/b.qcow2")
-    assert same_disk(b_path, "qcow2", tmp_path / "out.raw", "raw")
+    converts_to(convert, name, tmp_path / "out.raw", b_path, "--path", "/disk/b.qcow2")
 
 
 def test_no_disk_lists_what_is_there(convert: Convert, images: Images, tmp_path: Path) -> None:
