@@ -12,7 +12,7 @@ from typing import Any
 
 from plumbum import cli
 
-from cdisk.core.errors import CdiskError, Interrupted
+from cdisk.core.errors import CdiskError, Interrupted, ToolError
 from cdisk.core.progress import NoProgress, Progress
 
 EXIT_INTERNAL = 1
@@ -112,6 +112,9 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
     except CdiskError as error:
         if switches.debug:
             traceback.print_exc()
+            if isinstance(error, ToolError) and error.stderr:
+                # The tool's own words (a child's traceback, qemu-img's whole complaint), not just its last line.
+                print(f"{' '.join(error.argv)} said:\n{error.stderr.rstrip()}", file=sys.stderr)
         error_line(error.message)
         return error.exit_code
     except Interrupted as stop:

@@ -30,6 +30,8 @@ class Refresh(WriteSwitches):
                                "checks the local cache only")
     keep = cli.SwitchAttr(["--keep"], cli.Range(0, 99), default=0, help="Keep N previous versions (TARGET.1, …)")
     no_wait = cli.Flag(["--no-wait"], help="Exit 9 at once when another refresh of TARGET runs, instead of waiting")
+    force = cli.Flag(["-f", "--force"], help="Replace a TARGET that no refresh wrote (a file; refresh refuses block "
+                                             "devices)")
 
     def main(self, image: str, target: str) -> int:
         from cdisk.core.refresh import refresh

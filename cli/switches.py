@@ -19,21 +19,27 @@ class ImageSwitches(OutputSwitches):
 
     pull = cli.SwitchAttr(["--pull"], cli.Set("missing", "always", "never"), default="missing",
                           help="When to pull IMAGE, as podman's --pull", overridable=True)
-    tls_verify = cli.SwitchAttr(["--tls-verify"], cli.Set("true", "false"), default="true",
-                                help="Require HTTPS and a valid certificate when pulling")
+    tls_verify = cli.SwitchAttr(["--tls-verify"], cli.Set("true", "false"), default=None,
+                                help="Require HTTPS and a valid certificate when pulling (default: as "
+                                     "registries.conf says for the registry, like podman pull)")
     tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
-                            help="Where the save method keeps the saved layers (default: beside TARGET, else "
-                                 "$TMPDIR or /var/tmp)")
+                            help="Where the save method keeps the saved layers (default: beside a file TARGET, "
+                                 "else $TMPDIR or /var/tmp)")
 
     @property
     def tmpdir_path(self) -> str | None:
         return str(self.tmpdir) if self.tmpdir else None
 
+    @property
+    def tls_choice(self) -> bool | None:
+        """--tls-verify as given; None when absent, so that registries.conf decides."""
+        return None if self.tls_verify is None else self.tls_verify == "true"
+
     def find_image(self, reference: str, progress: Progress) -> Image:
         """The image these switches ask for, pulled as `--pull` says."""
         from cdisk.core import podman
 
-        return podman.find_image(reference, str(self.pull), progress, self.tls_verify == "true")
+        return podman.find_image(reference, str(self.pull), progress, self.tls_choice)
 
 
 class DiskSwitches(ImageSwitches):
@@ -51,7 +57,8 @@ class WriteSwitches(DiskSwitches):
     out_format = cli.SwitchAttr(["-O", "--output-format"], str, default="raw",
                                 help="Format of TARGET: raw, qcow2, vmdk, … (anything qemu-img writes)")
     compress = cli.Flag(["-c", "--compress"], help="Compress the output (qcow2)")
-    force = cli.Flag(["-f", "--force"], help="Replace an existing TARGET (a block device is written in place)")
+    force = cli.Flag(["-f", "--force"], help="Replace an existing TARGET (a block device is written in place)",
+                     overridable=True)
 
     def request(self, image: str, target: str, keep: int = 0, durable: bool = False,
                 target_is_zero: bool = False) -> ConvertRequest:
@@ -61,7 +68,7 @@ class WriteSwitches(DiskSwitches):
         return ConvertRequest(image=image, target=target, out_format=self.out_format, compressed=self.compress,
                               force=self.force, pull=str(self.pull), method=str(self.method),
                               disk_path=self.disk_path, tmpdir=self.tmpdir_path,
-                              tls_verify=self.tls_verify == "true", keep=keep,
+                              tls_verify=self.tls_choice, keep=keep,
                               target_is_zero=target_is_zero, durable=durable)
 
 

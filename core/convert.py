@@ -25,7 +25,7 @@ class ConvertRequest:
     method: str = "auto"
     disk_path: str | None = None
     tmpdir: str | None = None
-    tls_verify: bool = True
+    tls_verify: bool | None = None  # None: registries.conf decides, as for `podman pull`
     keep: int = 0
     target_is_zero: bool = False
     durable: bool = False
@@ -47,14 +47,6 @@ class ConvertResult:
     seconds: float
 
 
-def _tmp_parent(request: ConvertRequest, plan: target.Target) -> str:
-    if request.tmpdir:
-        return request.tmpdir
-    # Beside the target, so the saved layer lands on the filesystem that will hold the disk anyway;
-    # a block device's directory (/dev) is a small tmpfs, so there the system's temp dir is used.
-    return sources.system_tmpdir() if plan.is_block else plan.directory
-
-
 def _room_needed(disk: InspectedDisk, out_format: str, plan: target.Target) -> tuple[qemu_img.Measure, int]:
     """What the target will take on disk, and the length of the file qemu-img will write."""
     if plan.is_block:
@@ -62,7 +54,9 @@ def _room_needed(disk: InspectedDisk, out_format: str, plan: target.Target) -> t
     if out_format == "raw":
         # A raw file is as long as the disk but sparse: when the whole length fits, so does the data,
         # and qemu-img measure (which reads all allocation metadata) is not worth running.
-        if target.free_bytes(plan.directory) >= disk.virtual_size:
+        with target.os_errors(plan.directory):
+            free = target.free_bytes(plan.directory)
+        if free >= disk.virtual_size:
             return qemu_img.Measure(0, 0), disk.virtual_size
         # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
         return qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds), disk.virtual_size
@@ -102,8 +96,8 @@ def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Tar
                   progress: Progress) -> ConvertResult:
     """Convert the disk of a resolved image by `method` (mount or save) into a planned target."""
     with ExitStack() as stack:
-        source = stack.enter_context(sources.open_disk(method, image, _tmp_parent(request, plan),
-                                                       request.disk_path, progress))
+        tmp_parent = sources.temp_parent(request.tmpdir, plan)
+        source = stack.enter_context(sources.open_disk(method, image, tmp_parent, request.disk_path, progress))
         disk = inspect_disk(source)
         needed, length = _room_needed(disk, request.out_format, plan)
         target.check_room(plan, disk.virtual_size, needed, length)

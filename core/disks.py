@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdisk.core.errors import CdiskError, DiskNotFoundError, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, ImageTree, LayerMember, resolve
+from cdisk.core.layers import DIR, FILE, SYMLINK, ImageTree, LayerMember, resolve
 
 DISK_DIR = "disk"
+
+
+# The `found: …` of a "no disk" error names at most this many entries: /disk may hold thousands.
+FOUND_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,7 @@ class DiskCandidate:
     refusal: str = ""
 
 
-def _as_disk(tree: ImageTree, path: str) -> LayerMember:
-    member = resolve(tree, path)
+def _as_disk(path: str, member: LayerMember) -> LayerMember:
     if member.kind != FILE:
         raise DiskNotFoundError(f"{path} is not a regular file in the image (it is a {member.kind}); "
                                 "pass --path with the disk file's path")
@@ -30,33 +33,54 @@ def _as_disk(tree: ImageTree, path: str) -> LayerMember:
     return member
 
 
+def _disk_dir(tree: ImageTree) -> LayerMember | None:
+    """The directory /disk leads to inside the image, or None when it leads to none."""
+    try:
+        member = resolve(tree, DISK_DIR)
+    except CdiskError:
+        return None
+    return member if member.kind == DIR else None
+
+
 def list_candidates(tree: ImageTree) -> list[DiskCandidate]:
     """Every possible disk directly under /disk/: dot-files and directories are not candidates.
 
     The older CDI convention (`disk/downloaded`) is one such file and needs no rule of its own.
+    Only the directory /disk resolves to inside the image is listed, and each candidate is named
+    and resolved through /disk, exactly as `--path` would name it.
     """
-    try:
-        root = resolve(tree, DISK_DIR)
-    except CdiskError:
-        return []
-    if root.kind != DIR:
+    root = _disk_dir(tree)
+    if root is None:
         return []
     candidates: list[DiskCandidate] = []
     for name in tree.children(root.path):
         if name.startswith("."):
             continue
-        path = f"/{root.path}/{name}"
-        entry = tree.lookup(f"{root.path}/{name}")
-        if entry is not None and entry.kind == DIR:
-            continue
+        path = f"/{DISK_DIR}/{name}"
         try:
             member = resolve(tree, path)
             if member.kind == DIR:
                 continue
-            candidates.append(DiskCandidate(path, _as_disk(tree, path)))
+            candidates.append(DiskCandidate(path, _as_disk(path, member)))
         except CdiskError as refusal:
             candidates.append(DiskCandidate(path, None, refusal.message))
     return candidates
+
+
+def _what_disk_holds(tree: ImageTree) -> str:
+    """For a "no disk" error: what /disk holds inside the image, or why it holds nothing there."""
+    root = _disk_dir(tree)
+    if root is not None:
+        names = tree.children(root.path)
+        shown = ", ".join(f"/{DISK_DIR}/{name}" for name in names[:FOUND_SHOWN])
+        more = f", … {len(names) - FOUND_SHOWN} more" if len(names) > FOUND_SHOWN else ""
+        return f"found: {shown or 'nothing'}{more}"
+    entry = tree.lookup(DISK_DIR)
+    if entry is None:
+        return "found: nothing"
+    if entry.kind == SYMLINK:
+        return f"/{DISK_DIR} is a symlink to {entry.linkname}, which leads to no directory inside the image"
+    return f"/{DISK_DIR} is a {entry.kind}, not a directory"
 
 
 def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerMember]:
@@ -68,7 +92,7 @@ def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerM
     """
     if explicit:
         path = "/" + explicit.strip("/")
-        return path, _as_disk(tree, path)
+        return path, _as_disk(path, resolve(tree, path))
     candidates = list_candidates(tree)
     if len(candidates) == 1:
         only = candidates[0]
@@ -76,8 +100,7 @@ def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerM
             raise UnsafeImageError(only.refusal)
         return only.path, only.member
     if not candidates:
-        seen = ", ".join(f"/{DISK_DIR}/{n}" for n in tree.children(DISK_DIR)) or "nothing"
-        raise DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ (found: {seen}); "
+        raise DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)}); "
                                 "pass --path with the disk file's path in the image")
     listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
     raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")

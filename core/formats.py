@@ -55,15 +55,68 @@ def _check_qcow2(header: bytes) -> None:
         ext_offset += 8 + (ext_len + 7) // 8 * 8
 
 
-def _check_vmdk(header: bytes, read_at: ReadAt) -> None:
-    desc_sector, desc_sectors = struct.unpack_from("<QQ", header, 28)
-    descriptor = read_at(desc_sector * 512, min(desc_sectors * 512, 1 << 20)) if desc_sector else b""
-    text = descriptor.split(b"\0", 1)[0].decode("ascii", "replace")
-    if "parentFileNameHint" in text or re.search(r"parentCID\s*=\s*(?!ffffffff)", text):
+# qemu's block/vmdk.c reads a descriptor as a C string of at most 1 MiB - 1 counted from the file's start
+# (vmdk_read_desc), and looks for a parent at the fixed offset 0x200 in 10 KiB (vmdk_parent_open),
+# whatever the header says: both regions are judged the way qemu reads them.
+_VMDK_DESC_LIMIT = (1 << 20) - 1
+_VMDK_PARENT_DESC = (0x200, 20 * 512)
+# The createTypes for which qemu reads a descriptor's extents as other files (vmdk_open_desc_file).
+_VMDK_SPARSE_TYPES = ("monolithicSparse", "streamOptimized")
+_VMDK_EXTENT = re.compile(rb"^\s*(RW|RDONLY|NOACCESS)\s+\d+\s+(\S+)", re.MULTILINE)
+
+
+def _c_string(data: bytes) -> bytes:
+    return data.split(b"\0", 1)[0]
+
+
+def _qemu_description(text: bytes, name: bytes) -> bytes | None:
+    """The value qemu's vmdk_parse_description finds: after the first `name` anywhere, skip two bytes
+    (meant to be `="`, but any two count), up to the next quote.
+    """
+    at = text.find(name)
+    if at < 0:
+        return None
+    start = at + len(name) + 2
+    end = text.find(b'"', start)
+    return None if start >= len(text) or end < 0 else text[start:end]
+
+
+def _check_vmdk_descriptor(text: bytes) -> None:
+    if b"parentFileNameHint" in text or re.search(rb"parentCID\s*=\s*(?!ffffffff)", text):
         raise _refuse("is a vmdk with a parent (backing) file")
-    create_type = re.search(r'createType\s*=\s*"([^"]*)"', text)
-    if create_type and create_type.group(1) not in ("monolithicSparse", "streamOptimized"):
-        raise _refuse(f"is a vmdk of type {create_type.group(1)!r}, whose extents are other files")
+    create_type = _qemu_description(text, b"createType")
+    if create_type is not None and create_type.decode("ascii", "replace") not in _VMDK_SPARSE_TYPES:
+        raise _refuse(f"is a vmdk of type {create_type.decode('ascii', 'replace')!r}, whose extents are other files")
+    extents = _VMDK_EXTENT.findall(text)
+    if len(extents) > 1 or any(kind != b"SPARSE" for _, kind in extents):
+        raise _refuse("is a vmdk whose descriptor names extents besides the file itself")
+
+
+def _check_vmdk(header: bytes, read_at: ReadAt) -> None:
+    capacity, _, desc_sector = struct.unpack_from("<QQQ", header, 12)
+    if capacity == 0:
+        # qemu then reads the embedded descriptor as a descriptor *file*, whose extents name host files.
+        raise _refuse("is a vmdk with capacity 0, which qemu reads as a descriptor of other files")
+    regions = [_VMDK_PARENT_DESC]
+    if 0 < desc_sector * 512 < _VMDK_DESC_LIMIT:
+        regions.append((desc_sector * 512, _VMDK_DESC_LIMIT - desc_sector * 512))
+    for offset, length in regions:
+        _check_vmdk_descriptor(_c_string(read_at(offset, length)))
+
+
+# VHD footer (at offset 0 of a dynamic disk): disk type at 60; 2 fixed, 3 dynamic, 4 differencing.
+_VPC_DISK_TYPE_OFFSET = 60
+_VPC_TYPES = {2: "fixed", 3: "dynamic"}
+
+
+def _check_vpc(header: bytes) -> None:
+    if len(header) < _VPC_DISK_TYPE_OFFSET + 4:
+        raise UnsafeImageError("the disk has a truncated VHD footer; rebuild the image")
+    disk_type = struct.unpack_from(">I", header, _VPC_DISK_TYPE_OFFSET)[0]
+    if disk_type == 4:
+        raise _refuse("is a VHD differencing disk, whose data is partly in its parent")
+    if disk_type not in _VPC_TYPES:
+        raise UnsafeImageError(f"the disk is a VHD of unknown type {disk_type}; {REFUSE_HINT}")
 
 
 def detect_format(read_at: ReadAt) -> str:
@@ -76,7 +129,7 @@ def detect_format(read_at: ReadAt) -> str:
     if header.startswith(QCOW2_MAGIC):
         _check_qcow2(header)
         return "qcow2"
-    if header.startswith(VMDK_SPARSE_MAGIC) and len(header) >= 44:
+    if header.startswith(VMDK_SPARSE_MAGIC) and len(header) >= 36:
         _check_vmdk(header, read_at)
         return "vmdk"
     if header.startswith(b"# Disk DescriptorFile"):
@@ -86,6 +139,7 @@ def detect_format(read_at: ReadAt) -> str:
     if header.startswith(b"vhdxfile"):
         return "vhdx"
     if header.startswith(b"conectix"):
+        _check_vpc(header)
         return "vpc"
     if header.startswith(b"QED\0"):
         raise UnsafeImageError(f"the disk is a QED image, which qemu deprecates and cdisk does not read; "

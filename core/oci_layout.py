@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.layers import LayerMember, MergedTree, members_from_tar
+from cdisk.core.tar_headers import ADVICE, LayerRefused, read_entries
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
-# Magic numbers of the compressions a layer may carry: a compressed blob has no stable offsets.
-_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+# The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
+# deflate method byte): a compressed blob has no stable offsets, anything else is read as a tar.
+_COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 
 def _blob(layout: Path, digest: str) -> Path:
@@ -55,14 +56,20 @@ def check_plain_tar(blob: Path) -> None:
 
 
 def read_layer(blob: Path, layer: int) -> list[LayerMember]:
-    """The members of one plain-tar layer, with the offsets `tarfile` found (PAX/GNU headers included)."""
+    """The contents of one plain-tar layer as podman unpacks it, with its files' data offsets.
+
+    A 0-byte blob is an empty layer, as podman takes it.
+    """
     check_plain_tar(blob)
     try:
-        with tarfile.open(blob, mode="r:") as tar:
-            return members_from_tar(tar, layer)
-    except tarfile.TarError as error:
-        raise UnsafeImageError(f"layer {blob.name[:12]} is not a readable tar ({error}); "
-                               "re-pull the image") from None
+        with blob.open("rb") as f:
+            return members_from_tar(read_entries(f, blob.stat().st_size), layer)
+    except LayerRefused as error:
+        raise UnsafeImageError(f"layer {blob.name[:12]} is refused: {error.what} at byte {error.offset}; "
+                               f"{ADVICE}") from None
+    except OSError as error:
+        raise ImageError(f"cannot read layer {blob.name[:12]} of the saved image: {error.strerror}; "
+                         "re-pull the image") from None
 
 
 def merged_tree(blobs: list[Path]) -> MergedTree:

@@ -170,13 +170,18 @@ def _inspect(client: Any, reference: str) -> Image | None:
     return _image(reference, found.attrs)
 
 
-def _pull(client: Any, reference: str, policy: str, tls_verify: bool, progress: Progress) -> None:
+def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, progress: Progress) -> None:
     from podman.errors import APIError
 
     progress.stage(f"pulling {reference}" if policy == "always" else f"asking the registry whether {reference} moved")
     # The compat stream reports bytes per layer; podman-py's pull() would re-parse the reference
     # and mangle digests and ports, so the endpoint is called with the reference as given.
-    params = {"reference": reference, "policy": policy, "tlsVerify": tls_verify, "compatMode": True}
+    params: dict[str, str | bool] = {"reference": reference, "policy": policy, "compatMode": True}
+    # Only an explicit --tls-verify is sent: podman applies tlsVerify only when the query names it,
+    # and otherwise lets registries.conf decide (`insecure = true` for a plain-HTTP mirror), as
+    # `podman pull` does.
+    if tls_verify is not None:
+        params["tlsVerify"] = "true" if tls_verify else "false"
     try:
         response = client.api.post("/images/pull", params=params, stream=True)
         response.raise_for_status()
@@ -197,8 +202,10 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool, progress: 
                          "the registry and your login (`podman login`)") from None
 
 
-def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool = True) -> Image:
+def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool | None = None) -> Image:
     """Find `reference` in the local store, pulling it as podman's `--pull` policy says.
+
+    `tls_verify` None leaves HTTPS and certificate checks to registries.conf; True or False overrides it.
 
     The user's live podman API serves when there is one. When there is none and the local store can
     answer (`never`, or `missing` with the image present), `podman image inspect` answers in ~40 ms

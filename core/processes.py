@@ -1,15 +1,40 @@
-"""Child processes that never outlive the block that started them."""
+"""Child processes that never outlive the block that started them, and whose output never outgrows a bound.
+
+A child's output can be driven by an image (`qemu-img check` of a crafted qcow2 prints gigabytes of
+errors), so nothing here buffers a stream whole: stderr keeps only its tail, stdout is capped, and a
+wall-clock deadline stops a child that hangs.
+"""
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from cdisk.core.errors import ToolError
+
+# Enough for any tool's last words; what came before them is dropped, never buffered.
+STDERR_TAIL = 64 * 1024
+# What a JSON answer of qemu-img or podman needs, with a wide margin.
+STDOUT_LIMIT = 16 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class LimitExceeded(ToolError):
+    """A child ran past its wall-clock deadline or printed more than its stdout bound; it was stopped.
+
+    `what` says which limit, e.g. "ran longer than 120 s".
+    """
+
+    def __init__(self, what: str, argv: Sequence[str], stderr: str = "") -> None:
+        name = os.path.basename(argv[0]) if argv else "a child process"
+        super().__init__(f"{name} {what} and was stopped", argv, None, stderr)
+        self.what = what
 
 
 def command(name: str, package: str) -> Any:
@@ -64,11 +89,67 @@ def running(cmd: Any, argv: Sequence[str], group: bool = False, **popen: Any) ->
                 stream.close()
 
 
-def run(cmd: Any, argv: Sequence[str], **popen: Any) -> tuple[int, str, str]:
-    """Run to the end and return (exit code, stdout, stderr) as text."""
+def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], timeout: float | None = None) -> bytes:
+    """Read the child's stdout and stderr until both close, and return the tail of its stderr.
+
+    stdout goes to `on_stdout` chunk by chunk; of stderr only the last `STDERR_TAIL` bytes are kept.
+    Both pipes are read together, so a child that fills one while we wait on the other cannot stall.
+
+    Raises:
+        LimitExceeded: `timeout` seconds passed; the child is then killed.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tail = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                proc.kill()
+                raise LimitExceeded(f"ran longer than {timeout:g} s", _argv(proc), bytes(tail).decode(errors="replace"))
+            for key, _ in selector.select(wait):
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    on_stdout(chunk)
+                else:
+                    tail += chunk
+                    del tail[:-STDERR_TAIL]
+    return bytes(tail)
+
+
+def _argv(proc: subprocess.Popen[bytes]) -> list[str]:
+    return [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+
+
+def run(cmd: Any, argv: Sequence[str], timeout: float | None = None, stdout_limit: int = STDOUT_LIMIT,
+        **popen: Any) -> tuple[int, str, str]:
+    """Run to the end and return (exit code, stdout, the tail of stderr) as text.
+
+    Raises:
+        LimitExceeded: the child ran past `timeout` seconds or printed more than `stdout_limit` bytes.
+    """
+    out = bytearray()
     with running(cmd, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen) as proc:
-        out, err = proc.communicate()
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        def collect(chunk: bytes) -> None:
+            out.extend(chunk)
+            if len(out) > stdout_limit:
+                proc.kill()
+                raise LimitExceeded(f"printed more than {stdout_limit} bytes", _argv(proc))
+
+        err = drain(proc, collect, timeout)
+        code = proc.wait()
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def killed_by_signal(code: int) -> bool:
+    """Whether an exit code says the child died of a signal: negative from Popen, 128+N through a shell
+    or a sandbox that passes the status on.
+    """
+    return code < 0 or code > 128
 
 
 def last_line(stderr: str, code: int | None) -> str:

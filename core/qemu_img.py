@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdisk.core import processes
+from cdisk.core import processes, sandbox
 from cdisk.core.errors import ToolError, UnsafeImageError
 from cdisk.core.progress import Progress
 
 SECTOR = 512
 # CDI and KubeVirt run `qemu-img info` on untrusted images under these limits: a crafted header
-# must not make qemu-img eat the host's memory or CPU.
+# must not make qemu-img eat the host's memory or CPU. The wall-clock limit catches what the CPU
+# limit cannot: a qemu-img that waits (on a FIFO, a lock) instead of working.
 INSPECT_ADDRESS_SPACE = 1 << 30
 INSPECT_CPU_SECONDS = 30
+INSPECT_WALL_SECONDS = 120
+# Formats whose every outside reference the header checks refuse, so qemu-img may open them even
+# where no sandbox can be made; every other format is read only inside one.
+UNCONFINED_FORMATS = frozenset({"raw", "qcow2"})
+# Protocol drivers of the nodes cdisk builds itself, on paths it chose.
+_PROTOCOLS = frozenset({"file", "host_device"})
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -60,9 +66,64 @@ def _limit_inspection() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (INSPECT_CPU_SECONDS, INSPECT_CPU_SECONDS))
 
 
-def _run(argv: Sequence[str], pass_fds: Sequence[int]) -> tuple[int, str, str]:
-    return processes.run(processes.command("qemu-img", "qemu-utils"), argv, preexec_fn=_limit_inspection,
-                         pass_fds=tuple(pass_fds))
+def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+
+
+def spec_view(spec: str) -> sandbox.View:
+    """The host files a spec opens (read-only); `/dev/fd/N` is an inherited descriptor and needs none."""
+    if not spec.startswith("json:"):
+        return sandbox.View(read_only=(spec,))
+    files = [str(n["filename"]) for n in _nodes(json.loads(spec[5:])) if "filename" in n]
+    return sandbox.View(read_only=tuple(f for f in files if not f.startswith("/dev/fd/")))
+
+
+def _drivers(specs: Sequence[str]) -> set[str]:
+    return {str(n["driver"]) for spec in specs if spec.startswith("json:")
+            for n in _nodes(json.loads(spec[5:])) if "driver" in n} - _PROTOCOLS
+
+
+def _command(args: list[str], specs: Sequence[str], view: sandbox.View) -> tuple[Any, list[str]]:
+    """qemu-img with `args`, confined to `view`; or bare, for raw and qcow2 only, where no sandbox can be made.
+
+    Raises:
+        UnsafeImageError: no sandbox, and a spec uses a format that could name files outside the image.
+    """
+    qemu_img = processes.command("qemu-img", "qemu-utils")
+    reason = sandbox.unavailable()
+    if reason is None:
+        full = sandbox.confine([str(qemu_img.executable), *args], view)
+        return processes.command(full[0], "bubblewrap"), full[1:]
+    risky = _drivers(specs) - UNCONFINED_FORMATS
+    if risky:
+        raise UnsafeImageError(f"the disk is {'/'.join(sorted(risky))}, which cdisk reads only with qemu-img in a "
+                               f"sandbox, and {reason}; install bubblewrap (apt-get install bubblewrap) and allow "
+                               "user namespaces, or ship the disk as qcow2 or raw")
+    return qemu_img, args
+
+
+def unconfined_reason() -> str | None:
+    """None when qemu-img runs in a sandbox here; otherwise why not (only raw and qcow2 are then read)."""
+    return sandbox.unavailable()
+
+
+def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> tuple[int, str, str]:
+    """Run an inspecting qemu-img under every limit; a run the limits stop is a refused image."""
+    cmd, argv = _command(args, [spec], spec_view(spec))
+    try:
+        code, out, err = processes.run(cmd, argv, timeout=INSPECT_WALL_SECONDS, preexec_fn=_limit_inspection,
+                                       pass_fds=tuple(pass_fds))
+    except processes.LimitExceeded as error:
+        raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
+                               "or damaged: rebuild or re-pull it") from None
+    if processes.killed_by_signal(code):
+        raise UnsafeImageError(f"qemu-img {what} was stopped by its memory or CPU limit "
+                               f"({INSPECT_ADDRESS_SPACE >> 20} MiB, {INSPECT_CPU_SECONDS} s); the image is hostile "
+                               "or damaged: rebuild or re-pull it")
+    return code, out, err
 
 
 def _failure(what: str, argv: Sequence[str], code: int, err: str) -> ToolError:
@@ -85,29 +146,32 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
     Raises:
         UnsafeImageError: qemu-img cannot open the disk as its detected format.
     """
-    argv = ["info", "--output=json", spec]
-    code, out, err = _run(argv, pass_fds)
+    code, out, err = _inspect("info", ["info", "--output=json", spec], spec, pass_fds)
     if code != 0:
         raise UnsafeImageError(f"qemu-img cannot read the disk: {processes.last_line(err, code)}; "
-                               "the image may be damaged: "
-                               "rebuild or re-pull it")
-    data = json.loads(out)
-    specific = data.get("format-specific", {}).get("data", {})
-    return ImageInfo(format=data["format"], virtual_size=int(data["virtual-size"]),
-                     backing=data.get("backing-filename") or data.get("full-backing-filename"),
-                     data_file=specific.get("data-file"))
+                               "the image may be damaged: rebuild or re-pull it")
+    try:
+        data = json.loads(out)
+        specific = data.get("format-specific", {}).get("data", {})
+        return ImageInfo(format=data["format"], virtual_size=int(data["virtual-size"]),
+                         backing=data.get("backing-filename") or data.get("full-backing-filename"),
+                         data_file=specific.get("data-file"))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise UnsafeImageError("qemu-img info said something cdisk cannot parse about the disk; rebuild or "
+                               "re-pull the image") from None
 
 
 def check(spec: str, pass_fds: Sequence[int] = ()) -> None:
     """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused."""
-    argv = ["check", "--output=json", spec]
-    code, _, err = _run(argv, pass_fds)
+    code, _, err = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
     # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
     if code in (0, 3, 63):
         return
     if code == 2:
         raise UnsafeImageError("qemu-img check found the disk corrupted; rebuild or re-pull the image")
-    raise _failure("check", argv, code, err)
+    # 1: the check could not be completed — on a disk that qemu-img info just opened, the disk's doing.
+    raise UnsafeImageError(f"qemu-img could not check the disk: {processes.last_line(err, code)}; the image "
+                           "may be damaged: rebuild or re-pull it")
 
 
 @dataclass(frozen=True)
@@ -121,11 +185,14 @@ class Measure:
 def measure(spec: str, out_format: str, pass_fds: Sequence[int] = ()) -> Measure:
     """`qemu-img measure` of the disk converted to `out_format` (uncompressed: a safe upper bound)."""
     argv = ["measure", "--output=json", "-O", out_format, spec]
-    code, out, err = _run(argv, pass_fds)
+    code, out, err = _inspect("measure", argv, spec, pass_fds)
     if code != 0:
         raise _failure("measure", argv, code, err)
-    data = json.loads(out)
-    return Measure(int(data["required"]), int(data["fully-allocated"]))
+    try:
+        data = json.loads(out)
+        return Measure(int(data["required"]), int(data["fully-allocated"]))
+    except (ValueError, TypeError, KeyError):
+        raise _failure("measure", argv, code, f"unexpected output: {out[:200]!r}") from None
 
 
 _MISMATCH = re.compile(r"Content mismatch at offset (\d+)")
@@ -137,8 +204,8 @@ def compare(spec: str, other_spec: str, pass_fds: Sequence[int] = ()) -> int | N
     Sizes are not compared here (qemu-img treats a longer all-zero tail as equal); callers do that.
     """
     argv = ["compare", spec, other_spec]
-    qemu_img = processes.command("qemu-img", "qemu-utils")
-    code, out, err = processes.run(qemu_img, argv, pass_fds=tuple(pass_fds))
+    cmd, full = _command(argv, [spec, other_spec], spec_view(spec) + spec_view(other_spec))
+    code, out, err = processes.run(cmd, full, pass_fds=tuple(pass_fds))
     if code == 0:
         return None
     if code == 1:
@@ -190,14 +257,15 @@ def convert(spec: str, target: str, options: ConvertOptions, progress: Progress,
         ToolError: qemu-img failed; its last stderr line is in the message.
     """
     argv = convert_argv(spec, target, options)
-    qemu_img = processes.command("qemu-img", "qemu-utils")
-    with processes.running(qemu_img, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    cmd, full = _command(argv, [spec], spec_view(spec) + sandbox.View(writable=(target,)))
+
+    def report(chunk: bytes) -> None:
+        for percent in parse_progress(chunk):
+            progress.update(percent, 100.0)
+
+    with processes.running(cmd, full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            pass_fds=tuple(pass_fds)) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        while chunk := os.read(proc.stdout.fileno(), 4096):
-            for percent in parse_progress(chunk):
-                progress.update(percent, 100.0)
-        err = proc.stderr.read().decode(errors="replace")
+        err = processes.drain(proc, report).decode(errors="replace")
         code = proc.wait()
     if code != 0:
         raise _failure("convert", argv, code, err)

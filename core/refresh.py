@@ -21,6 +21,7 @@ from cdisk.core.errors import CdiskError, TargetError
 from cdisk.core.progress import Progress
 
 RECORD_SUFFIX = ".cdisk.json"
+LOCK_SUFFIX = ".cdisk.lock"
 
 
 class BusyError(CdiskError):
@@ -65,7 +66,7 @@ def record_path(target_path: str) -> str:
 
 def lock_path(target_path: str) -> str:
     directory, name = os.path.split(target_path)
-    return os.path.join(directory, f".{name}.cdisk.lock")
+    return os.path.join(directory, f".{name}{LOCK_SUFFIX}")
 
 
 @contextmanager
@@ -74,7 +75,8 @@ def target_lock(target_path: str, wait: bool) -> Iterator[None]:
 
     flock is released by the kernel when the process dies, so a killed refresh never leaves it stuck.
     """
-    fd = os.open(lock_path(target_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    with target.os_errors(lock_path(target_path)):
+        fd = os.open(lock_path(target_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -99,7 +101,7 @@ def _write_record(target_path: str, record: Record) -> None:
     # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
     # disk that is not there.
     with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
-            open(temp, "w") as f:
+            target.os_errors(record_path(target_path)), open(temp, "w") as f:
         json.dump(asdict(record), f, indent=1)
         f.write("\n")
 
@@ -114,9 +116,29 @@ def is_current(record: Record | None, image: podman.Image, request: ConvertReque
         return False
     try:
         st = os.stat(request.target)
-    except FileNotFoundError:
+    except OSError:  # gone or unreadable: converting again will say what is wrong, if anything
         return False
     return (st.st_size, st.st_mtime_ns) == (record.size, record.mtime_ns)
+
+
+def _refuse_device(target_path: str) -> None:
+    # A device's node lives in /dev (a tmpfs: the record and lock would vanish at reboot), and its
+    # size and mtime say nothing about its content, so "unchanged" could not be told. Refused before
+    # any lookup or lock file.
+    if target.names_block_device(target_path):
+        target_path = os.path.abspath(target_path)
+        raise TargetError(f"{target_path} is a block device, which refresh does not keep current (its record "
+                          f"could not live beside it); write it with `cdisk convert --force IMAGE {target_path}` "
+                          f"and check it with `cdisk verify IMAGE {target_path}`")
+
+
+def _check_name_room(target_path: str) -> None:
+    directory, name = os.path.split(target_path)
+    longest = target.name_max(directory) - max(len(LOCK_SUFFIX) + 1, len(RECORD_SUFFIX), len(".99"))
+    if len(os.fsencode(name)) > longest:
+        raise TargetError(f"{target_path}: the name is too long for the record and lock refresh keeps beside "
+                          f"it (TARGET{RECORD_SUFFIX}, .TARGET{LOCK_SUFFIX}); use a name of at most {longest} "
+                          "bytes")
 
 
 def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshResult:
@@ -127,8 +149,10 @@ def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshR
         CdiskError: anything else; the previous target and its record are then untouched.
     """
     started = time.monotonic()
+    _refuse_device(request.target)
     plan = target.plan_target(request.target, True, request.out_format)  # replacing is what refresh is for
     path = plan.path
+    _check_name_room(path)
     request = replace(request, target=path)
     with target_lock(path, wait):
         record = load_record(path)
@@ -141,7 +165,8 @@ def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshR
             return RefreshResult("unchanged", request.image, image.id, image.digest, path,
                                  round(time.monotonic() - started, 3), record.disk, None, [])
         result: ConvertResult = convert_resolved(request, image, plan, progress)
-        st = os.stat(path)
+        with target.os_errors(path):
+            st = os.stat(path)
         _write_record(path, Record(request.image, image.id, image.digest, result.disk, result.source_format,
                                    request.out_format, request.compressed, st.st_size, st.st_mtime_ns))
     kept = [f"{path}.{n}" for n in range(1, request.keep + 1) if os.path.exists(f"{path}.{n}")]

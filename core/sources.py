@@ -22,7 +22,7 @@ from cdisk.core.layers import LayerMember, MergedTree
 from cdisk.core.mounted import MountedTree
 from cdisk.core.podman import Image
 from cdisk.core.progress import Progress
-from cdisk.core.target import free_bytes
+from cdisk.core.target import Target, free_bytes
 
 METHODS = ("auto", "mount", "save")
 
@@ -62,7 +62,20 @@ class DiskSource:
 
 def system_tmpdir() -> str:
     """Where temp data goes when no target directory suits: $TMPDIR, else /var/tmp (disk, not tmpfs)."""
-    return os.environ.get("TMPDIR", "/var/tmp")
+    return os.environ.get("TMPDIR") or "/var/tmp"
+
+
+def temp_parent(tmpdir: str | None, target: Target | None) -> str:
+    """Where a command keeps its temp data (the save method's layers): the one rule of every command.
+
+    `--tmpdir` when given; else beside a file TARGET, on the filesystem that will hold the disk anyway;
+    else (a block device, whose directory is /dev, a small tmpfs; or no TARGET at all) $TMPDIR or /var/tmp.
+    """
+    if tmpdir:
+        return tmpdir
+    if target is not None and not target.is_block:
+        return target.directory
+    return system_tmpdir()
 
 
 def _check_room_for_save(image: Image, directory: str) -> None:
@@ -141,6 +154,9 @@ def open_disk(method: str, image: Image, tmp_parent: str, path: str | None,
               progress: Progress) -> Iterator[DiskSource]:
     """The disk of `image` read by `method`: `mount` or `save`."""
     progress.stage(f"reading the disk in place ({method} method)")
+    unconfined = qemu_img.unconfined_reason()
+    if unconfined:
+        progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
     opened = mounted_disk(image, path) if method == "mount" else saved_disk(image, tmp_parent, path)
     with opened as source:
         yield source

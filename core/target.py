@@ -1,4 +1,14 @@
-"""The target: a file written under a temp name and renamed into place, or a block device written in place."""
+"""The target: a file written under a temp name and renamed into place, or a block device written in place.
+
+TARGET exists when anything is there, a dangling symlink included (`lstat`). A symlink at TARGET is
+followed once, here, and everything after works on the file or device it names: operators name
+devices through /dev/disk/by-id/… links, and a link to a file (`current.raw -> fedora-40.raw`) keeps
+pointing at the new disk, as with `cp` or `qemu-img convert`. A link that dangles or loops is refused:
+cdisk does not create files where a link points.
+
+Every OSError met on the target's path (a read-only or full filesystem, no permission, a name too
+long, a loop) becomes one TargetError naming the path and what to do.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +23,41 @@ from dataclasses import dataclass
 from cdisk.core.errors import TargetError, UsageError
 from cdisk.core.qemu_img import Measure
 
+_TEMP_SUFFIX = ".cdisk-part"
+_TEMP_RANDOM = 8  # the characters mkstemp adds
+
+_ADVICE = {
+    errno.EROFS: "choose a target on a writable filesystem",
+    errno.EACCES: "check the permissions of the directory, or choose another target",
+    errno.EPERM: "check the permissions and attributes (chattr) of the directory, or choose another target",
+    errno.ENOSPC: "free some space (or inodes) there, or choose another target",
+    errno.EDQUOT: "free some space within your quota, or choose another target",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ELOOP: "the path holds a symlink loop; fix the link or choose another target",
+    errno.ENOTDIR: "a component of the path is not a directory; fix the path",
+}
+
+
+def target_problem(path: str, error: OSError) -> TargetError:
+    """The TargetError an OSError on the target's path means to the operator."""
+    advice = _ADVICE.get(error.errno or 0, "check the target and its directory, or choose another target")
+    return TargetError(f"{path}: {error.strerror or error}; {advice}")
+
+
+@contextmanager
+def os_errors(path: str) -> Iterator[None]:
+    """Turn an OSError raised in the block into the TargetError it means for `path`."""
+    try:
+        yield
+    except OSError as error:
+        raise target_problem(path, error) from None
+
 
 @dataclass(frozen=True)
 class Target:
-    """Where the disk goes. `path` is absolute; `is_block` when it is an existing block device."""
+    """Where the disk goes. `path` is absolute, a symlink at TARGET already followed; `is_block` when
+    it is an existing block device.
+    """
 
     path: str
     is_block: bool
@@ -26,26 +67,64 @@ class Target:
         return os.path.dirname(self.path)
 
 
+def _follow(link: str) -> tuple[str, int]:
+    """The path a symlink at TARGET names and that path's mode; refused when it dangles (loops raise ELOOP)."""
+    try:
+        mode = os.stat(link).st_mode
+    except FileNotFoundError:
+        raise TargetError(f"{link} is a symlink to {os.readlink(link)}, which does not exist; cdisk does not "
+                          "create files through a dangling link: remove the link or give the file's own "
+                          "path") from None
+    return os.path.realpath(link), mode
+
+
+def _check_directory(directory: str) -> None:
+    try:
+        mode = os.stat(directory).st_mode
+    except FileNotFoundError:
+        raise TargetError(f"{directory} does not exist; create it or choose another target") from None
+    if not stat.S_ISDIR(mode):
+        raise TargetError(f"{directory} is not a directory; fix the target's path")
+
+
+def _check_writable(directory: str) -> None:
+    # Before any pull or save: a directory this process cannot create files in. access() only says
+    # no; making a file says why (read-only, immutable, no permission), which the message carries.
+    if os.access(directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return
+    fd, probe = tempfile.mkstemp(prefix=".cdisk-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = False) -> Target:
     """Check the target before any expensive work.
 
     Raises:
-        TargetError: its directory is missing, it is a directory, it exists without --force, or it is
-            a block device asked to hold a format other than raw.
+        TargetError: its directory is missing or not writable, it is a directory, a dangling or looping
+            symlink, it exists without --force, or it is a block device asked to hold a format other
+            than raw.
     """
     absolute = os.path.abspath(path)
-    directory = os.path.dirname(absolute)
-    if not os.path.isdir(directory):
-        raise TargetError(f"{directory} does not exist; create it or choose another target")
+    with os_errors(absolute):
+        return _plan(absolute, force, out_format, target_is_zero)
+
+
+def _plan(absolute: str, force: bool, out_format: str, target_is_zero: bool) -> Target:
+    _check_directory(os.path.dirname(absolute))
     try:
-        mode = os.stat(absolute).st_mode
+        mode = os.lstat(absolute).st_mode
     except FileNotFoundError:
         mode = 0
+    resolved = absolute
+    if stat.S_ISLNK(mode):
+        resolved, mode = _follow(absolute)
     if target_is_zero and not stat.S_ISBLK(mode):
         raise UsageError(f"--target-is-zero is for an existing block device, and {absolute} is not one; "
                          "drop --target-is-zero (a new file is known to be empty)")
     if not mode:
-        return Target(absolute, is_block=False)
+        _check_writable(os.path.dirname(resolved))
+        return Target(resolved, is_block=False)
     if stat.S_ISDIR(mode):
         raise TargetError(f"{absolute} is a directory; give the path of the disk file to write")
     if not force:
@@ -54,10 +133,44 @@ def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = 
         if out_format != "raw":
             raise TargetError(f"{absolute} is a block device, which cdisk writes as raw only; drop -O "
                               f"{out_format} or write to a file")
-        return Target(absolute, is_block=True)
+        return Target(resolved, is_block=True)
     if not stat.S_ISREG(mode):
         raise TargetError(f"{absolute} is neither a regular file nor a block device; choose another target")
-    return Target(absolute, is_block=False)
+    _check_writable(os.path.dirname(resolved))
+    return Target(resolved, is_block=False)
+
+
+def names_block_device(path: str) -> bool:
+    """Whether `path` is a block device or a symlink to one (any error: no, and plan_target says why)."""
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def name_max(directory: str) -> int:
+    """The longest file name, in bytes, `directory`'s filesystem takes."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def existing_target(path: str) -> Target:
+    """An existing file or block device to read (verify), a symlink at `path` followed.
+
+    Raises:
+        TargetError: nothing is there, or it is neither a file nor a block device.
+    """
+    absolute = os.path.abspath(path)
+    with os_errors(absolute):
+        try:
+            mode = os.stat(absolute).st_mode
+        except FileNotFoundError:
+            raise TargetError(f"{absolute} does not exist; convert the image first") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise TargetError(f"{absolute} is neither a file nor a block device; give the disk to verify")
+        return Target(os.path.realpath(absolute), is_block=stat.S_ISBLK(mode))
 
 
 def _device_size(path: str) -> int:
@@ -82,6 +195,11 @@ def check_room(target: Target, virtual_size: int, needed: Measure, file_length: 
         needed: what qemu-img says the written file takes on disk.
         file_length: the length of the file qemu-img will write (raw: the virtual size, sparse).
     """
+    with os_errors(target.path):
+        _check_room(target, virtual_size, needed, file_length)
+
+
+def _check_room(target: Target, virtual_size: int, needed: Measure, file_length: int) -> None:
     if target.is_block:
         capacity = _device_size(target.path)
         if capacity < virtual_size:
@@ -127,6 +245,22 @@ def _sync(path: str) -> None:
         os.close(fd)
 
 
+def temp_prefix(directory: str, name: str) -> str:
+    """`.NAME.` for a temp file beside NAME, NAME shortened so the whole temp name stays a legal one.
+
+    A legal NAME of 250-odd bytes plus the dot, mkstemp's random part and the suffix would exceed the
+    filesystem's limit on a name (ENAMETOOLONG).
+    """
+    room = name_max(directory) - len(b"..") - _TEMP_RANDOM - len(_TEMP_SUFFIX)
+    encoded = os.fsencode(name)
+    if len(encoded) > room:
+        # Cut on a character boundary: a name that does not decode stays bytes-exact through fsdecode.
+        encoded = encoded[:room]
+        while encoded and os.fsencode(os.fsdecode(encoded)) != encoded:
+            encoded = encoded[:-1]
+    return f".{os.fsdecode(encoded)}."
+
+
 @contextmanager
 def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[str]:
     """The path qemu-img should write. A file is renamed over the target only if the block succeeds
@@ -138,27 +272,28 @@ def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[st
     qemu-img, leaves flushing to the kernel).
     """
     if target.is_block:
-        yield target.path
-        if durable:
-            _sync(target.path)
+        yield target.path  # refresh refuses devices, so nothing here asks for `durable` or `keep`
         return
-    name = os.path.basename(target.path)
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".cdisk-part", dir=target.directory)
+    with os_errors(target.path):
+        fd, temp = tempfile.mkstemp(prefix=temp_prefix(target.directory, os.path.basename(target.path)),
+                                    suffix=_TEMP_SUFFIX, dir=target.directory)
     try:
-        # mkstemp makes 0600; the disk gets the mode any new file of this user would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    finally:
-        os.close(fd)
-    try:
+        with os_errors(target.path):
+            try:
+                # mkstemp makes 0600; the disk gets the mode any new file of this user would.
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
+            finally:
+                os.close(fd)
         yield temp
-        if durable:
-            _sync(temp)
-        keep_previous(target.path, keep)
-        os.replace(temp, target.path)
-        if durable:
-            _sync(target.directory)  # the rename survives a crash only once its directory is on disk
+        with os_errors(target.path):
+            if durable:
+                _sync(temp)
+            keep_previous(target.path, keep)
+            os.replace(temp, target.path)
+            if durable:
+                _sync(target.directory)  # the rename survives a crash only once its directory is on disk
     finally:
         if os.path.lexists(temp):
             os.unlink(temp)

@@ -10,6 +10,7 @@ floor: bare `qemu-img convert -W` of the disk file as podman stores it, copied t
 floor-sparse (raw only): the same of the sparse file the image was built from.
 auto+socket: `auto` with a live podman API socket (a host with podman.socket running).
 naive: podman save to a tar, extract it and the layer, convert the extracted file.
+X@REV (with --baseline REV): command X of cdisk as it was at git revision REV, for before/after in one run.
 """
 
 from __future__ import annotations
@@ -169,7 +170,22 @@ def live_socket() -> Iterator[str]:
         proc.wait()
 
 
-def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str]) -> dict[str, object]:
+def baseline_cdisk(rev: str) -> tuple[str, str]:
+    """cdisk as of git revision `rev`, installed in a venv of its own under bench-cache/: (label, executable)."""
+    commit = sh("git", "-C", ROOT, "rev-parse", "--short", rev).stdout.strip()
+    tree = CACHE / f"baseline-{commit}"
+    if not (tree / ".venv" / "bin" / "cdisk").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        sh(sys.executable, "-m", "venv", tree / ".venv")
+        sh(tree / ".venv" / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", tree)
+    return commit, str(tree / ".venv" / "bin" / "cdisk")
+
+
+def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
+             baseline: tuple[str, str] | None = None) -> dict[str, object]:
     image, disk = build_case(name, fs)
     fmt = CASES[name][0]
     out = CACHE / "out"
@@ -184,9 +200,13 @@ def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str]) -> d
         "save": [CDISK, "convert", "-q", "--force", "--method", "save", image, str(target)],
         "naive": naive(image, fmt, out / "naive", target),
     }
+    if baseline:
+        label, old = baseline
+        for key in ("auto", "mount", "save"):
+            commands[f"{key}@{label}"] = [old if part == CDISK else part for part in commands[key]]
     if fmt == "raw":
         commands["floor-sparse"] = ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)]
-    commands = {k: v for k, v in commands.items() if k == "floor" or not only or k in only}
+    commands = {k: v for k, v in commands.items() if k == "floor" or not only or k.split("@")[0] in only}
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for round_ in range(rounds + 1):  # round 0 warms the page cache and is not counted
         for key, argv in commands.items():
@@ -233,8 +253,10 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--commands", default="", help="only these commands (and the floor), e.g. auto,mount")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", metavar="REV", help="also run cdisk as of git revision REV (before/after)")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
+    baseline = baseline_cdisk(args.baseline) if args.baseline else None
     fs = build_filesystem()
     machine = {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                "qemu_img": sh("qemu-img", "--version").stdout.splitlines()[0],
@@ -248,7 +270,7 @@ def main() -> None:
         for name in args.cases.split(","):
             print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
             only = set(filter(None, args.commands.split(",")))
-            results["cases"][name] = run_case(name, fs, args.rounds, socket, only)  # type: ignore[index]
+            results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline)  # type: ignore[index]
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

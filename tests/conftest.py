@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
@@ -10,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ import pytest
 
 from tests.images import Entry, make_disk, oci_image, podman_build, remove_image, sh
 
-for tool in ("podman", "qemu-img", "qemu-io"):
+for tool in ("podman", "qemu-img", "qemu-io", "bwrap"):
     if shutil.which(tool) is None:
         pytest.exit(f"{tool} is missing: run scripts/test, which installs it", returncode=1)
 
@@ -50,6 +50,10 @@ def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
 Convert = Callable[..., Run]
 
 
+# Every image this test session made, so the leak check knows which mounts are its own.
+MADE: set[str] = set()
+
+
 class Images:
     """Builds test images and removes them after the test."""
 
@@ -66,11 +70,13 @@ class Images:
         context = Path(tempfile.mkdtemp(dir=self.workdir, prefix="ctx-"))
         name = podman_build(context, files, dest)
         self.names.append(name)
+        MADE.add(name)
         return name
 
     def layers(self, *layers: list[Entry]) -> str:
         name = oci_image(self.workdir, list(layers))
         self.names.append(name)
+        MADE.add(name)
         return name
 
     def remove(self) -> None:
@@ -85,36 +91,55 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     made.remove()
 
 
-def _service_processes() -> list[str]:
-    out = sh("pgrep", "-af", "podman system service", check=False).stdout
-    return [line for line in out.splitlines() if "cdisk-podman-" in line]
+# Everything a test starts inherits this variable (cdisk, podman, bwrap, qemu-img), so the leak check
+# looks only at processes of the test that runs now, not at other jobs on a shared machine.
+TAG_VARIABLE = "CDISK_TEST_TAG"
 
 
-def _mounts() -> set[str]:
-    return set(sh("podman", "image", "mount", check=False).stdout.splitlines())
+def _tagged_processes(tag: str, needles: tuple[str, ...]) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{TAG_VARIABLE}={tag}".encode() in environ and any(n in cmdline for n in needles):
+            found.append(f"{entry.name} {cmdline}")
+    return found
 
 
-def _qemu_processes() -> list[str]:
-    out = sh("pgrep", "-af", "qemu-img", check=False).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+def _mounts_of(names: set[str]) -> set[str]:
+    lines = sh("podman", "image", "mount", check=False).stdout.splitlines()
+    return {line for line in lines if line.split(" ", 1)[0] in names}
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(tmp_path: Path) -> Iterator[None]:
-    """After every test: no private podman service, temp dir, partial file, mount or qemu-img left.
-
-    Processes and mounts that were there before the test (another job on the machine) are not its doing.
+def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After every test: no private podman service, qemu-img, sandbox, temp dir, partial file or image mount
+    that the test started is left. What other jobs on the machine run is not looked at.
     """
-    temp_root = tempfile.gettempdir()
-    before = set(glob.glob(os.path.join(temp_root, "cdisk-podman-*")))
-    services, qemus, mounts = set(_service_processes()), set(_qemu_processes()), _mounts()
-    yield
-    assert set(_service_processes()) - services == set(), "a private podman service outlived cdisk"
-    assert set(_qemu_processes()) - qemus == set(), "a qemu-img process outlived cdisk"
-    assert set(glob.glob(os.path.join(temp_root, "cdisk-podman-*"))) - before == set(), "service dir left"
-    leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
-    assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
-    assert _mounts() - mounts == set(), "an image was left mounted"
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG_VARIABLE, tag)
+    # A TMPDIR of the test's own (world-writable like /tmp, for the rootless user's runs too), so a temp dir
+    # left there is this test's doing.
+    temp_root = Path(tempfile.mkdtemp(prefix="pytest-tmpdir-", dir="/tmp"))
+    temp_root.chmod(0o1777)
+    monkeypatch.setenv("TMPDIR", str(temp_root))
+    made_before = set(MADE)
+    try:
+        yield
+        made = MADE - made_before
+        assert _tagged_processes(tag, ("podman system service",)) == [], "a private podman service outlived cdisk"
+        assert _tagged_processes(tag, ("qemu-img", "bwrap")) == [], "a qemu-img process outlived cdisk"
+        assert list(temp_root.glob("*cdisk*")) == [], "service dir or temp data left"
+        leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
+        assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
+        assert _mounts_of(made) == set(), "an image was left mounted"
+    finally:
+        shutil.rmtree(temp_root, ignore_errors=True)
 
 
 METHODS = ["save", "mount"]

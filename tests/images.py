@@ -1,6 +1,7 @@
 """Real test images: tiny disks made by qemu-img, put in podman's store by `podman build` or, for layer
 tricks a Containerfile cannot express (whiteouts, hard links, symlinks), by pulling an OCI layout whose
-layer tars are written here with `tarfile`.
+layer tars are written here with `tarfile`, or byte by byte (`tar_member`, `pax_header`, … for the odd
+constructs no tar library writes) and loaded with `oci_image_blobs`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tarfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MiB = 1 << 20
 
@@ -78,8 +80,78 @@ def _layer_tar(entries: list[Entry]) -> bytes:
     return buf.getvalue()
 
 
+TAR_END = bytes(1024)
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def tar_header(name: bytes | str, kind: bytes = b"0", size: int = 0, linkname: bytes | str = b"",
+               magic: bytes = b"ustar\x00", version: bytes = b"00", prefix: bytes = b"",
+               fields: dict[int, bytes] | None = None, devices: tuple[int, int] = (0, 0)) -> bytes:
+    """One 512-byte header block with a valid checksum; `fields` overwrite bytes at given offsets."""
+    block = bytearray(512)
+
+    def put(offset: int, data: bytes) -> None:
+        block[offset:offset + len(data)] = data
+
+    put(0, (name.encode() if isinstance(name, str) else name)[:100])
+    put(100, b"0000644\x00")
+    put(108, b"0000153\x00")
+    put(116, b"0000153\x00")
+    put(124, b"%011o\x00" % size)
+    put(136, b"14000000000\x00")
+    put(156, kind)
+    put(157, linkname.encode() if isinstance(linkname, str) else linkname)
+    put(257, magic)
+    put(263, version)
+    put(329, b"%07o\x00" % devices[0])
+    put(337, b"%07o\x00" % devices[1])
+    put(345, prefix)
+    for offset, data in (fields or {}).items():
+        put(offset, data)
+    block[148:156] = b" " * 8
+    put(148, b"%06o\x00 " % sum(block))
+    return bytes(block)
+
+
+def tar_member(name: bytes | str, data: bytes = b"", kind: bytes = b"0", **header: Any) -> bytes:
+    """A header and its data, padded to the block."""
+    return tar_header(name, kind, len(data), **header) + _pad(data)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def pax_header(records: list[tuple[bytes, bytes]] | bytes, kind: bytes = b"x",
+               name: bytes = b"PaxHeaders/member") -> bytes:
+    """A PAX extended (`x`) or global (`g`) header, from records or a raw body."""
+    body = records if isinstance(records, bytes) else b"".join(pax_record(k, v) for k, v in records)
+    return tar_header(name, kind, len(body)) + _pad(body)
+
+
+def gnu_long(value: bytes, kind: bytes = b"L") -> bytes:
+    """A GNU long name (`L`) or long link (`K`) header for the next member."""
+    data = value + b"\x00"
+    return tar_header(b"././@LongLink", kind, len(data), magic=b"ustar ", version=b" \x00") + _pad(data)
+
+
 def oci_image(workdir: Path, layers: list[list[Entry]]) -> str:
     """Put an image with exactly these layers into podman's store (via `podman pull oci:`)."""
+    return oci_image_blobs(workdir, [_layer_tar(entries) for entries in layers])
+
+
+def oci_image_blobs(workdir: Path, tars: list[bytes]) -> str:
+    """Put an image whose layers are exactly these tar blobs into podman's store.
+
+    Raises subprocess.CalledProcessError when podman refuses to pull it.
+    """
     layout = workdir / f"oci-{uuid.uuid4().hex[:8]}"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -89,7 +161,6 @@ def oci_image(workdir: Path, layers: list[list[Entry]]) -> str:
         (blobs / digest).write_bytes(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    tars = [_layer_tar(entries) for entries in layers]
     layer_refs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(t)} for t in tars]
     config = {
         "architecture": "amd64",

@@ -51,3 +51,23 @@ def test_explicit_path_and_sparse_refusal() -> None:
         find_disk(tree, "images/s")
     with pytest.raises(DiskNotFoundError, match="is not a regular file"):
         find_disk(tree, "/disk")
+
+
+def test_candidates_are_named_through_disk_even_when_it_links_to_the_root() -> None:
+    tree = MergedTree([[LayerMember("disk", SYMLINK, linkname="/"), f("vm.qcow2")]])
+    # /disk/disk is /disk again, that is the root: a directory, so not a candidate.
+    assert list_candidates(tree) == [DiskCandidate("/disk/vm.qcow2", f("vm.qcow2"))]
+    assert find_disk(tree) == ("/disk/vm.qcow2", f("vm.qcow2"))
+
+
+def test_no_disk_says_what_the_resolved_disk_dir_holds() -> None:
+    linked = MergedTree([[LayerMember("disk", SYMLINK, linkname="/images"), LayerMember("images/sub", DIR)]])
+    with pytest.raises(DiskNotFoundError, match=r"under /disk/ \(found: /disk/sub\); pass --path"):
+        find_disk(linked)
+    for target in ("/etc", "../..", "/disk"):
+        out = MergedTree([[LayerMember("disk", SYMLINK, linkname=target)]])
+        with pytest.raises(DiskNotFoundError, match=rf"under /disk/ \(/disk is a symlink to {target}, which leads to "
+                                                    r"no directory inside the image\); pass --path"):
+            find_disk(out)
+    with pytest.raises(DiskNotFoundError, match=r"under /disk/ \(/disk is a file, not a directory\)"):
+        find_disk(MergedTree([[f("disk")]]))

@@ -8,6 +8,7 @@ import pytest
 
 from cdisk.core.errors import UnsafeImageError
 from cdisk.core.formats import detect_format
+from tests import hostile
 from tests.images import sh
 
 
@@ -76,3 +77,63 @@ def test_other_refusals(head: bytes, says: str) -> None:
 
 def test_a_short_raw_disk() -> None:
     assert detect_format(lambda offset, length: b"\0" * 3) == "raw"
+
+
+# qemu's vmdk driver reads more than the header says: a descriptor *file* when capacity is 0, createType by
+# `strstr` plus two skipped bytes, a parent hint at the fixed offset 0x200. Each variant must be refused.
+@pytest.mark.parametrize(
+    ("create_type", "kind"),
+    [
+        (b'createType="monolithicFlat"', b"FLAT"),
+        (b'createType:"monolithicFlat"', b"FLAT"),
+        (b'createType  "twoGbMaxExtentFlat"', b"FLAT"),
+        (b'createType="vmfs"', b"VMFS"),
+        (b'createType="monolithicSparse"', b"SPARSE"),
+        (b"", b"FLAT"),
+    ],
+)
+def test_vmdk_of_capacity_zero_is_refused(create_type: bytes, kind: bytes) -> None:
+    data = hostile.capacity_zero_vmdk("/etc/shadow", create_type, kind)
+    with pytest.raises(UnsafeImageError, match="capacity 0"):
+        detect_format(lambda offset, length: data[offset : offset + length])
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (hostile.descriptor("/etc/shadow", b'createType:"monolithicFlat"', b"SPARSE"), "of type 'monolithicFlat'"),
+        (hostile.descriptor("x.vmdk", b'ddb.createType="vmfs"', b"SPARSE"), "of type 'vmfs'"),
+        (hostile.descriptor("/etc/shadow", b'createType="monolithicSparse"'), "extents besides the file"),
+        (hostile.descriptor("x.vmdk", b'createType="monolithicSparse"', b"SPARSE", b'RW 8 SPARSE "y.vmdk"\n'),
+         "extents besides the file"),
+        (hostile.descriptor("x.vmdk", b'createType="streamOptimized"', b"SPARSE", b'parentFileNameHint="/a"\n'),
+         "parent"),
+    ],
+)
+def test_vmdk_descriptor_read_as_qemu_reads_it(text: bytes, says: str) -> None:
+    data = hostile.vmdk_with_descriptor(text)
+    with pytest.raises(UnsafeImageError, match=says):
+        detect_format(lambda offset, length: data[offset : offset + length])
+
+
+def test_vmdk_parent_hint_where_qemu_looks_not_where_the_header_points() -> None:
+    clean = hostile.descriptor("x.vmdk", b'createType="monolithicSparse"', b"SPARSE")
+    data = bytearray(hostile.vmdk_with_descriptor(clean, desc_sector=40))
+    hint = b'parentFileNameHint="/etc/shadow"\n'
+    data[0x200 : 0x200 + len(hint)] = hint
+    with pytest.raises(UnsafeImageError, match="parent"):
+        detect_format(lambda offset, length: bytes(data[offset : offset + length]))
+    assert detect_format(lambda o, n: hostile.vmdk_with_descriptor(clean)[o : o + n]) == "vmdk"
+
+
+@pytest.mark.parametrize(("disk_type", "says"), [(4, "differencing"), (0, "unknown type 0"), (5, "unknown type 5"),
+                                                 (6, "unknown type 6")])
+def test_vpc_other_than_fixed_or_dynamic_is_refused(tmp_path: Path, disk_type: int, says: str) -> None:
+    disk = hostile.vpc_of_type(tmp_path / "d.vhd", disk_type)
+    with pytest.raises(UnsafeImageError, match=says):
+        detect_format(reader(disk))
+
+
+@pytest.mark.parametrize("disk_type", [2, 3])
+def test_vpc_fixed_and_dynamic_pass(tmp_path: Path, disk_type: int) -> None:
+    assert detect_format(reader(hostile.vpc_of_type(tmp_path / "d.vhd", disk_type))) == "vpc"

@@ -13,6 +13,7 @@ import pytest
 
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.oci_layout import layer_blobs, read_layer
+from tests.images import TAR_END, pax_header, tar_member
 
 
 def _layout(tmp_path: Path, layer: bytes, media_type: str) -> tuple[Path, str]:
@@ -50,12 +51,18 @@ def _plain_tar() -> bytes:
 def test_plain_tar_labelled_gzip_is_read_by_its_bytes(tmp_path: Path) -> None:
     layout, image_id = _layout(tmp_path, _plain_tar(), "application/vnd.oci.image.layer.v1.tar+gzip")
     [blob] = layer_blobs(layout, image_id)
-    [member] = read_layer(blob, 0)
+    [member] = [m for m in read_layer(blob, 0) if m.kind == "file"]
     assert (member.path, member.offset, member.size) == ("disk/d.img", 512, 4)
 
 
 @pytest.mark.parametrize(
-    ("data", "name"), [(gzip.compress(_plain_tar()), "gzip"), (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd")]
+    ("data", "name"),
+    [
+        (gzip.compress(_plain_tar()), "gzip"),
+        (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd"),
+        (b"BZh91AY&SY" + bytes(100), "bzip2"),
+        (b"\xfd7zXZ\x00" + bytes(100), "xz"),
+    ],
 )
 def test_a_really_compressed_layer_is_refused(tmp_path: Path, data: bytes, name: str) -> None:
     layout, image_id = _layout(tmp_path, data, "application/vnd.oci.image.layer.v1.tar")
@@ -64,11 +71,45 @@ def test_a_really_compressed_layer_is_refused(tmp_path: Path, data: bytes, name:
         read_layer(blob, 0)
 
 
-def test_not_a_tar_is_refused(tmp_path: Path) -> None:
+def test_not_a_tar_is_refused_in_one_line(tmp_path: Path) -> None:
     layout, image_id = _layout(tmp_path, b"\x01" * 1024, "application/vnd.oci.image.layer.v1.tar")
     [blob] = layer_blobs(layout, image_id)
-    with pytest.raises(UnsafeImageError, match="not a readable tar"):
+    with pytest.raises(UnsafeImageError, match=r"layer [0-9a-f]{12} is refused: a block that is not a tar header "
+                                                r"\(bad checksum\) at byte 0; rebuild the image") as caught:
         read_layer(blob, 0)
+    assert caught.value.exit_code == 5 and "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("member", "says"),
+    [
+        # Python's tarfile took "0o" as octal where Go refuses the header
+        (tar_member("disk/b", b"x", fields={108: b"0o12345\x00"}), "uid field is not a number"),
+        # and raised a raw ValueError (exit 1) on a sparse size
+        (pax_header([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"abc")])
+         + tar_member("disk/b", b"1\n0\n0\n"), "sparse member whose size is not a number"),
+    ],
+)
+def test_unparsable_field_is_refused_not_a_raw_error(tmp_path: Path, member: bytes, says: str) -> None:
+    raw = tar_member("disk/a", b"abcd") + member + TAR_END
+    layout, image_id = _layout(tmp_path, raw, "application/vnd.oci.image.layer.v1.tar")
+    [blob] = layer_blobs(layout, image_id)
+    with pytest.raises(UnsafeImageError, match=rf"{says} .*at byte (1024|2048); rebuild"):
+        read_layer(blob, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", tar_member(b"\x1f\x8b-not-gzip", b"j") + tar_member("disk/d.img", b"abcd") + TAR_END],
+    ids=["empty-blob", "1f8b-name"],
+)
+def test_what_podman_takes_as_a_plain_tar(tmp_path: Path, data: bytes) -> None:
+    # containers/storage: gzip is 1f 8b 08, and a 0-byte layer is an empty tar.
+    layout, image_id = _layout(tmp_path, data, "application/vnd.oci.image.layer.v1.tar")
+    [blob] = layer_blobs(layout, image_id)
+    assert [(m.path, m.offset) for m in read_layer(blob, 0) if m.kind == "file"] == (
+        [("\x1f\udc8b-not-gzip", 512), ("disk/d.img", 1536)] if data else []
+    )
 
 
 def test_wrong_image_and_hostile_digest(tmp_path: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,7 +82,8 @@ def test_private_service_dies_with_a_killed_cdisk() -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_for(lambda: not service_runs())
-    for leftover in Path("/tmp").glob("cdisk-podman-*"):  # only the dir is left to a SIGKILL; not a process
+    # Only the dir (in this test's own TMPDIR) is left to a SIGKILL; not a process.
+    for leftover in Path(os.environ["TMPDIR"]).glob("cdisk-podman-*"):
         sh("rm", "-rf", leftover)
 
 
@@ -105,3 +110,66 @@ def test_pull_from_a_registry(images: Images, tmp_path: Path, registry: str) -> 
 def test_pull_over_tls_from_a_plain_http_registry_fails_clearly(tmp_path: Path, registry: str) -> None:
     result = cdisk("convert", "-q", f"{registry}/cdisk/none:1", tmp_path / "out.raw")
     assert result.code == 3 and result.err.startswith("cdisk: error: cannot pull")
+
+
+@contextmanager
+def insecure_registry(registry: str) -> Iterator[None]:
+    """A registries.conf.d drop-in that declares `registry` plain HTTP (as a lab mirror would be)."""
+    dropin = Path("/etc/containers/registries.conf.d") / f"zz-cdisk-test-{uuid.uuid4().hex[:12]}.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dropin.write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+        yield
+    finally:
+        dropin.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def pushed(images: Images, registry: str) -> Iterator[tuple[str, Path]]:
+    disk = images.disk()
+    local = images.build({"disk.qcow2": disk})
+    remote = f"{registry}/cdisk/insecure-{uuid.uuid4().hex[:8]}:1"
+    sh("podman", "push", "-q", "--tls-verify=false", local, remote)
+    yield remote, disk
+    sh("podman", "rmi", "-f", remote, check=False)
+
+
+# A dead CONTAINER_HOST makes every pull start a private service, which reads registries.conf afresh.
+def _private(tmp_path: Path) -> dict[str, str]:
+    return {"CONTAINER_HOST": f"unix://{tmp_path / 'dead.sock'}"}
+
+
+@pytest.mark.parametrize("command", ["convert", "refresh"])
+def test_registries_conf_decides_tls_by_default(pushed: tuple[str, Path], registry: str, tmp_path: Path,
+                                                command: str) -> None:
+    remote, disk = pushed
+    with insecure_registry(registry):
+        result = cdisk(command, "-q", remote, tmp_path / "out.raw", env=_private(tmp_path))
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+
+
+def test_registries_conf_decides_tls_for_ls(pushed: tuple[str, Path], registry: str, tmp_path: Path) -> None:
+    remote, _ = pushed
+    with insecure_registry(registry):
+        result = cdisk("ls", "--json", remote, env=_private(tmp_path))
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["disks"][0]["path"] == "/disk/disk.qcow2"
+
+
+@pytest.mark.parametrize("command", ["convert", "refresh"])
+def test_tls_verify_true_overrides_registries_conf(pushed: tuple[str, Path], registry: str, tmp_path: Path,
+                                                  command: str) -> None:
+    remote, _ = pushed
+    with insecure_registry(registry):
+        result = cdisk(command, "-q", "--tls-verify", "true", remote, tmp_path / "out.raw", env=_private(tmp_path))
+    assert result.code == 3 and result.err.startswith("cdisk: error: cannot pull"), result.err
+    assert "HTTP response to HTTPS client" in result.err
+    assert not (tmp_path / "out.raw").exists()
+
+
+def test_tls_verify_false_overrides_registries_conf(pushed: tuple[str, Path], tmp_path: Path) -> None:
+    remote, disk = pushed  # no drop-in: registries.conf would require TLS
+    result = cdisk("convert", "-q", "--tls-verify", "false", remote, tmp_path / "out.raw", env=_private(tmp_path))
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")

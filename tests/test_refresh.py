@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Images, Run, cdisk, same_disk, wait_for
+from tests.devices import loop_device
 from tests.images import sh
+from tests.qemu_faults import faulty_convert
 
 TLS = ("--tls-verify", "false")
 
@@ -131,13 +133,7 @@ def test_concurrent_refreshes_convert_once(remote: Remote, tmp_path: Path) -> No
 
 def _slow_qemu_img(bin_dir: Path) -> dict[str, str]:
     """The real qemu-img, its convert rate-limited so that a signal lands in the middle of it."""
-    real = sh("which", "qemu-img").stdout.strip()
-    bin_dir.mkdir()
-    (bin_dir / "qemu-img").write_text(
-        f"#!/bin/sh\nif [ \"$1\" = convert ]; then shift; exec {real} convert -r 1M \"$@\"; fi\nexec {real} \"$@\"\n"
-    )
-    (bin_dir / "qemu-img").chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return faulty_convert(bin_dir, "os.execv(real, [real, 'convert', '-r', '1M', *args[1:]])")
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -212,3 +208,75 @@ def test_podman_service_dying_mid_run(tmp_path: Path) -> None:
     assert proc.returncode == 7, err
     assert "the podman API stopped answering" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".vm.raw.cdisk.lock"]
+
+
+@pytest.mark.parametrize("how", ["device", "by-id link", "qcow2"])
+def test_a_block_device_is_refused_before_anything(tmp_path: Path, how: str) -> None:
+    with loop_device(tmp_path / "loop.img") as device:
+        target = device
+        extra: list[str] = []
+        if how == "by-id link":
+            target = tmp_path / "virtio-vm"
+            target.symlink_to(device)
+        if how == "qcow2":
+            extra = ["-O", "qcow2"]
+        before = set(os.listdir("/dev"))
+        # An image that is nowhere: a lookup before the refusal would fail with exit 3 instead.
+        result = cdisk("refresh", "--force", "--pull", "never", *extra, "localhost/cdisk-test-absent:1", target)
+        assert result.code == 6, result.err
+        assert result.err.count("\n") == 1 and "block device" in result.err
+        assert "cdisk convert --force" in result.err and "cdisk verify" in result.err
+        assert set(os.listdir("/dev")) - before == set()  # neither lock nor record in /dev
+        assert (tmp_path / "loop.img").read_bytes() == b"\x5a" * (8 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["loop.img", *(["virtio-vm"] * (how == "by-id link"))])
+
+
+def test_the_longest_name_refresh_can_keep_a_record_for(remote: Remote, tmp_path: Path) -> None:
+    disk = remote.push(0x91)
+    longest = tmp_path / ("v" * 239 + ".raw")  # 243 bytes: `.NAME.cdisk.lock` is 255
+    assert action(refresh(remote, longest, "--keep", "1")) == "updated"
+    assert action(refresh(remote, longest, "--keep", "1")) == "unchanged"
+    assert same_disk(disk, "qcow2", longest, "raw")
+    assert (tmp_path / f"{longest.name}.cdisk.json").exists()
+
+
+@pytest.mark.parametrize("length", [244, 254, 255])
+def test_a_name_too_long_for_the_record_is_refused(tmp_path: Path, length: int) -> None:
+    target = tmp_path / ("v" * (length - 4) + ".raw")
+    result = cdisk("refresh", "--pull", "never", "localhost/cdisk-test-absent:1", target)
+    assert result.code == 6, result.err
+    assert result.err.count("\n") == 1 and "too long" in result.err and "at most 243 bytes" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_directory_is_refused_before_the_lock(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if sh("mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", ro, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = cdisk("refresh", "--pull", "never", "localhost/cdisk-test-absent:1", ro / "vm.raw")
+        assert result.code == 6, result.err
+        assert result.err.count("\n") == 1 and "Read-only file system" in result.err
+    finally:
+        sh("umount", ro)
+
+
+def test_a_dangling_link_is_not_refreshed_through(tmp_path: Path) -> None:
+    target = tmp_path / "vm.raw"
+    target.symlink_to("gone/vm.raw")
+    result = cdisk("refresh", "--force", "--pull", "never", "localhost/cdisk-test-absent:1", target)
+    assert result.code == 6 and "dangling" in result.err
+    assert [p.name for p in tmp_path.iterdir()] == ["vm.raw"] and target.is_symlink()
+
+
+def test_refresh_through_a_link_keeps_the_link(remote: Remote, tmp_path: Path) -> None:
+    disk = remote.push(0xA1)
+    (tmp_path / "v").mkdir()
+    link = tmp_path / "current.raw"
+    link.symlink_to("v/vm.raw")
+    (tmp_path / "v" / "vm.raw").write_bytes(b"old")
+    assert action(refresh(remote, link, "--force")) == "updated"
+    assert link.is_symlink() and same_disk(disk, "qcow2", tmp_path / "v" / "vm.raw", "raw")
+    assert (tmp_path / "v" / "vm.raw.cdisk.json").exists()  # the record describes the file, beside it
+    assert action(refresh(remote, link)) == "unchanged"

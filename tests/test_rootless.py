@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,14 @@ class RootlessUser:
     work: Path
     env: list[str]
 
-    def run(self, *argv: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["runuser", "-u", self.name, "--", "env", *self.env, *map(str, argv)],
+    def run(self, *argv: str | Path, env: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """`argv` as the user; `env` (NAME=VALUE) comes after the fixture's own, so it wins."""
+        return subprocess.run(["runuser", "-u", self.name, "--", "env", *self.env, *env, *map(str, argv)],
                               capture_output=True, text=True, cwd=self.work, stdin=subprocess.DEVNULL, timeout=300)
+
+    @property
+    def pythonpath(self) -> str:
+        return next(item for item in self.env if item.startswith("PYTHONPATH=")).removeprefix("PYTHONPATH=")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,8 @@ def rootless() -> Iterator[RootlessUser]:
     pkg = work / "pkg"
     shutil.copytree(REPO / "cdisk", pkg / "cdisk", ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("cli", "core"):
-        shutil.copytree(REPO / part, pkg / "cdisk" / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / part, pkg / "cdisk" / part, ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True)  # an installed layout holds them already
     for module in DEPENDENCIES:
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin is not None, module
@@ -95,8 +102,100 @@ def test_rootless_convert(rootless: RootlessUser, rootless_image: tuple[str, Pat
     assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
 
 
-def test_rootless_refusal_keeps_its_exit_code(rootless: RootlessUser, rootless_image: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("method", ["mount", "auto"])
+def test_rootless_refusal_keeps_its_exit_code(rootless: RootlessUser, rootless_image: tuple[str, Path],
+                                              method: str) -> None:
     name, _ = rootless_image
-    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-q", "--method", "mount",
+    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--method", method,
                           "--path", "/disk/absent", name, rootless.work / "x.raw")
     assert result.returncode == 4 and "/disk/absent does not exist in the image" in result.stderr
+    assert "falling back" not in result.stderr and "save method" not in result.stderr
+
+
+# Faults the child inside `podman unshare` cannot survive, injected for real: a sitecustomize (first on
+# the user's PYTHONPATH) whose audit hook strikes when the child — root in its namespace, which the
+# parent never is — starts qemu-img, after the mount: a Python exception, or death by SIGKILL.
+_FAULTS = {
+    "exception": "raise RuntimeError('injected fault in the rootless child')",
+    "sigkill": "os.kill(os.getpid(), signal.SIGKILL)",
+}
+
+
+def _faulty_site(directory: Path, fault: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "sitecustomize.py").write_text(f"""import os, signal, sys
+def _hook(event, args):
+    if event == "subprocess.Popen" and os.geteuid() == 0 and "qemu-img" in repr(args[1]):
+        {_FAULTS[fault]}
+sys.addaudithook(_hook)
+""")
+    sh("chown", "-R", f"{USER}:{USER}", directory)
+    return directory
+
+
+@pytest.mark.parametrize("fault", sorted(_FAULTS))
+@pytest.mark.parametrize("method", ["auto", "mount"])
+def test_a_crash_in_the_child_is_reported_not_fallen_back_from(
+    rootless: RootlessUser, rootless_image: tuple[str, Path], fault: str, method: str
+) -> None:
+    name, _ = rootless_image
+    site = _faulty_site(rootless.work / f"site-{fault}", fault)
+    target = rootless.work / f"crash-{fault}-{method}.raw"
+    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--method", method, name, target,
+                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}"])
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("cdisk: error: the conversion inside podman unshare crashed: "), result.stderr
+    # A killed child leaves no traceback: its exit code (podman unshare reports 255 for a signal) is all there is.
+    expected = "RuntimeError: injected fault in the rootless child" if fault == "exception" else r"exit code \d+"
+    assert re.search(f"crashed: {expected}; please report it", last), last
+    assert "falling back" not in result.stderr and "save method" not in result.stderr
+    assert not target.exists()
+    if fault == "sigkill":
+        # No `finally` runs in a killed child: its one mount is left, as after any SIGKILL; take it back.
+        image_id = rootless.run("podman", "image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+        rootless.run("podman", "unshare", "podman", "image", "unmount", image_id)
+        for partial in rootless.work.glob(f".{target.name}.*.cdisk-part"):
+            partial.unlink()
+        return
+    assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
+    assert rootless.run("podman", "unshare", "podman", "image", "mount").stdout.strip() == ""
+
+
+def test_auto_falls_back_when_podman_unshare_cannot_start_the_child(
+    rootless: RootlessUser, rootless_image: tuple[str, Path]
+) -> None:
+    name, disk = rootless_image
+    # Where user namespaces are not allowed, `podman unshare` fails before it runs anything.
+    bin_dir = rootless.work / "no-userns-bin"
+    bin_dir.mkdir(exist_ok=True)
+    real = sh("which", "podman").stdout.strip()
+    (bin_dir / "podman").write_text(f"""#!/bin/sh
+if [ "$1" = unshare ]; then
+    echo 'Error: cannot set up namespace using "/usr/bin/newuidmap": exit status 1' >&2
+    exit 125
+fi
+exec {real} "$@"
+""")
+    (bin_dir / "podman").chmod(0o755)
+    sh("chown", "-R", f"{USER}:{USER}", bin_dir)
+    target = rootless.work / "fallback.raw"
+    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-v", "--json", name, target,
+                          env=[f"PATH={bin_dir}:{os.environ['PATH']}"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["method"] == "save"
+    assert "falling back to the save method" in result.stderr
+    assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
+    refused = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-q", "--method", "mount", name,
+                           rootless.work / "no-fallback.raw", env=[f"PATH={bin_dir}:{os.environ['PATH']}"])
+    assert refused.returncode == 7 and "podman unshare failed" in refused.stderr and "newuidmap" in refused.stderr
+
+
+def test_debug_shows_the_crashed_childs_own_traceback(rootless: RootlessUser, rootless_image: tuple[str, Path]) -> None:
+    name, _ = rootless_image
+    site = _faulty_site(rootless.work / "site-exception", "exception")
+    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--debug", name, rootless.work / "debug.raw",
+                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}"])
+    assert result.returncode == 1
+    child = result.stderr.split(" said:\n", 1)[1]
+    assert "Traceback (most recent call last)" in child and "in _hook" in child

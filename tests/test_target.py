@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shlex
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Convert, Images, cdisk, same_disk
+from cdisk.core.sources import temp_parent
+from cdisk.core.target import Target, temp_prefix
+from tests.conftest import Convert, Images, Run, cdisk, same_disk
+from tests.devices import loop_device as attached_loop
 from tests.images import sh
+from tests.qemu_faults import faulty_convert
 
 
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[Path]:
-    backing = tmp_path / "loop.img"
-    backing.write_bytes(b"\x5a" * (8 << 20))
-    attached = sh("losetup", "-f", "--show", backing, check=False)
-    if attached.returncode != 0:
-        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
-    device = Path(attached.stdout.strip())
-    yield device
-    sh("losetup", "-d", device)
+    with attached_loop(tmp_path / "loop.img") as device:
+        yield device
 
 
 @pytest.fixture
@@ -92,25 +94,10 @@ def test_file_size_limit_is_refused(images: Images, tmp_path: Path) -> None:
     assert not (tmp_path / "out.raw").exists()
 
 
-def _fake_qemu_img(bin_dir: Path, convert_body: str) -> dict[str, str]:
-    """A qemu-img that behaves for real except in `convert`: fault injection for what cannot be staged."""
-    real = sh("which", "qemu-img").stdout.strip()
-    script = bin_dir / "qemu-img"
-    script.write_text(f"""#!{sys.executable}
-import os, sys, time
-if sys.argv[1] != "convert":
-    os.execv({real!r}, [{real!r}, *sys.argv[1:]])
-target = sys.argv[-1]
-{convert_body}
-""")
-    script.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-
-
 def test_disk_full_while_writing_leaves_nothing(convert: Convert, images: Images, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    env = _fake_qemu_img(
+    env = faulty_convert(
         bin_dir,
         """
 open(target, "wb").write(b"half a disk")
@@ -132,7 +119,7 @@ sys.exit(1)
 def test_signal_during_conversion_leaves_nothing(images: Images, tmp_path: Path, signum: int) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    env = _fake_qemu_img(bin_dir, "open(target, 'wb').write(b'partial'); time.sleep(120)")
+    env = faulty_convert(bin_dir, "open(target, 'wb').write(b'partial'); time.sleep(120)")
     name = images.build({"disk.qcow2": images.disk()})
     out = tmp_path / "out"
     out.mkdir()
@@ -157,17 +144,201 @@ def test_signal_during_conversion_leaves_nothing(images: Images, tmp_path: Path,
 def test_target_is_zero_on_a_fresh_device(images: Images, tmp_path: Path) -> None:
     disk = images.disk(size="8M")
     name = images.build({"disk.qcow2": disk})
-    backing = tmp_path / "zero.img"
-    backing.write_bytes(bytes(8 << 20))
-    attached = sh("losetup", "-f", "--show", backing, check=False)
-    if attached.returncode != 0:
-        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
-    device = attached.stdout.strip()
-    try:
+    with attached_loop(tmp_path / "zero.img", fill=0) as device:
         result = cdisk("convert", "--force", "--target-is-zero", name, device)
         assert result.code == 0, result.err
-        assert same_disk(disk, "qcow2", Path(device), "raw")
-    finally:
-        sh("losetup", "-d", device)
+        assert same_disk(disk, "qcow2", device, "raw")
     refused = cdisk("convert", "-q", "--force", "--target-is-zero", name, tmp_path / "file.raw")
     assert refused.code == 2 and "--target-is-zero is for an existing block device" in refused.err
+
+
+def _one_line_refusal(result: Run, code: int = 6) -> None:
+    """The error is one line with the documented code: no traceback, no `unexpected`."""
+    assert result.code == code, result.err
+    assert result.err.count("\n") == 1 and result.err.startswith("cdisk: error:"), result.err
+    assert "unexpected" not in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+def test_dangling_symlink_is_not_replaced(images: Images, tmp_path: Path, force: list[str]) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    target = tmp_path / "vm.raw"
+    target.symlink_to(tmp_path / "elsewhere" / "vm.raw")
+    result = cdisk("convert", "-q", *force, name, target)
+    _one_line_refusal(result)
+    assert target.is_symlink() and os.readlink(target) == str(tmp_path / "elsewhere" / "vm.raw")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_dangling_symlink_to_an_existing_directory_is_not_written_through(tmp_path: Path) -> None:
+    (tmp_path / "vms").mkdir()
+    target = tmp_path / "vm.raw"
+    target.symlink_to("vms/new.raw")
+    result = cdisk("convert", "-q", "--pull", "never", "--force", "localhost/cdisk-test-absent:1", target)
+    _one_line_refusal(result)
+    assert "does not exist" in result.err and "symlink" in result.err
+    assert list((tmp_path / "vms").iterdir()) == [] and target.is_symlink()
+
+
+@pytest.mark.parametrize("loop", ["self", "pair"])
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+def test_symlink_loop_at_target(tmp_path: Path, loop: str, force: list[str]) -> None:
+    target = tmp_path / "vm.raw"
+    if loop == "self":
+        target.symlink_to("vm.raw")
+    else:
+        target.symlink_to("other.raw")
+        (tmp_path / "other.raw").symlink_to("vm.raw")
+    result = cdisk("convert", "-q", "--pull", "never", *force, "localhost/cdisk-test-absent:1", target)
+    _one_line_refusal(result)
+    assert "symbolic links" in result.err and target.is_symlink()
+
+
+def test_force_writes_through_a_symlink_to_a_file(convert: Convert, images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    (tmp_path / "versions").mkdir()
+    real = tmp_path / "versions" / "vm-1.raw"
+    real.write_bytes(b"previous")
+    link = tmp_path / "current.raw"
+    link.symlink_to("versions/vm-1.raw")
+    refused = convert("-q", name, link)
+    assert refused.code == 6 and "--force" in refused.err and real.read_bytes() == b"previous"
+    result = convert("--json", "--force", name, link)
+    assert result.code == 0, result.err
+    assert link.is_symlink() and os.readlink(link) == "versions/vm-1.raw"
+    assert same_disk(disk, "qcow2", real, "raw")
+    assert json.loads(result.out)["target"] == str(real)
+
+
+def test_force_writes_a_block_device_through_its_symlink(
+    convert: Convert, images: Images, loop_device: Path, tmp_path: Path
+) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    link = by_id / "virtio-cdisk-test"  # as /dev/disk/by-id/… names a device
+    link.symlink_to(os.path.relpath(loop_device, by_id))
+    refused = convert("-q", name, link)
+    assert refused.code == 6 and "--force" in refused.err
+    result = convert("-q", "--force", name, link)
+    assert result.code == 0, result.err
+    assert link.is_symlink() and stat.S_ISBLK(os.stat(loop_device).st_mode)
+    assert same_disk(disk, "qcow2", loop_device, "raw")
+
+
+@pytest.mark.parametrize("name_bytes", [254, 255])
+@pytest.mark.parametrize("letter", ["x", "é"])
+def test_longest_legal_target_names(convert: Convert, images: Images, tmp_path: Path, name_bytes: int,
+                                    letter: str) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    width = len(letter.encode())
+    stem = letter * ((name_bytes - 4) // width)
+    target = tmp_path / (stem + "x" * (name_bytes - 4 - len(stem.encode())) + ".raw")
+    assert len(os.fsencode(target.name)) == name_bytes
+    result = convert("-q", name, target)
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", target, "raw")
+    again = convert("-q", "--force", name, target)  # a replacement makes a temp name beside it too
+    assert again.code == 0, again.err
+
+
+def test_target_name_too_long(tmp_path: Path) -> None:
+    result = cdisk("convert", "-q", "--pull", "never", "localhost/cdisk-test-absent:1", tmp_path / ("x" * 256))
+    _one_line_refusal(result)
+    assert "name too long" in result.err.lower()
+
+
+@contextmanager
+def _tmpfs(mountpoint: Path, options: str) -> Iterator[Path]:
+    mountpoint.mkdir()
+    mounted = sh("mount", "-t", "tmpfs", "-o", options, "tmpfs", mountpoint, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        sh("umount", mountpoint)
+
+
+def test_read_only_target_directory(convert: Convert, images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    with _tmpfs(tmp_path / "ro", "ro,size=1M") as ro:
+        result = convert("-q", "--tmpdir", tmp_path, name, ro / "out.raw")
+        _one_line_refusal(result)
+        assert "Read-only file system" in result.err
+
+
+def test_read_only_target_directory_refused_for_replacing(convert: Convert, images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    with _tmpfs(tmp_path / "ro", "size=1M") as fs:
+        (fs / "out.raw").write_bytes(b"previous")
+        sh("mount", "-o", "remount,ro", fs)
+        result = convert("-q", "--force", "--tmpdir", tmp_path, name, fs / "out.raw")
+        _one_line_refusal(result)
+        assert "Read-only file system" in result.err and (fs / "out.raw").read_bytes() == b"previous"
+
+
+def test_no_inodes_left_in_the_target_directory(convert: Convert, images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    with _tmpfs(tmp_path / "full", "size=16M,nr_inodes=1") as full:  # the root directory takes the one inode
+        result = convert("-q", "--tmpdir", tmp_path, name, full / "out.raw")
+        _one_line_refusal(result)
+        assert "No space left" in result.err and list(full.iterdir()) == []
+
+
+def test_immutable_target_directory(convert: Convert, images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if sh("chattr", "+i", locked, check=False).returncode != 0:
+        pytest.skip("this filesystem has no immutable attribute")
+    try:
+        result = convert("-q", "--tmpdir", tmp_path, name, locked / "out.raw")
+        _one_line_refusal(result)
+        assert "Operation not permitted" in result.err and list(locked.iterdir()) == []
+    finally:
+        sh("chattr", "-i", locked)
+
+
+def test_unwritable_target_directory(images: Images, tmp_path: Path) -> None:
+    # Root passes permission checks unless it lacks CAP_DAC_OVERRIDE: drop it to meet EACCES for real.
+    if shutil.which("capsh") is None:
+        pytest.skip("capsh is not installed here")
+    name = images.build({"disk.qcow2": images.disk()})
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o555)
+    argv = [sys.executable, "-m", "cdisk", "convert", "-q", "--method", "save", "--tmpdir", str(tmp_path), name,
+            str(closed / "out.raw")]
+    proc = subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c",
+                           " ".join(shlex.quote(a) for a in argv)], capture_output=True, text=True)
+    _one_line_refusal(Run(proc.returncode, proc.stdout, proc.stderr))
+    assert "Permission denied" in proc.stderr and list(closed.iterdir()) == []
+
+
+def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    result = cdisk("convert", "-q", "--pull", "never", "localhost/cdisk-test-absent:1", tmp_path / "file" / "out.raw")
+    _one_line_refusal(result)
+    assert "not a directory" in result.err.lower()
+
+
+@pytest.mark.parametrize(("name", "kept"), [("vm.raw", "vm.raw"), ("x" * 234, "x" * 234), ("x" * 236, "x" * 234),
+                                           ("é" * 127, "é" * 117)])
+def test_temp_prefix_keeps_the_temp_name_legal(tmp_path: Path, name: str, kept: str) -> None:
+    # 255 - len("..") - mkstemp's 8 - len(".cdisk-part") = 234 bytes of NAME at most; é is 2 bytes.
+    prefix = temp_prefix(str(tmp_path), name)
+    assert prefix == f".{kept}."
+    assert len(os.fsencode(prefix)) + 8 + len(".cdisk-part") <= 255
+
+
+def test_one_temp_dir_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", "/scratch")
+    assert temp_parent("/given", Target("/vms/vm.raw", is_block=False)) == "/given"
+    assert temp_parent(None, Target("/vms/vm.raw", is_block=False)) == "/vms"
+    assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/scratch"
+    assert temp_parent(None, None) == "/scratch"
+    monkeypatch.delenv("TMPDIR")
+    assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/var/tmp"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk
+from tests.conftest import Images, cdisk, same_disk
+from tests.devices import loop_device
 from tests.images import sh
 
 
@@ -54,3 +55,74 @@ def test_qcow2_target_and_errors(images: Images, tmp_path: Path) -> None:
     sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", evil, "8M")
     refused = cdisk("verify", "-q", name, evil)
     assert refused.code == 5 and "backing file" in refused.err
+
+
+def _recording_podman(bin_dir: Path, log: Path) -> dict[str, str]:
+    """The real podman, its argv written to `log` first: a witness of where `podman save` writes."""
+    real = sh("which", "podman").stdout.strip()
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {log}\nexec {real} \"$@\"\n")
+    (bin_dir / "podman").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def _save_destinations(log: Path) -> list[str]:
+    lines = [line.split() for line in log.read_text().splitlines() if line.startswith("save ")]
+    return [argv[argv.index("-o") + 1] for argv in lines]
+
+
+@pytest.mark.parametrize("command", ["verify", "convert"])
+def test_save_on_a_block_device_uses_the_system_temp_dir(images: Images, tmp_path: Path, command: str) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    log = tmp_path / "podman.log"
+    env = {**_recording_podman(tmp_path / "bin", log), "TMPDIR": str(scratch)}
+    with loop_device(tmp_path / "loop.img") as device:
+        assert cdisk("convert", "-q", "--force", "--method", "mount", name, device).code == 0
+        result = cdisk(command, "-q", "--method", "save", *(["--force"] * (command == "convert")), name, device,
+                       env=env)
+        assert result.code == 0, result.err
+        assert same_disk(disk, "qcow2", device, "raw")
+    [destination] = _save_destinations(log)
+    assert destination.startswith(f"{scratch}/.cdisk-save-"), destination
+    assert list(scratch.iterdir()) == []
+
+
+def test_verify_saves_beside_a_file_target_and_where_tmpdir_says(converted: tuple[str, Path], tmp_path: Path) -> None:
+    name, target = converted
+    log = tmp_path / "podman.log"
+    env = _recording_podman(tmp_path / "bin", log)
+    assert cdisk("verify", "-q", "--method", "save", name, target, env=env).code == 0
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert cdisk("verify", "-q", "--method", "save", "--tmpdir", scratch, name, target, env=env).code == 0
+    beside, given = _save_destinations(log)
+    assert beside.startswith(f"{target.parent}/.cdisk-save-") and given.startswith(f"{scratch}/.cdisk-save-")
+
+
+@pytest.mark.parametrize("loop", ["self", "pair"])
+def test_a_target_that_is_a_symlink_loop(images: Images, tmp_path: Path, loop: str) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    target = tmp_path / "vm.raw"
+    target.symlink_to("vm.raw" if loop == "self" else "other.raw")
+    if loop == "pair":
+        (tmp_path / "other.raw").symlink_to("vm.raw")
+    result = cdisk("verify", "-q", name, target)
+    assert result.code == 6 and result.err.count("\n") == 1 and "symbolic links" in result.err, result.err
+
+
+def test_a_target_whose_name_is_too_long(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    result = cdisk("verify", "-q", name, tmp_path / ("x" * 256))
+    assert result.code == 6 and result.err.count("\n") == 1 and "name too long" in result.err.lower(), result.err
+
+
+def test_verify_through_a_symlink(converted: tuple[str, Path], tmp_path: Path) -> None:
+    name, target = converted
+    link = tmp_path / "current.raw"
+    link.symlink_to(target.name)
+    result = cdisk("verify", "--json", name, link)
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["identical"] is True

@@ -1,0 +1,64 @@
+"""Children whose output an image can drive: nothing of theirs is buffered whole, and none outlives its deadline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdisk.core import processes
+from cdisk.core.processes import STDERR_TAIL, LimitExceeded
+
+PYTHON = processes.command(sys.executable, "python3")
+
+
+def _child(code: str) -> list[str]:
+    return ["-c", code]
+
+
+def test_only_the_tail_of_a_flood_on_stderr_is_kept() -> None:
+    flood = "import os\nfor _ in range(3000): os.write(2, b'x' * 65535 + b'\\n')\nos.write(2, b'last words\\n')"
+    code, out, err = processes.run(PYTHON, _child(flood))
+    assert code == 0 and out == ""
+    assert len(err) <= STDERR_TAIL
+    assert processes.last_line(err, code) == "last words"
+
+
+def test_a_child_filling_stderr_while_we_read_stdout_does_not_stall() -> None:
+    # 8 MB on stderr before a word on stdout: a reader that waits on stdout alone would wait forever.
+    both = "import os\nfor _ in range(128): os.write(2, b'e' * 65536)\nos.write(1, b'done')"
+    code, out, _ = processes.run(PYTHON, _child(both), timeout=60)
+    assert (code, out) == (0, "done")
+
+
+def test_stdout_past_its_bound_stops_the_child() -> None:
+    endless = "import os\nwhile True: os.write(1, b'y' * 65536)"
+    with pytest.raises(LimitExceeded, match=r"printed more than 1048576 bytes and was stopped"):
+        processes.run(PYTHON, _child(endless), stdout_limit=1 << 20)
+
+
+def test_a_child_past_its_deadline_is_killed_and_reaped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    sleeper = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
+    with pytest.raises(LimitExceeded, match=r"ran longer than 0.5 s and was stopped"):
+        processes.run(PYTHON, _child(sleeper), timeout=0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # gone, not a zombie: reaped
+
+
+def test_drain_streams_stdout_in_order() -> None:
+    chunks: list[bytes] = []
+    with processes.running(PYTHON, _child("import os\nfor i in range(100): os.write(1, b'%d,' % i)"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        processes.drain(proc, chunks.append)
+        assert proc.wait() == 0
+    assert b"".join(chunks) == b"".join(b"%d," % i for i in range(100))
+
+
+@pytest.mark.parametrize(("code", "killed"), [(0, False), (1, False), (63, False), (128, False), (137, True),
+                                              (152, True), (-9, True)])
+def test_killed_by_signal(code: int, killed: bool) -> None:
+    assert processes.killed_by_signal(code) is killed
