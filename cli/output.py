@@ -93,9 +93,11 @@ def error_line(message: str) -> None:
     """One line on stderr: red on a terminal."""
     if sys.stderr.isatty():
         from rich.console import Console
+        from rich.text import Text
 
-        Console(stderr=True, highlight=False).print(f"[bold red]cdisk: error:[/] {message}", markup=True,
-                                                     soft_wrap=True)
+        # Text, not markup: a message quotes names from the image, and `[/x]` in one must print as it is.
+        Console(stderr=True, highlight=False).print(Text.assemble(("cdisk: error:", "bold red"), " ", message),
+                                                     soft_wrap=True, emoji=False)
     else:
         print(f"cdisk: error: {message}", file=sys.stderr, flush=True)
 
@@ -132,7 +134,7 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
         if sys.stdout.isatty():
             from rich.console import Console
 
-            Console(highlight=False).print(text)
+            Console(highlight=False).print(text, markup=False, emoji=False)
         else:
             print(text, flush=True)
     return exit_code(result)

@@ -16,7 +16,7 @@ from cdisk.core.listing import QEMU_IMG_JUDGED, ListedDisk, Listing, header_virt
 from cdisk.core.sources import DiskSource
 from tests.conftest import Images, cdisk
 from tests.images import Entry, sh
-from tests.tool_fakes import QemuImgRuns
+from tests.tool_fakes import QemuImgFakes
 
 
 def listing(name: str) -> dict:  # type: ignore[type-arg]
@@ -75,7 +75,7 @@ def test_ls_judges_the_data_of_many_hard_links_once(images: Images, tmp_path: Pa
     disk = images.disk(size="4M")
     links = [Entry(f"disk/l{i:04}", hardlink="disk/a.qcow2") for i in range(2000)]
     name = images.layers([Entry("disk/a.qcow2", disk.read_bytes()), *links, Entry("disk/s.qcow2", symlink="a.qcow2")])
-    runs = QemuImgRuns(tmp_path / "bin")
+    runs = QemuImgFakes(tmp_path / "bin")
     result = cdisk("ls", "--json", name, env=runs.env)
     assert result.code == 0, result.err
     data = json.loads(result.out)
@@ -101,7 +101,7 @@ def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, 
     raw.write_bytes(b"\x5a" * 1000)  # not a whole sector: qemu-img rounds it up, the header reading too
     entries.append(Entry("disk/z.raw", raw.read_bytes()))
     name = images.layers(entries)
-    runs = QemuImgRuns(tmp_path / "bin")
+    runs = QemuImgFakes(tmp_path / "bin")
     result = cdisk("ls", "--json", name, env=runs.env)
     assert result.code == 0, result.err
     by_path = {d["path"]: d for d in json.loads(result.out)["disks"]}

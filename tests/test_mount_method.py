@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Images, Run, cdisk, same_disk, wait_for
 from tests.images import Entry, sh
-from tests.tool_fakes import QemuImgRuns
+from tests.tool_fakes import QemuImgFakes
 
 
 def test_someone_elses_mount_is_left_alone(images: Images, tmp_path: Path) -> None:
@@ -40,7 +40,8 @@ def test_auto_mounts_as_root(images: Images, tmp_path: Path) -> None:
 def test_image_removed_while_reading_still_gives_its_disk(images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
-    runs = QemuImgRuns(tmp_path / "bin", on_convert=["podman", "rmi", "-f", name])
+    remove = ["podman", "rmi", "-f", name]
+    runs = QemuImgFakes(tmp_path / "bin", {"convert": f"subprocess.run({remove!r}, capture_output=True)"})
     result = cdisk("convert", "--method", "mount", name, tmp_path / "out.raw", env=runs.env)
     assert "convert" in runs.subcommands()
     assert sh("podman", "image", "exists", name, check=False).returncode == 1  # it really went

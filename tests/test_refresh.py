@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import Images, Run, cdisk, same_disk, wait_for
 from tests.devices import loop_device
 from tests.images import sh
-from tests.qemu_faults import faulty_convert
+from tests.tool_fakes import faulty_convert
 
 TLS = ("--tls-verify", "false")
 

@@ -21,6 +21,7 @@ from cdisk.core.progress import NoProgress
 from tests import hostile
 from tests.conftest import MADE, Convert, Images, cdisk, same_disk
 from tests.images import Entry, sh, unique_name
+from tests.tool_fakes import QemuImgFakes
 
 SECRET = b"HOST-SECRET-" * 400
 
@@ -151,16 +152,10 @@ def test_without_a_sandbox_only_raw_and_qcow2_are_read(images: Images, tmp_path:
 
 def test_a_qemu_img_its_limits_stop_is_a_refused_image(images: Images, tmp_path: Path, convert: Convert) -> None:
     # Reaching the 30 s CPU or 1 GiB limit for real takes a long run; what a kill looks like is injected.
-    real = sh("which", "bwrap").stdout.strip()
-    env = _fake_bwrap(tmp_path, f"""#!{sys.executable}
-import os, sys
-args = sys.argv[1:]
-if "check" in args[args.index("--") + 1:]:
-    args[args.index("--") + 1:] = ["/bin/sh", "-c", "kill -KILL $$"]
-os.execv({real!r}, [{real!r}, *args])
-""")
+    fakes = QemuImgFakes(tmp_path / "bin", {"check": "os.kill(os.getpid(), 9)"})
     name = images.build({"disk.qcow2": images.disk()})
-    result = convert(name, tmp_path / "out.raw", env=env)
+    result = convert(name, tmp_path / "out.raw", env=fakes.env)
+    assert fakes.subcommands() == ["info", "check"]
     assert result.code == 5, result.err
     assert "stopped by its memory or CPU limit" in result.err
     assert not (tmp_path / "out.raw").exists()

@@ -23,7 +23,7 @@ from cdisk.core.target import Target, temp_prefix
 from tests.conftest import Convert, Images, Run, cdisk, same_disk
 from tests.devices import loop_device as attached_loop
 from tests.images import sh
-from tests.qemu_faults import faulty_convert
+from tests.tool_fakes import faulty_convert
 
 
 @pytest.fixture
