@@ -180,7 +180,8 @@ def baseline_cdisk(rev: str) -> tuple[str, str]:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
         sh(sys.executable, "-m", "venv", tree / ".venv")
-        sh(tree / ".venv" / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", tree)
+        # Editable, as scripts/setup installs the tree under test: the two then pay the same import costs.
+        sh(tree / ".venv" / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", tree)
     return commit, str(tree / ".venv" / "bin" / "cdisk")
 
 

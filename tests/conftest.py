@@ -1,8 +1,16 @@
-"""Fixtures: real images in podman's store, a way to run the real `cdisk`, and a leak check after every test."""
+"""Fixtures: real images in podman's store, a way to run the real `cdisk`, and a leak check after every test.
+
+A test that drives an external tool skips where that tool is missing, so the pure tests (layers, formats,
+tar headers, …) run on any machine; with CDISK_REQUIRE_TOOLS=1 (scripts/test) a missing tool fails the
+whole run instead. A test needs a tool when it uses a fixture that drives it (`FIXTURE_TOOLS`, also through
+any fixture built on one), when it is marked `@pytest.mark.needs("podman", …)`, and — caught as it happens,
+for whatever the first two missed — when it runs a missing tool itself or through `cdisk()`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +26,78 @@ import pytest
 
 from tests.images import Entry, make_disk, oci_image, podman_build, remove_image, sh
 
-for tool in ("podman", "qemu-img", "qemu-io", "bwrap"):
-    if shutil.which(tool) is None:
-        pytest.exit(f"{tool} is missing: run scripts/test, which installs it", returncode=1)
+# The external tools the suite drives, each with the Debian package that has it.
+TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "bwrap": "bubblewrap",
+         "docker-registry": "docker-registry"}
+# Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
+REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
+# What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
+FIXTURE_TOOLS = {
+    "images": ("podman", "qemu-img", "qemu-io", "bwrap"),
+    "method": ("podman", "qemu-img", "bwrap"),
+    "registry": ("podman", "docker-registry"),
+}
+
+
+def missing_tools(tools: Iterable[str]) -> list[str]:
+    """Those of `tools` not on this process's PATH, each once, in the order given."""
+    return [tool for tool in dict.fromkeys(tools) if shutil.which(tool) is None]
+
+
+def _tools_required() -> bool:
+    return os.environ.get(REQUIRE_TOOLS, "") not in ("", "0")
+
+
+def _skip_reason(tools: list[str]) -> str:
+    packages = " ".join(dict.fromkeys(TOOLS[tool] for tool in tools))
+    return (f"{', '.join(tools)} not installed: this test runs {'it' if len(tools) == 1 else 'them'} "
+            f"(apt-get install {packages}, or run scripts/test)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(*tools): the test runs these tools (names from conftest.TOOLS) itself; it is skipped "
+                   f"where one is missing, and with {REQUIRE_TOOLS}=1 the run fails instead")
+    if _tools_required() and (absent := missing_tools(TOOLS)):
+        pytest.exit(f"{', '.join(absent)} missing and {REQUIRE_TOOLS} is set: run scripts/test, which installs "
+                    "everything the tests need", returncode=1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip, with its reason, every test that needs a tool this machine lacks."""
+    for item in items:
+        needed = [tool for mark in item.iter_markers("needs") for tool in mark.args]
+        if unknown := sorted(set(needed) - set(TOOLS)):
+            raise pytest.UsageError(f"{item.nodeid}: needs({', '.join(unknown)}): not in conftest.TOOLS")
+        fixtures = getattr(item, "fixturenames", ())
+        needed += [tool for fixture, tools in FIXTURE_TOOLS.items() if fixture in fixtures for tool in tools]
+        if absent := missing_tools(needed):
+            item.add_marker(pytest.mark.skip(reason=_skip_reason(absent)))
+
+
+def _skip_if_a_tool_is_missing(error: FileNotFoundError) -> None:
+    """A test that ran a tool it declared nowhere, on a machine without it: skip it, as if declared."""
+    tool = os.path.basename(str(error.filename or ""))
+    if tool in TOOLS and not _tools_required() and shutil.which(tool) is None:
+        pytest.skip(_skip_reason([tool]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except FileNotFoundError as error:
+        _skip_if_a_tool_is_missing(error)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except FileNotFoundError as error:
+        _skip_if_a_tool_is_missing(error)
+        raise
 
 
 @dataclass
@@ -40,7 +117,15 @@ def cdisk(*args: str | Path, env: dict[str, str] | None = None, timeout: float =
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+    # cdisk's own word that a tool it needed is not there (exit 7): where it is indeed missing from this
+    # machine, the test needs it and is skipped; anywhere else (a test's own PATH) it is the test's result.
+    lacking = _NOT_INSTALLED.search(proc.stderr) if proc.returncode == 7 else None
+    if lacking and lacking[1] in TOOLS and not _tools_required() and shutil.which(lacking[1]) is None:
+        pytest.skip(_skip_reason([lacking[1]]))
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+_NOT_INSTALLED = re.compile(r"^cdisk: error: (\S+) is not installed", re.MULTILINE)
 
 
 def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
@@ -50,7 +135,7 @@ def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
 Convert = Callable[..., Run]
 
 
-# Every image this test session made, so the leak check knows which mounts are its own.
+# Every image this test session made (a test that builds one itself adds it here and to `Images.names`).
 MADE: set[str] = set()
 
 
@@ -80,8 +165,17 @@ class Images:
         return name
 
     def remove(self) -> None:
-        for name in self.names:
-            remove_image(name)
+        """Remove the test's images; fail the test if one of them was left mounted.
+
+        The mounts are looked at first: `podman rmi -f` takes an image's mounts with it, so a mount cdisk
+        leaked could not be seen afterwards.
+        """
+        try:
+            mounted = _mounts_of(set(self.names)) if self.names else set()
+        finally:
+            for name in self.names:
+                remove_image(name)
+        assert mounted == set(), f"an image was left mounted: {sorted(mounted)}"
 
 
 @pytest.fixture
@@ -96,8 +190,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
 TAG_VARIABLE = "CDISK_TEST_TAG"
 
 
-def _tagged_processes(tag: str, needles: tuple[str, ...]) -> list[str]:
-    found = []
+def tagged_processes(needles: tuple[str, ...], tag: str | None = None) -> dict[int, str]:
+    """The live processes started by the running test (or those carrying `tag`) whose command line holds
+    one of `needles`: pid -> command line. What other jobs on the machine run is never among them.
+    """
+    tag = tag or os.environ[TAG_VARIABLE]
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -107,19 +205,34 @@ def _tagged_processes(tag: str, needles: tuple[str, ...]) -> list[str]:
         except OSError:
             continue
         if f"{TAG_VARIABLE}={tag}".encode() in environ and any(n in cmdline for n in needles):
-            found.append(f"{entry.name} {cmdline}")
+            found[int(entry.name)] = cmdline
     return found
 
 
+def private_services(parent: int) -> list[int]:
+    """The private podman services (on a `cdisk-podman-*` socket) that process `parent`, which the running test
+    started, has started itself: never another run's.
+    """
+    def parent_of(pid: int) -> int | None:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+
+    return [pid for pid, cmdline in tagged_processes(("podman system service",)).items()
+            if "cdisk-podman-" in cmdline and parent_of(pid) == parent]
+
+
 def _mounts_of(names: set[str]) -> set[str]:
-    lines = sh("podman", "image", "mount", check=False).stdout.splitlines()
-    return {line for line in lines if line.split(" ", 1)[0] in names}
+    listed = sh("podman", "image", "mount")
+    return {line for line in listed.stdout.splitlines() if line.split(" ", 1)[0] in names}
 
 
 @pytest.fixture(autouse=True)
 def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """After every test: no private podman service, qemu-img, sandbox, temp dir, partial file or image mount
-    that the test started is left. What other jobs on the machine run is not looked at.
+    """After every test: no private podman service, qemu-img, sandbox, temp dir or partial file that the test
+    started is left. What other jobs on the machine run is not looked at; podman is not run at all.
     """
     tag = uuid.uuid4().hex
     monkeypatch.setenv(TAG_VARIABLE, tag)
@@ -128,16 +241,14 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     temp_root = Path(tempfile.mkdtemp(prefix="pytest-tmpdir-", dir="/tmp"))
     temp_root.chmod(0o1777)
     monkeypatch.setenv("TMPDIR", str(temp_root))
-    made_before = set(MADE)
     try:
         yield
-        made = MADE - made_before
-        assert _tagged_processes(tag, ("podman system service",)) == [], "a private podman service outlived cdisk"
-        assert _tagged_processes(tag, ("qemu-img", "bwrap")) == [], "a qemu-img process outlived cdisk"
+        # Image mounts are checked by `images` as it removes the test's images, which it does before this.
+        assert tagged_processes(("podman system service",), tag) == {}, "a private podman service outlived cdisk"
+        assert tagged_processes(("qemu-img", "bwrap"), tag) == {}, "a qemu-img process outlived cdisk"
         assert list(temp_root.glob("*cdisk*")) == [], "service dir or temp data left"
         leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
         assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
-        assert _mounts_of(made) == set(), "an image was left mounted"
     finally:
         shutil.rmtree(temp_root, ignore_errors=True)
 
@@ -177,8 +288,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1 with temp storage; stopped afterwards."""
-    if not sh("which", "docker-registry", check=False).stdout:
-        pytest.fail("docker-registry is missing: run scripts/test, which installs it")
     root = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = root / "config.yml"
@@ -186,8 +295,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    # Started by whichever test first needs it, it serves the whole session: it must not carry that test's
+    # tag or TMPDIR (removed after the test), so it is not taken for that test's leftover.
+    env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR")}
     proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
 
     def up() -> bool:
@@ -197,4 +309,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     wait_for(up)
     yield f"127.0.0.1:{port}"
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

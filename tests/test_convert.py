@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import Convert, Images, same_disk
 from tests.images import Entry, sh
+from tests.podman_fakes import RecordingPodman
 
 
 def test_qcow2_disk_converts_to_raw(convert: Convert, images: Images, tmp_path: Path) -> None:
@@ -40,6 +41,10 @@ def test_output_format_qcow2(convert: Convert, images: Images, tmp_path: Path, e
     info = json.loads(sh("qemu-img", "info", "--output=json", "-f", "qcow2", target).stdout)
     assert info["format"] == "qcow2"
     assert same_disk(disk, "qcow2", target, "qcow2")
+    # -c really compresses: the disk's data clusters are stored compressed, and only then.
+    check = json.loads(sh("qemu-img", "check", "--output=json", "-f", "qcow2", target).stdout)
+    assert check["allocated-clusters"] > 0
+    assert check["compressed-clusters"] == (check["allocated-clusters"] if extra else 0), check
 
 
 def test_json_output_is_one_object(convert: Convert, method: str, images: Images, tmp_path: Path) -> None:
@@ -59,9 +64,11 @@ def test_json_output_is_one_object(convert: Convert, method: str, images: Images
 
 
 def test_quiet_prints_nothing(convert: Convert, images: Images, tmp_path: Path) -> None:
-    name = images.build({"disk.qcow2": images.disk()})
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
     result = convert("-q", name, tmp_path / "out.raw")
     assert (result.code, result.out, result.err) == (0, "", "")
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
 
 
 def test_references_by_digest_and_id(convert: Convert, images: Images, tmp_path: Path) -> None:
@@ -108,6 +115,7 @@ def test_missing_target_directory(convert: Convert, images: Images, tmp_path: Pa
     name = images.build({"disk.qcow2": images.disk()})
     result = convert(name, tmp_path / "nope" / "out.raw")
     assert result.code == 6 and "does not exist" in result.err
+    assert not (tmp_path / "nope").exists()
 
 
 def test_awkward_names_for_disk_and_target(convert: Convert, images: Images, tmp_path: Path) -> None:
@@ -122,14 +130,27 @@ def test_awkward_names_for_disk_and_target(convert: Convert, images: Images, tmp
     assert same_disk(disk, "qcow2", target, "raw")
 
 
-def test_tmpdir_switch_holds_the_save(convert: Convert, images: Images, tmp_path: Path) -> None:
+def test_tmpdir_switch_holds_the_save(convert: Convert, method: str, images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert convert("--tmpdir", scratch, name, tmp_path / "out.raw").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    podman = RecordingPodman(tmp_path / "bin")
+    result = convert("--tmpdir", scratch, name, out / "vm.raw", env=podman.env)
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", out / "vm.raw", "raw")
+    if method == "save":
+        # podman saved into the given dir (not beside the target, the default), and the layers were there.
+        [save] = podman.saves()
+        assert save.code == 0 and save.destination.startswith(f"{scratch}/.cdisk-save-"), save.argv
+        assert save.saved is not None and "index.json" in save.saved
+        assert max(save.saved.values()) >= disk.stat().st_size  # the layer that holds the disk
+    else:
+        assert podman.saves() == []  # the mount method copies nothing, wherever --tmpdir points
     assert list(scratch.iterdir()) == []
-    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    assert [p.name for p in out.iterdir()] == ["vm.raw"]
 
 
 @pytest.mark.parametrize("fmt", ["vmdk", "vdi", "vhdx", "vpc"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,29 @@ def test_ls_judges_hostile_images_without_failing(images: Images, tmp_path: Path
     assert data["problems"] == ["4 candidate disks: convert needs --path to choose one"]
 
 
+def plain_rows(out: str) -> dict[str, list[str]]:
+    """The rows of `cdisk ls`'s plain table (off a terminal), by path: each a list of its cells.
+
+    Cells are apart by two spaces or more, and a size holds one ("8.0 MiB"); empty cells at the end are left out.
+    """
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("path "))
+    assert re.split(r" {2,}", lines[header].strip()) == list(COLUMNS), lines[header]
+    rows = [re.split(r" {2,}", line.strip()) for line in lines[header + 1:] if line.startswith("/")]
+    return {row[0]: row for row in rows}
+
+
 def test_ls_table_and_missing_image(images: Images) -> None:
-    name = images.build({"disk.qcow2": images.disk()})
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
     result = cdisk("ls", name)
-    assert result.code == 0
-    assert "/disk/disk.qcow2" in result.out and "qcow2" in result.out and "8.0 MiB" in result.out
+    assert result.code == 0, result.err
+    [row] = plain_rows(result.out).values()
+    # path, format, virtual size, file size (the qcow2 holds under 1 MiB), layer, offset, and no refusal.
+    file_size = f"{disk.stat().st_size / 1024:.1f} KiB"
+    assert row == ["/disk/disk.qcow2", "qcow2", "8.0 MiB", file_size, "0", "1024"], row
     missing = cdisk("ls", "-q", "--pull", "never", "localhost/cdisk-test-absent")
-    assert missing.code == 3
+    assert missing.code == 3 and "not in the local store" in missing.err, missing.err
 
 
 def test_ls_judges_the_data_of_many_hard_links_once(images: Images, tmp_path: Path) -> None:
@@ -117,9 +134,13 @@ def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, 
     table = cdisk("ls", name, env=runs.env)
     assert table.code == 0
     assert f"* judged by its header only: ls runs qemu-img on the first {QEMU_IMG_JUDGED} distinct disks" in table.out
-    assert "qcow2*" in table.out and "raw*" in table.out
+    formats = {path: row[1] for path, row in plain_rows(table.out).items()}
+    assert formats == {"/disk/0-evil.qcow2": "qcow2"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
+                                                        for p, judged_by in zip(sorted(sizes), judged, strict=True)} \
+        | {"/disk/z.raw": "raw*"}, formats
 
 
+@pytest.mark.needs("qemu-img")
 @pytest.mark.parametrize(("fmt", "options"), [("qcow2", ()), ("raw", ()), ("vmdk", ()), ("vdi", ()),
                                               ("vmdk", ("-o", "subformat=streamOptimized"))])
 def test_header_virtual_size_is_what_qemu_img_says(tmp_path: Path, fmt: str, options: tuple[str, ...]) -> None:
@@ -132,6 +153,7 @@ def test_header_virtual_size_is_what_qemu_img_says(tmp_path: Path, fmt: str, opt
     assert header_virtual_size(detect_format(source.read_at), source) == expected
 
 
+@pytest.mark.needs("qemu-img")
 def test_header_virtual_size_unknown_where_the_header_does_not_say(tmp_path: Path) -> None:
     for fmt in ("vhdx", "vpc"):
         disk = tmp_path / f"d.{fmt}"

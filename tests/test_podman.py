@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -14,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, cdisk, same_disk, wait_for
+from tests.conftest import Images, cdisk, private_services, same_disk, wait_for
 from tests.images import sh
+from tests.podman_fakes import RecordingPodman
 
 
 @pytest.fixture
@@ -40,12 +40,16 @@ def test_live_user_socket_is_used(images: Images, tmp_path: Path, user_socket: P
 
 
 def test_no_service_for_a_local_lookup(images: Images, tmp_path: Path) -> None:
-    name = images.build({"disk.qcow2": images.disk()})
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
     dead = tmp_path / "dead.sock"
-    result = cdisk("convert", "-v", name, tmp_path / "out.raw", env={"CONTAINER_HOST": f"unix://{dead}"})
+    podman = RecordingPodman(tmp_path / "bin")
+    result = cdisk("convert", "-v", name, tmp_path / "out.raw", env={"CONTAINER_HOST": f"unix://{dead}", **podman.env})
     assert result.code == 0, result.err
     assert f"found {name} in the local store (podman CLI: no API at {dead})" in result.err
     assert "private podman service" not in result.err
+    assert podman.services() == [] and podman.calls() != []  # podman ran, and never as a service
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
 
 
 def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) -> None:
@@ -54,11 +58,14 @@ def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) 
     remote = f"{registry}/cdisk/private-{local.rsplit(':', 1)[0].rsplit('-', 1)[1]}:1"
     sh("podman", "push", "-q", "--tls-verify=false", local, remote)
     dead = tmp_path / "dead.sock"
+    podman = RecordingPodman(tmp_path / "bin")
     try:
         result = cdisk("convert", "-v", "--tls-verify", "false", remote, tmp_path / "out.raw",
-                       env={"CONTAINER_HOST": f"unix://{dead}"})
+                       env={"CONTAINER_HOST": f"unix://{dead}", **podman.env})
         assert result.code == 0, result.err
         assert "starting a private podman service" in result.err and f"pulling {remote}" in result.err
+        [service] = podman.services()
+        assert service.argv[-1].startswith(f"unix://{os.environ['TMPDIR']}/cdisk-podman-"), service.argv
         assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
     finally:
         sh("podman", "rmi", "-f", remote, check=False)
@@ -66,22 +73,31 @@ def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) 
 
 def test_remote_container_host_is_refused(tmp_path: Path) -> None:
     result = cdisk("convert", "-q", "x", tmp_path / "out.raw", env={"CONTAINER_HOST": "tcp://10.0.0.1:1"})
-    assert result.code == 3 and "not a local unix socket" in result.err
+    assert result.code == 3 and result.err.count("\n") == 1 and "not a local unix socket" in result.err
+    assert list(tmp_path.iterdir()) == []
 
 
+def _gone(pid: int) -> bool:
+    """No process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.needs("podman")
 def test_private_service_dies_with_a_killed_cdisk() -> None:
     # SIGKILL runs no `finally`: the kernel's parent-death signal must stop the service.
     proc = subprocess.Popen(
         [sys.executable, "-c", "import cdisk.core.podman as p, time\nwith p.private_service():\n time.sleep(120)"]
     )
-
-    def service_runs() -> bool:
-        return "cdisk-podman-" in sh("pgrep", "-af", "podman system service", check=False).stdout
-
-    wait_for(service_runs)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    wait_for(lambda: not service_runs())
+    try:
+        wait_for(lambda: private_services(proc.pid) != [] or proc.poll() is not None, 60)
+        [service] = private_services(proc.pid)  # its own: another run's service is neither watched nor touched
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: _gone(service))
     # Only the dir (in this test's own TMPDIR) is left to a SIGKILL; not a process.
     for leftover in Path(os.environ["TMPDIR"]).glob("cdisk-podman-*"):
         sh("rm", "-rf", leftover)

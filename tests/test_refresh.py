@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, Run, cdisk, same_disk, wait_for
+from tests.conftest import Images, Run, cdisk, private_services, same_disk, wait_for
 from tests.devices import loop_device
 from tests.images import sh
 from tests.tool_fakes import faulty_convert
@@ -58,6 +58,12 @@ def action(result: Run) -> str:
     return str(json.loads(result.out.splitlines()[-1])["action"])
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """Which file is at `path`, and when it was last written."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def test_first_noop_update_and_repair(remote: Remote, tmp_path: Path) -> None:
     first = remote.push(0x11)
     target = tmp_path / "vm.raw"
@@ -66,12 +72,15 @@ def test_first_noop_update_and_repair(remote: Remote, tmp_path: Path) -> None:
     data = json.loads(result.out.splitlines()[-1])
     assert {"action", "image", "digest", "target", "seconds"} <= set(data) and data["target"] == str(target)
     assert same_disk(first, "qcow2", target, "raw")
+    written = _identity(target)
     assert action(refresh(remote, target)) == "unchanged"
     assert action(refresh(remote, target, "--pull", "never")) == "unchanged"
 
     second = remote.push(0x22)
     assert action(refresh(remote, target, "--pull", "never")) == "unchanged"  # offline: the cache rules
+    assert _identity(target) == written  # unchanged means untouched
     assert action(refresh(remote, target)) == "updated"
+    assert _identity(target) != written
     assert same_disk(second, "qcow2", target, "raw")
 
     with open(target, "r+b") as f:  # damage it: size and mtime no longer what was written
@@ -105,20 +114,43 @@ def test_a_file_refresh_did_not_write_needs_force(remote: Remote, tmp_path: Path
     assert same_disk(disk, "qcow2", target, "raw")
 
 
+def _blocked_on_flock(pid: int, lock: Path) -> bool:
+    """Whether process `pid` waits, in the kernel, for a flock of the file `lock` (a `->` line of /proc/locks)."""
+    inode = os.stat(lock).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1:3] == ["->", "FLOCK"] and int(fields[5]) == pid and int(fields[6].rsplit(":", 1)[1]) == inode:
+            return True
+    return False
+
+
 def test_no_wait_and_waiting_on_the_lock(remote: Remote, tmp_path: Path) -> None:
-    remote.push(0x51)
+    disk = remote.push(0x51)
     target = tmp_path / "vm.raw"
-    fd = os.open(tmp_path / ".vm.raw.cdisk.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    lock = tmp_path / ".vm.raw.cdisk.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # this test is the refresh of TARGET that runs
         busy = refresh(remote, target, "--no-wait")
-        assert busy.code == 9 and "another refresh" in busy.err
-        assert not target.exists()
-        # The holder finishes while the next one waits for it.
-        threading.Timer(1.0, fcntl.flock, [fd, fcntl.LOCK_UN]).start()
-        assert action(refresh(remote, target)) == "updated"
+        assert busy.code == 9 and busy.err.count("\n") == 1 and "another refresh" in busy.err, busy.err
+        assert [p.name for p in tmp_path.iterdir()] == [lock.name]
+        proc = subprocess.Popen([sys.executable, "-m", "cdisk", "refresh", "--json", *TLS, remote.ref, str(target)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # The kernel's word that it waits for the lock: a refresh that does not wait is never seen so.
+            wait_for(lambda: _blocked_on_flock(proc.pid, lock) or proc.poll() is not None, 60)
+            assert proc.poll() is None, proc.communicate()
+            assert [p.name for p in tmp_path.iterdir()] == [lock.name]
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the holder is done: the waiting one goes on
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
         os.close(fd)
+    assert action(Run(proc.returncode, out, err)) == "updated"
+    assert same_disk(disk, "qcow2", target, "raw")
 
 
 def test_concurrent_refreshes_convert_once(remote: Remote, tmp_path: Path) -> None:
@@ -177,6 +209,7 @@ def test_full_filesystem_keeps_the_previous_target(remote: Remote, tmp_path: Pat
         sh("umount", small)
 
 
+@pytest.mark.needs("podman")
 def test_podman_service_dying_mid_run(tmp_path: Path) -> None:
     # A registry that accepts and then says nothing holds the pull open; the service dies meanwhile.
     listener = socket.socket()
@@ -197,9 +230,9 @@ def test_podman_service_dying_mid_run(tmp_path: Path) -> None:
                              str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert connected.wait(60), "podman never reached the registry"
-        services = sh("pgrep", "-f", "podman system service --time=0 unix:///.*cdisk-podman-").stdout.split()
-        assert len(services) == 1
-        os.kill(int(services[0]), signal.SIGKILL)
+        # The service this refresh started, and no other: what other runs on the machine started is not ours.
+        [service] = private_services(proc.pid)
+        os.kill(service, signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
         listener.close()

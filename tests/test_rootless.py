@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +22,8 @@ import pytest
 
 import cdisk
 from tests.images import make_disk, sh
+
+pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io")
 
 USER = "cdisk-rootless"
 DEPENDENCIES = ("podman", "plumbum", "rich", "requests", "urllib3", "idna", "charset_normalizer", "certifi",
@@ -41,40 +48,84 @@ class RootlessUser:
         return next(item for item in self.env if item.startswith("PYTHONPATH=")).removeprefix("PYTHONPATH=")
 
 
+def _processes_of(uid: int) -> list[int]:
+    """The live (not zombie) processes whose real user is `uid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields and int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            found.append(int(entry.name))
+    return found
+
+
+def _remove_user(name: str) -> None:
+    """Remove a user this module made, its podman storage reset first. Whatever still runs as it (rootless
+    podman's pause process) was started here, as no one else had the user: it is stopped before `userdel`.
+    """
+    uid = int(sh("id", "-u", name).stdout)
+    reset = subprocess.run(["runuser", "-u", name, "--", "env", f"HOME=/home/{name}", f"PATH={os.environ['PATH']}",
+                            "XDG_RUNTIME_DIR=", "podman", "system", "reset", "--force"],
+                           capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL, timeout=300)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_of(uid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + 10
+        while _processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    removed = sh("userdel", "-r", name, check=False)
+    assert removed.returncode == 0, f"userdel -r {name}: {removed.stderr}"
+    assert sh("id", name, check=False).returncode != 0 and not Path(f"/home/{name}").exists()
+    assert reset.returncode == 0, f"podman system reset of {name}: {reset.stderr}"
+
+
 @pytest.fixture(scope="module")
 def rootless() -> Iterator[RootlessUser]:
+    """A rootless podman user made for this module and removed again after it. A user of that name that was
+    there before is used and left as it was: its storage is not reset, only this module's image removed.
+    """
     if os.geteuid() != 0 or not shutil.which("runuser") or not Path("/usr/bin/python3").exists():
         pytest.skip("needs root (to make a user), runuser and a system python3")
-    if sh("id", USER, check=False).returncode != 0:
-        sh("useradd", "-m", "-s", "/bin/sh", USER)
-    home = Path(f"/home/{USER}")
-    # The user runs the system python on a copy of the package (in its installed layout) and of its
-    # pure-Python dependencies: the checkout, the venv and its python may live where root alone may go.
-    work = Path(tempfile.mkdtemp(prefix="rootless-"))
-    pkg = work / "pkg"
-    shutil.copytree(REPO / "cdisk", pkg / "cdisk", ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("cli", "core"):
-        shutil.copytree(REPO / part, pkg / "cdisk" / part, ignore=shutil.ignore_patterns("__pycache__"),
-                        dirs_exist_ok=True)  # an installed layout holds them already
-    for module in DEPENDENCIES:
-        spec = importlib.util.find_spec(module)
-        assert spec is not None and spec.origin is not None, module
-        origin = Path(spec.origin)
-        if origin.name == "__init__.py":
-            shutil.copytree(origin.parent, pkg / module, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(origin, pkg / origin.name)
-    sh("chown", "-R", f"{USER}:{USER}", work)
-    sh("chmod", "755", work)
-    user = RootlessUser(USER, home, work, [f"HOME={home}", f"PYTHONPATH={pkg}", f"PATH={os.environ['PATH']}",
-                                           "XDG_RUNTIME_DIR="])
-    info = user.run("podman", "info", "--format", "{{.Host.Security.Rootless}}")
-    if info.stdout.strip() != "true":
-        shutil.rmtree(work)
-        pytest.skip(f"rootless podman does not work here: {info.stderr.strip()[-300:]}")
-    yield user
-    user.run("podman", "system", "reset", "--force")
-    shutil.rmtree(work)
+    with contextlib.ExitStack() as cleanup:
+        # One run at a time on this machine has the user: another run's module waits here until this one has
+        # removed it, rather than find it there, use it, and lose it half-way.
+        lock = os.open(Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp", "cdisk-test-rootless.lock"),
+                       os.O_RDWR | os.O_CREAT, 0o600)
+        cleanup.callback(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if sh("id", USER, check=False).returncode != 0:
+            sh("useradd", "-m", "-s", "/bin/sh", USER)
+            cleanup.callback(_remove_user, USER)
+        home = Path(f"/home/{USER}")
+        work = Path(tempfile.mkdtemp(prefix="rootless-"))
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        # The user runs the system python on a copy of the package (in its installed layout) and of its
+        # pure-Python dependencies: the checkout, the venv and its python may live where root alone may go.
+        pkg = work / "pkg"
+        shutil.copytree(REPO / "cdisk", pkg / "cdisk", ignore=shutil.ignore_patterns("__pycache__"))
+        for part in ("cli", "core"):
+            shutil.copytree(REPO / part, pkg / "cdisk" / part, ignore=shutil.ignore_patterns("__pycache__"),
+                            dirs_exist_ok=True)  # an installed layout holds them already
+        for module in DEPENDENCIES:
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.origin is not None, module
+            origin = Path(spec.origin)
+            if origin.name == "__init__.py":
+                shutil.copytree(origin.parent, pkg / module, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(origin, pkg / origin.name)
+        sh("chown", "-R", f"{USER}:{USER}", work)
+        sh("chmod", "755", work)
+        user = RootlessUser(USER, home, work, [f"HOME={home}", f"PYTHONPATH={pkg}", f"PATH={os.environ['PATH']}",
+                                               "XDG_RUNTIME_DIR="])
+        info = user.run("podman", "info", "--format", "{{.Host.Security.Rootless}}")
+        if info.stdout.strip() != "true":
+            pytest.skip(f"rootless podman does not work here: {info.stderr.strip()[-300:]}")
+        yield user
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +135,19 @@ def rootless_image(rootless: RootlessUser) -> Iterator[tuple[str, Path]]:
     disk = make_disk(context / "disk.qcow2")
     (context / "Containerfile").write_text("FROM scratch\nCOPY disk.qcow2 /disk/\n")
     sh("chown", "-R", f"{USER}:{USER}", context)
-    built = rootless.run("podman", "build", "-q", "-t", "localhost/cdisk-rootless-test", context)
+    name = f"localhost/cdisk-rootless-test-{uuid.uuid4().hex[:12]}"
+    built = rootless.run("podman", "build", "-q", "-t", name, context)
     assert built.returncode == 0, built.stderr
-    yield "localhost/cdisk-rootless-test", disk
+    yield name, disk
+    removed = rootless.run("podman", "rmi", "-f", name)
+    assert removed.returncode == 0, removed.stderr
+
+
+def mounts(user: RootlessUser) -> str:
+    """The user's image mounts, as its `podman unshare` sees them (a failed listing fails the test)."""
+    listed = user.run("podman", "unshare", "podman", "image", "mount")
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout.strip()
 
 
 @pytest.mark.parametrize(("method", "used"), [("auto", "mount"), ("mount", "mount"), ("save", "save")])
@@ -98,7 +159,7 @@ def test_rootless_convert(rootless: RootlessUser, rootless_image: tuple[str, Pat
     assert json.loads(result.stdout)["method"] == used
     assert target.stat().st_uid == int(sh("id", "-u", USER).stdout)
     assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
-    assert rootless.run("podman", "unshare", "podman", "image", "mount").stdout.strip() == ""
+    assert mounts(rootless) == ""
     assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
 
 
@@ -159,7 +220,7 @@ def test_a_crash_in_the_child_is_reported_not_fallen_back_from(
             partial.unlink()
         return
     assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
-    assert rootless.run("podman", "unshare", "podman", "image", "mount").stdout.strip() == ""
+    assert mounts(rootless) == ""
 
 
 def test_auto_falls_back_when_podman_unshare_cannot_start_the_child(
