@@ -30,9 +30,9 @@ class Convert(WriteSwitches):
     def main(self, image: str, target: str) -> int:
         from cdisk.core.convert import convert
 
-        request = self.request(image, target, target_is_zero=self.target_is_zero)
+        write = self.write_request(target, target_is_zero=bool(self.target_is_zero))
 
         def work(progress: Progress) -> ConvertResult:
-            return convert(request, progress)
+            return convert(self.image_request(image), self.read_request(), write, progress)
 
         return report(self, work, summary)

@@ -137,6 +137,6 @@ class Ls(ImageSwitches):
         from cdisk.core.listing import list_image
 
         def work(progress: Progress) -> Listing:
-            return list_image(image, self.find_image(image, progress), self.tmpdir_path, progress)
+            return list_image(self.image_request(image), self.read_request(), progress)
 
         return report(self, work, table)

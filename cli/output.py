@@ -12,10 +12,8 @@ from typing import Any
 
 from plumbum import cli
 
-from cdisk.core.errors import CdiskError, Interrupted, ToolError
+from cdisk.core.errors import EXIT_INTERNAL, EXIT_OK, CdiskError, Interrupted, ToolError
 from cdisk.core.progress import NoProgress, Progress
-
-EXIT_INTERNAL = 1
 
 
 class OutputSwitches(cli.Application):
@@ -103,7 +101,7 @@ def error_line(message: str) -> None:
 
 
 def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: Callable[[Any], str],
-           exit_code: Callable[[Any], int] = lambda _: 0) -> int:
+           exit_code: Callable[[Any], int] = lambda _: EXIT_OK) -> int:
     """Run `work` with progress, print its result as the switches ask, and map errors to exit codes.
 
     `summary` renders the result for a person; `exit_code` says what a result means to a script.

@@ -8,6 +8,7 @@ from plumbum import cli
 
 from cdisk.cli.output import report
 from cdisk.cli.switches import WriteSwitches
+from cdisk.core.job import Pull, values
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def summary(result: RefreshResult) -> str:
 class Refresh(WriteSwitches):
     """Make TARGET hold the current disk of IMAGE: convert only when the image or TARGET changed."""
 
-    pull = cli.SwitchAttr(["--pull"], cli.Set("newer", "always", "missing", "never"), default="newer",
+    pull = cli.SwitchAttr(["--pull"], cli.Set(*values(Pull)), default=Pull.NEWER.value,
                           help="When to pull IMAGE: newer asks the registry whether the tag moved; never "
                                "checks the local cache only")
     keep = cli.SwitchAttr(["--keep"], cli.Range(0, 99), default=0, help="Keep N previous versions (TARGET.1, …)")
@@ -38,9 +39,9 @@ class Refresh(WriteSwitches):
 
         # A refresh syncs the new disk before renaming it over the old: "never a broken disk where a
         # good one was" has to hold across a crash too.
-        request = self.request(image, target, keep=int(self.keep), durable=True)
+        write = self.write_request(target, keep=int(self.keep), durable=True)
 
         def work(progress: Progress) -> RefreshResult:
-            return refresh(request, not self.no_wait, progress)
+            return refresh(self.image_request(image), self.read_request(), write, not self.no_wait, progress)
 
         return report(self, work, summary)

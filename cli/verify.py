@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from cdisk.cli.output import report
 from cdisk.cli.switches import DiskSwitches
+from cdisk.core.errors import EXIT_DIFFERENT, EXIT_OK
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
     from cdisk.core.verify import Verdict
 
-EXIT_DIFFERENT = 8
 
 
 def summary(verdict: Verdict) -> str:
@@ -28,7 +28,6 @@ class Verify(DiskSwitches):
         from cdisk.core.verify import verify
 
         def work(progress: Progress) -> Verdict:
-            found = self.find_image(image, progress)
-            return verify(image, found, target, str(self.method), self.tmpdir_path, self.disk_path, progress)
+            return verify(self.image_request(image), self.read_request(), target, progress)
 
-        return report(self, work, summary, lambda verdict: 0 if verdict.identical else EXIT_DIFFERENT)
+        return report(self, work, summary, lambda verdict: EXIT_OK if verdict.identical else EXIT_DIFFERENT)

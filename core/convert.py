@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from cdisk.core import podman, qemu_img, sources, target, userns
-from cdisk.core.errors import TargetError, ToolError
-from cdisk.core.inspection import InspectedDisk, inspect_disk
+from cdisk.core import engines, qemu_img, target, userns
+from cdisk.core.engines import Engine, Image
+from cdisk.core.errors import TargetError, ToolError, UserNamespaceUnavailable
+from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest, WriteRequest
+from cdisk.core.pipeline import OpenedDisk, opened_disk
 from cdisk.core.progress import Progress
+from cdisk.core.reading import choose_reading
 
 
 @dataclass(frozen=True)
-class ConvertRequest:
-    """What the operator asked for."""
+class Written:
+    """What writing the target did: the disk it read (path in the image, format, size) and how."""
 
-    image: str
-    target: str
-    out_format: str = "raw"
-    compressed: bool = False
-    force: bool = False
-    pull: str = "missing"
-    method: str = "auto"
-    disk_path: str | None = None
-    tmpdir: str | None = None
-    tls_verify: bool | None = None  # None: registries.conf decides, as for `podman pull`
-    keep: int = 0
-    target_is_zero: bool = False
-    durable: bool = False
+    disk: str
+    source_format: str
+    virtual_size: int
+    reading: Reading
 
 
 @dataclass(frozen=True)
@@ -47,15 +42,72 @@ class ConvertResult:
     seconds: float
 
 
-def _room_needed(disk: InspectedDisk, out_format: str, plan: target.Target) -> tuple[qemu_img.Measure, int]:
+def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progress: Progress) -> ConvertResult:
+    """Convert the disk of `image` into `write.target`.
+
+    Raises:
+        CdiskError: any problem the operator can fix; nothing is left at the target path.
+    """
+    started = time.monotonic()
+    planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
+    engine = engines.local()
+    found = engine.find_image(image, progress)
+    written = write_disk(found, read, write, planned, progress, engine)
+    return ConvertResult(image=image.reference, image_id=found.id, digest=found.digest,
+                         method=written.reading.method, disk=written.disk,
+                         source_format=written.source_format, virtual_size=written.virtual_size,
+                         target=planned.path, target_format=write.out_format,
+                         seconds=round(time.monotonic() - started, 3))
+
+
+def write_disk(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, progress: Progress,
+               engine: Engine) -> Written:
+    """Write the disk of a resolved image into a planned target (convert and refresh both end here).
+
+    A rootless mount runs as a child in the engine's user namespace, on the same typed job; `auto` falls
+    back to the save method only when that child cannot be started at all.
+    """
+    reading = choose_reading(read.method, writes=True)
+    if reading is Reading.MOUNT_IN_USERNS:
+        job = {"image": asdict(image), "read": _plain(asdict(read)), "write": asdict(write),
+               "target": asdict(planned)}
+        try:
+            return _written(userns.run(engine, f"{__name__}:in_user_namespace", job, progress))
+        except UserNamespaceUnavailable as error:
+            if read.method is not Method.AUTO:
+                raise
+            progress.stage(f"{error.reason}: falling back to the save method")
+            reading = Reading.SAVE
+    return _write(image, read, write, planned, reading, progress, engine)
+
+
+def in_user_namespace(job: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The job `write_disk` hands to its child in the user namespace: the same write, mounted there."""
+    image = Image(**{**job["image"], "layers": tuple(job["image"]["layers"]),
+                     "layer_dirs": tuple(job["image"]["layer_dirs"])})
+    read = ReadRequest(**{**job["read"], "method": Method(job["read"]["method"])})
+    written = _write(image, read, WriteRequest(**job["write"]), target.Target(**job["target"]), Reading.MOUNT,
+                     progress, engines.local())
+    return {**asdict(written), "reading": Reading.MOUNT_IN_USERNS.value}
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, Method) else v for k, v in fields.items()}
+
+
+def _written(fields: dict[str, Any]) -> Written:
+    return Written(**{**fields, "reading": Reading(fields["reading"])})
+
+
+def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> tuple[qemu_img.Measure, int]:
     """What the target will take on disk, and the length of the file qemu-img will write."""
-    if plan.is_block:
+    if planned.is_block:
         return qemu_img.Measure(0, 0), 0
     if out_format == "raw":
         # A raw file is as long as the disk but sparse: when the whole length fits, so does the data,
         # and qemu-img measure (which reads all allocation metadata) is not worth running.
-        with target.os_errors(plan.directory):
-            free = target.free_bytes(plan.directory)
+        with target.os_errors(planned.directory):
+            free = target.free_bytes(planned.directory)
         if free >= disk.virtual_size:
             return qemu_img.Measure(0, 0), disk.virtual_size
         # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
@@ -64,54 +116,21 @@ def _room_needed(disk: InspectedDisk, out_format: str, plan: target.Target) -> t
     return needed, needed.required
 
 
-def convert(request: ConvertRequest, progress: Progress) -> ConvertResult:
-    """Convert the disk of `request.image` into `request.target`.
-
-    Raises:
-        CdiskError: any problem the operator can fix; nothing is left at the target path.
-    """
-    started = time.monotonic()
-    plan = target.plan_target(request.target, request.force, request.out_format, request.target_is_zero)
-    image = podman.find_image(request.image, request.pull, progress, request.tls_verify)
-    result = convert_resolved(request, image, plan, progress)
-    return replace(result, image=request.image, seconds=round(time.monotonic() - started, 3))
-
-
-def convert_resolved(request: ConvertRequest, image: podman.Image, plan: target.Target,
-                     progress: Progress) -> ConvertResult:
-    """Convert a resolved image into a planned target by the method the request asks for."""
-    method = sources.choose_method(request.method)
-    if method != sources.USERNS_MOUNT:
-        return convert_image(request, image, plan, method, progress)
-    try:
-        return userns.convert_in_user_namespace(request, image, plan, progress)
-    except userns.UserNamespaceUnavailable as error:
-        if request.method != "auto":
-            raise
-        progress.stage(f"{error.message.split(';')[0]}: falling back to the save method")
-        return convert_image(request, image, plan, "save", progress)
-
-
-def convert_image(request: ConvertRequest, image: podman.Image, plan: target.Target, method: str,
-                  progress: Progress) -> ConvertResult:
-    """Convert the disk of a resolved image by `method` (mount or save) into a planned target."""
+def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, reading: Reading,
+           progress: Progress, engine: Engine) -> Written:
     with ExitStack() as stack:
-        tmp_parent = sources.temp_parent(request.tmpdir, plan)
-        source = stack.enter_context(sources.open_disk(method, image, tmp_parent, request.disk_path, progress))
-        disk = inspect_disk(source)
-        needed, length = _room_needed(disk, request.out_format, plan)
-        target.check_room(plan, disk.virtual_size, needed, length)
-        output = stack.enter_context(target.writing(plan, request.keep, request.durable))
+        disk = stack.enter_context(opened_disk(image, read, planned, progress, reading, engine))
+        needed, length = _room_needed(disk, write.out_format, planned)
+        target.check_room(planned, disk.virtual_size, needed, length)
+        output = stack.enter_context(target.writing(planned, write.keep, write.durable))
         progress.stage("converting")
-        options = qemu_img.ConvertOptions(request.out_format, request.compressed, existing_target=plan.is_block,
-                                          target_is_zero=request.target_is_zero)
+        options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
+                                          target_is_zero=write.target_is_zero)
         try:
-            qemu_img.convert(disk.spec, output, options, progress, source.pass_fds)
+            qemu_img.convert(disk.spec, output, options, progress, disk.source.pass_fds)
         except ToolError as error:
             if "No space left" in error.stderr:
-                raise TargetError(f"{plan.directory} ran out of space while writing; free some space or "
+                raise TargetError(f"{planned.directory} ran out of space while writing; free some space or "
                                   "choose another target (nothing was left behind)") from None
             raise
-    return ConvertResult(image=request.image, image_id=image.id, digest=image.digest, method=source.method,
-                         disk=source.image_path, source_format=disk.format, virtual_size=disk.virtual_size,
-                         target=plan.path, target_format=request.out_format, seconds=0.0)
+    return Written(disk.source.image_path, disk.format, disk.virtual_size, reading)

@@ -1,9 +1,14 @@
-"""The one error hierarchy of cdisk. Each class carries its documented exit code."""
+"""The one error hierarchy of cdisk, and every exit code it documents. Each class carries its exit code; the
+codes that are not errors (a verify that found a difference) are named here too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: an exception no class here describes
+EXIT_DIFFERENT = 8  # verify: TARGET differs from the image's disk (a finding, not an error)
 
 class CdiskError(Exception):
     """An error a user can act on: the message says what is wrong and what to do."""
@@ -39,6 +44,17 @@ class UnsafeImageError(CdiskError):
     exit_code = 5
 
 
+class LayerRefused(UnsafeImageError):
+    """A layer cdisk will not read: Go would reject it, or tar readers could read it differently."""
+
+    ADVICE = "rebuild the image with podman build, buildah or docker, or pull it again"
+
+    def __init__(self, what: str, offset: int) -> None:
+        super().__init__(f"{what} at byte {offset} of a layer; {self.ADVICE}")
+        self.what = what
+        self.offset = offset
+
+
 class TargetError(CdiskError):
     """The target cannot be written: exists, too small, no space, wrong kind (exit 6)."""
 
@@ -56,6 +72,48 @@ class ToolError(CdiskError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class LimitExceeded(ToolError):
+    """A child ran past its wall-clock deadline or printed more than its stdout bound; it was stopped.
+
+    `what` says which limit, e.g. "ran longer than 120 s".
+    """
+
+    def __init__(self, what: str, argv: Sequence[str], stderr: str = "") -> None:
+        name = argv[0].rsplit("/", 1)[-1] if argv else "a child process"
+        super().__init__(f"{name} {what} and was stopped", argv, None, stderr)
+        self.what = what
+
+
+class UserNamespaceUnavailable(ToolError):
+    """The engine could not start cdisk's child in its user namespace (no subordinate ids, no user
+    namespaces); `reason` is the engine's own last word.
+    """
+
+    def __init__(self, reason: str, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+        super().__init__(f"{reason}; use --method save", argv, returncode, stderr)
+        self.reason = reason
+
+
+class ChildCrashed(ToolError):
+    """cdisk's child in the user namespace started, then died without reporting a CdiskError: a bug."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ChildError(CdiskError):
+    """An error cdisk's child in the user namespace reported, with the exit code it carried."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class BusyError(CdiskError):
+    """Another refresh of the same target holds its lock, and --no-wait was given (exit 9)."""
+
+    exit_code = 9
 
 
 class Interrupted(BaseException):

@@ -33,6 +33,11 @@ class Reading(enum.Enum):
     MOUNT_IN_USERNS = "mount-in-userns"  # the same, by a child in rootless podman's user namespace
     SAVE = "save"  # in a saved copy of the layers
 
+    @property
+    def method(self) -> str:
+        """The method's name as the operator knows it (a mount in the user namespace is a mount)."""
+        return "save" if self is Reading.SAVE else "mount"
+
 
 @dataclass(frozen=True)
 class ImageRequest:

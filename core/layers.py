@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cdisk.core import tar_headers
-from cdisk.core.errors import DiskNotFoundError, UnsafeImageError
-from cdisk.core.tar_headers import LayerRefused, TarEntry
+from cdisk.core.errors import DiskNotFoundError, LayerRefused, UnsafeImageError
+from cdisk.core.tar_headers import TarEntry
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

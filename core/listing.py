@@ -18,10 +18,11 @@ from cdisk.core import formats
 from cdisk.core.disks import list_candidates
 from cdisk.core.errors import CdiskError
 from cdisk.core.inspection import inspect_disk
-from cdisk.core.podman import Image
+from cdisk.core.job import ImageRequest, Reading, ReadRequest
+from cdisk.core.pipeline import opened_image
 from cdisk.core.progress import Progress
 from cdisk.core.qemu_img import SECTOR
-from cdisk.core.sources import DiskSource, saved_layers, temp_parent
+from cdisk.core.sources import DiskSource
 
 # Each qemu-img judgement costs two runs (info, check) of ~10-20 ms; this bounds `ls` to well under a second
 # of qemu-img however many distinct disks an image holds.
@@ -102,11 +103,12 @@ def _judge(source: DiskSource, with_qemu_img: bool) -> _Judgement:
     return _Judgement(inspected.format, inspected.virtual_size, "", BY_QEMU_IMG)
 
 
-def list_image(reference: str, image: Image, tmpdir: str | None, progress: Progress) -> Listing:
-    """Describe every candidate disk under /disk/ of a resolved image (layers saved under `tmpdir`)."""
-    progress.stage("reading the image's layers (save method)")
+def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Listing:
+    """Describe every candidate disk under /disk/ of the image, from its saved layers (offsets exist only there).
+    """
     disks: list[ListedDisk] = []
-    with saved_layers(image, temp_parent(tmpdir, None)) as saved:
+    with opened_image(image, read, None, progress, Reading.SAVE) as opened:
+        saved = opened.view
         candidates = list_candidates(saved.tree)
         progress.stage(f"judging {len(candidates)} candidate disk(s)")
         # Keyed by where the data lie: a hard link and its target are one disk, judged once.
@@ -120,7 +122,7 @@ def list_image(reference: str, image: Image, tmpdir: str | None, progress: Progr
                 continue
             where = (member.layer, member.offset, member.size)
             if where not in judged:
-                judgement = _judge(saved.source(candidate.path, member), by_qemu_img < QEMU_IMG_JUDGED)
+                judgement = _judge(saved.open(candidate.path, member), by_qemu_img < QEMU_IMG_JUDGED)
                 by_qemu_img += judgement.judged_by == BY_QEMU_IMG
                 judged[where] = candidate.path, judgement
             first, judgement = judged[where]
@@ -136,4 +138,5 @@ def list_image(reference: str, image: Image, tmpdir: str | None, progress: Progr
         problems.append("no disk file directly under /disk/: convert needs --path")
     elif len(disks) > 1:
         problems.append(f"{len(disks)} candidate disks: convert needs --path to choose one")
-    return Listing(reference, image.id, image.digest, image.architecture, disks, problems)
+    found = opened.image
+    return Listing(image.reference, found.id, found.digest, found.architecture, disks, problems)

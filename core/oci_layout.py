@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.errors import ImageError, LayerRefused, UnsafeImageError
 from cdisk.core.layers import LayerMember, MergedTree, members_from_tar
-from cdisk.core.tar_headers import ADVICE, LayerRefused, read_entries
+from cdisk.core.tar_headers import read_entries
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 # The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
@@ -66,7 +66,7 @@ def read_layer(blob: Path, layer: int) -> list[LayerMember]:
             return members_from_tar(read_entries(f, blob.stat().st_size), layer)
     except LayerRefused as error:
         raise UnsafeImageError(f"layer {blob.name[:12]} is refused: {error.what} at byte {error.offset}; "
-                               f"{ADVICE}") from None
+                               f"{LayerRefused.ADVICE}") from None
     except OSError as error:
         raise ImageError(f"cannot read layer {blob.name[:12]} of the saved image: {error.strerror}; "
                          "re-pull the image") from None

@@ -14,27 +14,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
-from cdisk.core.errors import ToolError
+from cdisk.core.errors import LimitExceeded, ToolError
 
 # Enough for any tool's last words; what came before them is dropped, never buffered.
 STDERR_TAIL = 64 * 1024
 # What a JSON answer of qemu-img or podman needs, with a wide margin.
 STDOUT_LIMIT = 16 * 1024 * 1024
 _CHUNK = 64 * 1024
-
-
-class LimitExceeded(ToolError):
-    """A child ran past its wall-clock deadline or printed more than its stdout bound; it was stopped.
-
-    `what` says which limit, e.g. "ran longer than 120 s".
-    """
-
-    def __init__(self, what: str, argv: Sequence[str], stderr: str = "") -> None:
-        name = os.path.basename(argv[0]) if argv else "a child process"
-        super().__init__(f"{name} {what} and was stopped", argv, None, stderr)
-        self.what = what
 
 
 def command(name: str, package: str) -> Any:
@@ -108,7 +96,8 @@ def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], tim
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 proc.kill()
-                raise LimitExceeded(f"ran longer than {timeout:g} s", _argv(proc), bytes(tail).decode(errors="replace"))
+                raise LimitExceeded(f"ran longer than {timeout:g} s", argv_of(proc),
+                                    bytes(tail).decode(errors="replace"))
             for key, _ in selector.select(wait):
                 chunk = os.read(key.fd, _CHUNK)
                 if not chunk:
@@ -121,7 +110,8 @@ def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], tim
     return bytes(tail)
 
 
-def _argv(proc: subprocess.Popen[bytes]) -> list[str]:
+def argv_of(proc: subprocess.Popen[bytes]) -> list[str]:
+    """The whole argv a child was started with, as text (for a ToolError)."""
     return [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
 
 
@@ -138,7 +128,7 @@ def run(cmd: Any, argv: Sequence[str], timeout: float | None = None, stdout_limi
             out.extend(chunk)
             if len(out) > stdout_limit:
                 proc.kill()
-                raise LimitExceeded(f"printed more than {stdout_limit} bytes", _argv(proc))
+                raise LimitExceeded(f"printed more than {stdout_limit} bytes", argv_of(proc))
 
         err = drain(proc, collect, timeout)
         code = proc.wait()
@@ -150,6 +140,13 @@ def killed_by_signal(code: int) -> bool:
     or a sandbox that passes the status on.
     """
     return code < 0 or code > 128
+
+
+def file_tail(f: IO[bytes]) -> bytes:
+    """The last `STDERR_TAIL` bytes of a file a child wrote its stderr to."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - STDERR_TAIL))
+    return f.read()
 
 
 def last_line(stderr: str, code: int | None) -> str:

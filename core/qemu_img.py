@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdisk.core import processes, sandbox
-from cdisk.core.errors import ToolError, UnsafeImageError
+from cdisk.core.errors import LimitExceeded, ToolError, UnsafeImageError
 from cdisk.core.progress import Progress
 
 SECTOR = 512
@@ -110,24 +110,28 @@ def unconfined_reason() -> str | None:
     return sandbox.unavailable()
 
 
-def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> tuple[int, str, str]:
-    """Run an inspecting qemu-img under every limit; a run the limits stop is a refused image."""
+def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> tuple[int, str, str, list[str]]:
+    """Run an inspecting qemu-img under every limit; a run the limits stop is a refused image.
+
+    Returns its exit code, stdout, the tail of its stderr and the whole argv that ran.
+    """
     cmd, argv = _command(args, [spec], spec_view(spec))
     try:
         code, out, err = processes.run(cmd, argv, timeout=INSPECT_WALL_SECONDS, preexec_fn=_limit_inspection,
                                        pass_fds=tuple(pass_fds))
-    except processes.LimitExceeded as error:
+    except LimitExceeded as error:
         raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
                                "or damaged: rebuild or re-pull it") from None
     if processes.killed_by_signal(code):
         raise UnsafeImageError(f"qemu-img {what} was stopped by its memory or CPU limit "
                                f"({INSPECT_ADDRESS_SPACE >> 20} MiB, {INSPECT_CPU_SECONDS} s); the image is hostile "
                                "or damaged: rebuild or re-pull it")
-    return code, out, err
+    return code, out, err, [str(cmd), *argv]
 
 
 def _failure(what: str, argv: Sequence[str], code: int, err: str) -> ToolError:
-    return ToolError(f"qemu-img {what} failed: {processes.last_line(err, code)}", ["qemu-img", *argv], code, err)
+    """A failed run as a ToolError; `argv` is the whole argv that ran (the sandbox's included)."""
+    return ToolError(f"qemu-img {what} failed: {processes.last_line(err, code)}", list(argv), code, err)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
     Raises:
         UnsafeImageError: qemu-img cannot open the disk as its detected format.
     """
-    code, out, err = _inspect("info", ["info", "--output=json", spec], spec, pass_fds)
+    code, out, err, _ = _inspect("info", ["info", "--output=json", spec], spec, pass_fds)
     if code != 0:
         raise UnsafeImageError(f"qemu-img cannot read the disk: {processes.last_line(err, code)}; "
                                "the image may be damaged: rebuild or re-pull it")
@@ -163,7 +167,7 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
 
 def check(spec: str, pass_fds: Sequence[int] = ()) -> None:
     """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused."""
-    code, _, err = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
+    code, _, err, _ = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
     # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
     if code in (0, 3, 63):
         return
@@ -184,15 +188,14 @@ class Measure:
 
 def measure(spec: str, out_format: str, pass_fds: Sequence[int] = ()) -> Measure:
     """`qemu-img measure` of the disk converted to `out_format` (uncompressed: a safe upper bound)."""
-    argv = ["measure", "--output=json", "-O", out_format, spec]
-    code, out, err = _inspect("measure", argv, spec, pass_fds)
+    code, out, err, ran = _inspect("measure", ["measure", "--output=json", "-O", out_format, spec], spec, pass_fds)
     if code != 0:
-        raise _failure("measure", argv, code, err)
+        raise _failure("measure", ran, code, err)
     try:
         data = json.loads(out)
         return Measure(int(data["required"]), int(data["fully-allocated"]))
     except (ValueError, TypeError, KeyError):
-        raise _failure("measure", argv, code, f"unexpected output: {out[:200]!r}") from None
+        raise _failure("measure", ran, code, f"unexpected output: {out[:200]!r}") from None
 
 
 _MISMATCH = re.compile(r"Content mismatch at offset (\d+)")
@@ -211,7 +214,7 @@ def compare(spec: str, other_spec: str, pass_fds: Sequence[int] = ()) -> int | N
     if code == 1:
         match = _MISMATCH.search(out)
         return int(match.group(1)) if match else 0
-    raise _failure("compare", argv, code, err)
+    raise _failure("compare", [str(cmd), *full], code, err)
 
 
 @dataclass(frozen=True)
@@ -268,4 +271,4 @@ def convert(spec: str, target: str, options: ConvertOptions, progress: Progress,
         err = processes.drain(proc, report).decode(errors="replace")
         code = proc.wait()
     if code != 0:
-        raise _failure("convert", argv, code, err)
+        raise _failure("convert", [str(cmd), *full], code, err)

@@ -15,19 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
-from cdisk.core import podman, target
-from cdisk.core.convert import ConvertRequest, ConvertResult, convert_resolved
-from cdisk.core.errors import CdiskError, TargetError
+from cdisk.core import engines, target
+from cdisk.core.convert import write_disk
+from cdisk.core.engines import Image
+from cdisk.core.errors import BusyError, TargetError
+from cdisk.core.job import ImageRequest, ReadRequest, WriteRequest
 from cdisk.core.progress import Progress
 
 RECORD_SUFFIX = ".cdisk.json"
 LOCK_SUFFIX = ".cdisk.lock"
-
-
-class BusyError(CdiskError):
-    """Another refresh of the same target holds its lock, and --no-wait was given (exit 9)."""
-
-    exit_code = 9
 
 
 @dataclass(frozen=True)
@@ -106,16 +102,16 @@ def _write_record(target_path: str, record: Record) -> None:
         f.write("\n")
 
 
-def is_current(record: Record | None, image: podman.Image, request: ConvertRequest) -> bool:
+def is_current(record: Record | None, image: Image, read: ReadRequest, write: WriteRequest) -> bool:
     """Whether the target still holds what the record says, from the same image, as asked now."""
     if record is None or record.image_id != image.id:
         return False
-    if (record.target_format, record.compressed) != (request.out_format, request.compressed):
+    if (record.target_format, record.compressed) != (write.out_format, write.compressed):
         return False
-    if request.disk_path and "/" + request.disk_path.strip("/") != record.disk:
+    if read.disk_path and "/" + read.disk_path.strip("/") != record.disk:
         return False
     try:
-        st = os.stat(request.target)
+        st = os.stat(write.target)
     except OSError:  # gone or unreadable: converting again will say what is wrong, if anything
         return False
     return (st.st_size, st.st_mtime_ns) == (record.size, record.mtime_ns)
@@ -141,34 +137,36 @@ def _check_name_room(target_path: str) -> None:
                           "bytes")
 
 
-def refresh(request: ConvertRequest, wait: bool, progress: Progress) -> RefreshResult:
-    """Make `request.target` hold the current disk of `request.image`.
+def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: bool,
+            progress: Progress) -> RefreshResult:
+    """Make `write.target` hold the current disk of `image`.
 
     Raises:
         BusyError: the target is locked and `wait` is false.
         CdiskError: anything else; the previous target and its record are then untouched.
     """
     started = time.monotonic()
-    _refuse_device(request.target)
-    plan = target.plan_target(request.target, True, request.out_format)  # replacing is what refresh is for
-    path = plan.path
+    _refuse_device(write.target)
+    planned = target.plan_target(write.target, True, write.out_format)  # replacing is what refresh is for
+    path = planned.path
     _check_name_room(path)
-    request = replace(request, target=path)
+    write = replace(write, target=path)
     with target_lock(path, wait):
         record = load_record(path)
-        if os.path.lexists(path) and record is None and not request.force:
+        if os.path.lexists(path) and record is None and not write.force:
             raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
                               " pass --force to let refresh replace it")
-        image = podman.find_image(request.image, request.pull, progress, request.tls_verify)
-        if is_current(record, image, request):
+        engine = engines.local()
+        found = engine.find_image(image, progress)
+        if is_current(record, found, read, write):
             assert record is not None
-            return RefreshResult("unchanged", request.image, image.id, image.digest, path,
+            return RefreshResult("unchanged", image.reference, found.id, found.digest, path,
                                  round(time.monotonic() - started, 3), record.disk, None, [])
-        result: ConvertResult = convert_resolved(request, image, plan, progress)
+        written = write_disk(found, read, write, planned, progress, engine)
         with target.os_errors(path):
             st = os.stat(path)
-        _write_record(path, Record(request.image, image.id, image.digest, result.disk, result.source_format,
-                                   request.out_format, request.compressed, st.st_size, st.st_mtime_ns))
-    kept = [f"{path}.{n}" for n in range(1, request.keep + 1) if os.path.exists(f"{path}.{n}")]
-    return RefreshResult("updated", request.image, image.id, image.digest, path,
-                         round(time.monotonic() - started, 3), result.disk, result.method, kept)
+        _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
+                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns))
+    kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
+    return RefreshResult("updated", image.reference, found.id, found.digest, path,
+                         round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
 
-from cdisk.core.errors import UnsafeImageError
+from cdisk.core.errors import LayerRefused
 
 BLOCK = 512
 # Go's maxSpecialFileSize: the most a PAX header or a GNU long name may hold.
@@ -60,16 +60,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 _DECIMAL, _OCTAL = b"0123456789", b"01234567"
 _V7, _USTAR, _STAR, _GNU = "v7", "ustar", "star", "gnu"
-ADVICE = "rebuild the image with podman build, buildah or docker, or pull it again"
-
-
-class LayerRefused(UnsafeImageError):
-    """A layer cdisk will not read: Go would reject it, or tar readers could read it differently."""
-
-    def __init__(self, what: str, offset: int) -> None:
-        super().__init__(f"{what} at byte {offset} of a layer; {ADVICE}")
-        self.what = what
-        self.offset = offset
+ADVICE = LayerRefused.ADVICE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,71 +1,49 @@
-"""The mount method for rootless podman: the read and qemu-img run inside `podman unshare`.
+"""A typed job run by a child cdisk in the engine's user namespace (rootless podman can mount an image only
+there), relayed back as JSON lines.
 
-Rootless podman can mount an image only inside its user namespace, so the conversion after image
-resolution runs there, in a child (`python -c BOOT JOB`). The child speaks JSON lines on its stdout:
-first a hello, before cdisk is even imported, then stage, update, result or error. The hello draws
-the line between the two ways this can fail: without it `podman unshare` could not start the child
-(no subordinate ids, no user namespaces), and `auto` falls back to the save method; after it, any
-failure is the child's own — its CdiskError with its exit code, or a crash — and is reported, never
-papered over by a fallback. The target it writes is owned by the user, whose uid is root's inside
-the namespace.
+The parent names the job's function (`module:function`, taking the job and a Progress, returning a
+JSON-able result) and its data; the engine starts `python -c BOOT FUNCTION JOB` in its namespace (`podman
+unshare`). The child's first line is a hello, sent before cdisk is even imported: without it the engine
+could not start the child (no subordinate ids, no user namespaces) and the caller may fall back to another
+method; after it, any failure is the child's own — its CdiskError with its exit code, or a crash — and is
+reported, never papered over. Then come stage, update, and a result or an error. Whatever the child writes
+is owned by the user, whose uid is root's inside the namespace.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdisk.core import processes
-from cdisk.core.errors import CdiskError, Interrupted, ToolError
-
-if TYPE_CHECKING:
-    from cdisk.core.convert import ConvertRequest, ConvertResult
-    from cdisk.core.podman import Image
-    from cdisk.core.progress import Progress
-    from cdisk.core.target import Target
-
+from cdisk.core.engines import Engine
+from cdisk.core.errors import CdiskError, ChildCrashed, ChildError, Interrupted, UserNamespaceUnavailable
+from cdisk.core.progress import Progress
 
 HELLO = "cdisk-userns-child"
 # The child's first act, before any of cdisk is imported: from the hello on, a failure is the child's.
 _BOOT = (f"import sys; print({json.dumps({'hello': HELLO})!r}, flush=True); "
-         "from cdisk.core.userns import main; sys.exit(main(sys.argv[1]))")
+         "from cdisk.core.userns import main; sys.exit(main(sys.argv[1], sys.argv[2]))")
 
 
-class UserNamespaceUnavailable(ToolError):
-    """`podman unshare` could not start the child (no subordinate ids, no user namespaces)."""
+def run(engine: Engine, function: str, job: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Run `function(job, progress)` in a child in `engine`'s user namespace, relaying its progress.
 
-
-class ChildCrashed(ToolError):
-    """The child started and then died without reporting a CdiskError: a bug, exit 1 like any other."""
-
-    exit_code = 1
-
-
-class ForwardedError(CdiskError):
-    """An error the conversion inside the namespace reported, with its own exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def convert_in_user_namespace(request: ConvertRequest, image: Image, plan: Target,
-                              progress: Progress) -> ConvertResult:
-    """Run `convert_image(..., "mount", ...)` inside `podman unshare`, relaying its progress."""
-    from cdisk.core.convert import ConvertResult
-    from cdisk.core.podman import local_store, podman_cli
-
-    job = json.dumps({"request": asdict(request), "image": asdict(image), "target": asdict(plan)})
-    argv = ["unshare", sys.executable, "-c", _BOOT, job]
+    Raises:
+        UserNamespaceUnavailable: the engine could not start the child.
+        ChildError: the child reported a CdiskError (its exit code kept).
+        ChildCrashed: the child started and died without a word.
+    """
+    argv = [sys.executable, "-c", _BOOT, function, json.dumps(job)]
     # stderr to a file, not a pipe: read only at the end, a pipe could fill and stall the child.
-    with tempfile.TemporaryFile() as stderr, local_store(), \
-            processes.running(podman_cli(), argv, group=True, stdout=subprocess.PIPE, stderr=stderr) as proc:
+    with tempfile.TemporaryFile() as stderr, \
+            engine.in_user_namespace(argv, stdout=subprocess.PIPE, stderr=stderr) as proc:
         assert proc.stdout is not None
         started, result = False, None
         for line in proc.stdout:
@@ -77,19 +55,18 @@ def convert_in_user_namespace(request: ConvertRequest, image: Image, plan: Targe
             elif "update" in event:
                 progress.update(*event["update"])
             elif "result" in event:
-                result = ConvertResult(**event["result"])
+                result = event["result"]
             elif "error" in event:
-                raise ForwardedError(event["error"], int(event["exit_code"]))
+                raise ChildError(event["error"], int(event["exit_code"]))
         code = proc.wait()
-        stderr.seek(0)
-        err = stderr.read().decode(errors="replace")
-    if result is not None and code == 0:
+        err = processes.file_tail(stderr).decode(errors="replace")
+        shown = processes.argv_of(proc)
+    if isinstance(result, dict) and code == 0:
         return result
     last = processes.last_line(err, code)
-    shown = ["podman", "unshare", sys.executable, "-c", "(cdisk's child)"]
     if not started:
-        raise UserNamespaceUnavailable(f"podman unshare failed: {last}; use --method save", shown, code, err)
-    raise ChildCrashed(f"the conversion inside podman unshare crashed: {last}; please report it (with the "
+        raise UserNamespaceUnavailable(f"{engine.name} unshare failed: {last}", shown, code, err)
+    raise ChildCrashed(f"the conversion inside {engine.name} unshare crashed: {last}; please report it (with the "
                        "output of --debug); --method save avoids the user namespace", shown, code, err)
 
 
@@ -123,24 +100,17 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def main(job_text: str) -> int:
-    """The child: convert by the mount method inside the namespace, reporting as JSON lines."""
-    from cdisk.core.convert import ConvertRequest, convert_image
-    from cdisk.core.podman import Image
-    from cdisk.core.target import Target
-
+def main(function: str, job_text: str) -> int:
+    """The child: run the job's function, reporting as JSON lines."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    job = json.loads(job_text)
-    image = Image(**{**job["image"], "layers": tuple(job["image"]["layers"])})
+    module, _, name = function.partition(":")
     try:
-        result = convert_image(ConvertRequest(**job["request"]), image, Target(**job["target"]), "mount",
-                               _JsonLines())
+        result = getattr(importlib.import_module(module), name)(json.loads(job_text), _JsonLines())
     except CdiskError as error:
         _emit({"error": error.message, "exit_code": error.exit_code})
         return error.exit_code
     except Interrupted as stop:
         return stop.exit_code
-    _emit({"result": asdict(result)})
+    _emit({"result": result})
     return 0
-

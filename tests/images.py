@@ -58,7 +58,7 @@ class Entry:
     directory: bool = False
 
 
-def _layer_tar(entries: list[Entry]) -> bytes:
+def layer_tar(entries: list[Entry]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
@@ -144,13 +144,25 @@ def gnu_long(value: bytes, kind: bytes = b"L") -> bytes:
 
 def oci_image(workdir: Path, layers: list[list[Entry]]) -> str:
     """Put an image with exactly these layers into podman's store (via `podman pull oci:`)."""
-    return oci_image_blobs(workdir, [_layer_tar(entries) for entries in layers])
+    return oci_image_blobs(workdir, [layer_tar(entries) for entries in layers])
 
 
 def oci_image_blobs(workdir: Path, tars: list[bytes]) -> str:
     """Put an image whose layers are exactly these tar blobs into podman's store.
 
     Raises subprocess.CalledProcessError when podman refuses to pull it.
+    """
+    layout, _ = oci_layout(workdir, tars)
+    image_id = sh("podman", "pull", "-q", f"oci:{layout}").stdout.strip().splitlines()[-1]
+    name = unique_name()
+    sh("podman", "tag", image_id, name)
+    sh("podman", "untag", image_id, f"localhost{layout}:latest", check=False)
+    return name
+
+
+def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
+    """An OCI layout (as `podman save --format oci-dir` writes) of one image with these layer blobs; its path
+    and the image's ID (its config's digest, hex).
     """
     layout = workdir / f"oci-{uuid.uuid4().hex[:8]}"
     blobs = layout / "blobs" / "sha256"
@@ -182,11 +194,7 @@ def oci_image_blobs(workdir: Path, tars: list[bytes]) -> str:
     }
     (layout / "index.json").write_text(json.dumps(index))
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    image_id = sh("podman", "pull", "-q", f"oci:{layout}").stdout.strip().splitlines()[-1]
-    name = unique_name()
-    sh("podman", "tag", image_id, name)
-    sh("podman", "untag", image_id, f"localhost{layout}:latest", check=False)
-    return name
+    return layout, str(manifest["config"]["digest"]).removeprefix("sha256:")  # type: ignore[index]
 
 
 def remove_image(name: str) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cdisk.core import processes
-from cdisk.core.processes import STDERR_TAIL, LimitExceeded
+from cdisk.core.errors import LimitExceeded
+from cdisk.core.processes import STDERR_TAIL
 
 PYTHON = processes.command(sys.executable, "python3")
 

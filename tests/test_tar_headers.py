@@ -9,7 +9,8 @@ import tarfile
 
 import pytest
 
-from cdisk.core.tar_headers import LayerRefused, TarEntry, go_int, parse_pax, read_entries
+from cdisk.core.errors import LayerRefused
+from cdisk.core.tar_headers import TarEntry, go_int, parse_pax, read_entries
 from tests.images import TAR_END, gnu_long, pax_header, pax_record, tar_header, tar_member
 
 GNU = {"magic": b"ustar ", "version": b" \x00"}

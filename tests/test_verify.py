@@ -126,3 +126,10 @@ def test_verify_through_a_symlink(converted: tuple[str, Path], tmp_path: Path) -
     result = cdisk("verify", "--json", name, link)
     assert result.code == 0, result.err
     assert json.loads(result.out)["identical"] is True
+
+
+def test_a_missing_target_is_found_before_any_pull(tmp_path: Path) -> None:
+    # Nothing listens on port 9: a verify that pulled first would fail on the pull (exit 3), not on TARGET.
+    result = cdisk("verify", "-q", "--pull", "always", "127.0.0.1:9/cdisk/absent:1", tmp_path / "absent.raw")
+    assert result.code == 6, result.err
+    assert "absent.raw does not exist; convert the image first" in result.err

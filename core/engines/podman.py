@@ -1,4 +1,5 @@
-"""The only module that touches podman: the REST API through podman-py, the CLI through plumbum.
+"""The podman engine, and the only module that touches podman: the REST API through podman-py, the CLI
+through plumbum.
 
 The API serves lookups, inspection and pulls when the user's socket answers; without one, local
 lookups go through `podman image inspect` and only a pull starts a private `podman system service`,
@@ -18,32 +19,20 @@ import socket as sock
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cdisk.core import processes
-from cdisk.core.errors import ImageError, Interrupted, ToolError, UsageError
+from cdisk.core.engines import Image
+from cdisk.core.errors import ImageError, Interrupted, ToolError
+from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
 
-PULL_POLICIES = ("missing", "always", "never", "newer")
 SERVICE_START_SECONDS = 20.0
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class Image:
-    """An image in the local store, as podman inspects it."""
-
-    reference: str
-    id: str
-    digest: str
-    architecture: str
-    size: int
-    layers: tuple[str, ...]
 
 
 def default_socket() -> str:
@@ -131,7 +120,7 @@ def private_service() -> Iterator[str]:
                 detail = Path(workdir, "service.log").read_text(errors="replace").strip()
                 raise ToolError(f"podman system service did not start: {detail or 'no output'}; "
                                 "check `podman info` works for this user",
-                                proc.args if isinstance(proc.args, list) else [], proc.poll(), detail)
+                                processes.argv_of(proc), proc.poll(), detail)
             time.sleep(0.02)
         yield socket
     finally:
@@ -202,7 +191,7 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, pro
                          "the registry and your login (`podman login`)") from None
 
 
-def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool | None = None) -> Image:
+def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None) -> Image:
     """Find `reference` in the local store, pulling it as podman's `--pull` policy says.
 
     `tls_verify` None leaves HTTPS and certificate checks to registries.conf; True or False overrides it.
@@ -215,10 +204,8 @@ def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool |
         ImageError: absent with `never`, the pull failed, or it is still absent after pulling.
         ToolError: podman failed or the API stopped answering.
     """
-    if pull not in PULL_POLICIES:
-        raise UsageError(f"--pull {pull}: use one of {', '.join(PULL_POLICIES)}")
     by_id = looks_like_id(reference)
-    asks_registry = pull in ("always", "newer") and not by_id
+    asks_registry = pull in (Pull.ALWAYS, Pull.NEWER) and not by_id
     socket = default_socket()
     live = _answers(socket)
     if not live and not asks_registry:
@@ -226,7 +213,7 @@ def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool |
         if found is not None:
             progress.stage(f"found {reference} in the local store (podman CLI: no API at {socket})")
             return found
-        if pull == "never" or by_id:
+        if pull is Pull.NEVER or by_id:
             raise ImageError(_absent(reference, by_id))
     import requests  # only on the API path: the CLI lookup above must not pay for it
 
@@ -236,11 +223,11 @@ def find_image(reference: str, pull: str, progress: Progress, tls_verify: bool |
             local = _inspect(client, reference) if live and not asks_registry else None
             if local is not None:
                 return local
-            if pull == "never" or by_id:
+            if pull is Pull.NEVER or by_id:
                 raise ImageError(_absent(reference, by_id))
             # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only
             # when the tag moved; for `missing` we already know the image is absent.
-            _pull(client, reference, "newer" if pull == "newer" else "always", tls_verify, progress)
+            _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress)
             pulled = _inspect(client, reference)
         except requests.RequestException as error:
             raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman "
@@ -259,19 +246,26 @@ def _absent(reference: str, by_id: bool) -> str:
 
 
 def _image(reference: str, attrs: dict[str, Any]) -> Image:
+    driver = attrs.get("GraphDriver") or {}
+    data = driver.get("Data") or {}
+    # overlay: the top layer's directory, then the ones below it, top first.
+    dirs = [data["UpperDir"]] if data.get("UpperDir") else []
+    dirs += [d for d in str(data.get("LowerDir") or "").split(":") if d]
     return Image(reference=reference, id=str(attrs["Id"]).removeprefix("sha256:"),
                  digest=attrs.get("Digest") or "", architecture=attrs.get("Architecture") or "",
-                 size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()))
+                 size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
+                 store=str(driver.get("Name") or ""), layer_dirs=tuple(dirs))
 
 
 def _inspect_cli(reference: str) -> Image | None:
     with local_store():
-        code, out, err = processes.run(podman_cli(), ["image", "inspect", "--format", "json", reference])
+        argv = ["image", "inspect", "--format", "json", reference]
+        code, out, err = processes.run(podman_cli(), argv)
     if code != 0:
         if "image not known" in err or "no such" in err.lower():
             return None
         raise ToolError(f"podman image inspect failed: {processes.last_line(err, code)}; check `podman info`",
-                        ["podman", "image", "inspect", reference], code, err)
+                        ["podman", *argv], code, err)
     found = json.loads(out)
     return _image(reference, found[0]) if found else None
 
@@ -326,3 +320,35 @@ def _unmount(image_id: str) -> None:
         raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
                         f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", image_id],
                         code, err)
+
+
+@contextmanager
+def unshare(argv: Sequence[str], stdout: int, stderr: IO[Any] | int) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` as a child in rootless podman's user namespace (`podman unshare`), in a session of its own,
+    stopped and reaped when the block ends.
+    """
+    with local_store(), processes.running(podman_cli(), ["unshare", *argv], group=True, stdout=stdout,
+                                          stderr=stderr) as proc:
+        yield proc
+
+
+class Podman:
+    """The podman engine (`engines.Engine`)."""
+
+    name = "podman"
+
+    def find_image(self, request: ImageRequest, progress: Progress) -> Image:
+        return find_image(request.reference, request.pull, progress, request.tls_verify)
+
+    def mount(self, image: Image) -> AbstractContextManager[str]:
+        return mount_image(image.id)
+
+    def save(self, image: Image, destination: str) -> None:
+        save_oci_dir(image.id, destination)
+
+    def in_user_namespace(self, argv: Sequence[str], stdout: int,
+                          stderr: IO[Any] | int) -> AbstractContextManager[subprocess.Popen[bytes]]:
+        return unshare(argv, stdout, stderr)
+
+
+PODMAN = Podman()

@@ -1,0 +1,80 @@
+"""The one way every command reaches an image's disk: resolve the image, choose the reading method and the
+temp dir once, open the image, find the disk, judge it, and hand it over — then undo all of it, however the
+command's block ends.
+
+A command is: plan its target cheaply (so that a wrong TARGET costs no pull), enter `opened_disk` (or
+`opened_image`, for `ls`, which looks at every candidate), do its one action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cdisk.core import engines, qemu_img
+from cdisk.core.disks import find_disk
+from cdisk.core.engines import Engine, Image
+from cdisk.core.inspection import inspect_disk
+from cdisk.core.job import ImageRequest, Reading, ReadRequest
+from cdisk.core.progress import Progress
+from cdisk.core.reading import ImageView, choose_reading, image_view, temp_parent
+from cdisk.core.sources import DiskSource
+from cdisk.core.target import Target
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """A resolved image, opened by `reading`."""
+
+    image: Image
+    reading: Reading
+    view: ImageView
+
+
+@dataclass(frozen=True)
+class OpenedDisk:
+    """The disk of an opened image, judged: its format told by its bytes and confirmed by qemu-img, and the
+    `json:` spec qemu-img reads it by.
+    """
+
+    image: Image
+    reading: Reading
+    source: DiskSource
+    format: str
+    virtual_size: int
+    spec: str
+
+
+def resolve(image: ImageRequest | Image, engine: Engine, progress: Progress) -> Image:
+    """The image in the engine's store (found, or pulled as asked); an `Image` is already resolved."""
+    return image if isinstance(image, Image) else engine.find_image(image, progress)
+
+
+@contextmanager
+def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+                 reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedImage]:
+    """The image resolved and opened by `reading` (default: the one `read.method` gives a reader)."""
+    engine = engine or engines.local()
+    found = resolve(image, engine, progress)
+    chosen = reading or choose_reading(read.method, writes=False)
+    progress.stage(f"reading the disk in place ({chosen.value} method)")
+    unconfined = qemu_img.unconfined_reason()
+    if unconfined:
+        progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
+    with image_view(engine, found, chosen, temp_parent(read.tmpdir, target)) as view:
+        yield OpenedImage(found, chosen, view)
+
+
+@contextmanager
+def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+                reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedDisk]:
+    """The image's disk (the one under /disk/, or `read.disk_path`), open and judged.
+
+    Raises:
+        CdiskError: the image cannot be had, holds no single disk, or its disk is refused.
+    """
+    with opened_image(image, read, target, progress, reading, engine) as opened:
+        source = opened.view.open(*find_disk(opened.view.tree, read.disk_path))
+        judged = inspect_disk(source)
+        yield OpenedDisk(opened.image, opened.reading, source, judged.format, judged.virtual_size, judged.spec)

@@ -1,0 +1,115 @@
+"""The two ways to reach an image's files through an engine, and the choice between them.
+
+`mount`: the engine mounts the image; its files are read where they lie in the store (no copy at all).
+`save`: the engine saves the layers to a private temp dir; a file is a member of a layer tar, read at its
+offset. Either way the result is an `ImageView`: the image's tree (for finding the disk) and a way to turn
+a file found in it into a `DiskSource`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdisk.core.engines import Engine, Image
+from cdisk.core.errors import TargetError
+from cdisk.core.job import Method, Reading
+from cdisk.core.layers import ImageTree, LayerMember
+from cdisk.core.sources import DiskSource
+from cdisk.core.target import Target, free_bytes
+
+
+def choose_reading(method: Method, writes: bool, euid: int | None = None) -> Reading:
+    """How to read the disk in a process of effective uid `euid` (default: this one).
+
+    Mounting needs root (of the host, or of rootless podman's user namespace inside `podman unshare`). A
+    rootless user who asks to mount gets the mount in the user namespace when the command `writes` (the
+    conversion runs in a child there), and the save method otherwise: reading needs no namespace.
+    """
+    if method is Method.SAVE:
+        return Reading.SAVE
+    if (os.geteuid() if euid is None else euid) == 0:
+        return Reading.MOUNT
+    return Reading.MOUNT_IN_USERNS if writes else Reading.SAVE
+
+
+def temp_parent(tmpdir: str | None, target: Target | None) -> str:
+    """Where a command keeps its temp data (the save method's layers): the one rule of every command.
+
+    `--tmpdir` when given; else beside a file TARGET, on the filesystem that will hold the disk anyway;
+    else (a block device, whose directory is /dev, a small tmpfs; or no TARGET at all) $TMPDIR or /var/tmp.
+    """
+    if tmpdir:
+        return tmpdir
+    if target is not None and not target.is_block:
+        return target.directory
+    return os.environ.get("TMPDIR") or "/var/tmp"
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """An image's files as one reading method reaches them.
+
+    `tree` finds files (with the image's own rules for links); `open` turns a regular file found there into
+    the `DiskSource` qemu-img reads; `blobs` are the saved layer files (save method only, for `ls`).
+    """
+
+    tree: ImageTree
+    open: Callable[[str, LayerMember], DiskSource]
+    blobs: tuple[Path, ...] = ()
+
+
+@contextmanager
+def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageView]:
+    """The image's layers saved to a private temp dir, removed when the block ends, however it ends."""
+    from cdisk.core import oci_layout
+    from cdisk.core.sources.tar_member import TarMember
+
+    try:
+        workdir = tempfile.mkdtemp(prefix=".cdisk-save-", dir=tmp_parent)
+    except OSError as error:
+        raise TargetError(f"cannot make a temp dir in {tmp_parent}: {error.strerror}; "
+                          "pass --tmpdir with a writable directory") from None
+    try:
+        free = free_bytes(workdir)
+        if image.size > free:
+            raise TargetError(f"saving the image needs about {image.size} bytes in {tmp_parent} but only {free} "
+                              "are free; pass --tmpdir on a larger filesystem")
+        layout = Path(workdir, "layout")
+        engine.save(image, str(layout))
+        blobs = tuple(oci_layout.layer_blobs(layout, image.id))
+
+        def member(image_path: str, found: LayerMember) -> DiskSource:
+            return TarMember(image_path, str(blobs[found.layer]), found.offset, found.size)
+
+        yield ImageView(oci_layout.merged_tree(list(blobs)), member, blobs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def mounted_view(engine: Engine, image: Image) -> Iterator[ImageView]:
+    """The image mounted by the engine; every disk opened from it is held open until the block ends."""
+    from cdisk.core.mounted import MountedTree
+    from cdisk.core.sources.in_place import InPlaceFile
+
+    with ExitStack() as stack:
+        tree = MountedTree(stack.enter_context(engine.mount(image)))
+
+        def pinned(image_path: str, found: LayerMember) -> DiskSource:
+            fd = tree.open_disk(found)
+            stack.callback(os.close, fd)
+            return InPlaceFile(image_path, fd, found.size)
+
+        yield ImageView(tree, pinned)
+
+
+def image_view(engine: Engine, image: Image, reading: Reading, tmp_parent: str) -> AbstractContextManager[ImageView]:
+    """The view `reading` gives (MOUNT or SAVE: the user-namespace mount runs in a child of its own)."""
+    assert reading is not Reading.MOUNT_IN_USERNS, "a child in the user namespace mounts for itself"
+    return mounted_view(engine, image) if reading is Reading.MOUNT else saved_view(engine, image, tmp_parent)

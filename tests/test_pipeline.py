@@ -1,0 +1,100 @@
+"""The pipeline over the engine seam: a second engine, written here over a plain directory (its "mount") and an
+OCI layout (its "save"), serves every reading method without a line of the commands changing — and without
+podman. This is the shape the docker engine plugs into.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from cdisk.core import qemu_img
+from cdisk.core.engines import Image
+from cdisk.core.errors import DiskNotFoundError, UserNamespaceUnavailable
+from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
+from cdisk.core.pipeline import opened_disk
+from cdisk.core.progress import NoProgress
+from cdisk.core.reading import temp_parent
+from cdisk.core.sources.in_place import InPlaceFile
+from cdisk.core.sources.tar_member import TarMember
+from tests.images import Entry, layer_tar, make_disk, oci_layout
+
+
+class DirectoryEngine:
+    """An `Engine` whose store is one image: a directory tree when mounted, an OCI layout when saved."""
+
+    name = "directory"
+
+    def __init__(self, root: Path, layout: Path, image: Image) -> None:
+        self.root, self.layout, self.image = root, layout, image
+        self.calls: list[str] = []
+
+    def find_image(self, request: ImageRequest, progress: Any) -> Image:
+        self.calls.append(f"find {request.reference}")
+        return self.image
+
+    @contextmanager
+    def mount(self, image: Image) -> Iterator[str]:
+        self.calls.append("mount")
+        try:
+            yield str(self.root)
+        finally:
+            self.calls.append("unmount")
+
+    def save(self, image: Image, destination: str) -> None:
+        self.calls.append("save")
+        shutil.copytree(self.layout, destination)
+
+    @contextmanager
+    def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int) -> Iterator[Any]:
+        raise UserNamespaceUnavailable("directory engines have no user namespace", argv, None, "")
+        yield
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> DirectoryEngine:
+    disk = make_disk(tmp_path / "disk.qcow2")
+    root = tmp_path / "root"
+    (root / "disk").mkdir(parents=True)
+    shutil.copy(disk, root / "disk" / "disk.qcow2")
+    layout, image_id = oci_layout(tmp_path, [layer_tar([Entry("disk/disk.qcow2", disk.read_bytes())])])
+    return DirectoryEngine(root, layout, Image("dir:test", image_id, "", "amd64", disk.stat().st_size, ()))
+
+
+@pytest.mark.parametrize(("reading", "kind"), [(Reading.MOUNT, InPlaceFile), (Reading.SAVE, TarMember)])
+def test_any_engine_serves_the_pipeline(engine: DirectoryEngine, tmp_path: Path, reading: Reading,
+                                        kind: type) -> None:
+    read = ReadRequest(Method.AUTO, tmpdir=str(tmp_path))
+    with opened_disk(ImageRequest("dir:test"), read, None, NoProgress(), reading, engine) as disk:
+        assert isinstance(disk.source, kind)
+        assert (disk.format, disk.virtual_size, disk.source.image_path) == ("qcow2", 8 << 20, "/disk/disk.qcow2")
+        original = qemu_img.image_spec("qcow2", qemu_img.file_node(str(engine.root / "disk" / "disk.qcow2")))
+        assert qemu_img.compare(disk.spec, original, disk.source.pass_fds) is None
+    expected = ["mount", "unmount"] if reading is Reading.MOUNT else ["save"]
+    assert engine.calls == ["find dir:test", *expected]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".cdisk-")] == []  # the saved layers are gone
+
+
+def test_the_pipeline_undoes_what_it_did_when_the_disk_is_missing(engine: DirectoryEngine, tmp_path: Path) -> None:
+    read = ReadRequest(Method.MOUNT, disk_path="/disk/absent", tmpdir=str(tmp_path))
+    with pytest.raises(DiskNotFoundError), \
+            opened_disk(ImageRequest("dir:test"), read, None, NoProgress(), Reading.MOUNT, engine):
+        pass
+    assert engine.calls == ["find dir:test", "mount", "unmount"]
+
+
+def test_temp_parent_is_one_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdisk.core.target import Target
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert temp_parent("/given", Target("/vms/a.raw", is_block=False)) == "/given"
+    assert temp_parent(None, Target("/vms/a.raw", is_block=False)) == "/vms"
+    assert temp_parent(None, Target("/dev/sdz", is_block=True)) == str(tmp_path)
+    assert temp_parent(None, None) == str(tmp_path)
+    monkeypatch.setenv("TMPDIR", "")
+    assert temp_parent(None, None) == "/var/tmp"
