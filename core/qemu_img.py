@@ -95,7 +95,10 @@ def _command(args: list[str], specs: Sequence[str], view: sandbox.View) -> tuple
     qemu_img = processes.command("qemu-img", "qemu-utils")
     reason = sandbox.unavailable()
     if reason is None:
-        full = sandbox.confine([str(qemu_img.executable), *args], view)
+        program = str(qemu_img.executable)
+        # qemu-img outside /usr (a build in /opt, say) must be in the sandbox's view too.
+        extra = sandbox.View() if program.startswith("/usr/") else sandbox.View(read_only=(program,))
+        full = sandbox.confine([program, *args], view + extra)
         return processes.command(full[0], "bubblewrap"), full[1:]
     risky = _drivers(specs) - UNCONFINED_FORMATS
     if risky:

@@ -75,10 +75,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=_skip_reason(absent)))
 
 
-def _skip_if_a_tool_is_missing(error: FileNotFoundError) -> None:
-    """A test that ran a tool it declared nowhere, on a machine without it: skip it, as if declared."""
+def _skip_if_a_tool_is_missing(error: OSError) -> None:
+    """A test that ran a tool it declared nowhere, on a machine without it (not on PATH, or not executable
+    there): skip it, as if declared.
+    """
     tool = os.path.basename(str(error.filename or ""))
-    if tool in TOOLS and not _tools_required() and shutil.which(tool) is None:
+    if isinstance(error, FileNotFoundError | PermissionError) and tool in TOOLS and not _tools_required() \
+            and shutil.which(tool) is None:
         pytest.skip(_skip_reason([tool]))
 
 
@@ -86,7 +89,7 @@ def _skip_if_a_tool_is_missing(error: FileNotFoundError) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
-    except FileNotFoundError as error:
+    except OSError as error:
         _skip_if_a_tool_is_missing(error)
         raise
 
@@ -95,7 +98,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
-    except FileNotFoundError as error:
+    except OSError as error:
         _skip_if_a_tool_is_missing(error)
         raise
 
@@ -135,9 +138,6 @@ def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
 Convert = Callable[..., Run]
 
 
-# Every image this test session made (a test that builds one itself adds it here and to `Images.names`).
-MADE: set[str] = set()
-
 
 class Images:
     """Builds test images and removes them after the test."""
@@ -153,15 +153,17 @@ class Images:
 
     def build(self, files: dict[str, Path], dest: str = "/disk/") -> str:
         context = Path(tempfile.mkdtemp(dir=self.workdir, prefix="ctx-"))
-        name = podman_build(context, files, dest)
+        # Without podman's build cache: with it, the same files built by another test or another run on this
+        # machine are the very same image (one ID, one layer), whose mounts no one can tell from this test's.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("BUILDAH_LAYERS", "false")
+            name = podman_build(context, files, dest)
         self.names.append(name)
-        MADE.add(name)
         return name
 
     def layers(self, *layers: list[Entry]) -> str:
         name = oci_image(self.workdir, list(layers))
         self.names.append(name)
-        MADE.add(name)
         return name
 
     def remove(self) -> None:

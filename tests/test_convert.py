@@ -44,7 +44,7 @@ def test_output_format_qcow2(convert: Convert, images: Images, tmp_path: Path, e
     # -c really compresses: the disk's data clusters are stored compressed, and only then.
     check = json.loads(sh("qemu-img", "check", "--output=json", "-f", "qcow2", target).stdout)
     assert check["allocated-clusters"] > 0
-    assert check["compressed-clusters"] == (check["allocated-clusters"] if extra else 0), check
+    assert check.get("compressed-clusters", 0) == (check["allocated-clusters"] if extra else 0), check
 
 
 def test_json_output_is_one_object(convert: Convert, method: str, images: Images, tmp_path: Path) -> None:

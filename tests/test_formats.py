@@ -42,7 +42,6 @@ def test_formats_qemu_img_creates(tmp_path: Path, fmt: str, options: list[str]) 
         (["-u", "-b", "/etc/hostname", "-F", "raw"], "backing file ('/etc/hostname')"),
         (["-u", "-b", "nbd+unix:///x?socket=/run/s", "-F", "raw", "-o", "compat=0.10"], "backing file"),
         (["-o", "data_file=DATA"], "external data file"),
-        (["--object", "secret,id=s0,data=pw", "-o", "encrypt.format=luks,encrypt.key-secret=s0"], "encrypted qcow2"),
     ],
 )
 def test_qcow2_refusals(tmp_path: Path, options: list[str], says: str) -> None:
@@ -50,6 +49,19 @@ def test_qcow2_refusals(tmp_path: Path, options: list[str], says: str) -> None:
     options = [o.replace("DATA", str(tmp_path / "data.raw")) for o in options]
     sh("qemu-img", "create", "-q", "-f", "qcow2", *options, disk, "4M")
     with pytest.raises(UnsafeImageError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        detect_format(reader(disk))
+
+
+@pytest.mark.parametrize("method", [1, 2])  # AES, LUKS
+def test_encrypted_qcow2_is_refused(tmp_path: Path, method: int) -> None:
+    # Written, not made by `qemu-img create -o encrypt.format=luks`: its PBKDF benchmark fails at random on a
+    # fast or busy machine ("Unable to get accurate CPU usage"). The header field is all that is judged.
+    disk = tmp_path / "d.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", disk, "4M")
+    data = bytearray(disk.read_bytes())
+    data[32:36] = method.to_bytes(4, "big")
+    disk.write_bytes(bytes(data))
+    with pytest.raises(UnsafeImageError, match="encrypted qcow2"):
         detect_format(reader(disk))
 
 

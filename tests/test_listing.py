@@ -14,7 +14,7 @@ from rich.console import Console
 from cdisk.cli.ls import COLUMNS, table
 from cdisk.core.formats import detect_format
 from cdisk.core.listing import QEMU_IMG_JUDGED, ListedDisk, Listing, header_virtual_size
-from cdisk.core.sources import DiskSource
+from cdisk.core.sources.tar_member import TarMember
 from tests.conftest import Images, cdisk
 from tests.images import Entry, sh
 from tests.tool_fakes import QemuImgFakes
@@ -135,7 +135,7 @@ def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, 
     assert table.code == 0
     assert f"* judged by its header only: ls runs qemu-img on the first {QEMU_IMG_JUDGED} distinct disks" in table.out
     formats = {path: row[1] for path, row in plain_rows(table.out).items()}
-    assert formats == {"/disk/0-evil.qcow2": "qcow2"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
+    assert formats == {"/disk/0-evil.qcow2": "-"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
                                                         for p, judged_by in zip(sorted(sizes), judged, strict=True)} \
         | {"/disk/z.raw": "raw*"}, formats
 
@@ -148,7 +148,7 @@ def test_header_virtual_size_is_what_qemu_img_says(tmp_path: Path, fmt: str, opt
     sh("qemu-img", "create", "-q", "-f", fmt, *options, disk, "3M")
     if fmt == "raw":
         disk.write_bytes(disk.read_bytes()[:-100])  # a size qemu-img has to round
-    source = DiskSource(f"/disk/{disk.name}", "save", str(disk), 0, disk.stat().st_size)
+    source = TarMember(f"/disk/{disk.name}", str(disk), 0, disk.stat().st_size)
     expected = json.loads(sh("qemu-img", "info", "--output=json", "-f", fmt, disk).stdout)["virtual-size"]
     assert header_virtual_size(detect_format(source.read_at), source) == expected
 
@@ -158,7 +158,7 @@ def test_header_virtual_size_unknown_where_the_header_does_not_say(tmp_path: Pat
     for fmt in ("vhdx", "vpc"):
         disk = tmp_path / f"d.{fmt}"
         sh("qemu-img", "create", "-q", "-f", fmt, disk, "3M")
-        source = DiskSource(f"/disk/{disk.name}", "save", str(disk), None, disk.stat().st_size)
+        source = TarMember(f"/disk/{disk.name}", str(disk), 0, disk.stat().st_size)
         assert header_virtual_size(detect_format(source.read_at), source) is None
 
 

@@ -89,7 +89,8 @@ def _gone(pid: int) -> bool:
 def test_private_service_dies_with_a_killed_cdisk() -> None:
     # SIGKILL runs no `finally`: the kernel's parent-death signal must stop the service.
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import cdisk.core.podman as p, time\nwith p.private_service():\n time.sleep(120)"]
+        [sys.executable, "-c",
+         "import cdisk.core.engines.podman as p, time\nwith p.private_service():\n time.sleep(120)"]
     )
     try:
         wait_for(lambda: private_services(proc.pid) != [] or proc.poll() is not None, 60)

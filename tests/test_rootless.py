@@ -62,6 +62,14 @@ def _processes_of(uid: int) -> list[int]:
     return found
 
 
+def _owner(path: Path) -> int | None:
+    """The uid owning `path`; None when it is gone (another job's temp file, removed meanwhile)."""
+    try:
+        return path.lstat().st_uid
+    except FileNotFoundError:
+        return None
+
+
 def _remove_user(name: str) -> None:
     """Remove a user this module made, its podman storage reset first. Whatever still runs as it (rootless
     podman's pause process) was started here, as no one else had the user: it is stopped before `userdel`.
@@ -77,6 +85,14 @@ def _remove_user(name: str) -> None:
         deadline = time.monotonic() + 10
         while _processes_of(uid) and time.monotonic() < deadline:
             time.sleep(0.1)
+    # What its podman keeps outside its home (XDG_RUNTIME_DIR is empty: /tmp/podman-run-UID, …) is its own too.
+    for entry in [*Path("/tmp").iterdir(), *Path("/var/tmp").iterdir()]:
+        if _owner(entry) != uid:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     removed = sh("userdel", "-r", name, check=False)
     assert removed.returncode == 0, f"userdel -r {name}: {removed.stderr}"
     assert sh("id", name, check=False).returncode != 0 and not Path(f"/home/{name}").exists()

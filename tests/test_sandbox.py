@@ -19,7 +19,7 @@ from cdisk.core import qemu_img, sandbox
 from cdisk.core.errors import ToolError, UnsafeImageError
 from cdisk.core.progress import NoProgress
 from tests import hostile
-from tests.conftest import MADE, Convert, Images, cdisk, same_disk
+from tests.conftest import Convert, Images, cdisk, same_disk
 from tests.images import Entry, sh, unique_name
 from tests.tool_fakes import QemuImgFakes
 
@@ -199,9 +199,8 @@ def test_a_disk_only_its_owner_may_read_is_still_read(images: Images, tmp_path: 
     (context / "disk.qcow2").chmod(mode)
     (context / "Containerfile").write_text("FROM scratch\nCOPY --chown=107:107 disk.qcow2 /disk/\n")
     name = unique_name()
-    sh("podman", "build", "-q", "-t", name, context)
+    sh("podman", "build", "-q", "--layers=false", "-t", name, context)
     images.names.append(name)
-    MADE.add(name)
     result = convert(name, tmp_path / "out.raw")
     assert result.code == 0, result.err
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
