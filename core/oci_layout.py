@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError, LayerRefused, UnsafeImageError
-from cdisk.core.layers import LayerMember, MergedTree, members_from_tar
+from cdisk.core.layer_unpack import members_from_tar
+from cdisk.core.layers import LayerMember, MergedTree
 from cdisk.core.tar_headers import read_entries
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")

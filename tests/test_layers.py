@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cdisk.core.errors import DiskNotFoundError, LayerRefused, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree, go_clean, members_from_tar, resolve
+from cdisk.core.layer_unpack import go_clean, members_from_tar
+from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree, resolve
 from cdisk.core.tar_headers import TarEntry, read_entries
 from tests.images import TAR_END, pax_header, tar_member
 
