@@ -86,7 +86,7 @@ def _skip_if_a_tool_is_missing(error: OSError) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+def _tool_errors_skip(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
     except OSError as error:
@@ -94,13 +94,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
         raise
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    try:
-        return (yield)
-    except OSError as error:
-        _skip_if_a_tool_is_missing(error)
-        raise
+# The same net around a test's setup (its fixtures) and its call.
+pytest_runtest_setup = pytest_runtest_call = _tool_errors_skip
 
 
 @dataclass
