@@ -36,8 +36,9 @@ class DiskSwitches(ImageSwitches):
     """Switches of every command that reads the image's disk."""
 
     method = cli.SwitchAttr(["--method"], cli.Set(*values(Method)), default=Method.AUTO.value,
-                            help="How to read the disk: mount (in podman's store, no copy), save (in a saved "
-                                 "copy of the layers); auto mounts where it can")
+                            help="How to read the disk: mount (in podman's store, no copy), layers (in the "
+                                 "store's layer directories, stacked by cdisk: no copy, no mount), save (in a "
+                                 "saved copy of the layers); auto mounts where it can")
     disk_path = cli.SwitchAttr(["--path"], str, default=None, help="The disk's path in the image, e.g. /disk/x.qcow2")
 
     def read_request(self) -> ReadRequest:

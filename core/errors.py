@@ -74,6 +74,18 @@ class ToolError(CdiskError):
         self.stderr = stderr
 
 
+class LayerDirsUnusable(CdiskError):
+    """The engine's store cannot be read as layer directories (another driver, unreadable directories, an
+    overlay feature cdisk does not follow): the mount method reads it instead (exit 7 when layers were asked).
+    """
+
+    exit_code = 7
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cannot read the image from its layer directories: {why}; use --method mount or save")
+        self.why = why
+
+
 class LimitExceeded(ToolError):
     """A child ran past its wall-clock deadline or printed more than its stdout bound; it was stopped.
 

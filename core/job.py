@@ -24,6 +24,7 @@ class Method(enum.Enum):
     AUTO = "auto"
     MOUNT = "mount"
     SAVE = "save"
+    LAYERS = "layers"
 
 
 class Reading(enum.Enum):
@@ -32,11 +33,12 @@ class Reading(enum.Enum):
     MOUNT = "mount"  # in the engine's store, mounted by this process
     MOUNT_IN_USERNS = "mount-in-userns"  # the same, by a child in rootless podman's user namespace
     SAVE = "save"  # in a saved copy of the layers
+    LAYERS = "layers"  # in the engine's layer directories, stacked by cdisk: no mount, no copy
 
     @property
     def method(self) -> str:
         """The method's name as the operator knows it (a mount in the user namespace is a mount)."""
-        return "save" if self is Reading.SAVE else "mount"
+        return "mount" if self is Reading.MOUNT_IN_USERNS else self.value
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdisk.core.engines import Engine, Image
-from cdisk.core.errors import TargetError
+from cdisk.core.errors import LayerDirsUnusable, TargetError
 from cdisk.core.job import Method, Reading
 from cdisk.core.layers import ImageTree, LayerMember
 from cdisk.core.sources import DiskSource
@@ -33,6 +33,8 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None) -> Rea
     """
     if method is Method.SAVE:
         return Reading.SAVE
+    if method is Method.LAYERS:
+        return Reading.LAYERS  # readable without any namespace where the directories are readable
     if (os.geteuid() if euid is None else euid) == 0:
         return Reading.MOUNT
     return Reading.MOUNT_IN_USERNS if writes else Reading.SAVE
@@ -109,7 +111,34 @@ def mounted_view(engine: Engine, image: Image) -> Iterator[ImageView]:
         yield ImageView(tree, pinned)
 
 
+@contextmanager
+def layers_view(image: Image) -> Iterator[ImageView]:
+    """The image stacked by cdisk over its layer directories; every disk opened from it is held open until
+    the block ends.
+
+    Raises:
+        LayerDirsUnusable: the store is not overlay, or its directories are not readable here.
+    """
+    from cdisk.core import layer_dirs
+    from cdisk.core.sources.in_place import InPlaceFile
+
+    if image.store != "overlay" or not image.layer_dirs:
+        raise LayerDirsUnusable(f"the store is {image.store or 'unknown'}, not overlay")
+    if not layer_dirs.readable(image.layer_dirs):
+        raise LayerDirsUnusable("its layer directories are not readable by this user")
+    tree = layer_dirs.LayerDirsTree(list(image.layer_dirs))
+    with ExitStack() as stack:
+        def pinned(image_path: str, found: LayerMember) -> DiskSource:
+            fd = tree.open_disk(found)
+            stack.callback(os.close, fd)
+            return InPlaceFile(image_path, fd, found.size)
+
+        yield ImageView(tree, pinned)
+
+
 def image_view(engine: Engine, image: Image, reading: Reading, tmp_parent: str) -> AbstractContextManager[ImageView]:
-    """The view `reading` gives (MOUNT or SAVE: the user-namespace mount runs in a child of its own)."""
+    """The view `reading` gives (the user-namespace mount runs in a child of its own)."""
     assert reading is not Reading.MOUNT_IN_USERNS, "a child in the user namespace mounts for itself"
+    if reading is Reading.LAYERS:
+        return layers_view(image)
     return mounted_view(engine, image) if reading is Reading.MOUNT else saved_view(engine, image, tmp_parent)

@@ -198,6 +198,7 @@ def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
         "auto": [CDISK, "convert", "-q", "--force", image, str(target)],
         "auto+socket": ["env", f"CONTAINER_HOST={socket}", CDISK, "convert", "-q", "--force", image, str(target)],
         "mount": [CDISK, "convert", "-q", "--force", "--method", "mount", image, str(target)],
+        "layers": [CDISK, "convert", "-q", "--force", "--method", "layers", image, str(target)],
         "save": [CDISK, "convert", "-q", "--force", "--method", "save", image, str(target)],
         "naive": naive(image, fmt, out / "naive", target),
     }

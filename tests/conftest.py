@@ -250,7 +250,7 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
-METHODS = ["save", "mount"]
+METHODS = ["save", "mount", "layers"]
 
 
 @pytest.fixture(params=METHODS)

@@ -21,6 +21,10 @@ from cdisk.core.reading import choose_reading
         # Reading alone (ls, verify) needs no user namespace: a rootless reader saves.
         (Method.AUTO, False, 1000, Reading.SAVE),
         (Method.MOUNT, False, 1000, Reading.SAVE),
+        # The layer directories need no namespace at all, for root or a rootless user.
+        (Method.LAYERS, True, 0, Reading.LAYERS),
+        (Method.LAYERS, True, 1000, Reading.LAYERS),
+        (Method.LAYERS, False, 1000, Reading.LAYERS),
     ],
 )
 def test_choose_reading(method: Method, writes: bool, euid: int, reading: Reading) -> None:
@@ -28,4 +32,4 @@ def test_choose_reading(method: Method, writes: bool, euid: int, reading: Readin
 
 
 def test_a_mount_in_the_user_namespace_is_a_mount_to_the_operator() -> None:
-    assert [r.method for r in Reading] == ["mount", "mount", "save"]
+    assert [r.method for r in Reading] == ["mount", "mount", "save", "layers"]

@@ -166,6 +166,24 @@ def mounts(user: RootlessUser) -> str:
     return listed.stdout.strip()
 
 
+def test_rootless_layers_read_the_users_own_store(rootless: RootlessUser,
+                                                  rootless_image: tuple[str, Path]) -> None:
+    name, disk = rootless_image
+    target = rootless.work / "out-layers.raw"
+    driver = rootless.run("podman", "info", "--format", "{{.Store.GraphDriverName}}").stdout.strip()
+    result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--json", "--method", "layers", name, target)
+    if driver != "overlay":
+        # vfs (no overlay for this user here): refused with the way out, nothing left behind.
+        assert result.returncode == 7, result.stderr
+        assert f"the store is {driver}, not overlay; use --method mount or save" in result.stderr
+        assert not target.exists()
+        return
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["method"] == "layers"
+    assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
+    assert mounts(rootless) == ""  # no mount, and no podman unshare either
+
+
 @pytest.mark.parametrize(("method", "used"), [("auto", "mount"), ("mount", "mount"), ("save", "save")])
 def test_rootless_convert(rootless: RootlessUser, rootless_image: tuple[str, Path], method: str, used: str) -> None:
     name, disk = rootless_image

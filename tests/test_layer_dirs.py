@@ -1,0 +1,111 @@
+"""Layer directories stacked by cdisk with overlay's rules, on directories written here as an overlay store
+holds them (whiteouts are 0:0 character devices, opaque directories carry an xattr): no podman needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.errors import LayerDirsUnusable
+from cdisk.core.layer_dirs import LayerDirsTree
+from cdisk.core.layers import DIR, FILE, SYMLINK, resolve
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root to write")
+
+
+def _file(path: Path, data: bytes = b"x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _whiteout(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LayerDirsTree:
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    _file(lower / "disk" / "a.qcow2", b"lower a")
+    _file(lower / "disk" / "gone.qcow2")
+    _file(lower / "disk" / "replaced" / "inside")
+    _file(lower / "opaque" / "hidden")
+    _file(lower / "merged" / "from-lower")
+    _file(upper / "disk" / "b.qcow2", b"upper b")
+    _whiteout(upper / "disk" / "gone.qcow2")
+    _file(upper / "disk" / "replaced", b"now a file")
+    _file(upper / "opaque" / "shown")
+    os.setxattr(upper / "opaque", "trusted.overlay.opaque", b"y")
+    _file(upper / "merged" / "from-upper")
+    (upper / "disk" / "link.qcow2").symlink_to("/disk/a.qcow2")
+    return LayerDirsTree([str(upper), str(lower)])
+
+
+def test_the_merged_view_follows_overlay(store: LayerDirsTree) -> None:
+    assert store.children("disk") == ["a.qcow2", "b.qcow2", "link.qcow2", "replaced"]
+    assert store.children("opaque") == ["shown"]
+    assert store.children("merged") == ["from-lower", "from-upper"]
+    assert store.lookup("disk/gone.qcow2") is None
+    assert store.lookup("disk/replaced/inside") is None
+    assert store.lookup("opaque/hidden") is None
+    replaced = store.lookup("disk/replaced")
+    assert replaced is not None and (replaced.kind, replaced.layer) == (FILE, 0)
+    lower = store.lookup("disk/a.qcow2")
+    assert lower is not None and (lower.kind, lower.layer, lower.size) == (FILE, 1, 7)
+    link = store.lookup("disk/link.qcow2")
+    assert link is not None and (link.kind, link.linkname) == (SYMLINK, "/disk/a.qcow2")
+    assert store.lookup("") is not None and store.lookup("merged").kind == DIR  # type: ignore[union-attr]
+
+
+def test_a_disk_opens_in_the_layer_that_holds_it(store: LayerDirsTree) -> None:
+    member = resolve(store, "/disk/link.qcow2")  # an absolute link, taken inside the image
+    fd = store.open_disk(member)
+    try:
+        assert os.pread(fd, 100, 0) == b"lower a"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("escape", ["/etc", "../../..", "/"])
+def test_links_never_reach_the_host(tmp_path: Path, escape: str) -> None:
+    layer = tmp_path / "layer"
+    _file(layer / "disk" / "d.qcow2")
+    (layer / "disk" / "out").symlink_to(escape)
+    tree = LayerDirsTree([str(layer)])
+    assert tree.children("disk/out") == []
+    assert tree.lookup("disk/out/passwd") is None
+
+
+def test_what_cdisk_cannot_vouch_for_is_handed_to_the_mount(tmp_path: Path) -> None:
+    aufs = tmp_path / "aufs"
+    _file(aufs / "disk" / ".wh.old.qcow2")
+    with pytest.raises(LayerDirsUnusable, match="AUFS-style whiteout"):
+        LayerDirsTree([str(aufs)]).children("disk")
+    meta = tmp_path / "meta"
+    _file(meta / "disk" / "d.qcow2")
+    os.setxattr(meta / "disk" / "d.qcow2", "trusted.overlay.metacopy", b"")
+    tree = LayerDirsTree([str(meta)])
+    member = tree.lookup("disk/d.qcow2")
+    assert member is not None
+    with pytest.raises(LayerDirsUnusable, match="metacopy"):
+        tree.open_disk(member)
+    redirect = tmp_path / "redirect"
+    _file(redirect / "disk" / "d.qcow2")
+    os.setxattr(redirect / "disk", "trusted.overlay.redirect", b"/elsewhere")
+    with pytest.raises(LayerDirsUnusable, match="redirects"):
+        LayerDirsTree([str(redirect)]).lookup("disk/d.qcow2")
+
+
+def test_a_disk_swapped_after_it_was_looked_at_is_refused(store: LayerDirsTree, tmp_path: Path) -> None:
+    from cdisk.core.errors import UnsafeImageError
+
+    member = store.lookup("disk/b.qcow2")
+    assert member is not None
+    # Another file renamed over it (made while the first still exists, so it cannot reuse its inode).
+    _file(tmp_path / "upper" / "disk" / "new", b"swapped")
+    os.replace(tmp_path / "upper" / "disk" / "new", tmp_path / "upper" / "disk" / "b.qcow2")
+    with pytest.raises(UnsafeImageError, match="changed while cdisk looked at it"):
+        store.open_disk(member)
