@@ -38,7 +38,8 @@ class DiskSwitches(ImageSwitches):
     method = cli.SwitchAttr(["--method"], cli.Set(*values(Method)), default=Method.AUTO.value,
                             help="How to read the disk: mount (in podman's store, no copy), layers (in the "
                                  "store's layer directories, stacked by cdisk: no copy, no mount), save (in a "
-                                 "saved copy of the layers); auto mounts where it can")
+                                 "saved copy of the layers); auto reads the layer directories, else mounts, "
+                                 "where it can")
     disk_path = cli.SwitchAttr(["--path"], str, default=None, help="The disk's path in the image, e.g. /disk/x.qcow2")
 
     def read_request(self) -> ReadRequest:

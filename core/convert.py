@@ -9,7 +9,7 @@ from typing import Any
 
 from cdisk.core import engines, qemu_img, target, userns
 from cdisk.core.engines import Engine, Image
-from cdisk.core.errors import TargetError, ToolError, UserNamespaceUnavailable
+from cdisk.core.errors import LayerDirsUnusable, TargetError, ToolError, UserNamespaceUnavailable
 from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest, WriteRequest
 from cdisk.core.pipeline import OpenedDisk, opened_disk
 from cdisk.core.progress import Progress
@@ -67,7 +67,13 @@ def write_disk(image: Image, read: ReadRequest, write: WriteRequest, planned: ta
     A rootless mount runs as a child in the engine's user namespace, on the same typed job; `auto` falls
     back to the save method only when that child cannot be started at all.
     """
-    reading = choose_reading(read.method, writes=True)
+    reading = choose_reading(read.method, writes=True, image=image)
+    if reading is Reading.LAYERS and read.method is Method.AUTO:
+        try:
+            return _write(image, read, write, planned, reading, progress, engine)
+        except LayerDirsUnusable as why:
+            reading = choose_reading(read.method, writes=True)
+            progress.stage(f"{why.why}: reading by the {reading.method} method instead")
     if reading is Reading.MOUNT_IN_USERNS:
         job = {"image": asdict(image), "read": _plain(asdict(read)), "write": asdict(write),
                "target": asdict(planned)}

@@ -9,14 +9,15 @@ A command is: plan its target cheaply (so that a wrong TARGET costs no pull), en
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 from cdisk.core import engines, qemu_img
 from cdisk.core.disks import find_disk
 from cdisk.core.engines import Engine, Image
+from cdisk.core.errors import LayerDirsUnusable
 from cdisk.core.inspection import inspect_disk
-from cdisk.core.job import ImageRequest, Reading, ReadRequest
+from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
 from cdisk.core.progress import Progress
 from cdisk.core.reading import ImageView, choose_reading, image_view, temp_parent
 from cdisk.core.sources import DiskSource
@@ -57,13 +58,28 @@ def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target 
     """The image resolved and opened by `reading` (default: the one `read.method` gives a reader)."""
     engine = engine or engines.local()
     found = resolve(image, engine, progress)
-    chosen = reading or choose_reading(read.method, writes=False)
-    progress.stage(f"reading the disk in place ({chosen.value} method)")
+    chosen = reading or choose_reading(read.method, writes=False, image=found)
+    with _view(engine, found, chosen, read, target, progress) as view:
+        yield OpenedImage(found, chosen, view)
+
+
+def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
+          progress: Progress) -> AbstractContextManager[ImageView]:
+    progress.stage(f"reading the disk in place ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
         progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
-    with image_view(engine, found, chosen, temp_parent(read.tmpdir, target)) as view:
-        yield OpenedImage(found, chosen, view)
+    return image_view(engine, image, reading, temp_parent(read.tmpdir, target))
+
+
+def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
+          progress: Progress) -> tuple[ExitStack, OpenedDisk]:
+    """The disk opened and judged, with the stack that holds it open (undone here if anything fails)."""
+    with ExitStack() as stack:
+        view = stack.enter_context(_view(engine, image, reading, read, target, progress))
+        source = view.open(*find_disk(view.tree, read.disk_path))
+        judged = inspect_disk(source)
+        return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec)
 
 
 @contextmanager
@@ -74,7 +90,16 @@ def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target |
     Raises:
         CdiskError: the image cannot be had, holds no single disk, or its disk is refused.
     """
-    with opened_image(image, read, target, progress, reading, engine) as opened:
-        source = opened.view.open(*find_disk(opened.view.tree, read.disk_path))
-        judged = inspect_disk(source)
-        yield OpenedDisk(opened.image, opened.reading, source, judged.format, judged.virtual_size, judged.spec)
+    engine = engine or engines.local()
+    found = resolve(image, engine, progress)
+    chosen = reading or choose_reading(read.method, writes=False, image=found)
+    try:
+        held, disk = _open(engine, found, chosen, read, target, progress)
+    except LayerDirsUnusable as why:
+        if reading is not None or read.method is not Method.AUTO:
+            raise
+        chosen = choose_reading(read.method, writes=False)
+        progress.stage(f"{why.why}: reading by the {chosen.method} method instead")
+        held, disk = _open(engine, found, chosen, read, target, progress)
+    with held:
+        yield disk

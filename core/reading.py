@@ -24,20 +24,28 @@ from cdisk.core.sources import DiskSource
 from cdisk.core.target import Target, free_bytes
 
 
-def choose_reading(method: Method, writes: bool, euid: int | None = None) -> Reading:
+def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None) -> Reading:
     """How to read the disk in a process of effective uid `euid` (default: this one).
 
-    Mounting needs root (of the host, or of rootless podman's user namespace inside `podman unshare`). A
-    rootless user who asks to mount gets the mount in the user namespace when the command `writes` (the
-    conversion runs in a child there), and the save method otherwise: reading needs no namespace.
+    `auto` reads an `image` whose overlay layer directories this process may read straight from them (no
+    mount, no namespace); without an image (or when that reading fails: the caller asks again without one)
+    it mounts. Mounting needs root (of the host, or of rootless podman's user namespace inside `podman
+    unshare`). A rootless user who asks to mount gets the mount in the user namespace when the command
+    `writes` (the conversion runs in a child there), and the save method otherwise: reading needs no namespace.
     """
     if method is Method.SAVE:
         return Reading.SAVE
-    if method is Method.LAYERS:
-        return Reading.LAYERS  # readable without any namespace where the directories are readable
+    if method is Method.LAYERS or (method is Method.AUTO and image is not None and _layers_readable(image)):
+        return Reading.LAYERS
     if (os.geteuid() if euid is None else euid) == 0:
         return Reading.MOUNT
     return Reading.MOUNT_IN_USERNS if writes else Reading.SAVE
+
+
+def _layers_readable(image: Image) -> bool:
+    from cdisk.core.layer_dirs import readable
+
+    return image.store == "overlay" and bool(image.layer_dirs) and readable(image.layer_dirs)
 
 
 def temp_parent(tmpdir: str | None, target: Target | None) -> str:

@@ -5,9 +5,11 @@ podman. This is the shape the docker engine plugs into.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from cdisk.core import qemu_img
 from cdisk.core.engines import Image
-from cdisk.core.errors import DiskNotFoundError, UserNamespaceUnavailable
+from cdisk.core.errors import DiskNotFoundError, LayerDirsUnusable, UserNamespaceUnavailable
 from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
 from cdisk.core.pipeline import opened_disk
 from cdisk.core.progress import NoProgress
@@ -98,3 +100,43 @@ def test_temp_parent_is_one_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert temp_parent(None, None) == str(tmp_path)
     monkeypatch.setenv("TMPDIR", "")
     assert temp_parent(None, None) == "/var/tmp"
+
+
+def test_auto_falls_back_from_layer_directories_it_cannot_vouch_for(engine: DirectoryEngine, tmp_path: Path) -> None:
+    # An AUFS-style whiteout among the layer's files: the layer reading hands the image to the next method.
+    layer = tmp_path / "layer"
+    (layer / "disk").mkdir(parents=True)
+    shutil.copy(engine.root / "disk" / "disk.qcow2", layer / "disk" / "disk.qcow2")
+    (layer / "disk" / ".wh.old.qcow2").touch()
+    image = replace(engine.image, store="overlay", layer_dirs=(str(layer),))
+    stages: list[str] = []
+    progress = NoProgress()
+    progress.stage = stages.append  # type: ignore[method-assign]
+    read = ReadRequest(Method.AUTO, tmpdir=str(tmp_path))
+    with opened_disk(image, read, None, progress, engine=engine) as disk:
+        assert disk.reading is (Reading.MOUNT if os.geteuid() == 0 else Reading.SAVE)
+        assert disk.format == "qcow2"
+    assert any("AUFS-style whiteout: reading by the" in stage for stage in stages)
+    # Asked for explicitly, it is an error.
+    with pytest.raises(LayerDirsUnusable), opened_disk(image, ReadRequest(Method.LAYERS), None, NoProgress(),
+                                                       engine=engine):
+        pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a trusted.* xattr needs root to write")
+def test_writing_falls_back_the_same_way(engine: DirectoryEngine, tmp_path: Path) -> None:
+    from cdisk.core.convert import write_disk
+    from cdisk.core.job import WriteRequest
+    from cdisk.core.target import plan_target
+
+    layer = tmp_path / "layer"
+    (layer / "disk").mkdir(parents=True)
+    shutil.copy(engine.root / "disk" / "disk.qcow2", layer / "disk" / "disk.qcow2")
+    os.setxattr(layer / "disk" / "disk.qcow2", "trusted.overlay.metacopy", b"")  # its data would lie below
+    image = replace(engine.image, store="overlay", layer_dirs=(str(layer),))
+    write = WriteRequest(str(tmp_path / "out.raw"))
+    written = write_disk(image, ReadRequest(Method.AUTO, tmpdir=str(tmp_path)), write,
+                         plan_target(write.target, False, "raw"), NoProgress(), engine)
+    assert written.reading is Reading.MOUNT
+    original = qemu_img.image_spec("qcow2", qemu_img.file_node(str(engine.root / "disk" / "disk.qcow2")))
+    assert qemu_img.compare(original, qemu_img.image_spec("raw", qemu_img.file_node(write.target))) is None
