@@ -190,6 +190,9 @@ def test_rootless_convert(rootless: RootlessUser, rootless_image: tuple[str, Pat
     target = rootless.work / f"out-{method}.raw"
     result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--json", "--method", method, name, target)
     assert result.returncode == 0, result.stderr
+    if method == "auto" and rootless.run("podman", "info", "--format", "{{.Store.GraphDriverName}}").stdout.strip() \
+            == "overlay":
+        used = "layers"  # the user's own overlay layer directories: no namespace needed at all
     assert json.loads(result.stdout)["method"] == used
     assert target.stat().st_uid == int(sh("id", "-u", USER).stdout)
     assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
