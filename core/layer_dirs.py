@@ -21,8 +21,9 @@ import errno
 import os
 import stat
 
+from cdisk.core.engines import Image
 from cdisk.core.errors import ImageError, LayerDirsUnusable, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, WHITEOUT_PREFIX, LayerMember, split_path
+from cdisk.core.layers import DIR, WHITEOUT_PREFIX, LayerMember, member_from_stat, split_path
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -133,13 +134,7 @@ class LayerDirsTree:
             return None
         layer, st, link = found
         self.seen[name] = (layer, st)
-        if stat.S_ISLNK(st.st_mode):
-            return LayerMember(name, SYMLINK, layer, linkname=link)
-        if stat.S_ISDIR(st.st_mode):
-            return LayerMember(name, DIR, layer)
-        if stat.S_ISREG(st.st_mode):
-            return LayerMember(name, FILE, layer, size=st.st_size)
-        return LayerMember(name, OTHER, layer)
+        return member_from_stat(name, st, link, layer)
 
     def children(self, path: str) -> list[str]:
         parts = split_path(path)
@@ -190,6 +185,12 @@ class LayerDirsTree:
         return fd
 
 
-def readable(dirs: tuple[str, ...]) -> bool:
-    """Whether this process may read every layer directory (root's store is closed to other users)."""
-    return all(os.access(d, os.R_OK | os.X_OK) for d in dirs)
+def unusable(image: Image) -> str | None:
+    """Why the image's layers cannot be read as directories here, or None when they can: an overlay store
+    whose every layer directory this process may read (root's store is closed to other users).
+    """
+    if image.store != "overlay" or not image.layer_dirs:
+        return f"the store is {image.store or 'unknown'}, not overlay"
+    if not all(os.access(d, os.R_OK | os.X_OK) for d in image.layer_dirs):
+        return "its layer directories are not readable by this user"
+    return None

@@ -10,6 +10,8 @@ what it adds or removes (a children index per directory), never to the size of t
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +51,17 @@ class ImageTree(Protocol):
 
     def children(self, path: str) -> list[str]:
         """The names directly inside directory `path`."""
+
+
+def member_from_stat(path: str, st: os.stat_result, linkname: str = "", layer: int = 0) -> LayerMember:
+    """The member a file on the host stands for (not followed: a link is a link, with its target)."""
+    if stat.S_ISLNK(st.st_mode):
+        return LayerMember(path, SYMLINK, layer, linkname=linkname)
+    if stat.S_ISDIR(st.st_mode):
+        return LayerMember(path, DIR, layer)
+    if stat.S_ISREG(st.st_mode):
+        return LayerMember(path, FILE, layer, size=st.st_size)
+    return LayerMember(path, OTHER, layer)
 
 
 def split_path(path: str) -> list[str]:

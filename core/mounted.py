@@ -14,7 +14,7 @@ import os
 import stat
 
 from cdisk.core.errors import ImageError, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, LayerMember, split_path
+from cdisk.core.layers import LayerMember, member_from_stat, split_path
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: had the file become a FIFO since it was looked at, opening it must not hang; it changes
@@ -80,13 +80,7 @@ class MountedTree:
         finally:
             os.close(parent)
         self.seen[name] = st
-        if stat.S_ISLNK(st.st_mode):
-            return LayerMember(name, SYMLINK, linkname=linkname)
-        if stat.S_ISDIR(st.st_mode):
-            return LayerMember(name, DIR)
-        if stat.S_ISREG(st.st_mode):
-            return LayerMember(name, FILE, size=st.st_size)
-        return LayerMember(name, OTHER)
+        return member_from_stat(name, st, linkname)
 
     def children(self, path: str) -> list[str]:
         parts = split_path(path)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cdisk.core.engines import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError
@@ -43,9 +44,9 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None, image:
 
 
 def _layers_readable(image: Image) -> bool:
-    from cdisk.core.layer_dirs import readable
+    from cdisk.core.layer_dirs import unusable
 
-    return image.store == "overlay" and bool(image.layer_dirs) and readable(image.layer_dirs)
+    return unusable(image) is None
 
 
 def temp_parent(tmpdir: str | None, target: Target | None) -> str:
@@ -102,15 +103,16 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageV
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _PinningTree(ImageTree, Protocol):
+    def open_disk(self, member: LayerMember) -> int: ...
+
+
 @contextmanager
-def mounted_view(engine: Engine, image: Image) -> Iterator[ImageView]:
-    """The image mounted by the engine; every disk opened from it is held open until the block ends."""
-    from cdisk.core.mounted import MountedTree
+def _pinned_view(tree: _PinningTree) -> Iterator[ImageView]:
+    """A view over files in place: every disk opened from `tree` is held open until the block ends."""
     from cdisk.core.sources.in_place import InPlaceFile
 
     with ExitStack() as stack:
-        tree = MountedTree(stack.enter_context(engine.mount(image)))
-
         def pinned(image_path: str, found: LayerMember) -> DiskSource:
             fd = tree.open_disk(found)
             stack.callback(os.close, fd)
@@ -120,28 +122,26 @@ def mounted_view(engine: Engine, image: Image) -> Iterator[ImageView]:
 
 
 @contextmanager
-def layers_view(image: Image) -> Iterator[ImageView]:
-    """The image stacked by cdisk over its layer directories; every disk opened from it is held open until
-    the block ends.
+def mounted_view(engine: Engine, image: Image) -> Iterator[ImageView]:
+    """The image mounted by the engine, its disks read in place."""
+    from cdisk.core.mounted import MountedTree
+
+    with engine.mount(image) as root, _pinned_view(MountedTree(root)) as view:
+        yield view
+
+
+def layers_view(image: Image) -> AbstractContextManager[ImageView]:
+    """The image stacked by cdisk over its layer directories, its disks read in place.
 
     Raises:
         LayerDirsUnusable: the store is not overlay, or its directories are not readable here.
     """
     from cdisk.core import layer_dirs
-    from cdisk.core.sources.in_place import InPlaceFile
 
-    if image.store != "overlay" or not image.layer_dirs:
-        raise LayerDirsUnusable(f"the store is {image.store or 'unknown'}, not overlay")
-    if not layer_dirs.readable(image.layer_dirs):
-        raise LayerDirsUnusable("its layer directories are not readable by this user")
-    tree = layer_dirs.LayerDirsTree(list(image.layer_dirs))
-    with ExitStack() as stack:
-        def pinned(image_path: str, found: LayerMember) -> DiskSource:
-            fd = tree.open_disk(found)
-            stack.callback(os.close, fd)
-            return InPlaceFile(image_path, fd, found.size)
-
-        yield ImageView(tree, pinned)
+    why = layer_dirs.unusable(image)
+    if why:
+        raise LayerDirsUnusable(why)
+    return _pinned_view(layer_dirs.LayerDirsTree(list(image.layer_dirs)))
 
 
 def image_view(engine: Engine, image: Image, reading: Reading, tmp_parent: str) -> AbstractContextManager[ImageView]:
