@@ -7,6 +7,7 @@ from __future__ import annotations
 from plumbum import cli
 
 from cdisk.cli.output import OutputSwitches
+from cdisk.core.engines import AUTO, NAMES
 from cdisk.core.job import ImageRequest, Method, Pull, ReadRequest, WriteRequest, values
 
 
@@ -18,6 +19,9 @@ class ImageSwitches(OutputSwitches):
     tls_verify = cli.SwitchAttr(["--tls-verify"], cli.Set("true", "false"), default=None,
                                 help="Require HTTPS and a valid certificate when pulling (default: as "
                                      "registries.conf says for the registry, like podman pull)")
+    engine = cli.SwitchAttr(["--engine"], cli.Set(AUTO, *NAMES), default=AUTO,
+                            help="Whose image store to use: auto takes the engine that holds IMAGE (podman "
+                                 "first), else the one installed and answering (podman first)")
     tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
                             help="Where the save method keeps the saved layers (default: beside a file TARGET, "
                                  "else $TMPDIR or /var/tmp)")
@@ -25,7 +29,7 @@ class ImageSwitches(OutputSwitches):
     def image_request(self, reference: str) -> ImageRequest:
         """Which image these switches ask for, and how to get it."""
         tls = None if self.tls_verify is None else self.tls_verify == "true"
-        return ImageRequest(reference, Pull(str(self.pull)), tls)
+        return ImageRequest(reference, Pull(str(self.pull)), tls, str(self.engine))
 
     def read_request(self) -> ReadRequest:
         """How these switches ask to read the disk."""
@@ -36,10 +40,10 @@ class DiskSwitches(ImageSwitches):
     """Switches of every command that reads the image's disk."""
 
     method = cli.SwitchAttr(["--method"], cli.Set(*values(Method)), default=Method.AUTO.value,
-                            help="How to read the disk: mount (in podman's store, no copy), layers (in the "
-                                 "store's layer directories, stacked by cdisk: no copy, no mount), save (in a "
-                                 "saved copy of the layers); auto reads the layer directories, else mounts, "
-                                 "where it can")
+                            help="How to read the disk: layers (in the store's layer directories, stacked "
+                                 "by cdisk: no copy, no mount), mount (podman only: in its store, no copy), "
+                                 "save (in a saved copy of the layers); auto reads the layer directories, "
+                                 "else mounts, else saves")
     disk_path = cli.SwitchAttr(["--path"], str, default=None, help="The disk's path in the image, e.g. /disk/x.qcow2")
 
     def read_request(self) -> ReadRequest:

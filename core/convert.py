@@ -31,6 +31,7 @@ class ConvertResult:
     """What was done; the fields of `--json` output."""
 
     image: str
+    engine: str
     image_id: str
     digest: str
     method: str
@@ -50,10 +51,9 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
     """
     started = time.monotonic()
     planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
-    engine = engines.local()
-    found = engine.find_image(image, progress)
-    written = write_disk(found, read, write, planned, progress, engine)
-    return ConvertResult(image=image.reference, image_id=found.id, digest=found.digest,
+    found = engines.find(image, progress)[1]
+    written = write_disk(found, read, write, planned, progress)
+    return ConvertResult(image=image.reference, engine=found.engine, image_id=found.id, digest=found.digest,
                          method=written.reading.method, disk=written.disk,
                          source_format=written.source_format, virtual_size=written.virtual_size,
                          target=planned.path, target_format=write.out_format,
@@ -61,18 +61,20 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
 
 
 def write_disk(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, progress: Progress,
-               engine: Engine) -> Written:
+               engine: Engine | None = None) -> Written:
     """Write the disk of a resolved image into a planned target (convert and refresh both end here).
 
     A rootless mount runs as a child in the engine's user namespace, on the same typed job; `auto` falls
-    back to the save method only when that child cannot be started at all.
+    back to the save method only when that child cannot be started at all. `engine` replaces the one the
+    image names (a test's own engine).
     """
-    reading = choose_reading(read.method, writes=True, image=image)
+    engine = engine or engines.of(image)
+    reading = choose_reading(read.method, writes=True, image=image, mounts=engine.mounts)
     if reading is Reading.LAYERS and read.method is Method.AUTO:
         try:
             return _write(image, read, write, planned, reading, progress, engine)
         except LayerDirsUnusable as why:
-            reading = choose_reading(read.method, writes=True)
+            reading = choose_reading(read.method, writes=True, mounts=engine.mounts)
             progress.stage(f"{why.why}: reading by the {reading.method} method instead")
     if reading is Reading.MOUNT_IN_USERNS:
         job = {"image": asdict(image), "read": _plain(asdict(read)), "write": asdict(write),
@@ -93,7 +95,7 @@ def in_user_namespace(job: dict[str, Any], progress: Progress) -> dict[str, Any]
                      "layer_dirs": tuple(job["image"]["layer_dirs"])})
     read = ReadRequest(**{**job["read"], "method": Method(job["read"]["method"])})
     written = _write(image, read, WriteRequest(**job["write"]), target.Target(**job["target"]), Reading.MOUNT,
-                     progress, engines.local())
+                     progress, engines.of(image))
     return {**asdict(written), "reading": Reading.MOUNT_IN_USERNS.value}
 
 
@@ -110,11 +112,12 @@ def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> t
     if planned.is_block:
         return qemu_img.Measure(0, 0), 0
     if out_format == "raw":
-        # A raw file is as long as the disk but sparse: when the whole length fits, so does the data,
-        # and qemu-img measure (which reads all allocation metadata) is not worth running.
+        # A raw file is as long as the disk but sparse: when the whole length fits, so does the data; and
+        # when what qemu-img check counted allocated fits, so does the data too. Only then is qemu-img
+        # measure (one more sandboxed run that reads all allocation metadata) not worth running.
         with target.os_errors(planned.directory):
             free = target.free_bytes(planned.directory)
-        if free >= disk.virtual_size:
+        if free >= min(disk.virtual_size, disk.virtual_size if disk.data_bound is None else disk.data_bound):
             return qemu_img.Measure(0, 0), disk.virtual_size
         # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
         return qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds), disk.virtual_size

@@ -82,7 +82,8 @@ class LayerDirsUnusable(CdiskError):
     exit_code = 7
 
     def __init__(self, why: str) -> None:
-        super().__init__(f"cannot read the image from its layer directories: {why}; use --method mount or save")
+        super().__init__(f"cannot read the image from its layer directories: {why}; use --method save (or mount, "
+                         "with podman)")
         self.why = why
 
 

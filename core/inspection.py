@@ -11,12 +11,16 @@ from cdisk.core.sources import DiskSource
 
 @dataclass(frozen=True)
 class InspectedDisk:
-    """A disk that passed every check: its format as told by its bytes and as qemu-img read it."""
+    """A disk that passed every check: its format as told by its bytes and as qemu-img read it.
+
+    `data_bound`: at most this many bytes of guest data (None: up to the virtual size, as far as known).
+    """
 
     source: DiskSource
     format: str
     virtual_size: int
     spec: str
+    data_bound: int | None = None
 
 
 def inspect_disk(source: DiskSource) -> InspectedDisk:
@@ -29,6 +33,9 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
     if info.backing or info.data_file:
         raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
                                f"cdisk refuses it: {formats.REFUSE_HINT}")
+    bound = None
     if fmt != "raw":
-        qemu_img.check(spec, source.pass_fds)
-    return InspectedDisk(source, fmt, info.virtual_size, spec)
+        allocated = qemu_img.check(spec, source.pass_fds)
+        if allocated is not None and info.cluster_size:
+            bound = min(allocated * info.cluster_size, info.virtual_size)
+    return InspectedDisk(source, fmt, info.virtual_size, spec, bound)

@@ -43,11 +43,14 @@ class Reading(enum.Enum):
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """Which image, and how to get it. `tls_verify` None leaves HTTPS checks to registries.conf."""
+    """Which image, from which engine's store (`auto`: see `engines.find`), and how to get it. `tls_verify`
+    None leaves HTTPS checks to the engine's own registry settings.
+    """
 
     reference: str
     pull: Pull = Pull.MISSING
     tls_verify: bool | None = None
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def unusable(image: Image) -> str | None:
     """Why the image's layers cannot be read as directories here, or None when they can: an overlay store
     whose every layer directory this process may read (root's store is closed to other users).
     """
-    if image.store != "overlay" or not image.layer_dirs:
+    if image.store not in ("overlay", "overlay2") or not image.layer_dirs:
         return f"the store is {image.store or 'unknown'}, not overlay"
     if not all(os.access(d, os.R_OK | os.X_OK) for d in image.layer_dirs):
         return "its layer directories are not readable by this user"

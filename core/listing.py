@@ -57,6 +57,7 @@ class Listing:
     """An image and its candidate disks; `problems` say what stops `convert` from choosing by itself."""
 
     image: str
+    engine: str
     id: str
     digest: str
     architecture: str
@@ -130,7 +131,7 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
             refused = f"same data as {first}: {judgement.refused}" if judgement.refused and first != candidate.path \
                 else judgement.refused
             disks.append(ListedDisk(candidate.path, judgement.format, judgement.virtual_size, member.size,
-                                    member.layer, f"sha256:{saved.blobs[member.layer].name}", member.offset,
+                                    member.layer, saved.blobs[member.layer].digest, member.offset,
                                     refused, judgement.judged_by))
             progress.update(done + 1, len(candidates))
     problems = []
@@ -139,4 +140,4 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
     elif len(disks) > 1:
         problems.append(f"{len(disks)} candidate disks: convert needs --path to choose one")
     found = opened.image
-    return Listing(image.reference, found.id, found.digest, found.architecture, disks, problems)
+    return Listing(image.reference, found.engine, found.id, found.digest, found.architecture, disks, problems)

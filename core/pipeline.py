@@ -45,27 +45,31 @@ class OpenedDisk:
     format: str
     virtual_size: int
     spec: str
+    data_bound: int | None = None
 
 
-def resolve(image: ImageRequest | Image, engine: Engine, progress: Progress) -> Image:
-    """The image in the engine's store (found, or pulled as asked); an `Image` is already resolved."""
-    return image if isinstance(image, Image) else engine.find_image(image, progress)
+def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | None = None) -> tuple[Engine, Image]:
+    """The image in its engine's store (found, or pulled as asked), and that engine; an `Image` is already
+    resolved. `engine` replaces the one the request or the image names (a test's own engine).
+    """
+    if engine is not None:
+        return engine, image if isinstance(image, Image) else engine.find_image(image, progress)
+    return (engines.of(image), image) if isinstance(image, Image) else engines.find(image, progress)
 
 
 @contextmanager
 def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
                  reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedImage]:
     """The image resolved and opened by `reading` (default: the one `read.method` gives a reader)."""
-    engine = engine or engines.local()
-    found = resolve(image, engine, progress)
-    chosen = reading or choose_reading(read.method, writes=False, image=found)
+    engine, found = resolve(image, progress, engine)
+    chosen = reading or choose_reading(read.method, writes=False, image=found, mounts=engine.mounts)
     with _view(engine, found, chosen, read, target, progress) as view:
         yield OpenedImage(found, chosen, view)
 
 
 def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
           progress: Progress) -> AbstractContextManager[ImageView]:
-    progress.stage(f"reading the disk in place ({reading.value} method)")
+    progress.stage(f"reading the disk in place from {image.engine}'s store ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
         progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
@@ -79,7 +83,8 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         view = stack.enter_context(_view(engine, image, reading, read, target, progress))
         source = view.open(*find_disk(view.tree, read.disk_path))
         judged = inspect_disk(source)
-        return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec)
+        return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
+                                           judged.data_bound)
 
 
 @contextmanager
@@ -90,15 +95,14 @@ def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target |
     Raises:
         CdiskError: the image cannot be had, holds no single disk, or its disk is refused.
     """
-    engine = engine or engines.local()
-    found = resolve(image, engine, progress)
-    chosen = reading or choose_reading(read.method, writes=False, image=found)
+    engine, found = resolve(image, progress, engine)
+    chosen = reading or choose_reading(read.method, writes=False, image=found, mounts=engine.mounts)
     try:
         held, disk = _open(engine, found, chosen, read, target, progress)
     except LayerDirsUnusable as why:
         if reading is not None or read.method is not Method.AUTO:
             raise
-        chosen = choose_reading(read.method, writes=False)
+        chosen = choose_reading(read.method, writes=False, mounts=engine.mounts)
         progress.stage(f"{why.why}: reading by the {chosen.method} method instead")
         held, disk = _open(engine, found, chosen, read, target, progress)
     with held:

@@ -145,6 +145,7 @@ class ImageInfo:
     virtual_size: int
     backing: str | None
     data_file: str | None
+    cluster_size: int | None = None
 
 
 def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
@@ -162,18 +163,27 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
         specific = data.get("format-specific", {}).get("data", {})
         return ImageInfo(format=data["format"], virtual_size=int(data["virtual-size"]),
                          backing=data.get("backing-filename") or data.get("full-backing-filename"),
-                         data_file=specific.get("data-file"))
+                         data_file=specific.get("data-file"),
+                         cluster_size=int(data["cluster-size"]) if data.get("cluster-size") else None)
     except (ValueError, TypeError, KeyError, AttributeError):
         raise UnsafeImageError("qemu-img info said something cdisk cannot parse about the disk; rebuild or "
                                "re-pull the image") from None
 
 
-def check(spec: str, pass_fds: Sequence[int] = ()) -> None:
-    """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused."""
-    code, _, err, _ = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
+def check(spec: str, pass_fds: Sequence[int] = ()) -> int | None:
+    """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused.
+
+    Returns the allocated clusters it counted, where the format has them (qcow2): each holds at most one
+    cluster of the guest's data, so they bound what a conversion writes without a `qemu-img measure`.
+    """
+    code, out, err, _ = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
     # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
     if code in (0, 3, 63):
-        return
+        try:
+            allocated = json.loads(out).get("allocated-clusters") if code != 63 else None
+        except (ValueError, AttributeError):
+            allocated = None
+        return int(allocated) if isinstance(allocated, int) and allocated >= 0 else None
     if code == 2:
         raise UnsafeImageError("qemu-img check found the disk corrupted; rebuild or re-pull the image")
     # 1: the check could not be completed — on a disk that qemu-img info just opened, the disk's doing.

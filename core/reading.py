@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Protocol
 
 from cdisk.core.engines import Engine, Image
-from cdisk.core.errors import LayerDirsUnusable, TargetError
+from cdisk.core.errors import LayerDirsUnusable, TargetError, UsageError
 from cdisk.core.job import Method, Reading
 from cdisk.core.layers import ImageTree, LayerMember
+from cdisk.core.saved_layers import LayerBlob
 from cdisk.core.sources import DiskSource
 from cdisk.core.target import Target, free_bytes
 
 
-def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None) -> Reading:
+def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None,
+                   mounts: bool = True) -> Reading:
     """How to read the disk in a process of effective uid `euid` (default: this one).
 
     `auto` reads an `image` whose overlay layer directories this process may read straight from them (no
@@ -33,11 +35,16 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None, image:
     it mounts. Mounting needs root (of the host, or of rootless podman's user namespace inside `podman
     unshare`). A rootless user who asks to mount gets the mount in the user namespace when the command
     `writes` (the conversion runs in a child there), and the save method otherwise: reading needs no namespace.
+    An engine that cannot mount (`mounts` false: docker) saves instead, and refuses an explicit mount.
     """
     if method is Method.SAVE:
         return Reading.SAVE
     if method is Method.LAYERS or (method is Method.AUTO and image is not None and _layers_readable(image)):
         return Reading.LAYERS
+    if not mounts:
+        if method is Method.MOUNT:
+            raise UsageError("docker cannot mount an image; use --method layers (as root) or --method save")
+        return Reading.SAVE
     if (os.geteuid() if euid is None else euid) == 0:
         return Reading.MOUNT
     return Reading.MOUNT_IN_USERNS if writes else Reading.SAVE
@@ -72,13 +79,13 @@ class ImageView:
 
     tree: ImageTree
     open: Callable[[str, LayerMember], DiskSource]
-    blobs: tuple[Path, ...] = ()
+    blobs: tuple[LayerBlob, ...] = ()
 
 
 @contextmanager
 def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageView]:
     """The image's layers saved to a private temp dir, removed when the block ends, however it ends."""
-    from cdisk.core import oci_layout
+    from cdisk.core import saved_layers
     from cdisk.core.sources.tar_member import TarMember
 
     try:
@@ -91,14 +98,13 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageV
         if image.size > free:
             raise TargetError(f"saving the image needs about {image.size} bytes in {tmp_parent} but only {free} "
                               "are free; pass --tmpdir on a larger filesystem")
-        layout = Path(workdir, "layout")
-        engine.save(image, str(layout))
-        blobs = tuple(oci_layout.layer_blobs(layout, image.id))
+        blobs = tuple(engine.save(image, Path(workdir)))
 
         def member(image_path: str, found: LayerMember) -> DiskSource:
-            return TarMember(image_path, str(blobs[found.layer]), found.offset, found.size)
+            blob = blobs[found.layer]
+            return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size)
 
-        yield ImageView(oci_layout.merged_tree(list(blobs)), member, blobs)
+        yield ImageView(saved_layers.merged_tree(list(blobs)), member, blobs)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -39,6 +39,9 @@ class Record:
     compressed: bool
     size: int
     mtime_ns: int
+    # The engine whose store it came from; later refreshes of `--engine auto` keep to it. Records written
+    # before docker was an engine have none: auto then chooses as for a first refresh.
+    engine: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class RefreshResult:
 
     action: str
     image: str
+    engine: str
     image_id: str
     digest: str
     target: str
@@ -156,17 +160,18 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         if os.path.lexists(path) and record is None and not write.force:
             raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
                               " pass --force to let refresh replace it")
-        engine = engines.local()
-        found = engine.find_image(image, progress)
+        if record is not None and record.engine and image.engine == engines.AUTO:
+            image = replace(image, engine=record.engine)
+        found = engines.find(image, progress)[1]
         if is_current(record, found, read, write):
             assert record is not None
-            return RefreshResult("unchanged", image.reference, found.id, found.digest, path,
+            return RefreshResult("unchanged", image.reference, found.engine, found.id, found.digest, path,
                                  round(time.monotonic() - started, 3), record.disk, None, [])
-        written = write_disk(found, read, write, planned, progress, engine)
+        written = write_disk(found, read, write, planned, progress)
         with target.os_errors(path):
             st = os.stat(path)
         _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
-                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns))
+                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
-    return RefreshResult("updated", image.reference, found.id, found.digest, path,
+    return RefreshResult("updated", image.reference, found.engine, found.id, found.digest, path,
                          round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)

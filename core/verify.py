@@ -19,6 +19,7 @@ class Verdict:
     """The answer: `first_difference` is None when the target holds exactly the disk."""
 
     image: str
+    engine: str
     image_id: str
     disk: str
     target: str
@@ -59,5 +60,6 @@ def verify(image: ImageRequest, read: ReadRequest, target_path: str, progress: P
         difference = qemu_img.compare(disk.spec, target_spec, disk.source.pass_fds)
         if difference is None and target_size != disk.virtual_size:
             difference = min(target_size, disk.virtual_size)
-    return Verdict(image.reference, disk.image.id, disk.source.image_path, planned.path, target_format,
+    return Verdict(image.reference, disk.image.engine, disk.image.id, disk.source.image_path, planned.path,
+                   target_format,
                    difference is None, difference, disk.reading.method)

@@ -9,6 +9,8 @@ ratios to the floor and peak memory.
 floor: bare `qemu-img convert -W` of the disk file as podman stores it, copied to the same filesystem.
 floor-sparse (raw only): the same of the sparse file the image was built from.
 auto+socket: `auto` with a live podman API socket (a host with podman.socket running).
+docker-layers, docker-save: the same image built in docker's store (a dockerd of the benchmark's own, overlay2,
+its data cached under bench-cache/docker), read from its layer directories or inside `docker save`'s archive.
 naive: podman save to a tar, extract it and the layer, convert the extracted file.
 X@REV (with --baseline REV): command X of cdisk as it was at git revision REV, for before/after in one run.
 """
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,10 @@ CACHE = ROOT / "bench-cache"
 CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
 FS_SIZE = "4G"
 MIN_DATA = 600 << 20
+# Every command runs as on an operator's host, where Python keeps the bytecode it compiled (pip compiles it
+# at install): a PYTHONDONTWRITEBYTECODE of the shell the benchmark was started from would make every cdisk
+# run compile its modules again (~20 ms), a cost no installed cdisk pays. Round 0 writes the bytecode.
+RUN_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 CASES = {
     "qcow2-compressed": ("qcow2", ["-c"]),
     "qcow2": ("qcow2", []),
@@ -68,8 +74,9 @@ def build_filesystem() -> Path:
     return fs
 
 
-def build_case(name: str, fs: Path) -> tuple[str, Path]:
-    """The case's disk file (the floor reads it) and its containerDisk image."""
+def build_case(name: str, fs: Path, docker_host: str = "") -> tuple[str, Path]:
+    """The case's disk file (the floor reads it) and its containerDisk image (in docker's store too, given a
+    docker daemon)."""
     fmt, options = CASES[name]
     case_dir = CACHE / name
     disk = case_dir / f"disk.{fmt}"
@@ -82,11 +89,19 @@ def build_case(name: str, fs: Path) -> tuple[str, Path]:
         else:
             sh("qemu-img", "convert", "-f", "raw", "-O", fmt, *options, fs, disk)
         subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+        if docker_host:
+            subprocess.run(["docker", "--host", docker_host, "rmi", "-f", image], capture_output=True)
     if subprocess.run(["podman", "image", "exists", image]).returncode != 0:
         (case_dir / "Containerfile").write_text(f"FROM scratch\nCOPY --chown=107:107 disk.{fmt} /disk/\n")
         print(f"bench: building {image}", file=sys.stderr)
         sh("podman", "build", "-q", "-t", image, case_dir)
         (case_dir / f"floor.{fmt}").unlink(missing_ok=True)
+    if docker_host and subprocess.run(["docker", "--host", docker_host, "image", "inspect", image],
+                                      capture_output=True).returncode != 0:
+        print(f"bench: building {image} in docker", file=sys.stderr)
+        (case_dir / ".dockerignore").write_text("floor.*\nContainerfile\n")
+        sh("docker", "--host", docker_host, "build", "-q", "-t", image, "-f", case_dir / "Containerfile", case_dir,
+           env={**os.environ, "DOCKER_BUILDKIT": "0"})
     floor = case_dir / f"floor.{fmt}"
     if not floor.exists():
         # The floor reads the disk file exactly as podman stores it: a layer tar has no holes, so
@@ -119,7 +134,7 @@ def _hwm(pid: int) -> int:
 def timed(argv: list[str]) -> Sample:
     """Run argv; its wall time, and peak memory: VmHWM polled (it only grows) and wait4's maximum."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=RUN_ENV)
     peak = 0
     done = threading.Event()
 
@@ -170,6 +185,34 @@ def live_socket() -> Iterator[str]:
         proc.wait()
 
 
+@contextmanager
+def docker_daemon() -> Iterator[str]:
+    """A dockerd of the benchmark's own (its images kept in bench-cache/docker between runs), or "" without
+    docker installed."""
+    if not shutil.which("dockerd") or not shutil.which("docker"):
+        print("bench: no dockerd: the docker rows are left out (apt-get install docker.io)", file=sys.stderr)
+        yield ""
+        return
+    root = CACHE / "docker"
+    root.mkdir(exist_ok=True)
+    host = f"unix://{root}/docker.sock"
+    log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(["dockerd", "--host", host, "--data-root", str(root / "data"), "--exec-root",
+                             "/run/cdisk-bench-docker", "--pidfile", str(root / "dockerd.pid"), "--iptables=false",
+                             "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2"],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: dockerd did not start; see {root / 'dockerd.log'}")
+            time.sleep(0.1)
+        yield host
+    finally:
+        proc.terminate()
+        proc.wait()
+        log.close()
+
+
 def baseline_cdisk(rev: str) -> tuple[str, str]:
     """cdisk as of git revision `rev`, installed in a venv of its own under bench-cache/: (label, executable)."""
     commit = sh("git", "-C", ROOT, "rev-parse", "--short", rev).stdout.strip()
@@ -186,8 +229,8 @@ def baseline_cdisk(rev: str) -> tuple[str, str]:
 
 
 def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
-             baseline: tuple[str, str] | None = None) -> dict[str, object]:
-    image, disk = build_case(name, fs)
+             baseline: tuple[str, str] | None = None, docker_host: str = "") -> dict[str, object]:
+    image, disk = build_case(name, fs, docker_host)
     fmt = CASES[name][0]
     out = CACHE / "out"
     out.mkdir(exist_ok=True)
@@ -202,6 +245,10 @@ def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
         "save": [CDISK, "convert", "-q", "--force", "--method", "save", image, str(target)],
         "naive": naive(image, fmt, out / "naive", target),
     }
+    if docker_host:
+        for method in ("layers", "save"):
+            commands[f"docker-{method}"] = ["env", f"DOCKER_HOST={docker_host}", CDISK, "convert", "-q", "--force",
+                                            "--engine", "docker", "--method", method, image, str(target)]
     if baseline:
         label, old = baseline
         for key in ("auto", "mount", "save"):
@@ -268,11 +315,16 @@ def main() -> None:
     small, _ = build_case("qcow2-256g-sparse", fs)
     results: dict[str, object] = {"machine": machine, "rounds": args.rounds,
                                   "startup": startup(args.rounds, small), "cases": {}}
-    with live_socket() as socket:
+    only = set(filter(None, args.commands.split(",")))
+    wants_docker = not only or any(command.startswith("docker-") for command in only)
+    with live_socket() as socket, (docker_daemon() if wants_docker else nullcontext("")) as docker_host:
+        if docker_host:
+            machine["docker"] = sh("docker", "--host", docker_host, "version", "--format",
+                                   "{{.Server.Version}}").stdout.strip()
         for name in args.cases.split(","):
             print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
-            only = set(filter(None, args.commands.split(",")))
-            results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline)  # type: ignore[index]
+            results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline,  # type: ignore[index]
+                                              docker_host)
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -24,11 +24,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import Entry, make_disk, oci_image, podman_build, remove_image, sh
+from tests.images import (
+    Entry,
+    docker_image_blobs,
+    layer_tar,
+    make_disk,
+    oci_image,
+    podman_build,
+    remove_image,
+    sh,
+)
 
 # The external tools the suite drives, each with the Debian package that has it.
 TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "bwrap": "bubblewrap",
-         "docker-registry": "docker-registry"}
+         "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
 REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
 # What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
@@ -36,6 +45,7 @@ FIXTURE_TOOLS = {
     "images": ("podman", "qemu-img", "qemu-io", "bwrap"),
     "method": ("podman", "qemu-img", "bwrap"),
     "registry": ("podman", "docker-registry"),
+    "dockerd": ("docker", "dockerd"),
 }
 
 
@@ -135,10 +145,13 @@ Convert = Callable[..., Run]
 
 
 class Images:
-    """Builds test images and removes them after the test."""
+    """Builds test images in one engine's store (podman's, or docker's for a test of the docker engine) and
+    removes them after the test.
+    """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, engine: str = "podman") -> None:
         self.workdir = workdir
+        self.engine = engine
         self.names: list[str] = []
 
     def disk(
@@ -148,16 +161,15 @@ class Images:
 
     def build(self, files: dict[str, Path], dest: str = "/disk/") -> str:
         context = Path(tempfile.mkdtemp(dir=self.workdir, prefix="ctx-"))
-        # Without podman's build cache: with it, the same files built by another test or another run on this
-        # machine are the very same image (one ID, one layer), whose mounts no one can tell from this test's.
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("BUILDAH_LAYERS", "false")
-            name = podman_build(context, files, dest)
+        name = podman_build(context, files, dest, self.engine)
         self.names.append(name)
         return name
 
     def layers(self, *layers: list[Entry]) -> str:
-        name = oci_image(self.workdir, list(layers))
+        if self.engine == "docker":
+            name = docker_image_blobs(self.workdir, [layer_tar(entries) for entries in layers])
+        else:
+            name = oci_image(self.workdir, list(layers))
         self.names.append(name)
         return name
 
@@ -168,16 +180,24 @@ class Images:
         leaked could not be seen afterwards.
         """
         try:
-            mounted = _mounts_of(set(self.names)) if self.names else set()
+            mounted = _mounts_of(set(self.names)) if self.names and self.engine == "podman" else set()
         finally:
             for name in self.names:
-                remove_image(name)
+                remove_image(name, self.engine)
         assert mounted == set(), f"an image was left mounted: {sorted(mounted)}"
 
 
 @pytest.fixture
-def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
-    made = Images(tmp_path_factory.mktemp("images"))
+def images(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Images]:
+    """The test's images, in the store of the engine under test (`reading`, or `engine` where a module names
+    one), else in podman's.
+    """
+    engine = "podman"
+    if "reading" in request.fixturenames:
+        engine = request.getfixturevalue("reading")[0]
+    elif "engine" in request.fixturenames:
+        engine = request.getfixturevalue("engine")
+    made = Images(tmp_path_factory.mktemp("images"), engine)
     yield made
     made.remove()
 
@@ -243,6 +263,7 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         # Image mounts are checked by `images` as it removes the test's images, which it does before this.
         assert tagged_processes(("podman system service",), tag) == {}, "a private podman service outlived cdisk"
         assert tagged_processes(("qemu-img", "bwrap"), tag) == {}, "a qemu-img process outlived cdisk"
+        assert tagged_processes(("docker --host",), tag) == {}, "a docker command outlived cdisk"
         assert list(temp_root.glob("*cdisk*")) == [], "service dir or temp data left"
         leftovers = [p for p in tmp_path.rglob("*") if ".cdisk-" in p.name]
         assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
@@ -250,21 +271,35 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
-METHODS = ["save", "mount", "layers"]
+# Every engine with every method of reading it has (docker cannot mount).
+READINGS = [("podman", "save"), ("podman", "mount"), ("podman", "layers"), ("docker", "save"), ("docker", "layers")]
 
 
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    """Every convert case runs once per method of reading the disk."""
-    return str(request.param)
+@pytest.fixture(params=READINGS, ids=["-".join(r) for r in READINGS])
+def reading(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Every convert case runs once per engine and method of reading the disk."""
+    engine, method = request.param
+    if engine == "docker":
+        request.getfixturevalue("dockerd")
+    return engine, method
 
 
 @pytest.fixture
-def convert(method: str) -> Callable[..., Run]:
-    """`cdisk convert --method METHOD …` for the method under test."""
+def method(reading: tuple[str, str]) -> str:
+    return reading[1]
+
+
+@pytest.fixture
+def engine(reading: tuple[str, str]) -> str:
+    return reading[0]
+
+
+@pytest.fixture
+def convert(engine: str, method: str) -> Callable[..., Run]:
+    """`cdisk convert --engine ENGINE --method METHOD …` for the engine and method under test."""
 
     def run(*args: str | Path, env: dict[str, str] | None = None) -> Run:
-        return cdisk("convert", "--method", method, *args, env=env)
+        return cdisk("convert", "--engine", engine, "--method", method, *args, env=env)
 
     return run
 
@@ -311,3 +346,49 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[str]:
+    """A docker daemon of the suite's own: private socket, data and exec roots in a temp dir, no networking
+    of its own (no iptables, no bridge); DOCKER_HOST points every docker and cdisk of the session at it.
+    Stopped, and its dir removed, at the end of the session. Its socket: /tmp/cdisk-test-dockerd-*/docker.sock.
+    """
+    if absent := missing_tools(FIXTURE_TOOLS["dockerd"]):
+        if _tools_required():
+            pytest.fail(f"{', '.join(absent)} missing: run scripts/test, which installs everything")
+        pytest.skip(_skip_reason(absent))
+    # In /tmp (not pytest's 0700 dir): the docker-group test's user must reach the socket.
+    root = Path(tempfile.mkdtemp(prefix="cdisk-test-dockerd-", dir="/tmp"))
+    root.chmod(0o711)
+    socket_path = root / "docker.sock"
+    env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR", "DOCKER_HOST")}
+    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ["dockerd", "--host", f"unix://{socket_path}", "--data-root", str(root / "data"),
+         "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--iptables=false",
+         "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2", "--group", "root"],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    saved = os.environ.get("DOCKER_HOST")
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
+            return sh("docker", "--host", f"unix://{socket_path}", "version", check=False).returncode == 0
+
+        wait_for(up, 60)
+        os.environ["DOCKER_HOST"] = f"unix://{socket_path}"
+        yield f"unix://{socket_path}"
+    finally:
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        # Nothing ran, so nothing of it is mounted; its overlay2 dirs are plain files by now.
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,7 +1,8 @@
-"""Real test images: tiny disks made by qemu-img, put in podman's store by `podman build` or, for layer
-tricks a Containerfile cannot express (whiteouts, hard links, symlinks), by pulling an OCI layout whose
-layer tars are written here with `tarfile`, or byte by byte (`tar_member`, `pax_header`, … for the odd
-constructs no tar library writes) and loaded with `oci_image_blobs`.
+"""Real test images: tiny disks made by qemu-img, put in podman's (or docker's) store by `podman build`
+(`docker build`) or, for layer tricks a Containerfile cannot express (whiteouts, hard links, symlinks), by
+pulling an OCI layout (`docker load` of a docker-archive) whose layer tars are written here with `tarfile`,
+or byte by byte (`tar_member`, `pax_header`, … for the odd constructs no tar library writes) and loaded with
+`oci_image_blobs` (`docker_image_blobs`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 import uuid
@@ -35,15 +37,28 @@ def unique_name(tag: str = "latest") -> str:
     return f"localhost/cdisk-test-{uuid.uuid4().hex[:12]}:{tag}"
 
 
-def podman_build(context: Path, files: dict[str, Path], dest: str = "/disk/") -> str:
-    """`podman build` a FROM-scratch containerDisk holding `files` (name in context -> source)."""
+def podman_build(context: Path, files: dict[str, Path], dest: str = "/disk/", engine: str = "podman") -> str:
+    """`podman build` (or `docker build`) a FROM-scratch containerDisk holding `files` (name in context -> source).
+    """
     lines = ["FROM scratch"]
     for name, source in files.items():
         (context / name).write_bytes(source.read_bytes())
         lines.append(f"COPY --chown=107:107 [{json.dumps(name)}, {json.dumps(dest)}]")
     (context / "Containerfile").write_text("\n".join(lines) + "\n")
+    return build_context(context, engine)
+
+
+def build_context(context: Path, engine: str = "podman") -> str:
+    """Build `context` (its Containerfile) with `engine`, without a build cache: every test has an image of its
+    own (one ID, one layer no other test's mounts share). Its name."""
     name = unique_name()
-    sh("podman", "build", "-q", "-t", name, "-f", context / "Containerfile", context)
+    if engine == "docker":
+        # The classic builder: Debian's docker.io has no buildx.
+        subprocess.run(["docker", "build", "-q", "--no-cache", "-t", name, "-f", str(context / "Containerfile"),
+                        str(context)], check=True, capture_output=True, text=True,
+                       env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    else:
+        sh("podman", "build", "-q", "--layers=false", "-t", name, "-f", context / "Containerfile", context)
     return name
 
 
@@ -197,5 +212,37 @@ def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
     return layout, str(manifest["config"]["digest"]).removeprefix("sha256:")  # type: ignore[index]
 
 
-def remove_image(name: str) -> None:
-    sh("podman", "rmi", "-f", name, check=False)
+def docker_archive(workdir: Path, tars: list[bytes], name: str) -> Path:
+    """A docker-archive (what `docker save` writes up to Docker 24) of one image tagged `name`, with these
+    layer tars: `manifest.json`, the config, and `<n>/layer.tar` each.
+    """
+    diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    members = {config_name: config}
+    for index, data in enumerate(tars):
+        members[f"{index}/layer.tar"] = data
+    members["manifest.json"] = json.dumps([{"Config": config_name, "RepoTags": [name],
+                                            "Layers": [f"{i}/layer.tar" for i in range(len(tars))]}]).encode()
+    archive = workdir / f"docker-{uuid.uuid4().hex[:8]}.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def docker_image_blobs(workdir: Path, tars: list[bytes]) -> str:
+    """Put an image whose layers are exactly these tar blobs into docker's store (`docker load`).
+
+    Raises subprocess.CalledProcessError when docker refuses to load it.
+    """
+    name = unique_name()
+    sh("docker", "load", "-q", "-i", docker_archive(workdir, tars, name))
+    return name
+
+
+def remove_image(name: str, engine: str = "podman") -> None:
+    sh(engine, "rmi", "-f", name, check=False)

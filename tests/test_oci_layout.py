@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.errors import ImageError, UnsafeImageError
-from cdisk.core.oci_layout import layer_blobs, read_layer
+from cdisk.core.oci_layout import layer_blobs
+from cdisk.core.saved_layers import read_layer
 from tests.images import TAR_END, pax_header, tar_member
 
 

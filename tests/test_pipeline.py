@@ -1,6 +1,6 @@
 """The pipeline over the engine seam: a second engine, written here over a plain directory (its "mount") and an
 OCI layout (its "save"), serves every reading method without a line of the commands changing — and without
-podman. This is the shape the docker engine plugs into.
+podman or docker: the shape both engines plug into.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from cdisk.core import qemu_img
 from cdisk.core.engines import Image
 from cdisk.core.errors import DiskNotFoundError, LayerDirsUnusable, UserNamespaceUnavailable
 from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
+from cdisk.core.oci_layout import layer_blobs
 from cdisk.core.pipeline import opened_disk
 from cdisk.core.progress import NoProgress
 from cdisk.core.reading import temp_parent
+from cdisk.core.saved_layers import LayerBlob
 from cdisk.core.sources.in_place import InPlaceFile
 from cdisk.core.sources.tar_member import TarMember
 from tests.images import Entry, layer_tar, make_disk, oci_layout
@@ -31,10 +33,17 @@ class DirectoryEngine:
     """An `Engine` whose store is one image: a directory tree when mounted, an OCI layout when saved."""
 
     name = "directory"
+    mounts = True
 
     def __init__(self, root: Path, layout: Path, image: Image) -> None:
         self.root, self.layout, self.image = root, layout, image
         self.calls: list[str] = []
+
+    def available(self) -> bool:
+        return True
+
+    def lookup(self, reference: str, progress: Any) -> Image | None:
+        return self.image if reference == self.image.reference else None
 
     def find_image(self, request: ImageRequest, progress: Any) -> Image:
         self.calls.append(f"find {request.reference}")
@@ -48,9 +57,10 @@ class DirectoryEngine:
         finally:
             self.calls.append("unmount")
 
-    def save(self, image: Image, destination: str) -> None:
+    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
         self.calls.append("save")
-        shutil.copytree(self.layout, destination)
+        shutil.copytree(self.layout, workdir / "layout")
+        return layer_blobs(workdir / "layout", image.id)
 
     @contextmanager
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int) -> Iterator[Any]:

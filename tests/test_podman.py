@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Images, cdisk, private_services, same_disk, wait_for
+from tests.engine_fakes import RecordingEngine
 from tests.images import sh
-from tests.podman_fakes import RecordingPodman
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_no_service_for_a_local_lookup(images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     dead = tmp_path / "dead.sock"
-    podman = RecordingPodman(tmp_path / "bin")
+    podman = RecordingEngine(tmp_path / "bin")
     result = cdisk("convert", "-v", name, tmp_path / "out.raw", env={"CONTAINER_HOST": f"unix://{dead}", **podman.env})
     assert result.code == 0, result.err
     assert f"found {name} in the local store (podman CLI: no API at {dead})" in result.err
@@ -58,7 +58,7 @@ def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) 
     remote = f"{registry}/cdisk/private-{local.rsplit(':', 1)[0].rsplit('-', 1)[1]}:1"
     sh("podman", "push", "-q", "--tls-verify=false", local, remote)
     dead = tmp_path / "dead.sock"
-    podman = RecordingPodman(tmp_path / "bin")
+    podman = RecordingEngine(tmp_path / "bin")
     try:
         result = cdisk("convert", "-v", "--tls-verify", "false", remote, tmp_path / "out.raw",
                        env={"CONTAINER_HOST": f"unix://{dead}", **podman.env})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import cdisk
+from tests.conftest import Images
 from tests.images import make_disk, sh
 
 pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io")
@@ -175,7 +177,7 @@ def test_rootless_layers_read_the_users_own_store(rootless: RootlessUser,
     if driver != "overlay":
         # vfs (no overlay for this user here): refused with the way out, nothing left behind.
         assert result.returncode == 7, result.stderr
-        assert f"the store is {driver}, not overlay; use --method mount or save" in result.stderr
+        assert f"the store is {driver}, not overlay; use --method save (or mount, with podman)" in result.stderr
         assert not target.exists()
         return
     assert result.returncode == 0, result.stderr
@@ -297,3 +299,33 @@ def test_debug_shows_the_crashed_childs_own_traceback(rootless: RootlessUser, ro
     assert result.returncode == 1
     child = result.stderr.split(" said:\n", 1)[1]
     assert "Traceback (most recent call last)" in child and "in _hook" in child
+
+
+@pytest.mark.needs("docker", "dockerd")
+def test_a_docker_group_user_reads_the_disk_inside_the_saved_archive(
+        rootless: RootlessUser, dockerd: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A user who may use docker's socket but not read /var/lib/docker: `auto` saves, and the disk is read
+    inside `docker save`'s archive; asking for the layer directories says why not.
+    """
+    socket = Path(dockerd.removeprefix("unix://"))
+    images = Images(tmp_path_factory.mktemp("docker-images"), "docker")
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    os.chown(socket, 0, grp.getgrnam(USER).gr_gid)  # what joining the docker group gives
+    try:
+        target = rootless.work / "docker.raw"
+        env = [f"DOCKER_HOST={dockerd}"]
+        result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--json", name, target, env=env)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert (data["engine"], data["method"]) == ("docker", "save")
+        assert target.stat().st_uid == int(sh("id", "-u", USER).stdout)
+        assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
+        assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
+        refused = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-q", "--method", "layers", name,
+                               rootless.work / "layers.raw", env=env)
+        assert refused.returncode == 7 and "not readable by this user" in refused.stderr
+        assert not (rootless.work / "layers.raw").exists()
+    finally:
+        os.chown(socket, 0, 0)
+        images.remove()

@@ -20,7 +20,7 @@ from cdisk.core.errors import ToolError, UnsafeImageError
 from cdisk.core.progress import NoProgress
 from tests import hostile
 from tests.conftest import Convert, Images, cdisk, same_disk
-from tests.images import Entry, sh, unique_name
+from tests.images import Entry, build_context, sh
 from tests.tool_fakes import QemuImgFakes
 
 SECRET = b"HOST-SECRET-" * 400
@@ -191,15 +191,14 @@ def _high_water_kib(pid: int) -> int:
 
 @pytest.mark.parametrize("mode", [0o600, 0o400, 0o000])
 def test_a_disk_only_its_owner_may_read_is_still_read(images: Images, tmp_path: Path, convert: Convert,
-                                                      mode: int) -> None:
+                                                      engine: str, mode: int) -> None:
     disk = images.disk()
     context = tmp_path / "ctx"
     context.mkdir()
     (context / "disk.qcow2").write_bytes(disk.read_bytes())
     (context / "disk.qcow2").chmod(mode)
     (context / "Containerfile").write_text("FROM scratch\nCOPY --chown=107:107 disk.qcow2 /disk/\n")
-    name = unique_name()
-    sh("podman", "build", "-q", "--layers=false", "-t", name, context)
+    name = build_context(context, engine)
     images.names.append(name)
     result = convert(name, tmp_path / "out.raw")
     assert result.code == 0, result.err

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.errors import UnsafeImageError
-from cdisk.core.oci_layout import read_layer
+from cdisk.core.saved_layers import LayerBlob, read_layer
 from tests.conftest import Images, cdisk, same_disk
 from tests.images import TAR_END, gnu_long, oci_image_blobs, pax_header, sh, tar_member
 
@@ -190,7 +190,7 @@ def test_what_podman_refuses_to_pull_cdisk_refuses(images: Images, disks: tuple[
         blob = tmp_path / f"{index:064x}"
         blob.write_bytes(data)
         try:
-            read_layer(blob, index)
+            read_layer(LayerBlob.whole(blob), index)
         except UnsafeImageError as error:
             refusals.append(error.message)
     assert len(refusals) == 1 and refusals[0].count("\n") == 0

@@ -1,16 +1,27 @@
 """Container engines: the local image stores cdisk reads disks from. This is the seam; each engine is one module
-of this package (podman today), and nothing outside it runs an engine's tool or talks to its API.
+of this package (podman, docker), and nothing outside it runs an engine's tool or talks to its API.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import socket as sock
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cdisk.core.job import ImageRequest
+from cdisk.core.errors import ToolError
+from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
+from cdisk.core.saved_layers import LayerBlob
+
+# In the order `--engine auto` asks them.
+NAMES = ("podman", "docker")
+AUTO = "auto"
+_IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,7 @@ class Image:
     """An image in an engine's local store, as the engine inspects it.
 
     `layer_dirs` are where its layers lie on this host, top first, when the store keeps them as plain
-    directories (overlay); `store` names the store's driver.
+    directories (overlay); `store` names the store's driver; `engine` the engine whose store it is.
     """
 
     reference: str
@@ -29,12 +40,22 @@ class Image:
     layers: tuple[str, ...]
     store: str = ""
     layer_dirs: tuple[str, ...] = ()
+    engine: str = "podman"
 
 
 class Engine(Protocol):
     """What cdisk needs of a container engine."""
 
     name: str
+    # Whether the engine can mount an image (docker cannot: no `image mount`).
+    mounts: bool
+
+    def available(self) -> bool:
+        """Whether the engine is installed and its store can be asked here (cheap: no import, no API call
+        beyond a ping)."""
+
+    def lookup(self, reference: str, progress: Progress) -> Image | None:
+        """The image in the local store, or None; never pulls."""
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
         """The image in the local store, pulled first as `request.pull` says.
@@ -47,8 +68,8 @@ class Engine(Protocol):
     def mount(self, image: Image) -> AbstractContextManager[str]:
         """The image's root filesystem, mounted while the block runs; its path on this host."""
 
-    def save(self, image: Image, destination: str) -> None:
-        """The image's layers, uncompressed, as an OCI layout written to `destination` (which must not exist)."""
+    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+        """The image's layers, lowest first, saved uncompressed into the private dir `workdir`."""
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
                           ) -> AbstractContextManager[Any]:
@@ -57,8 +78,72 @@ class Engine(Protocol):
         """
 
 
-def local() -> Engine:
-    """The engine whose store holds the images on this host (podman; docker comes next)."""
+def looks_like_id(reference: str) -> bool:
+    """Whether `reference` is an image ID (full or short) rather than a name."""
+    return bool(_IMAGE_ID.match(reference))
+
+
+def installed(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def answers(socket: str) -> bool:
+    """Whether an engine's API answers `/_ping` on the unix socket `socket` (podman's and docker's alike).
+
+    Asked over a bare socket: no client library is imported to learn that nobody is there.
+    """
+    if not Path(socket).is_socket():
+        return False
+    try:
+        with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(socket)
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            reply = conn.recv(4096)
+    except OSError:
+        return False
+    return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+
+
+def named(name: str) -> Engine:
+    """The engine called `name` (one of NAMES)."""
+    if name == "docker":
+        from cdisk.core.engines.docker import DOCKER
+
+        return DOCKER
     from cdisk.core.engines.podman import PODMAN
 
     return PODMAN
+
+
+def of(image: Image) -> Engine:
+    """The engine whose store holds `image`."""
+    return named(image.engine)
+
+
+def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
+    """The engine `request.engine` names and the image in its store, pulled as asked.
+
+    `auto`: the engine whose store already holds the image (podman first when both do), else the first one
+    installed and answering (podman first), which then pulls it.
+
+    Raises:
+        ToolError: no engine is installed and answering (or the one named is not).
+        ImageError: as `Engine.find_image`.
+    """
+    if request.engine != AUTO:
+        engine = named(request.engine)
+        return engine, engine.find_image(request, progress)
+    present = [engine for engine in map(named, NAMES) if engine.available()]
+    if not present:
+        raise ToolError("neither podman nor docker is installed and answering here; install one "
+                        "(Debian/Ubuntu: apt-get install podman) or start the docker daemon")
+    for engine in present:
+        local = engine.lookup(request.reference, progress)
+        if local is None:
+            continue
+        if request.pull in (Pull.MISSING, Pull.NEVER) or looks_like_id(request.reference):
+            return engine, local
+        return engine, engine.find_image(replace(request, engine=engine.name), progress)
+    engine = present[0]
+    return engine, engine.find_image(replace(request, engine=engine.name), progress)

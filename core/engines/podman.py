@@ -12,10 +12,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
 import shutil
 import signal
-import socket as sock
 import subprocess
 import tempfile
 import time
@@ -24,14 +22,14 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from cdisk.core import processes
-from cdisk.core.engines import Image
+from cdisk.core import oci_layout, processes
+from cdisk.core.engines import Image, answers, installed, looks_like_id
 from cdisk.core.errors import ImageError, Interrupted, ToolError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
+from cdisk.core.saved_layers import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
-_IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -56,24 +54,6 @@ def _client(socket: str) -> Any:
     from podman import PodmanClient
 
     return PodmanClient(base_url="http+unix://" + socket, timeout=600)
-
-
-def _answers(socket: str) -> bool:
-    """Whether a podman API answers `/_ping` on `socket`.
-
-    Asked over a bare unix socket: importing podman-py (~0.1 s) is paid only once a service answers.
-    """
-    if not Path(socket).is_socket():
-        return False
-    try:
-        with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as conn:
-            conn.settimeout(2)
-            conn.connect(socket)
-            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
-            reply = conn.recv(4096)
-    except OSError:
-        return False
-    return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
 
 
 def _die_with_parent() -> None:
@@ -115,7 +95,7 @@ def private_service() -> Iterator[str]:
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + SERVICE_START_SECONDS
-        while not _answers(socket):
+        while not answers(socket):
             if proc.poll() is not None or time.monotonic() > deadline:
                 detail = Path(workdir, "service.log").read_text(errors="replace").strip()
                 raise ToolError(f"podman system service did not start: {detail or 'no output'}; "
@@ -142,11 +122,6 @@ def connect(socket: str, live: bool, progress: Progress) -> Iterator[Any]:
         client = _client(socket)
         stack.callback(client.close)
         yield client
-
-
-def looks_like_id(reference: str) -> bool:
-    """Whether `reference` is an image ID (full or short) rather than a name."""
-    return bool(_IMAGE_ID.match(reference))
 
 
 def _inspect(client: Any, reference: str) -> Image | None:
@@ -207,7 +182,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     by_id = looks_like_id(reference)
     asks_registry = pull in (Pull.ALWAYS, Pull.NEWER) and not by_id
     socket = default_socket()
-    live = _answers(socket)
+    live = answers(socket)
     if not live and not asks_registry:
         found = _inspect_cli(reference)
         if found is not None:
@@ -254,7 +229,7 @@ def _image(reference: str, attrs: dict[str, Any]) -> Image:
     return Image(reference=reference, id=str(attrs["Id"]).removeprefix("sha256:"),
                  digest=attrs.get("Digest") or "", architecture=attrs.get("Architecture") or "",
                  size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
-                 store=str(driver.get("Name") or ""), layer_dirs=tuple(dirs))
+                 store=str(driver.get("Name") or ""), layer_dirs=tuple(dirs), engine="podman")
 
 
 def _inspect_cli(reference: str) -> Image | None:
@@ -336,6 +311,16 @@ class Podman:
     """The podman engine (`engines.Engine`)."""
 
     name = "podman"
+    mounts = True
+
+    def available(self) -> bool:
+        return installed("podman")
+
+    def lookup(self, reference: str, progress: Progress) -> Image | None:
+        try:
+            return find_image(reference, Pull.NEVER, progress)
+        except ImageError:
+            return None
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
         return find_image(request.reference, request.pull, progress, request.tls_verify)
@@ -343,8 +328,10 @@ class Podman:
     def mount(self, image: Image) -> AbstractContextManager[str]:
         return mount_image(image.id)
 
-    def save(self, image: Image, destination: str) -> None:
-        save_oci_dir(image.id, destination)
+    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+        layout = workdir / "layout"
+        save_oci_dir(image.id, str(layout))
+        return oci_layout.layer_blobs(layout, image.id)
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int,
                           stderr: IO[Any] | int) -> AbstractContextManager[subprocess.Popen[bytes]]:

@@ -1,0 +1,101 @@
+"""What `docker save` writes, read in place: layers as byte ranges of the archive, the disk at the layer's
+offset plus its own. Archives written here as docker writes them (up to 24, and from 25 on with an OCI
+layout inside); no docker needed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.docker_archive import layer_blobs
+from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.saved_layers import merged_tree, read_layer
+from tests.images import Entry, layer_tar
+
+DISK = b"QFI\xfb" + bytes(range(256)) * 40
+
+
+def _archive(path: Path, members: dict[str, bytes | str], manifest: object) -> Path:
+    """A tar of these members (a str is a symlink's target), manifest.json last, as docker writes it."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in {**members, "manifest.json": json.dumps(manifest).encode()}.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def test_the_disk_is_read_at_the_layers_offset_plus_its_own(tmp_path: Path) -> None:
+    lower = layer_tar([Entry("disk/", directory=True), Entry("disk/old.img", data=b"x" * 700)])
+    upper = layer_tar([Entry("disk/.wh.old.img", data=b""), Entry("disk/vm.qcow2", data=DISK)])
+    archive = _archive(tmp_path / "a.tar", {"aa/layer.tar": lower, "bb/layer.tar": upper, "c0ffee.json": b"{}"},
+                       [{"Config": "c0ffee.json", "Layers": ["aa/layer.tar", "bb/layer.tar"]}])
+    blobs = layer_blobs(archive, "c0ffee", (_digest(lower), _digest(upper)))
+    assert [b.digest for b in blobs] == [_digest(lower), _digest(upper)]
+    tree = merged_tree(blobs)
+    assert tree.lookup("disk/old.img") is None  # the whiteout of the upper layer, inside the archive
+    member = tree.lookup("disk/vm.qcow2")
+    assert member is not None and member.size == len(DISK)
+    with archive.open("rb") as f:
+        f.seek(blobs[member.layer].offset + member.offset)
+        assert f.read(member.size) == DISK
+
+
+def test_a_layer_saved_twice_is_a_symlink_to_the_first(tmp_path: Path) -> None:
+    layer = layer_tar([Entry("disk/vm.qcow2", data=DISK)])
+    archive = _archive(tmp_path / "a.tar", {"aa/layer.tar": layer, "bb/layer.tar": "../aa/layer.tar",
+                                            "c0ffee.json": b"{}"},
+                       [{"Config": "c0ffee.json", "Layers": ["aa/layer.tar", "bb/layer.tar"]}])
+    first, second = layer_blobs(archive, "c0ffee", (_digest(layer), _digest(layer)))
+    assert (first.offset, first.size) == (second.offset, second.size) == (first.offset, len(layer))
+
+
+def test_docker_25_layout_inside_the_archive(tmp_path: Path) -> None:
+    layer = layer_tar([Entry("disk/vm.qcow2", data=DISK)])
+    hex_layer, hex_config = _digest(layer)[7:], "ab" * 32
+    archive = _archive(tmp_path / "a.tar", {f"blobs/sha256/{hex_config}": b"{}", f"blobs/sha256/{hex_layer}": layer,
+                                            "index.json": b"{}", "oci-layout": b"{}"},
+                       [{"Config": f"blobs/sha256/{hex_config}", "Layers": [f"blobs/sha256/{hex_layer}"]}])
+    [blob] = layer_blobs(archive, hex_config, (_digest(layer),))
+    assert [m.path for m in read_layer(blob, 0) if m.kind == "file"] == ["disk/vm.qcow2"]
+
+
+def test_a_compressed_layer_says_why_and_what_to_do(tmp_path: Path) -> None:
+    layer = gzip.compress(layer_tar([Entry("disk/vm.qcow2", data=DISK)]))
+    archive = _archive(tmp_path / "a.tar", {"aa/layer.tar": layer, "c0ffee.json": b"{}"},
+                       [{"Config": "c0ffee.json", "Layers": ["aa/layer.tar"]}])
+    [blob] = layer_blobs(archive, "c0ffee", ("sha256:" + "1" * 64,))
+    with pytest.raises(UnsafeImageError) as refused:
+        read_layer(blob, 0)
+    assert "gzip-compressed" in refused.value.message and "containerd" in refused.value.message
+
+
+@pytest.mark.parametrize(("members", "manifest", "says"), [
+    ({"c0ffee.json": b"{}"}, [{"Config": "other.json", "Layers": []}], "no manifest for image"),
+    ({"c0ffee.json": b"{}"}, [{"Config": "c0ffee.json", "Layers": ["x/layer.tar"]}], "no file 'x/layer.tar'"),
+    ({"c0ffee.json": b"{}", "x/layer.tar": "../y/layer.tar", "y/layer.tar": "../x/layer.tar"},
+     [{"Config": "c0ffee.json", "Layers": ["x/layer.tar"]}], "no file"),
+    ({"c0ffee.json": b"{}", "x/layer.tar": b""}, [{"Config": "c0ffee.json", "Layers": ["x/layer.tar"] * 2}],
+     "lists 2 layers where the image has 1"),
+], ids=["other-image", "missing-layer", "symlink-loop", "layer-count"])
+def test_an_archive_that_does_not_hold_the_image(tmp_path: Path, members: dict[str, bytes | str],
+                                                 manifest: object, says: str) -> None:
+    archive = _archive(tmp_path / "a.tar", members, manifest)
+    with pytest.raises(ImageError) as refused:
+        layer_blobs(archive, "c0ffee", ("sha256:" + "1" * 64,))
+    assert says in refused.value.message
