@@ -23,7 +23,7 @@ from cdisk.core.target import Target, temp_prefix
 from tests.conftest import Convert, Images, Run, cdisk, same_disk
 from tests.devices import loop_device as attached_loop
 from tests.images import sh
-from tests.tool_fakes import faulty_convert
+from tests.tool_fakes import QemuImgFakes, faulty_convert
 
 
 @pytest.fixture
@@ -75,6 +75,30 @@ def test_not_enough_space_is_refused_before_writing(
     name = images.build({"full.raw": disk})
     result = convert("-q", "--tmpdir", tmp_path, name, small_fs / "out.raw")
     assert result.code == 6 and "free" in result.err
+    assert list(small_fs.iterdir()) == []
+
+
+def test_a_raw_target_longer_than_the_free_space_needs_room_for_its_data_only(
+    convert: Convert, images: Images, small_fs: Path, tmp_path: Path
+) -> None:
+    # 64 MiB long, 196 KiB of data, on a 3 MiB filesystem: qemu-img check's allocated clusters bound the data,
+    # so no qemu-img measure runs; 4 MiB of data cannot fit: then measure says so, before anything is written.
+    sparse = images.disk("sparse.qcow2", size="64M")
+    fakes = QemuImgFakes(tmp_path / "bin")
+    result = convert("-q", "--tmpdir", tmp_path, images.build({"sparse.qcow2": sparse}), small_fs / "out.raw",
+                     env=fakes.env)
+    assert result.code == 0, result.err
+    assert same_disk(sparse, "qcow2", small_fs / "out.raw", "raw")
+    assert "measure" not in fakes.subcommands() and "check" in fakes.subcommands()
+    (small_fs / "out.raw").unlink()
+
+    dense = images.disk("dense.qcow2", size="64M")
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 8M 4M", dense)
+    fakes = QemuImgFakes(tmp_path / "bin2")
+    result = convert("-q", "--tmpdir", tmp_path, images.build({"dense.qcow2": dense}), small_fs / "out.raw",
+                     env=fakes.env)
+    assert result.code == 6 and "free" in result.err
+    assert "measure" in fakes.subcommands() and "convert" not in fakes.subcommands()
     assert list(small_fs.iterdir()) == []
 
 
