@@ -11,7 +11,7 @@ from cdisk.core import engines, qemu_img, target, userns
 from cdisk.core.engines import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError, ToolError, UserNamespaceUnavailable
 from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest, WriteRequest
-from cdisk.core.pipeline import OpenedDisk, opened_disk
+from cdisk.core.pipeline import OpenedDisk, opened_disk, resolve
 from cdisk.core.progress import Progress
 from cdisk.core.reading import choose_reading
 
@@ -51,7 +51,7 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
     """
     started = time.monotonic()
     planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
-    found = engines.find(image, progress)[1]
+    found = resolve(image, progress)[1]
     written = write_disk(found, read, write, planned, progress)
     return ConvertResult(image=image.reference, engine=found.engine, image_id=found.id, digest=found.digest,
                          method=written.reading.method, disk=written.disk,

@@ -51,7 +51,10 @@ class OpenedDisk:
 def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | None = None) -> tuple[Engine, Image]:
     """The image in its engine's store (found, or pulled as asked), and that engine; an `Image` is already
     resolved. `engine` replaces the one the request or the image names (a test's own engine).
+
+    The sandbox probe starts first, so that it runs while the engine looks the image up.
     """
+    qemu_img.start_sandbox_probe()
     if engine is not None:
         return engine, image if isinstance(image, Image) else engine.find_image(image, progress)
     return (engines.of(image), image) if isinstance(image, Image) else engines.find(image, progress)

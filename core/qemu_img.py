@@ -108,6 +108,11 @@ def _command(args: list[str], specs: Sequence[str], view: sandbox.View) -> tuple
     return qemu_img, args
 
 
+def start_sandbox_probe() -> None:
+    """Start finding out, in the background, whether qemu-img can run in a sandbox here."""
+    sandbox.start_probe()
+
+
 def unconfined_reason() -> str | None:
     """None when qemu-img runs in a sandbox here; otherwise why not (only raw and qcow2 are then read)."""
     return sandbox.unavailable()

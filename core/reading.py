@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cdisk.core.engines import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError, UsageError
 from cdisk.core.job import Method, Reading
 from cdisk.core.layers import ImageTree, LayerMember
-from cdisk.core.saved_layers import LayerBlob
 from cdisk.core.sources import DiskSource
 from cdisk.core.target import Target, free_bytes
+
+if TYPE_CHECKING:
+    from cdisk.core.saved_layers import LayerBlob
 
 
 def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None,

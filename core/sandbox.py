@@ -16,6 +16,7 @@ accept only formats that name no other file once the header checks pass (raw, qc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -100,18 +101,37 @@ def confine(argv: list[str], view: View) -> list[str]:
     return [*_prefix(), *_binds(view.read_only, False), *_binds(view.writable, True), "--", *argv]
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def start_probe() -> None:
+    """Start asking whether a sandbox can be made, in the background: `unavailable()` then collects the answer,
+    and the probe's ~5 ms overlap whatever the caller does meanwhile (the image lookup).
+    """
+    if _started or unavailable.cache_info().currsize or shutil.which(BWRAP) is None:
+        return
+    true = shutil.which("true", path="/usr/bin:/bin") or "/usr/bin/true"
+    with contextlib.suppress(OSError):  # unavailable() asks again, and says why
+        _started.append(subprocess.Popen(confine([true], View()), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+
 @functools.cache
 def unavailable() -> str | None:
     """Why no sandbox can be made here, or None when it can (asked once per process, ~5 ms)."""
     if shutil.which(BWRAP) is None:
         return "bubblewrap (bwrap) is not installed"
-    true = shutil.which("true", path="/usr/bin:/bin") or "/usr/bin/true"
+    start_probe()
+    if not _started:
+        return f"bwrap cannot run (it could not be started as {shutil.which(BWRAP)})"
+    probe = _started[0]
     try:
-        probe = subprocess.run(confine([true], View()), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"bwrap cannot run ({error})"
+        _, err = probe.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        return "bwrap cannot run (its probe ran past 30 s)"
     if probe.returncode != 0:
-        lines = probe.stderr.decode(errors="replace").strip().splitlines()
+        lines = err.decode(errors="replace").strip().splitlines()
         return f"bwrap cannot make a namespace here ({lines[-1] if lines else f'exit code {probe.returncode}'})"
     return None

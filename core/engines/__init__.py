@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from cdisk.core.errors import ToolError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
-from cdisk.core.saved_layers import LayerBlob
+
+if TYPE_CHECKING:  # the save method's modules are imported only by a run that saves
+    from cdisk.core.saved_layers import LayerBlob
 
 # In the order `--engine auto` asks them.
 NAMES = ("podman", "docker")

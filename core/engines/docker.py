@@ -18,14 +18,16 @@ import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from cdisk.core import docker_archive, processes
+from cdisk.core import processes
 from cdisk.core.engines import Image, answers, installed, looks_like_id
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
-from cdisk.core.saved_layers import LayerBlob
+
+if TYPE_CHECKING:
+    from cdisk.core.saved_layers import LayerBlob
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PULL_TIMEOUT = 600
@@ -226,6 +228,8 @@ def _absent(reference: str, by_id: bool) -> str:
 
 def save(image: Image, workdir: Path) -> list[LayerBlob]:
     """`docker save` of one image into `workdir`; its layers as byte ranges of the archive (nothing extracted)."""
+    from cdisk.core import docker_archive
+
     archive = workdir / "image.tar"
     argv = ["save", "-o", str(archive), image.id]
     code, _, err = processes.run(_cli(default_socket()), argv)

@@ -20,14 +20,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from cdisk.core import oci_layout, processes
+from cdisk.core import processes
 from cdisk.core.engines import Image, answers, installed, looks_like_id
 from cdisk.core.errors import ImageError, Interrupted, ToolError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
-from cdisk.core.saved_layers import LayerBlob
+
+if TYPE_CHECKING:
+    from cdisk.core.saved_layers import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -329,6 +331,8 @@ class Podman:
         return mount_image(image.id)
 
     def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+        from cdisk.core import oci_layout
+
         layout = workdir / "layout"
         save_oci_dir(image.id, str(layout))
         return oci_layout.layer_blobs(layout, image.id)
