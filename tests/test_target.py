@@ -313,6 +313,22 @@ def test_no_inodes_left_in_the_target_directory(convert: Convert, images: Images
         assert "No space left" in result.err and list(full.iterdir()) == []
 
 
+def test_a_tmpdir_too_small_for_the_save(convert: Convert, method: str, images: Images, tmp_path: Path) -> None:
+    disk = images.disk("full.raw", fmt="raw", size="4M")
+    sh("qemu-io", "-f", "raw", "-c", "write -P 0x33 0 4M", disk)
+    name = images.build({"full.raw": disk})
+    with _tmpfs(tmp_path / "small", "size=1M") as small:
+        result = convert("-q", "--tmpdir", small, name, tmp_path / "out.raw")
+        if method == "save":  # refused before the engine saves a byte, with the way out
+            _one_line_refusal(result)
+            assert "pass --tmpdir on a larger filesystem" in result.err
+            assert not (tmp_path / "out.raw").exists()
+        else:  # read in place: the temp dir is never used
+            assert result.code == 0, result.err
+            assert same_disk(disk, "raw", tmp_path / "out.raw", "raw")
+        assert list(small.iterdir()) == []
+
+
 def test_immutable_target_directory(convert: Convert, images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk()})
     locked = tmp_path / "locked"
