@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -107,6 +108,19 @@ def _written(fields: dict[str, Any]) -> Written:
     return Written(**{**fields, "reading": Reading(fields["reading"])})
 
 
+def _raw_data_bound(disk: OpenedDisk, block: int) -> int:
+    """At most what a raw target of `disk` takes on a filesystem of `block`-byte blocks.
+
+    Each cluster qemu-img check counted allocated holds at most one cluster of data (a compressed one too),
+    and lands in whole blocks of the target: qemu-img writes at least 4 KiB around any non-zero byte
+    (`-S 4k`), the filesystem allocates whole blocks. Plus 1 MiB for the file's own metadata.
+    """
+    if disk.allocation is None:
+        return disk.virtual_size
+    clusters, cluster_size = disk.allocation
+    return min(disk.virtual_size, clusters * max(cluster_size, block, 4096) + (1 << 20))
+
+
 def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> tuple[qemu_img.Measure, int]:
     """What the target will take on disk, and the length of the file qemu-img will write."""
     if planned.is_block:
@@ -117,7 +131,8 @@ def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> t
         # measure (one more sandboxed run that reads all allocation metadata) not worth running.
         with target.os_errors(planned.directory):
             free = target.free_bytes(planned.directory)
-        if free >= min(disk.virtual_size, disk.virtual_size if disk.data_bound is None else disk.data_bound):
+            block = os.statvfs(planned.directory).f_bsize
+        if free >= _raw_data_bound(disk, block):
             return qemu_img.Measure(0, 0), disk.virtual_size
         # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
         return qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds), disk.virtual_size

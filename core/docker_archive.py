@@ -72,13 +72,16 @@ def _json(archive: Path, entry: TarEntry) -> Any:
 def layer_blobs(archive: Path, image_id: str, diff_ids: tuple[str, ...]) -> list[LayerBlob]:
     """The layers, lowest first, of image `image_id` (hex) in the docker-archive `archive`, as byte ranges of it.
 
-    `diff_ids` (the image's RootFS layers, lowest first) name them.
+    `diff_ids` (the image's RootFS layers, lowest first) name them. An archive of one image (cdisk saves one,
+    by ID) is that image's, whatever its config is called: with docker's containerd image store an image's
+    ID is its manifest's digest, not its config's.
     """
     entries = _entries(archive)
     manifest = _json(archive, _member(entries, MANIFEST))
-    for item in manifest if isinstance(manifest, list) else []:
+    items = manifest if isinstance(manifest, list) else []
+    for item in items:
         config = str(item.get("Config", ""))
-        if posixpath.basename(config).removesuffix(".json") != image_id:
+        if len(items) > 1 and posixpath.basename(config).removesuffix(".json") != image_id:
             continue
         layers = [str(name) for name in item.get("Layers") or []]
         if len(layers) != len(diff_ids):

@@ -13,14 +13,14 @@ from cdisk.core.sources import DiskSource
 class InspectedDisk:
     """A disk that passed every check: its format as told by its bytes and as qemu-img read it.
 
-    `data_bound`: at most this many bytes of guest data (None: up to the virtual size, as far as known).
+    `allocation`: the clusters qemu-img check counted allocated, and their size (qcow2; None elsewhere).
     """
 
     source: DiskSource
     format: str
     virtual_size: int
     spec: str
-    data_bound: int | None = None
+    allocation: tuple[int, int] | None = None
 
 
 def inspect_disk(source: DiskSource) -> InspectedDisk:
@@ -33,9 +33,9 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
     if info.backing or info.data_file:
         raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
                                f"cdisk refuses it: {formats.REFUSE_HINT}")
-    bound = None
+    allocation = None
     if fmt != "raw":
         allocated = qemu_img.check(spec, source.pass_fds)
         if allocated is not None and info.cluster_size:
-            bound = min(allocated * info.cluster_size, info.virtual_size)
-    return InspectedDisk(source, fmt, info.virtual_size, spec, bound)
+            allocation = allocated, info.cluster_size
+    return InspectedDisk(source, fmt, info.virtual_size, spec, allocation)

@@ -189,8 +189,11 @@ def unusable(image: Image) -> str | None:
     """Why the image's layers cannot be read as directories here, or None when they can: an overlay store
     whose every layer directory this process may read (root's store is closed to other users).
     """
-    if image.store not in ("overlay", "overlay2") or not image.layer_dirs:
+    if image.store not in ("overlay", "overlay2"):
         return f"the store is {image.store or 'unknown'}, not overlay"
+    if not image.layer_dirs:
+        return (f"{image.engine} named no layer directories that may be trusted (its socket is neither root's nor "
+                "this user's)")
     if not all(os.access(d, os.R_OK | os.X_OK) for d in image.layer_dirs):
         return "its layer directories are not readable by this user"
     return None

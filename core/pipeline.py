@@ -45,7 +45,7 @@ class OpenedDisk:
     format: str
     virtual_size: int
     spec: str
-    data_bound: int | None = None
+    allocation: tuple[int, int] | None = None
 
 
 def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | None = None) -> tuple[Engine, Image]:
@@ -87,7 +87,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         source = view.open(*find_disk(view.tree, read.disk_path))
         judged = inspect_disk(source)
         return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
-                                           judged.data_bound)
+                                           judged.allocation)
 
 
 @contextmanager

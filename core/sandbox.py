@@ -16,6 +16,7 @@ accept only formats that name no other file once the header checks pass (raw, qc
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -114,6 +115,15 @@ def start_probe() -> None:
     with contextlib.suppress(OSError):  # unavailable() asks again, and says why
         _started.append(subprocess.Popen(confine([true], View()), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        # A run that ends before it needs the answer (the image was not found, say) still reaps the probe.
+        atexit.register(_reap_probe)
+
+
+def _reap_probe() -> None:
+    for probe in _started:
+        if probe.returncode is None:
+            probe.kill()
+            probe.communicate()
 
 
 @functools.cache

@@ -280,7 +280,7 @@ def reading(request: pytest.FixtureRequest) -> tuple[str, str]:
     """Every convert case runs once per engine and method of reading the disk."""
     engine, method = request.param
     if engine == "docker":
-        request.getfixturevalue("dockerd")
+        request.getfixturevalue("docker_host")
     return engine, method
 
 
@@ -351,8 +351,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[str]:
     """A docker daemon of the suite's own: private socket, data and exec roots in a temp dir, no networking
-    of its own (no iptables, no bridge); DOCKER_HOST points every docker and cdisk of the session at it.
-    Stopped, and its dir removed, at the end of the session. Its socket: /tmp/cdisk-test-dockerd-*/docker.sock.
+    of its own (no iptables, no bridge). Stopped, and its dir removed, at the end of the session. Its
+    DOCKER_HOST (unix:///tmp/cdisk-test-dockerd-*/docker.sock); `docker_host` points a test at it.
     """
     if absent := missing_tools(FIXTURE_TOOLS["dockerd"]):
         if _tools_required():
@@ -363,26 +363,21 @@ def dockerd() -> Iterator[str]:
     root.chmod(0o711)
     socket_path = root / "docker.sock"
     env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR", "DOCKER_HOST")}
+    host = f"unix://{socket_path}"
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["dockerd", "--host", f"unix://{socket_path}", "--data-root", str(root / "data"),
          "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--iptables=false",
          "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2", "--group", "root"],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    saved = os.environ.get("DOCKER_HOST")
     try:
         def up() -> bool:
             assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
-            return sh("docker", "--host", f"unix://{socket_path}", "version", check=False).returncode == 0
+            return sh("docker", "--host", host, "version", check=False).returncode == 0
 
         wait_for(up, 60)
-        os.environ["DOCKER_HOST"] = f"unix://{socket_path}"
-        yield f"unix://{socket_path}"
+        yield host
     finally:
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
         proc.terminate()
         try:
             proc.wait(30)
@@ -392,3 +387,12 @@ def dockerd() -> Iterator[str]:
         log.close()
         # Nothing ran, so nothing of it is mounted; its overlay2 dirs are plain files by now.
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def docker_host(dockerd: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DOCKER_HOST pointing this test (its docker commands and its cdisk runs) at the suite's dockerd; the
+    tests that do not ask for it see no docker at all, whatever ran before them.
+    """
+    monkeypatch.setenv("DOCKER_HOST", dockerd)
+    return dockerd

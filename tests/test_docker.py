@@ -21,7 +21,7 @@ pytestmark = pytest.mark.needs("docker", "dockerd", "podman", "qemu-img", "qemu-
 
 
 @pytest.fixture(autouse=True)
-def engine(dockerd: str) -> str:
+def engine(docker_host: str) -> str:
     """This module's images are built in docker's store."""
     return "docker"
 
@@ -167,3 +167,39 @@ def test_docker_host_is_honoured_and_checked(tmp_path: Path, host: str, code: in
     result = cdisk("convert", "-q", "--engine", "docker", "localhost/x:1", tmp_path / "out.raw",
                    env={"DOCKER_HOST": host})
     assert result.code == code and says in result.err and result.err.count("\n") == 1
+
+
+def test_another_users_daemon_is_not_trusted_with_host_paths(images: Images, docker_host: str,
+                                                             tmp_path: Path) -> None:
+    # A daemon whose socket is neither root's nor ours could name /etc as a layer directory: its image is then
+    # read from `docker save` (image bytes only), never from the directories it names.
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    socket = Path(docker_host.removeprefix("unix://"))
+    os.chown(socket, 65534, -1)
+    try:
+        data = last_json(cdisk("convert", "--json", "--engine", "docker", name, tmp_path / "out.raw"))
+        assert data["method"] == "save"
+        assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+        refused = cdisk("convert", "-q", "--engine", "docker", "--method", "layers", name, tmp_path / "no.raw")
+        assert refused.code == 7 and "may be trusted" in refused.err
+    finally:
+        os.chown(socket, 0, -1)
+
+
+def test_auto_passes_over_an_engine_that_fails(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text("#!/bin/sh\necho 'Error: database is locked' >&2\nexit 125\n")
+    (bin_dir / "podman").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CONTAINER_HOST": f"unix://{tmp_path}/none.sock"}
+    result = cdisk("convert", "-v", "--json", name, tmp_path / "out.raw", env=env)
+    assert last_json(result)["engine"] == "docker"
+    assert "podman could not look" in result.err and "database is locked" in result.err
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    # Where no engine could answer, the failure is the answer.
+    absent = cdisk("convert", "-q", "--engine", "auto", "localhost/cdisk-test-absent:1", tmp_path / "no.raw",
+                   env={**env, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    assert absent.code == 7 and "database is locked" in absent.err and absent.err.count("\n") == 1

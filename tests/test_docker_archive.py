@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.docker_archive import layer_blobs
+from cdisk.core.engines.docker import digest_for
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.saved_layers import merged_tree, read_layer
 from tests.images import Entry, layer_tar
@@ -75,6 +76,23 @@ def test_docker_25_layout_inside_the_archive(tmp_path: Path) -> None:
     assert [m.path for m in read_layer(blob, 0) if m.kind == "file"] == ["disk/vm.qcow2"]
 
 
+def test_one_image_whose_id_is_not_its_configs_digest(tmp_path: Path) -> None:
+    # docker's containerd image store: the ID is the manifest's digest. A long layer name makes the archive
+    # carry a PAX header before the layer, so its data does not start one block after its header.
+    layer = layer_tar([Entry("disk/vm.qcow2", data=DISK)])
+    name = "x" * 150 + "/layer.tar"
+    archive = _archive(tmp_path / "a.tar", {"blobs/sha256/" + "cd" * 32: b"{}", name: layer},
+                       [{"Config": "blobs/sha256/" + "cd" * 32, "Layers": [name]}])
+    [blob] = layer_blobs(archive, "ef" * 32, (_digest(layer),))
+    with archive.open("rb") as f:
+        f.seek(blob.offset)
+        assert f.read(blob.size) == layer
+    [member] = [m for m in read_layer(blob, 0) if m.kind == "file"]
+    with archive.open("rb") as f:
+        f.seek(blob.offset + member.offset)
+        assert f.read(member.size) == DISK
+
+
 def test_a_compressed_layer_says_why_and_what_to_do(tmp_path: Path) -> None:
     layer = gzip.compress(layer_tar([Entry("disk/vm.qcow2", data=DISK)]))
     archive = _archive(tmp_path / "a.tar", {"aa/layer.tar": layer, "c0ffee.json": b"{}"},
@@ -86,7 +104,8 @@ def test_a_compressed_layer_says_why_and_what_to_do(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("members", "manifest", "says"), [
-    ({"c0ffee.json": b"{}"}, [{"Config": "other.json", "Layers": []}], "no manifest for image"),
+    ({"c0ffee.json": b"{}"}, [{"Config": "other.json", "Layers": []}, {"Config": "more.json", "Layers": []}],
+     "no manifest for image"),
     ({"c0ffee.json": b"{}"}, [{"Config": "c0ffee.json", "Layers": ["x/layer.tar"]}], "no file 'x/layer.tar'"),
     ({"c0ffee.json": b"{}", "x/layer.tar": "../y/layer.tar", "y/layer.tar": "../x/layer.tar"},
      [{"Config": "c0ffee.json", "Layers": ["x/layer.tar"]}], "no file"),
@@ -99,3 +118,13 @@ def test_an_archive_that_does_not_hold_the_image(tmp_path: Path, members: dict[s
     with pytest.raises(ImageError) as refused:
         layer_blobs(archive, "c0ffee", ("sha256:" + "1" * 64,))
     assert says in refused.value.message
+
+
+@pytest.mark.parametrize(("reference", "repo_digests", "digest"), [
+    ("127.0.0.1:5000/vm/a:1", ["other.io/vm/a@sha256:aa", "127.0.0.1:5000/vm/a@sha256:bb"], "sha256:bb"),
+    ("docker.io/library/fedora:40", ["quay.io/x/fedora@sha256:aa", "fedora@sha256:cc"], "sha256:cc"),
+    ("fedora", ["quay.io/x/fedora@sha256:aa"], "sha256:aa"),
+    ("localhost/built:1", [], ""),
+], ids=["registry-port", "hub-familiar", "only-another", "none"])
+def test_the_digest_is_the_references_own(reference: str, repo_digests: list[str], digest: str) -> None:
+    assert digest_for(reference, repo_digests) == digest

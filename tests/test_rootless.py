@@ -303,18 +303,18 @@ def test_debug_shows_the_crashed_childs_own_traceback(rootless: RootlessUser, ro
 
 @pytest.mark.needs("docker", "dockerd")
 def test_a_docker_group_user_reads_the_disk_inside_the_saved_archive(
-        rootless: RootlessUser, dockerd: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+        rootless: RootlessUser, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A user who may use docker's socket but not read /var/lib/docker: `auto` saves, and the disk is read
     inside `docker save`'s archive; asking for the layer directories says why not.
     """
-    socket = Path(dockerd.removeprefix("unix://"))
+    socket = Path(docker_host.removeprefix("unix://"))
     images = Images(tmp_path_factory.mktemp("docker-images"), "docker")
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     os.chown(socket, 0, grp.getgrnam(USER).gr_gid)  # what joining the docker group gives
     try:
         target = rootless.work / "docker.raw"
-        env = [f"DOCKER_HOST={dockerd}"]
+        env = [f"DOCKER_HOST={docker_host}"]
         result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--json", name, target, env=env)
         assert result.returncode == 0, result.stderr
         data = json.loads(result.stdout)

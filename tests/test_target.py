@@ -101,6 +101,18 @@ def test_a_raw_target_longer_than_the_free_space_needs_room_for_its_data_only(
     assert "measure" in fakes.subcommands() and "convert" not in fakes.subcommands()
     assert list(small_fs.iterdir()) == []
 
+    # 512-byte clusters, one in every 4 KiB: 512 KiB of clusters, but 4 MiB of the raw file's blocks.
+    scattered = tmp_path / "scattered.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", scattered, "64M")
+    sh("qemu-io", "-f", "qcow2", *(arg for n in range(1024) for arg in ("-c", f"write -P 0x44 {n * 4096} 512")),
+       scattered)
+    fakes = QemuImgFakes(tmp_path / "bin3")
+    result = convert("-q", "--tmpdir", tmp_path, images.build({"scattered.qcow2": scattered}), small_fs / "out.raw",
+                     env=fakes.env)
+    assert result.code == 6 and "free" in result.err
+    assert "measure" in fakes.subcommands() and "convert" not in fakes.subcommands()
+    assert list(small_fs.iterdir()) == []
+
 
 def test_file_size_limit_is_refused(images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk(size="64M")})

@@ -4,6 +4,7 @@ of this package (podman, docker), and nothing outside it runs an engine's tool o
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket as sock
@@ -94,9 +95,9 @@ def answers(socket: str) -> bool:
 
     Asked over a bare socket: no client library is imported to learn that nobody is there.
     """
-    if not Path(socket).is_socket():
-        return False
     try:
+        if not Path(socket).is_socket():
+            return False
         with sock.socket(sock.AF_UNIX, sock.SOCK_STREAM) as conn:
             conn.settimeout(2)
             conn.connect(socket)
@@ -105,6 +106,27 @@ def answers(socket: str) -> bool:
     except OSError:
         return False
     return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+
+
+def socket_trusted(socket: str) -> bool:
+    """Whether the engine behind `socket` is root's or this user's own: only such an engine's word on where its
+    layers lie is taken (another user's daemon could name any directory of the host, /etc included).
+    """
+    try:
+        return os.stat(socket).st_uid in (0, os.geteuid())
+    except OSError:
+        return False
+
+
+def layer_dirs_of(attrs: dict[str, Any], trusted: bool) -> tuple[str, ...]:
+    """The layer directories an engine's inspection names (overlay: GraphDriver's UpperDir, then LowerDir; top
+    first), or none from an engine that is not `trusted`.
+    """
+    data = (attrs.get("GraphDriver") or {}).get("Data") or {}
+    if not trusted:
+        return ()
+    dirs = [data["UpperDir"]] if data.get("UpperDir") else []
+    return (*dirs, *(d for d in str(data.get("LowerDir") or "").split(":") if d))
 
 
 def named(name: str) -> Engine:
@@ -127,7 +149,8 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` names and the image in its store, pulled as asked.
 
     `auto`: the engine whose store already holds the image (podman first when both do), else the first one
-    installed and answering (podman first), which then pulls it.
+    installed and answering (podman first), which then pulls it. An engine that fails to answer a lookup is
+    passed over; its error is the answer only when no engine could take the image.
 
     Raises:
         ToolError: no engine is installed and answering (or the one named is not).
@@ -139,13 +162,24 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     present = [engine for engine in map(named, NAMES) if engine.available()]
     if not present:
         raise ToolError("neither podman nor docker is installed and answering here; install one "
-                        "(Debian/Ubuntu: apt-get install podman) or start the docker daemon")
+                        "(Debian/Ubuntu: apt-get install podman), or start the docker daemon and check that "
+                        "DOCKER_HOST (if set) names its local unix socket and that you may use it")
+    failed: list[ToolError] = []
+    answering = []
     for engine in present:
-        local = engine.lookup(request.reference, progress)
+        try:
+            local = engine.lookup(request.reference, progress)
+        except ToolError as error:
+            progress.stage(f"{engine.name} could not look {request.reference} up: {error.message}")
+            failed.append(error)
+            continue
+        answering.append(engine)
         if local is None:
             continue
         if request.pull in (Pull.MISSING, Pull.NEVER) or looks_like_id(request.reference):
             return engine, local
         return engine, engine.find_image(replace(request, engine=engine.name), progress)
-    engine = present[0]
+    if not answering:
+        raise failed[0]
+    engine = answering[0]
     return engine, engine.find_image(replace(request, engine=engine.name), progress)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines import Image, answers, installed, looks_like_id
+from cdisk.core.engines import Image, answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
@@ -64,17 +64,34 @@ def _check_daemon(socket: str) -> None:
                         "join the docker group, or set DOCKER_HOST to its unix:// socket")
 
 
-def _image(reference: str, attrs: dict[str, Any]) -> Image:
+def repository_of(reference: str) -> str:
+    """`reference` without its tag or digest, in docker's familiar form (no docker.io/library/)."""
+    name = reference.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def digest_for(reference: str, repo_digests: list[str]) -> str:
+    """The manifest digest of `reference`'s own repository among the image's RepoDigests ("" when none): an
+    image pushed to two registries has a digest in each, and only its own one pulls by `repository@digest`.
+    """
+    wanted = repository_of(reference)
+    pairs = [entry.split("@", 1) for entry in repo_digests if "@" in entry]
+    own = [digest for repository, digest in pairs if repository_of(repository) == wanted]
+    return (own or [digest for _, digest in pairs] or [""])[0]
+
+
+def _image(reference: str, attrs: dict[str, Any], trusted: bool) -> Image:
     driver = attrs.get("GraphDriver") or {}
-    data = driver.get("Data") or {}
-    # overlay2: the top layer's directory, then the ones below it, top first (as podman's overlay).
-    dirs = [data["UpperDir"]] if data.get("UpperDir") else []
-    dirs += [d for d in str(data.get("LowerDir") or "").split(":") if d]
-    digests = [str(d).split("@", 1)[1] for d in attrs.get("RepoDigests") or [] if "@" in str(d)]
     return Image(reference=reference, id=str(attrs["Id"]).removeprefix("sha256:"),
-                 digest=digests[0] if digests else "", architecture=attrs.get("Architecture") or "",
-                 size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
-                 store=str(driver.get("Name") or ""), layer_dirs=tuple(dirs), engine="docker")
+                 digest=digest_for(reference, [str(d) for d in attrs.get("RepoDigests") or []]),
+                 architecture=attrs.get("Architecture") or "", size=int(attrs.get("Size") or 0),
+                 layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()), store=str(driver.get("Name") or ""),
+                 layer_dirs=layer_dirs_of(attrs, trusted), engine="docker")
 
 
 def _inspect(socket: str, reference: str) -> tuple[Image, list[str]] | None:
@@ -87,7 +104,7 @@ def _inspect(socket: str, reference: str) -> tuple[Image, list[str]] | None:
         raise ToolError(f"docker image inspect failed: {processes.last_line(err, code)}; check `docker info` "
                         "works for this user", ["docker", *argv], code, err)
     attrs = json.loads(out.splitlines()[0])
-    return _image(reference, attrs), [str(d) for d in attrs.get("RepoDigests") or []]
+    return _image(reference, attrs, socket_trusted(socket)), [str(d) for d in attrs.get("RepoDigests") or []]
 
 
 def registry_of(reference: str) -> str:
@@ -130,55 +147,65 @@ def _check_tls(socket: str, reference: str, tls_verify: bool | None) -> None:
                      "--engine podman")
 
 
-def _client(socket: str) -> Any:
+@contextmanager
+def _api(socket: str) -> Iterator[Any]:
+    """A docker SDK client for one exchange with the daemon. Its API errors are the caller's to word; a daemon
+    that stops answering (or never did) is one line.
+    """
     try:
         import docker
+        import requests
     except ImportError:
         raise ToolError("the docker SDK for Python is missing; reinstall cdisk (pip install cdisk)") from None
-    return docker.APIClient(base_url=f"unix://{socket}", version="auto", timeout=PULL_TIMEOUT)
+
+    def stopped(error: Exception) -> ToolError:
+        return ToolError(f"the docker daemon stopped answering ({type(error).__name__}); check `docker info` "
+                         "and run cdisk again")
+
+    try:
+        # version="auto" asks the daemon for its API version already.
+        client = docker.APIClient(base_url=f"unix://{socket}", version="auto", timeout=PULL_TIMEOUT)
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise stopped(error) from None
+    try:
+        yield client
+    except docker.errors.APIError:
+        raise
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise stopped(error) from None
+    finally:
+        client.close()
 
 
 def registry_digest(socket: str, reference: str) -> tuple[str | None, str]:
     """The digest the registry gives for `reference` now (one manifest request, by the daemon), or None and
     why the registry could not say.
     """
-    import docker.errors
-    import requests
+    with _api(socket) as client:
+        from docker.errors import APIError
 
-    client = _client(socket)
-    try:
-        return str(client.inspect_distribution(reference)["Descriptor"]["digest"]), ""
-    except docker.errors.APIError as error:
-        return None, str(error.explanation or error)
-    except requests.RequestException as error:
-        raise ToolError(f"the docker daemon stopped answering ({type(error).__name__}); check `docker info` "
-                        "and run cdisk again") from None
-    finally:
-        client.close()
+        try:
+            return str(client.inspect_distribution(reference)["Descriptor"]["digest"]), ""
+        except APIError as error:
+            return None, str(error.explanation or error)
 
 
 def _pull(socket: str, reference: str, progress: Progress) -> None:
-    import docker.errors
-    import requests
-
     progress.stage(f"pulling {reference}")
-    client = _client(socket)
     layers: dict[str, tuple[int, int]] = {}
-    try:
-        for event in client.pull(reference, stream=True, decode=True):
-            if event.get("error"):
-                raise ImageError(f"cannot pull {reference}: {event['error']}; {_LOGIN}")
-            detail = event.get("progressDetail") or {}
-            if event.get("id") and detail.get("total") and event.get("status") == "Downloading":
-                layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
-                progress.update(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
-    except docker.errors.APIError as error:
-        raise ImageError(f"cannot pull {reference}: {error.explanation or error}; {_LOGIN}") from None
-    except requests.RequestException as error:
-        raise ToolError(f"the docker daemon stopped answering ({type(error).__name__}); check `docker info` "
-                        "and run cdisk again") from None
-    finally:
-        client.close()
+    with _api(socket) as client:
+        from docker.errors import APIError
+
+        try:
+            for event in client.pull(reference, stream=True, decode=True):
+                if event.get("error"):
+                    raise ImageError(f"cannot pull {reference}: {event['error']}; {_LOGIN}")
+                detail = event.get("progressDetail") or {}
+                if event.get("id") and detail.get("total") and event.get("status") == "Downloading":
+                    layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+                    progress.update(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
+        except APIError as error:
+            raise ImageError(f"cannot pull {reference}: {error.explanation or error}; {_LOGIN}") from None
 
 
 def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None) -> Image:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines import Image, answers, installed, looks_like_id
+from cdisk.core.engines import Image, answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.errors import ImageError, Interrupted, ToolError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
@@ -126,14 +126,14 @@ def connect(socket: str, live: bool, progress: Progress) -> Iterator[Any]:
         yield client
 
 
-def _inspect(client: Any, reference: str) -> Image | None:
+def _inspect(client: Any, reference: str, trusted: bool) -> Image | None:
     from podman.errors import ImageNotFound
 
     try:
         found = client.images.get(reference)
     except ImageNotFound:
         return None
-    return _image(reference, found.attrs)
+    return _image(reference, found.attrs, trusted)
 
 
 def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, progress: Progress) -> None:
@@ -194,10 +194,12 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
             raise ImageError(_absent(reference, by_id))
     import requests  # only on the API path: the CLI lookup above must not pay for it
 
+    # A private service is ours; the user's API must be root's or the user's own for its layer directories.
+    trusted = not live or socket_trusted(socket)
     with connect(socket, live, progress) as client:
         try:
             # Without a live API the local store was asked above already.
-            local = _inspect(client, reference) if live and not asks_registry else None
+            local = _inspect(client, reference, trusted) if live and not asks_registry else None
             if local is not None:
                 return local
             if pull is Pull.NEVER or by_id:
@@ -205,7 +207,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
             # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only
             # when the tag moved; for `missing` we already know the image is absent.
             _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress)
-            pulled = _inspect(client, reference)
+            pulled = _inspect(client, reference, trusted)
         except requests.RequestException as error:
             raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman "
                             "works (`podman info`) and run cdisk again") from None
@@ -222,16 +224,12 @@ def _absent(reference: str, by_id: bool) -> str:
             f"pull it (`podman pull {reference}`) or drop --pull never")
 
 
-def _image(reference: str, attrs: dict[str, Any]) -> Image:
+def _image(reference: str, attrs: dict[str, Any], trusted: bool = True) -> Image:
     driver = attrs.get("GraphDriver") or {}
-    data = driver.get("Data") or {}
-    # overlay: the top layer's directory, then the ones below it, top first.
-    dirs = [data["UpperDir"]] if data.get("UpperDir") else []
-    dirs += [d for d in str(data.get("LowerDir") or "").split(":") if d]
     return Image(reference=reference, id=str(attrs["Id"]).removeprefix("sha256:"),
                  digest=attrs.get("Digest") or "", architecture=attrs.get("Architecture") or "",
                  size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
-                 store=str(driver.get("Name") or ""), layer_dirs=tuple(dirs), engine="podman")
+                 store=str(driver.get("Name") or ""), layer_dirs=layer_dirs_of(attrs, trusted), engine="podman")
 
 
 def _inspect_cli(reference: str) -> Image | None:
