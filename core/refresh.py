@@ -160,7 +160,8 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         if os.path.lexists(path) and record is None and not write.force:
             raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
                               " pass --force to let refresh replace it")
-        if record is not None and record.engine and image.engine == engines.AUTO:
+        # The record's engine serves the image it recorded; another IMAGE at the same TARGET is chosen afresh.
+        if record is not None and record.engine and record.image == image.reference and image.engine == engines.AUTO:
             image = replace(image, engine=record.engine)
         found = engines.find(image, progress)[1]
         if is_current(record, found, read, write):

@@ -203,3 +203,20 @@ def test_auto_passes_over_an_engine_that_fails(images: Images, tmp_path: Path) -
     absent = cdisk("convert", "-q", "--engine", "auto", "localhost/cdisk-test-absent:1", tmp_path / "no.raw",
                    env={**env, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
     assert absent.code == 7 and "database is locked" in absent.err and absent.err.count("\n") == 1
+
+
+def test_the_recorded_engine_serves_only_the_image_it_recorded(images: Images, tmp_path: Path) -> None:
+    in_docker = images.disk("d.qcow2", pattern=0x71)
+    docker_name = images.build({"disk.qcow2": in_docker})
+    target = tmp_path / "vm.raw"
+    assert last_json(cdisk("refresh", "--json", "--pull", "never", docker_name, target))["engine"] == "docker"
+    podman_images = Images(images.workdir, "podman")
+    in_podman = podman_images.disk("p.qcow2", pattern=0x72)
+    try:
+        podman_name = podman_images.build({"disk.qcow2": in_podman})
+        # Another IMAGE for the same TARGET: not looked for in docker's store because the record says docker.
+        data = last_json(cdisk("refresh", "--json", "--pull", "never", podman_name, target))
+        assert (data["action"], data["engine"]) == ("updated", "podman")
+        assert same_disk(in_podman, "qcow2", target, "raw")
+    finally:
+        podman_images.remove()
