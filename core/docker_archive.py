@@ -10,86 +10,92 @@ inside the archive, a few hops at most.
 
 from __future__ import annotations
 
-import json
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.errors import ImageError, LayerRefused
-from cdisk.core.layer_unpack import go_clean
+from cdisk.core.errors import ImageError
+from cdisk.core.image_files import ImageFiles, TarFiles, field_of, need
 from cdisk.core.saved_layers import LayerBlob
-from cdisk.core.tar_headers import REGULAR, SYMLINK, TarEntry, read_entries
 
 MANIFEST = "manifest.json"
-MANIFEST_LIMIT = 16 << 20  # docker's own manifest.json is a few hundred bytes per image
-SYMLINK_HOPS = 8
 COMPRESSED_ADVICE = ("docker's containerd image store saves compressed layers: read the image with podman "
                      "(`--engine podman` after `podman pull`) or turn the containerd store off in docker's "
                      "daemon.json (\"features\": {\"containerd-snapshotter\": false})")
 
 
-def _entries(archive: Path) -> dict[str, TarEntry]:
-    """The archive's members by cleaned name (no leading /), as Go's reader sees them."""
-    try:
-        with archive.open("rb") as f:
-            size = archive.stat().st_size
-            return {go_clean("/" + entry.name).lstrip("/"): entry for entry in read_entries(f, size)}
-    except LayerRefused as error:
-        raise ImageError(f"docker save wrote an archive cdisk cannot read: {error.what} at byte {error.offset}; "
-                         "check `docker save` works") from None
-    except OSError as error:
-        raise ImageError(f"cannot read the archive docker saved: {error.strerror}; check the temp dir") from None
+def _docker_saved(archive: Path | ImageFiles) -> ImageFiles:
+    if isinstance(archive, Path):
+        return TarFiles(archive, "the archive docker saved", "re-pull the image")
+    return archive
 
 
-def _member(entries: dict[str, TarEntry], name: str) -> TarEntry:
-    """The regular file `name` of the archive, symlinks followed inside it."""
-    for _ in range(SYMLINK_HOPS):
-        entry = entries.get(name)
-        if entry is None:
-            break
-        if entry.type == SYMLINK:
-            name = go_clean("/" + posixpath.join(posixpath.dirname(name), entry.linkname)).lstrip("/")
-            continue
-        if entry.type == REGULAR and not entry.sparse:
-            return entry
-        break
-    raise ImageError(f"the archive docker saved has no file {name!r} that its manifest names; re-pull the image")
+def _items(files: ImageFiles) -> list[dict[str, Any]]:
+    manifest = files.json(MANIFEST)
+    return [item for item in manifest if isinstance(item, dict)] if isinstance(manifest, list) else []
 
 
-def _json(archive: Path, entry: TarEntry) -> Any:
-    if entry.size > MANIFEST_LIMIT:
-        raise ImageError(f"{entry.name} in the archive docker saved is larger than {MANIFEST_LIMIT} bytes; "
-                         "re-pull the image")
-    try:
-        with archive.open("rb") as f:
-            f.seek(entry.data_offset)
-            return json.loads(f.read(entry.size))
-    except (OSError, ValueError) as error:
-        raise ImageError(f"cannot read {entry.name} of the archive docker saved: {error}; re-pull the image") \
-            from None
+def _config_id(item: dict[str, Any]) -> str:
+    return posixpath.basename(str(item.get("Config", ""))).removesuffix(".json")
 
 
-def layer_blobs(archive: Path, image_id: str, diff_ids: tuple[str, ...]) -> list[LayerBlob]:
+def _blobs(files: ImageFiles, item: dict[str, Any], diff_ids: tuple[str, ...] | list[str]) -> list[LayerBlob]:
+    layers = [need(name, str, "a layer name", files) for name in field_of(item, "Layers", list, files)]
+    if len(layers) != len(diff_ids):
+        raise ImageError(f"{files.what} lists {len(layers)} layers where the image has {len(diff_ids)}; {files.fix}")
+    # One archive, one descriptor: every layer shares it, and its holder closes it.
+    return [files.blob(name, str(digest), COMPRESSED_ADVICE) for name, digest in zip(layers, diff_ids, strict=True)]
+
+
+def layer_blobs(archive: Path | ImageFiles, image_id: str, diff_ids: tuple[str, ...]) -> list[LayerBlob]:
     """The layers, lowest first, of image `image_id` (hex) in the docker-archive `archive`, as byte ranges of it.
 
     `diff_ids` (the image's RootFS layers, lowest first) name them. An archive of one image (cdisk saves one,
     by ID) is that image's, whatever its config is called: with docker's containerd image store an image's
     ID is its manifest's digest, not its config's.
     """
-    entries = _entries(archive)
-    manifest = _json(archive, _member(entries, MANIFEST))
-    items = manifest if isinstance(manifest, list) else []
+    files = _docker_saved(archive)
+    items = _items(files)
     for item in items:
-        config = str(item.get("Config", ""))
-        if len(items) > 1 and posixpath.basename(config).removesuffix(".json") != image_id:
-            continue
-        layers = [str(name) for name in item.get("Layers") or []]
-        if len(layers) != len(diff_ids):
-            raise ImageError(f"the archive docker saved lists {len(layers)} layers where the image has "
-                             f"{len(diff_ids)}; re-pull the image")
-        blobs = []
-        for name, digest in zip(layers, diff_ids, strict=True):
-            entry = _member(entries, go_clean("/" + name).lstrip("/"))
-            blobs.append(LayerBlob(archive, entry.data_offset, entry.size, digest, COMPRESSED_ADVICE))
-        return blobs
-    raise ImageError(f"docker saved no manifest for image {image_id[:12]}; re-pull the image")
+        if len(items) == 1 or _config_id(item) == image_id:
+            return _blobs(files, item, diff_ids)
+    raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
+
+
+@dataclass(frozen=True)
+class Archived:
+    """One image of a docker-archive: its ID (its config's digest), config and layers."""
+
+    image_id: str
+    config: dict[str, Any]
+    layers: list[LayerBlob]
+
+
+def _normal(reference: str) -> str:
+    name = reference.removeprefix("docker.io/library/").removeprefix("docker.io/")
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or "@" in last else name + ":latest"
+
+
+def choose(files: ImageFiles, ref: str | None) -> Archived:
+    """The image `ref` names among the archive's RepoTags (or `@N`, the N-th image), or its only one."""
+    items = _items(files)
+
+    def tags(item: dict[str, Any]) -> set[str]:
+        return {_normal(t) for t in field_of(item, "RepoTags", list, files) if isinstance(t, str)}
+
+    number = ref[1:] if ref and ref.startswith("@") else ""
+    if number.isascii() and number.isdigit() and len(number) < 7:
+        items = items[int(number):int(number) + 1]
+    elif ref:
+        items = [item for item in items if _normal(ref) in tags(item)]
+    if len(items) != 1:
+        shown = sorted({t for item in _items(files) for t in tags(item)})
+        listed = ", ".join(repr(t[:100]) for t in shown[:10]) + (", …" if len(shown) > 10 else "")
+        raise ImageError(f"{files.what} holds {len(items) or 'no'} image(s){' named ' + repr(ref[:100]) if ref else ''}"
+                         f" (tags: {listed or 'none'}); name one after the path (docker-archive:FILE:NAME:TAG, or :@N)")
+    config = need(files.json(need(items[0].get("Config", ""), str, "'Config'", files)), dict, "the config", files)
+    diff_ids = [need(d, str, "a diff ID", files) for d in field_of(field_of(config, "rootfs", dict, files),
+                                                                    "diff_ids", list, files)]
+    return Archived(_config_id(items[0]), config, _blobs(files, items[0], diff_ids))

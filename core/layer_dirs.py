@@ -189,6 +189,8 @@ def unusable(image: Image) -> str | None:
     """Why the image's layers cannot be read as directories here, or None when they can: an overlay store
     whose every layer directory this process may read (root's store is closed to other users).
     """
+    if image.engine == "file":
+        return "an image file has no layer directories (it is read in place by the save method)"
     if image.store not in ("overlay", "overlay2"):
         return f"the store is {image.store or 'unknown'}, not overlay"
     if not image.layer_dirs:

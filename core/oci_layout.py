@@ -1,41 +1,153 @@
-"""Reading what `podman save --format oci-dir` wrote: the image's layer blobs, lowest first."""
+"""Reading an OCI layout — what `podman save --format oci-dir` writes, an `oci:` directory, the inside of an
+oci-archive or of Docker 25's `docker save` — wherever its files lie (`image_files`): the index, the manifest
+of one image, its config, its layer blobs lowest first.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import platform as host
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError
+from cdisk.core.image_files import DirectoryFiles, ImageFiles, field_of, need
 from cdisk.core.saved_layers import LayerBlob
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+REF_NAME = "org.opencontainers.image.ref.name"
+# uname's names for the architectures, as OCI platforms name them.
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "armv8l": "arm",
+                  "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x"}
+NAMES_SHOWN = 10
 
 
-def _blob(layout: Path, digest: str) -> Path:
-    match = _DIGEST.match(digest)
+def _podman_saved(layout: Path | ImageFiles) -> ImageFiles:
+    if isinstance(layout, Path):
+        return DirectoryFiles(layout, "the image podman saved", "re-pull the image")
+    return layout
+
+
+def blob_name(files: ImageFiles, digest: str) -> str:
+    """The name of the blob `digest` in the layout (a sha256 digest only: no name can be smuggled in)."""
+    match = _DIGEST.match(str(digest))
     if not match:
-        raise ImageError(f"the saved image names a blob {digest!r} that is not a sha256 digest; "
-                         "re-pull the image")
-    return layout / "blobs" / "sha256" / match.group(1)
+        raise ImageError(f"{files.what} names a blob {digest!r} that is not a sha256 digest; {files.fix}")
+    return f"blobs/sha256/{match.group(1)}"
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise ImageError(f"cannot read {path.name} of the saved image: {error}; re-pull the image") from None
-
-
-def layer_blobs(layout: Path, image_id: str) -> list[LayerBlob]:
+def layer_blobs(layout: Path | ImageFiles, image_id: str) -> list[LayerBlob]:
     """The layer blobs, lowest first, of the manifest whose config is image `image_id`."""
-    index = _json(layout / "index.json")
-    for entry in index.get("manifests", []):
-        manifest = _json(_blob(layout, entry.get("digest", "")))
-        if manifest.get("config", {}).get("digest") == f"sha256:{image_id}":
-            try:
-                return [LayerBlob.whole(_blob(layout, layer.get("digest", ""))) for layer in manifest.get("layers", [])]
-            except OSError as error:
-                raise ImageError(f"the saved image lacks a layer ({error.strerror}); re-pull the image") from None
-    raise ImageError(f"podman saved no manifest for image {image_id[:12]}; re-pull the image")
+    files = _podman_saved(layout)
+    for entry in _manifest_entries(files, files.json("index.json")):
+        manifest = need(files.json(blob_name(files, entry.get("digest", ""))), dict, "a manifest", files)
+        if field_of(manifest, "config", dict, files).get("digest") == f"sha256:{image_id}":
+            return manifest_layers(files, manifest)
+    raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
+
+
+def manifest_layers(files: ImageFiles, manifest: dict[str, Any],
+                    advice: str = "use a podman that supports `save --uncompressed`") -> list[LayerBlob]:
+    """The manifest's layer blobs, lowest first, each held open (closed again if one of them fails)."""
+    blobs: list[LayerBlob] = []
+    try:
+        for layer in field_of(manifest, "layers", list, files):
+            digest = need(layer, dict, "a layer", files).get("digest", "")
+            blobs.append(files.blob(blob_name(files, digest), str(digest), advice))
+    except BaseException:
+        close_blobs(blobs)
+        raise
+    return blobs
+
+
+def close_blobs(blobs: list[LayerBlob]) -> None:
+    for fd in {blob.fd for blob in blobs if blob.fd is not None}:
+        os.close(fd)
+
+
+def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:
+    entries = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise ImageError(f"the index of {files.what} lists no manifests; {files.fix}")
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _text(entry: dict[str, Any], key: str) -> dict[str, str]:
+    """A map of strings in an index entry (annotations, platform); anything else in it counts as absent."""
+    value = entry.get(key)
+    return {str(k): v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
+
+
+def _shown(names: set[str]) -> str:
+    listed = sorted(names)
+    more = f", … ({len(listed) - NAMES_SHOWN} more)" if len(listed) > NAMES_SHOWN else ""
+    return ", ".join(repr(name[:100]) for name in listed[:NAMES_SHOWN]) + more
+
+
+def host_platform() -> str:
+    machine = host.machine()
+    return f"linux/{_ARCHITECTURES.get(machine, machine)}"
+
+
+def _platform_of(entry: dict[str, Any]) -> str:
+    plat = _text(entry, "platform")
+    arch = plat.get("architecture", "?")
+    text = f"{plat.get('os', '?')}/{_ARCHITECTURES.get(arch, arch)}"
+    return text + (f"/{plat['variant']}" if plat.get("variant") else "")
+
+
+def _fits(entry: dict[str, Any], wanted: str) -> bool:
+    """Whether the entry is for `wanted` (os/arch[/variant]): os and architecture exactly, the variant when
+    `wanted` names one."""
+    have = _platform_of(entry).split("/")
+    want = wanted.split("/")
+    return have[:2] == want[:2] and (len(want) < 3 or have[2:3] == want[2:3])
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """One image of a layout: its manifest (and that manifest's digest) and its config."""
+
+    digest: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def image_id(self) -> str:
+        return str(self.manifest.get("config", {}).get("digest", "")).removeprefix("sha256:")
+
+
+def choose(files: ImageFiles, ref: str | None, platform: str | None = None) -> Chosen:
+    """The image `ref` names in the layout's index (its `org.opencontainers.image.ref.name`), or its only one;
+    an image index is resolved to the manifest of `platform` (default: this host's).
+    """
+    entries = _manifest_entries(files, files.json("index.json"))
+    if ref:
+        named = [e for e in entries if _text(e, "annotations").get(REF_NAME) == ref]
+        if not named:
+            names = {_text(e, "annotations").get(REF_NAME, "") for e in entries} - {""}
+            raise ImageError(f"{files.what} has no image named {ref[:100]!r} (it has: {_shown(names) or 'no names'});"
+                             " name one of them after the path")
+        entries = named
+    wanted = platform or host_platform()
+    for _ in range(4):  # an index inside the index, at most a few levels
+        # One entry is taken as it is unless it says it is for another platform; of several, the one for this.
+        fitting = [e for e in entries if _fits(e, wanted) or (len(entries) == 1 and "platform" not in e)]
+        if len(fitting) > 1:  # the same platform twice, with and without a variant: the plain one
+            fitting = [e for e in fitting if len(_platform_of(e).split("/")) == 2] or fitting
+        if len(fitting) != 1:
+            there = _shown({_platform_of(e) for e in entries})
+            raise ImageError(f"{files.what} holds {len(entries)} image(s) ({there}) and not one only for {wanted}; "
+                             f"{'name one after the path (oci:DIR:NAME)' if not ref else files.fix}")
+        entry = fitting[0]
+        document = need(files.json(blob_name(files, entry.get("digest", ""))), dict, "a manifest", files)
+        if entry.get("mediaType") in INDEX_TYPES or document.get("mediaType") in INDEX_TYPES:
+            entries = _manifest_entries(files, document)
+            continue
+        config_ref = field_of(document, "config", dict, files)
+        config = need(files.json(blob_name(files, config_ref.get("digest", ""))), dict, "the config", files)
+        return Chosen(str(entry.get("digest")), document, config)
+    raise ImageError(f"{files.what} nests image indexes too deeply; {files.fix}")

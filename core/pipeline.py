@@ -72,7 +72,8 @@ def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target 
 
 def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
           progress: Progress) -> AbstractContextManager[ImageView]:
-    progress.stage(f"reading the disk in place from {image.engine}'s store ({reading.value} method)")
+    where = image.reference if image.engine == "file" else f"{image.engine}'s store"
+    progress.stage(f"reading the disk in place from {where} ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
         progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")

@@ -45,6 +45,8 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None, image:
         return Reading.LAYERS
     if not mounts:
         if method is Method.MOUNT:
+            if image is not None and image.engine == "file":
+                raise UsageError("an image file cannot be mounted; use --method save (or auto)")
             raise UsageError("docker cannot mount an image; use --method layers (as root) or --method save")
         return Reading.SAVE
     if (os.geteuid() if euid is None else euid) == 0:
@@ -86,10 +88,29 @@ class ImageView:
 
 @contextmanager
 def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageView]:
-    """The image's layers saved to a private temp dir, removed when the block ends, however it ends."""
+    """The image's layers saved to a private temp dir, removed when the block ends, however it ends (an engine
+    that does not copy — image files — hands out its layers where they lie, with no temp dir at all).
+    """
     from cdisk.core import saved_layers
     from cdisk.core.sources.tar_member import TarMember
 
+    with ExitStack() as stack:
+        workdir = stack.enter_context(_save_dir(image, tmp_parent)) if engine.copies else None
+        blobs = tuple(engine.save(image, workdir))
+        for fd in {blob.fd for blob in blobs if blob.fd is not None}:
+            stack.callback(os.close, fd)
+
+        def member(image_path: str, found: LayerMember) -> DiskSource:
+            blob = blobs[found.layer]
+            return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size,
+                             () if blob.fd is None else (blob.fd,))
+
+        yield ImageView(saved_layers.merged_tree(list(blobs)), member, blobs)
+
+
+@contextmanager
+def _save_dir(image: Image, tmp_parent: str) -> Iterator[Path]:
+    """A private temp dir in `tmp_parent` with room for the image's layers; removed however the block ends."""
     try:
         workdir = tempfile.mkdtemp(prefix=".cdisk-save-", dir=tmp_parent)
     except OSError as error:
@@ -100,13 +121,7 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageV
         if image.size > free:
             raise TargetError(f"saving the image needs about {image.size} bytes in {tmp_parent} but only {free} "
                               "are free; pass --tmpdir on a larger filesystem")
-        blobs = tuple(engine.save(image, Path(workdir)))
-
-        def member(image_path: str, found: LayerMember) -> DiskSource:
-            blob = blobs[found.layer]
-            return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size)
-
-        yield ImageView(saved_layers.merged_tree(list(blobs)), member, blobs)
+        yield Path(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -21,7 +21,8 @@ COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzi
 @dataclass(frozen=True)
 class LayerBlob:
     """One saved layer: the `size` bytes at `offset` of `path`. `digest` names it (its diff ID);
-    `compressed_advice` is the way out offered when it turns out compressed.
+    `compressed_advice` is the way out offered when it turns out compressed. `fd`, when set, holds the file open
+    (`path` is then /dev/fd/N): what is read cannot be swapped underneath.
     """
 
     path: Path
@@ -29,6 +30,7 @@ class LayerBlob:
     size: int
     digest: str
     compressed_advice: str = "use a podman that supports `save --uncompressed`"
+    fd: int | None = None
 
     @classmethod
     def whole(cls, path: Path, digest: str = "") -> LayerBlob:

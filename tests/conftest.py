@@ -37,7 +37,7 @@ from tests.images import (
 
 # The external tools the suite drives, each with the Debian package that has it.
 TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "bwrap": "bubblewrap",
-         "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io"}
+         "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
 REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
 # What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
@@ -134,6 +134,19 @@ def cdisk(*args: str | Path, env: dict[str, str] | None = None, timeout: float =
 
 
 _NOT_INSTALLED = re.compile(r"^cdisk: error: (\S+) is not installed", re.MULTILINE)
+
+
+def path_without(tools: Iterable[str], bin_dir: Path) -> str:
+    """A PATH of one directory holding every command of this PATH but `tools` (a host without them)."""
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(":"):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            if entry.name not in tools and not (bin_dir / entry.name).exists() and os.access(entry.path, os.X_OK):
+                (bin_dir / entry.name).symlink_to(entry.path)
+    assert all(shutil.which(tool, path=str(bin_dir)) is None for tool in tools)
+    return str(bin_dir)
 
 
 def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:

@@ -212,6 +212,20 @@ def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
     return layout, str(manifest["config"]["digest"]).removeprefix("sha256:")  # type: ignore[index]
 
 
+def tar_file(path: Path, members: list[tuple[str, bytes | str]]) -> Path:
+    """A tar of these members, in this order (a str is a symlink's target; a name may come twice)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
 def docker_archive(workdir: Path, tars: list[bytes], name: str) -> Path:
     """A docker-archive (what `docker save` writes up to Docker 24) of one image tagged `name`, with these
     layer tars: `manifest.json`, the config, and `<n>/layer.tar` each.

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, Run, cdisk, same_disk
+from tests.conftest import Images, Run, cdisk, path_without, same_disk
 from tests.images import sh
 
 pytestmark = pytest.mark.needs("docker", "dockerd", "podman", "qemu-img", "qemu-io", "bwrap")
@@ -121,23 +120,10 @@ def test_auto_takes_the_engine_that_holds_the_image(images: Images, tmp_path: Pa
         podman_images.remove()
 
 
-def _path_without(tool: str, bin_dir: Path) -> str:
-    """A PATH of one directory: every command of this PATH but `tool`."""
-    bin_dir.mkdir()
-    for directory in os.environ["PATH"].split(":"):
-        if not os.path.isdir(directory):
-            continue
-        for entry in os.scandir(directory):
-            if entry.name != tool and not (bin_dir / entry.name).exists() and os.access(entry.path, os.X_OK):
-                (bin_dir / entry.name).symlink_to(entry.path)
-    assert shutil.which(tool, path=str(bin_dir)) is None
-    return str(bin_dir)
-
-
 def test_a_host_without_podman(images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
-    env = {"PATH": _path_without("podman", tmp_path / "bin")}
+    env = {"PATH": path_without(("podman",), tmp_path / "bin")}
     target = tmp_path / "out.raw"
     assert last_json(cdisk("convert", "--json", name, target, env=env))["engine"] == "docker"
     assert same_disk(disk, "qcow2", target, "raw")

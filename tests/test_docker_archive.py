@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,23 +16,14 @@ from cdisk.core.docker_archive import layer_blobs
 from cdisk.core.engines.docker import digest_for
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.saved_layers import merged_tree, read_layer
-from tests.images import Entry, layer_tar
+from tests.images import Entry, layer_tar, tar_file
 
 DISK = b"QFI\xfb" + bytes(range(256)) * 40
 
 
 def _archive(path: Path, members: dict[str, bytes | str], manifest: object) -> Path:
     """A tar of these members (a str is a symlink's target), manifest.json last, as docker writes it."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in {**members, "manifest.json": json.dumps(manifest).encode()}.items():
-            info = tarfile.TarInfo(name)
-            if isinstance(content, str):
-                info.type, info.linkname = tarfile.SYMTYPE, content
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return path
+    return tar_file(path, [*members.items(), ("manifest.json", json.dumps(manifest).encode())])
 
 
 def _digest(data: bytes) -> str:

@@ -34,6 +34,7 @@ class DirectoryEngine:
 
     name = "directory"
     mounts = True
+    copies = True
 
     def __init__(self, root: Path, layout: Path, image: Image) -> None:
         self.root, self.layout, self.image = root, layout, image
@@ -57,7 +58,8 @@ class DirectoryEngine:
         finally:
             self.calls.append("unmount")
 
-    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
+        assert workdir is not None
         self.calls.append("save")
         shutil.copytree(self.layout, workdir / "layout")
         return layer_blobs(workdir / "layout", image.id)

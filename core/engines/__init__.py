@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cdisk.core.errors import ToolError
+from cdisk.core.errors import ToolError, UsageError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
 
@@ -52,6 +52,8 @@ class Engine(Protocol):
     name: str
     # Whether the engine can mount an image (docker cannot: no `image mount`).
     mounts: bool
+    # Whether `save` copies the layers into a temp dir (image files are read where they lie).
+    copies: bool
 
     def available(self) -> bool:
         """Whether the engine is installed and its store can be asked here (cheap: no import, no API call
@@ -71,8 +73,9 @@ class Engine(Protocol):
     def mount(self, image: Image) -> AbstractContextManager[str]:
         """The image's root filesystem, mounted while the block runs; its path on this host."""
 
-    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
-        """The image's layers, lowest first, saved uncompressed into the private dir `workdir`."""
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
+        """The image's layers, lowest first, saved uncompressed into the private dir `workdir` (None where the
+        engine does not `copies`)."""
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
                           ) -> AbstractContextManager[Any]:
@@ -130,7 +133,11 @@ def layer_dirs_of(attrs: dict[str, Any], trusted: bool) -> tuple[str, ...]:
 
 
 def named(name: str) -> Engine:
-    """The engine called `name` (one of NAMES)."""
+    """The engine called `name` (one of NAMES, or "file" for image files)."""
+    if name == "file":
+        from cdisk.core.engines.files import FILES
+
+        return FILES
     if name == "docker":
         from cdisk.core.engines.docker import DOCKER
 
@@ -145,6 +152,26 @@ def of(image: Image) -> Engine:
     return named(image.engine)
 
 
+# Transports naming an engine's store, as skopeo names them; `docker://` pulls into the engine chosen.
+_STORES = {"containers-storage:": "podman", "docker-daemon:": "docker", "docker://": AUTO}
+
+
+def _transport(request: ImageRequest) -> ImageRequest:
+    """The request with IMAGE's transport (if any) resolved into the engine that serves it."""
+    from cdisk.core.engines.files import is_file_reference
+
+    if is_file_reference(request.reference):
+        return replace(request, engine="file")  # files need no engine, whichever --engine says
+    for prefix, engine in _STORES.items():
+        if request.reference.startswith(prefix):
+            if engine != AUTO and request.engine not in (AUTO, engine):
+                raise UsageError(f"{request.reference} names {engine}'s store but --engine says {request.engine}; "
+                                 "drop one of them")
+            return replace(request, reference=request.reference[len(prefix):],
+                           engine=engine if engine != AUTO else request.engine)
+    return request
+
+
 def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` names and the image in its store, pulled as asked.
 
@@ -156,6 +183,7 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
         ToolError: no engine is installed and answering (or the one named is not).
         ImageError: as `Engine.find_image`.
     """
+    request = _transport(request)
     if request.engine != AUTO:
         engine = named(request.engine)
         return engine, engine.find_image(request, progress)

@@ -273,6 +273,7 @@ class Docker:
 
     name = "docker"
     mounts = False
+    copies = True
 
     def available(self) -> bool:
         try:
@@ -293,7 +294,8 @@ class Docker:
     def mount(self, image: Image) -> AbstractContextManager[str]:
         raise UsageError("docker cannot mount an image; use --method layers (as root) or --method save")
 
-    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
+        assert workdir is not None
         return save(image, workdir)
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,

@@ -312,6 +312,7 @@ class Podman:
 
     name = "podman"
     mounts = True
+    copies = True
 
     def available(self) -> bool:
         return installed("podman")
@@ -328,9 +329,10 @@ class Podman:
     def mount(self, image: Image) -> AbstractContextManager[str]:
         return mount_image(image.id)
 
-    def save(self, image: Image, workdir: Path) -> list[LayerBlob]:
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         from cdisk.core import oci_layout
 
+        assert workdir is not None
         layout = workdir / "layout"
         save_oci_dir(image.id, str(layout))
         return oci_layout.layer_blobs(layout, image.id)

@@ -12,16 +12,18 @@ from cdisk.core.sources import read_span
 
 @dataclass(frozen=True)
 class TarMember:
-    """A `DiskSource`: `size` bytes at `offset` of the tar file `blob` (qemu-img reads them as a raw slice)."""
+    """A `DiskSource`: `size` bytes at `offset` of the tar file `blob` (qemu-img reads them as a raw slice).
+    `fds`: the descriptors `blob` names (/dev/fd/N), inherited by qemu-img."""
 
     image_path: str
     blob: str
     offset: int
     size: int
+    fds: tuple[int, ...] = ()
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
-        return ()
+        return self.fds
 
     def node(self) -> dict[str, Any]:
         return qemu_img.slice_node(self.blob, self.offset, self.size)

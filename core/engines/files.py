@@ -1,0 +1,124 @@
+"""Images that are files, read with no engine at all: an OCI layout directory (`oci:DIR[:NAME]`), an
+oci-archive (`oci-archive:FILE[:NAME]`) or a docker-archive (`docker-archive:FILE[:NAME:TAG|:@N]`), named as
+skopeo and podman name them. Their layers are read where they lie: a blob of the directory, or a member of the
+archive at its offset — nothing is copied, not even to a temp dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any
+
+from cdisk.core.engines import Image
+from cdisk.core.errors import ImageError, UsageError
+from cdisk.core.job import ImageRequest
+from cdisk.core.progress import Progress
+from cdisk.core.saved_layers import LayerBlob
+
+TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+_FIX = "check the path, or save the image again"
+_UNCOMPRESSED = ("cdisk does not decompress layers yet: save the image with its layers uncompressed "
+                 "(`podman save --uncompressed`)")
+
+
+def is_file_reference(reference: str) -> bool:
+    return reference.startswith(TRANSPORTS)
+
+
+def split(reference: str) -> tuple[str, Path, str | None]:
+    """(transport, path, name or None): the path ends at the first ':' after the transport, as skopeo reads it."""
+    transport, _, rest = reference.partition(":")
+    path, _, name = rest.partition(":")
+    if not path:
+        raise UsageError(f"{reference}: no path after {transport}:; write {transport}:PATH[:NAME]")
+    return transport, Path(path), name or None
+
+
+def _open(reference: str) -> tuple[str, Any, str | None]:
+    from cdisk.core.image_files import DirectoryFiles, TarFiles
+
+    transport, path, name = split(reference)
+    if transport == "oci":
+        if not (path / "index.json").is_file():
+            raise ImageError(f"{path} is not an OCI layout (no index.json); {_FIX}")
+        return transport, DirectoryFiles(path, reference, _FIX), name
+    if not path.is_file():
+        raise ImageError(f"{path} is not a file; {_FIX}")
+    return transport, TarFiles(path, reference, _FIX), name
+
+
+def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
+    """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
+    from cdisk.core import docker_archive, oci_layout
+    from cdisk.core.image_files import DirectoryFiles, TarFiles, field_of, need
+
+    transport, files, name = _open(reference)
+    layers: list[LayerBlob] = []
+    try:
+        if transport == "docker-archive":
+            archived = docker_archive.choose(files, name)
+            config, image_id, digest, layers = archived.config, archived.image_id, "", archived.layers
+        else:
+            chosen = oci_layout.choose(files, name)
+            config, image_id, digest = chosen.config, chosen.image_id, chosen.digest
+            if with_layers:
+                layers = oci_layout.manifest_layers(files, chosen.manifest, _UNCOMPRESSED)
+        diff_ids = tuple(need(d, str, "a diff ID", files)
+                         for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
+        if not with_layers:
+            layers = []  # a docker-archive's layers share the archive's descriptor, closed below
+    except BaseException:
+        if isinstance(files, DirectoryFiles):
+            oci_layout.close_blobs(layers)
+        layers = []
+        raise
+    finally:
+        if not layers and isinstance(files, TarFiles):
+            files.close()
+    if not image_id:
+        oci_layout.close_blobs(layers)
+        raise ImageError(f"{reference} names no config for its image; {_FIX}")
+    image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
+                  size=0, layers=diff_ids, engine="file")
+    return image, layers
+
+
+class Files:
+    """Image files as an engine (`engines.Engine`): found where the reference points, never pulled."""
+
+    name = "file"
+    mounts = False
+    copies = False  # its layers are read where they lie: no temp dir
+
+    def available(self) -> bool:
+        return True
+
+    def lookup(self, reference: str, progress: Progress) -> Image | None:
+        return self.find_image(ImageRequest(reference), progress)
+
+    def find_image(self, request: ImageRequest, progress: Progress) -> Image:
+        image, _ = _read(request.reference, with_layers=False)
+        progress.stage(f"found {image.id[:12]} in {request.reference}")
+        return image
+
+    def mount(self, image: Image) -> AbstractContextManager[str]:
+        raise UsageError("an image file cannot be mounted; use --method save (or auto)")
+
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
+        """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
+        from cdisk.core.oci_layout import close_blobs
+
+        now, layers = _read(image.reference, with_layers=True)
+        if now.id != image.id:
+            close_blobs(layers)
+            raise ImageError(f"{image.reference} changed while cdisk read it; run cdisk again")
+        return layers
+
+    def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
+                          ) -> AbstractContextManager[Any]:
+        raise UsageError("an image file needs no user namespace; use --method save (or auto)")
+
+
+FILES = Files()
