@@ -10,16 +10,19 @@ inside the archive, a few hops at most.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError
-from cdisk.core.image_files import ImageFiles, TarFiles, field_of, need
+from cdisk.core.image_files import LAYERS_LIMIT, ImageFiles, TarFiles, field_of, need
 from cdisk.core.saved_layers import LayerBlob
 
 MANIFEST = "manifest.json"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 COMPRESSED_ADVICE = ("docker's containerd image store saves compressed layers: read the image with podman "
                      "(`--engine podman` after `podman pull`) or turn the containerd store off in docker's "
                      "daemon.json (\"features\": {\"containerd-snapshotter\": false})")
@@ -37,15 +40,27 @@ def _items(files: ImageFiles) -> list[dict[str, Any]]:
 
 
 def _config_id(item: dict[str, Any]) -> str:
-    return posixpath.basename(str(item.get("Config", ""))).removesuffix(".json")
+    """The image ID the config's name gives (64 hex digits: docker names it by its digest), or ""."""
+    name = posixpath.basename(str(item.get("Config", ""))).removesuffix(".json")
+    return name if _HEX64.match(name) else ""
 
 
 def _blobs(files: ImageFiles, item: dict[str, Any], diff_ids: tuple[str, ...] | list[str]) -> list[LayerBlob]:
     layers = [need(name, str, "a layer name", files) for name in field_of(item, "Layers", list, files)]
+    if len(layers) > LAYERS_LIMIT:
+        raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
     if len(layers) != len(diff_ids):
         raise ImageError(f"{files.what} lists {len(layers)} layers where the image has {len(diff_ids)}; {files.fix}")
-    # One archive, one descriptor: every layer shares it, and its holder closes it.
-    return [files.blob(name, str(digest), COMPRESSED_ADVICE) for name, digest in zip(layers, diff_ids, strict=True)]
+    blobs: list[LayerBlob] = []
+    try:
+        for name, digest in zip(layers, diff_ids, strict=True):
+            blobs.append(files.blob(name, str(digest), COMPRESSED_ADVICE))
+    except BaseException:
+        for blob in blobs:
+            if blob.fd is not None:
+                os.close(blob.fd)
+        raise
+    return blobs
 
 
 def layer_blobs(archive: Path | ImageFiles, image_id: str, diff_ids: tuple[str, ...]) -> list[LayerBlob]:
@@ -56,10 +71,14 @@ def layer_blobs(archive: Path | ImageFiles, image_id: str, diff_ids: tuple[str, 
     ID is its manifest's digest, not its config's.
     """
     files = _docker_saved(archive)
-    items = _items(files)
-    for item in items:
-        if len(items) == 1 or _config_id(item) == image_id:
-            return _blobs(files, item, diff_ids)
+    try:
+        items = _items(files)
+        for item in items:
+            if len(items) == 1 or _config_id(item) == image_id:
+                return _blobs(files, item, diff_ids)
+    finally:
+        if isinstance(files, TarFiles):
+            files.close()
     raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
 
 

@@ -12,6 +12,7 @@ occurs twice is refused (readers differ on which one counts).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ from cdisk.core.saved_layers import LayerBlob
 from cdisk.core.tar_headers import REGULAR, SYMLINK, TarEntry, read_entries
 
 JSON_LIMIT = 4 << 20  # an index, a manifest, a config: a few KiB each
+LAYERS_LIMIT = 500  # overlay stacks at most ~500 layers; an engine would refuse more
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MEMBERS_LIMIT = 100_000  # an image archive holds a few files per layer
 SYMLINK_HOPS = 8
 _BLOB_NAME = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
@@ -44,11 +47,20 @@ class ImageFiles(Protocol):
         """The JSON document `name` (a blob's content checked against the digest in its name)."""
 
     def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
-        """The file `name` as a layer named `digest` (`advice`: what to do should it be compressed)."""
+        """The file `name` as a layer named `digest` (`advice`: what to do should it be compressed), held open by
+        a descriptor of its own that the caller closes."""
+
+    def close(self) -> None:
+        """Close what the files hold open (not the layers handed out)."""
 
 
 def _clean(name: str) -> str:
     return go_clean("/" + name).lstrip("/")
+
+
+def own_fd(fd: int) -> int:
+    """A descriptor of its own for a layer (>= 3: never one of the standard streams a child gets)."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
 def _regular(fd: int, name: str, files: ImageFiles) -> os.stat_result:
@@ -81,19 +93,28 @@ def _read_json(fd: int, offset: int, size: int, name: str, files: ImageFiles) ->
 
 @dataclass
 class DirectoryFiles:
-    """The files of an OCI layout directory, each opened once from a descriptor of its root."""
+    """The files of an OCI layout directory, each opened once from the one descriptor of its root."""
 
     root: Path
     what: str
     fix: str
+    _root_fd: int | None = field(default=None, init=False)
+
+    def _root(self) -> int:
+        if self._root_fd is None:
+            try:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as error:
+                raise ImageError(f"cannot open {self.what}: {error.strerror}; {self.fix}") from None
+        return self._root_fd
 
     def _open(self, name: str) -> int:
         cleaned = _clean(name)
         parts = cleaned.split("/")
         if cleaned in ("", ".") or ".." in parts:
-            raise ImageError(f"{name!r} is not a file name inside {self.what}; {self.fix}")
+            raise ImageError(f"{name[:200]!r} is not a file name inside {self.what}; {self.fix}")
         try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.dup(self._root())
             for part in parts[:-1]:
                 try:
                     inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -101,7 +122,7 @@ class DirectoryFiles:
                     os.close(fd)
                 fd = inner
             try:
-                leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+                leaf = os.open(parts[-1], _OPEN, dir_fd=fd)
             finally:
                 os.close(fd)
         except OSError as error:
@@ -118,9 +139,18 @@ class DirectoryFiles:
             os.close(fd)
 
     def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
-        """The blob, held open (the caller closes `LayerBlob.fd`)."""
-        fd = self._open(name)
+        """The blob, held open by a descriptor of its own (the caller closes `LayerBlob.fd`)."""
+        opened = self._open(name)
+        try:
+            fd = own_fd(opened)
+        finally:
+            os.close(opened)
         return LayerBlob(Path(f"/dev/fd/{fd}"), 0, os.fstat(fd).st_size, digest, advice, fd)
+
+    def close(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
 
 
 
@@ -137,7 +167,7 @@ class TarFiles:
     def fd(self) -> int:
         if self._fd is None:
             try:
-                fd = os.open(self.archive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = os.open(self.archive, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
             except OSError as error:
                 raise ImageError(f"cannot open {self.what}: {error.strerror}; {self.fix}") from None
             _regular(fd, str(self.archive), self)
@@ -187,13 +217,13 @@ class TarFiles:
         return _read_json(self.fd(), entry.data_offset, entry.size, _clean(name), self)
 
     def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
-        """The member, in the archive held open (the caller closes `LayerBlob.fd`, shared by the archive's
-        layers)."""
-        entry, fd = self.member(name), self.fd()
+        """The member, in the archive held open by a descriptor of its own (the caller closes `LayerBlob.fd`)."""
+        entry = self.member(name)
+        fd = own_fd(self.fd())
         return LayerBlob(Path(f"/dev/fd/{fd}"), entry.data_offset, entry.size, digest, advice, fd)
 
     def close(self) -> None:
-        """Close the archive when no layer of it was handed out (whose holder closes it)."""
+        """Close the archive (the layers handed out keep descriptors of their own)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError
-from cdisk.core.image_files import DirectoryFiles, ImageFiles, field_of, need
+from cdisk.core.image_files import LAYERS_LIMIT, DirectoryFiles, ImageFiles, field_of, need
 from cdisk.core.saved_layers import LayerBlob
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -42,10 +42,13 @@ def blob_name(files: ImageFiles, digest: str) -> str:
 def layer_blobs(layout: Path | ImageFiles, image_id: str) -> list[LayerBlob]:
     """The layer blobs, lowest first, of the manifest whose config is image `image_id`."""
     files = _podman_saved(layout)
-    for entry in _manifest_entries(files, files.json("index.json")):
-        manifest = need(files.json(blob_name(files, entry.get("digest", ""))), dict, "a manifest", files)
-        if field_of(manifest, "config", dict, files).get("digest") == f"sha256:{image_id}":
-            return manifest_layers(files, manifest)
+    try:
+        for entry in _manifest_entries(files, files.json("index.json")):
+            manifest = need(files.json(blob_name(files, entry.get("digest", ""))), dict, "a manifest", files)
+            if field_of(manifest, "config", dict, files).get("digest") == f"sha256:{image_id}":
+                return manifest_layers(files, manifest)
+    finally:
+        files.close()
     raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
 
 
@@ -53,8 +56,11 @@ def manifest_layers(files: ImageFiles, manifest: dict[str, Any],
                     advice: str = "use a podman that supports `save --uncompressed`") -> list[LayerBlob]:
     """The manifest's layer blobs, lowest first, each held open (closed again if one of them fails)."""
     blobs: list[LayerBlob] = []
+    layers = field_of(manifest, "layers", list, files)
+    if len(layers) > LAYERS_LIMIT:
+        raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
     try:
-        for layer in field_of(manifest, "layers", list, files):
+        for layer in layers:
             digest = need(layer, dict, "a layer", files).get("digest", "")
             blobs.append(files.blob(blob_name(files, digest), str(digest), advice))
     except BaseException:
@@ -64,8 +70,10 @@ def manifest_layers(files: ImageFiles, manifest: dict[str, Any],
 
 
 def close_blobs(blobs: list[LayerBlob]) -> None:
-    for fd in {blob.fd for blob in blobs if blob.fd is not None}:
-        os.close(fd)
+    """Close the layers' descriptors (each layer has its own)."""
+    for blob in blobs:
+        if blob.fd is not None:
+            os.close(blob.fd)
 
 
 def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ unpacks them, in place: a layer is a byte range of a file, never extracted.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -71,7 +72,7 @@ def read_layer(blob: LayerBlob, layer: int) -> list[LayerMember]:
     start of the layer). A 0-byte layer is an empty layer, as podman takes it.
     """
     try:
-        with blob.path.open("rb") as f:
+        with (os.fdopen(os.dup(blob.fd), "rb") if blob.fd is not None else blob.path.open("rb")) as f:
             window = _Window(f, blob.offset, blob.size)
             window.seek(0)
             check_plain_tar(blob, window.read(8))

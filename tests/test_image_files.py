@@ -278,3 +278,27 @@ def test_archive_tricks(tmp_path: Path) -> None:
     fine = tar_file(tmp_path / "fine.tar", [("manifest.json", manifest), ("c.json", config),
                                                ("l/layer.tar", b"")])
     _one_line(cdisk("convert", "-q", f"docker-archive:{fine}:@\u00b2", tmp_path / "d.raw"), 3, "(tags: 'a:1')")
+
+
+def test_archive_bounds_and_broken_layer_lists(tmp_path: Path) -> None:
+    config = b'{"rootfs": {"diff_ids": ["sha256:00"]}}'
+    many = json.dumps([{"Config": "c.json", "Layers": ["l"] * 501}]).encode()
+    huge = tar_file(tmp_path / "many.tar", [("manifest.json", many), ("c.json", config), ("l", b"")])
+    _one_line(cdisk("convert", "-q", f"docker-archive:{huge}", tmp_path / "a.raw"), 3, "more than 500")
+    # An escape sequence in a name is shown escaped, never sent to the terminal.
+    named = json.dumps([{"Config": "\x1b]2;owned\x07.json", "Layers": ["l"]}]).encode()
+    escape = tar_file(tmp_path / "esc.tar", [("manifest.json", named), ("l", b"")])
+    result = cdisk("convert", "-q", f"docker-archive:{escape}", tmp_path / "b.raw")
+    assert result.code == 3 and "\x1b" not in result.err and result.err.count("\n") == 1, result.err
+
+
+def test_a_layer_list_that_breaks_half_way(tmp_path: Path) -> None:
+    # The first layer is opened, the second is not a layer: one line, every descriptor closed once.
+    layout, manifest, _ = _layout_with_layer(tmp_path)
+    document = json.loads(manifest.read_text())
+    _rewrite(layout, manifest, {**document, "layers": [*document["layers"], 1]})
+    archive = tmp_path / "layout.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout, arcname=".")
+    for source in (f"oci:{layout}", f"oci-archive:{archive}"):
+        _one_line(cdisk("convert", "-q", source, tmp_path / "out.raw"), 3, "a layer in")

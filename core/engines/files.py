@@ -40,22 +40,27 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
     from cdisk.core.image_files import DirectoryFiles, TarFiles
 
     transport, path, name = split(reference)
-    if transport == "oci":
-        if not (path / "index.json").is_file():
+    try:
+        if transport == "oci" and not (path / "index.json").is_file():
             raise ImageError(f"{path} is not an OCI layout (no index.json); {_FIX}")
+        if transport != "oci" and not path.is_file():
+            raise ImageError(f"{path} is not a file; {_FIX}")
+    except OSError as error:
+        raise ImageError(f"cannot look at {path}: {error.strerror}; {_FIX}") from None
+    if transport == "oci":
         return transport, DirectoryFiles(path, reference, _FIX), name
-    if not path.is_file():
-        raise ImageError(f"{path} is not a file; {_FIX}")
     return transport, TarFiles(path, reference, _FIX), name
 
 
 def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core import docker_archive, oci_layout
-    from cdisk.core.image_files import DirectoryFiles, TarFiles, field_of, need
+    from cdisk.core.image_files import field_of, need
 
     transport, files, name = _open(reference)
     layers: list[LayerBlob] = []
+    # The docker-archive ID is its config's name (64 hex digits, checked); the find-versus-save check below
+    # compares that, and for an OCI layout the config's digest.
     try:
         if transport == "docker-archive":
             archived = docker_archive.choose(files, name)
@@ -68,15 +73,13 @@ def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
         diff_ids = tuple(need(d, str, "a diff ID", files)
                          for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
         if not with_layers:
-            layers = []  # a docker-archive's layers share the archive's descriptor, closed below
-    except BaseException:
-        if isinstance(files, DirectoryFiles):
             oci_layout.close_blobs(layers)
-        layers = []
+            layers = []
+    except BaseException:
+        oci_layout.close_blobs(layers)
         raise
     finally:
-        if not layers and isinstance(files, TarFiles):
-            files.close()
+        files.close()
     if not image_id:
         oci_layout.close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")

@@ -29,6 +29,8 @@ class TarMember:
         return qemu_img.slice_node(self.blob, self.offset, self.size)
 
     def read_at(self, offset: int, length: int) -> bytes:
+        if self.fds:  # the blob is the descriptor cdisk holds: read it, never a path
+            return read_span(self.fds[0], self.offset, self.size, offset, length)
         fd = os.open(self.blob, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return read_span(fd, self.offset, self.size, offset, length)
