@@ -22,6 +22,9 @@ class ImageSwitches(OutputSwitches):
     engine = cli.SwitchAttr(["--engine"], cli.Set(AUTO, *NAMES), default=AUTO,
                             help="Whose image store to use: auto takes the engine that holds IMAGE (podman "
                                  "first), else the one installed and answering (podman first)")
+    platform = cli.SwitchAttr(["--platform"], str, default=None,
+                              help="OS/ARCH[/VARIANT] of the image to take from a multi-platform image or index "
+                                   "(default: this host's), e.g. linux/arm64")
     tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
                             help="Where the save method keeps the saved layers (default: beside a file TARGET, "
                                  "else $TMPDIR or /var/tmp)")
@@ -29,7 +32,8 @@ class ImageSwitches(OutputSwitches):
     def image_request(self, reference: str) -> ImageRequest:
         """Which image these switches ask for, and how to get it."""
         tls = None if self.tls_verify is None else self.tls_verify == "true"
-        return ImageRequest(reference, Pull(str(self.pull)), tls, str(self.engine))
+        return ImageRequest(reference, Pull(str(self.pull)), tls, str(self.engine),
+                            str(self.platform) if self.platform else None)
 
     def read_request(self) -> ReadRequest:
         """How these switches ask to read the disk."""

@@ -51,6 +51,7 @@ class ImageRequest:
     pull: Pull = Pull.MISSING
     tls_verify: bool | None = None
     engine: str = "auto"
+    platform: str | None = None  # OS/ARCH[/VARIANT]; None: this host's
 
 
 @dataclass(frozen=True)

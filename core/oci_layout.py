@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.errors import ImageError
+from cdisk.core.errors import ImageError, UsageError
 from cdisk.core.image_files import LAYERS_LIMIT, DirectoryFiles, ImageFiles, field_of, need
 from cdisk.core.saved_layers import LayerBlob
 
@@ -93,6 +93,26 @@ def _shown(names: set[str]) -> str:
     listed = sorted(names)
     more = f", … ({len(listed) - NAMES_SHOWN} more)" if len(listed) > NAMES_SHOWN else ""
     return ", ".join(repr(name[:100]) for name in listed[:NAMES_SHOWN]) + more
+
+
+_PLATFORM = re.compile(r"^([a-z0-9]+)/([a-z0-9_]+)(/[a-z0-9]+)?$")
+
+
+def normal_platform(text: str) -> str:
+    """OS/ARCH[/VARIANT] as OCI names it (x86_64 is amd64, aarch64 arm64).
+
+    Raises:
+        UsageError: not of that form.
+    """
+    match = _PLATFORM.match(text.strip().lower())
+    if not match:
+        raise UsageError(f"--platform {text[:100]!r} is not OS/ARCH[/VARIANT]; write e.g. linux/arm64")
+    return f"{match[1]}/{_ARCHITECTURES.get(match[2], match[2])}{match[3] or ''}"
+
+
+def architecture(name: str) -> str:
+    """An architecture as OCI names it."""
+    return _ARCHITECTURES.get(name, name)
 
 
 def host_platform() -> str:

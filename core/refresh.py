@@ -42,6 +42,8 @@ class Record:
     # The engine whose store it came from; later refreshes of `--engine auto` keep to it. Records written
     # before docker was an engine have none: auto then chooses as for a first refresh.
     engine: str = ""
+    # The platform asked for ("": this host's); later refreshes of the same IMAGE without --platform keep it.
+    platform: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,11 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
             raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
                               " pass --force to let refresh replace it")
         # The record's engine serves the image it recorded; another IMAGE at the same TARGET is chosen afresh.
-        if record is not None and record.engine and record.image == image.reference and image.engine == engines.AUTO:
-            image = replace(image, engine=record.engine)
+        if record is not None and record.image == image.reference:
+            if record.engine and image.engine == engines.AUTO:
+                image = replace(image, engine=record.engine)
+            if record.platform and not image.platform:
+                image = replace(image, platform=record.platform)
         found = engines.find(image, progress)[1]
         if is_current(record, found, read, write):
             assert record is not None
@@ -172,7 +177,8 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         with target.os_errors(path):
             st = os.stat(path)
         _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
-                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine))
+                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine,
+                                   found.platform))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
     return RefreshResult("updated", image.reference, found.engine, found.id, found.digest, path,
                          round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)

@@ -147,6 +147,12 @@ def test_names_and_platforms_in_a_layout(tmp_path: Path) -> None:
     expected = bytes([1 if host == "x86_64" else 2]) * 65536
     assert (tmp_path / "out.raw").read_bytes() == expected
     _one_line(cdisk("convert", "-q", f"oci:{layout}:other", tmp_path / "x.raw"), 3, "(it has: 'vm')")
+    other = "arm64" if host == "x86_64" else "amd64"
+    result = cdisk("convert", "-q", "--platform", f"linux/{other}", f"oci:{layout}:vm", tmp_path / "other.raw")
+    assert result.code == 0, result.err
+    assert (tmp_path / "other.raw").read_bytes() == bytes([2 if other == "arm64" else 1]) * 65536
+    _one_line(cdisk("convert", "-q", "--platform", "linux/s390x", f"oci:{layout}:vm", tmp_path / "y.raw"), 3,
+              "'linux/amd64', 'linux/arm64'")
 
 
 def _blob(layout: Path, data: bytes) -> dict[str, object]:

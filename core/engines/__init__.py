@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cdisk.core.errors import ToolError, UsageError
+from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
 
@@ -44,6 +44,7 @@ class Image:
     store: str = ""
     layer_dirs: tuple[str, ...] = ()
     engine: str = "podman"
+    platform: str = ""  # the platform asked for (--platform), "" for this host's
 
 
 class Engine(Protocol):
@@ -173,6 +174,41 @@ def _transport(request: ImageRequest) -> ImageRequest:
 
 
 def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
+    """The engine `request.engine` (or IMAGE's transport) names and the image in its store, pulled as asked, for
+    `request.platform`: an image in the store for another platform is pulled again for this one (unless
+    `--pull never` or an ID says it must be that image).
+
+    Raises:
+        UsageError: a malformed --platform, or a transport that contradicts --engine.
+        ImageError: the image is for another platform and cannot be pulled for this one.
+    """
+    request = _transport(request)
+    if not request.platform:
+        return _find(request, progress)
+    from cdisk.core.oci_layout import architecture, normal_platform
+
+    request = replace(request, platform=normal_platform(request.platform))
+    engine, image = _find(request, progress)
+    wanted = str(request.platform).split("/")
+    if not image.architecture or architecture(image.architecture) == wanted[1]:
+        return engine, replace(image, platform=str(request.platform))
+    fixed = request.pull is Pull.NEVER or looks_like_id(request.reference) or engine.name == "file"
+    if not fixed:
+        progress.stage(f"{request.reference} in {engine.name}'s store is for {image.architecture}: pulling it for "
+                       f"{request.platform}")
+        image = engine.find_image(replace(request, engine=engine.name, pull=Pull.ALWAYS), progress)
+        if architecture(image.architecture) == wanted[1]:
+            return engine, replace(image, platform=str(request.platform))
+    if request.pull is Pull.NEVER and engine.name != "file":
+        advice = "drop --pull never to pull it for that platform"
+    elif fixed:
+        advice = "name the image for that platform"
+    else:
+        advice = "the registry has it for no such platform; check the name and --platform"
+    raise ImageError(f"{request.reference} is for {image.architecture}, not {request.platform}; {advice}")
+
+
+def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` names and the image in its store, pulled as asked.
 
     `auto`: the engine whose store already holds the image (podman first when both do), else the first one
@@ -183,7 +219,6 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
         ToolError: no engine is installed and answering (or the one named is not).
         ImageError: as `Engine.find_image`.
     """
-    request = _transport(request)
     if request.engine != AUTO:
         engine = named(request.engine)
         return engine, engine.find_image(request, progress)

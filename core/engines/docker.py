@@ -190,14 +190,14 @@ def registry_digest(socket: str, reference: str) -> tuple[str | None, str]:
             return None, str(error.explanation or error)
 
 
-def _pull(socket: str, reference: str, progress: Progress) -> None:
+def _pull(socket: str, reference: str, progress: Progress, platform: str | None = None) -> None:
     progress.stage(f"pulling {reference}")
     layers: dict[str, tuple[int, int]] = {}
     with _api(socket) as client:
         from docker.errors import APIError
 
         try:
-            for event in client.pull(reference, stream=True, decode=True):
+            for event in client.pull(reference, stream=True, decode=True, platform=platform):
                 if event.get("error"):
                     raise ImageError(f"cannot pull {reference}: {event['error']}; {_LOGIN}")
                 detail = event.get("progressDetail") or {}
@@ -208,7 +208,8 @@ def _pull(socket: str, reference: str, progress: Progress) -> None:
             raise ImageError(f"cannot pull {reference}: {error.explanation or error}; {_LOGIN}") from None
 
 
-def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None) -> Image:
+def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None,
+               platform: str | None = None) -> Image:
     """Find `reference` in docker's store, pulling it as `pull` says.
 
     docker has no `newer` policy: the registry's digest for the tag (one manifest request) is compared
@@ -239,7 +240,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
             return local[0]
         if any(d.endswith("@" + current) for d in local[1]):
             return local[0]
-    _pull(socket, reference, progress)
+    _pull(socket, reference, progress, platform)
     pulled = _inspect(socket, reference)
     if pulled is None:
         raise ImageError(f"pulled {reference} but docker cannot find it afterwards; check `docker images`")
@@ -289,7 +290,7 @@ class Docker:
         return found[0]
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
-        return find_image(request.reference, request.pull, progress, request.tls_verify)
+        return find_image(request.reference, request.pull, progress, request.tls_verify, request.platform)
 
     def mount(self, image: Image) -> AbstractContextManager[str]:
         raise UsageError("docker cannot mount an image; use --method layers (as root) or --method save")

@@ -52,7 +52,7 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
     return transport, TarFiles(path, reference, _FIX), name
 
 
-def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
+def _read(reference: str, with_layers: bool, platform: str | None = None) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core import docker_archive, oci_layout
     from cdisk.core.image_files import field_of, need
@@ -66,7 +66,7 @@ def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
             archived = docker_archive.choose(files, name)
             config, image_id, digest, layers = archived.config, archived.image_id, "", archived.layers
         else:
-            chosen = oci_layout.choose(files, name)
+            chosen = oci_layout.choose(files, name, platform)
             config, image_id, digest = chosen.config, chosen.image_id, chosen.digest
             if with_layers:
                 layers = oci_layout.manifest_layers(files, chosen.manifest, _UNCOMPRESSED)
@@ -84,7 +84,7 @@ def _read(reference: str, with_layers: bool) -> tuple[Image, list[LayerBlob]]:
         oci_layout.close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
-                  size=0, layers=diff_ids, engine="file")
+                  size=0, layers=diff_ids, engine="file", platform=platform or "")
     return image, layers
 
 
@@ -102,7 +102,7 @@ class Files:
         return self.find_image(ImageRequest(reference), progress)
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
-        image, _ = _read(request.reference, with_layers=False)
+        image, _ = _read(request.reference, with_layers=False, platform=request.platform)
         progress.stage(f"found {image.id[:12]} in {request.reference}")
         return image
 
@@ -113,7 +113,7 @@ class Files:
         """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
         from cdisk.core.oci_layout import close_blobs
 
-        now, layers = _read(image.reference, with_layers=True)
+        now, layers = _read(image.reference, with_layers=True, platform=image.platform or None)
         if now.id != image.id:
             close_blobs(layers)
             raise ImageError(f"{image.reference} changed while cdisk read it; run cdisk again")

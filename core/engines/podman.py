@@ -136,7 +136,8 @@ def _inspect(client: Any, reference: str, trusted: bool) -> Image | None:
     return _image(reference, found.attrs, trusted)
 
 
-def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, progress: Progress) -> None:
+def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, progress: Progress,
+          platform: str | None = None) -> None:
     from podman.errors import APIError
 
     progress.stage(f"pulling {reference}" if policy == "always" else f"asking the registry whether {reference} moved")
@@ -148,6 +149,9 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, pro
     # `podman pull` does.
     if tls_verify is not None:
         params["tlsVerify"] = "true" if tls_verify else "false"
+    if platform:
+        os_name, arch, *variant = platform.split("/")
+        params.update({"OS": os_name, "Arch": arch, **({"Variant": variant[0]} if variant else {})})
     try:
         response = client.api.post("/images/pull", params=params, stream=True)
         response.raise_for_status()
@@ -168,7 +172,8 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, pro
                          "the registry and your login (`podman login`)") from None
 
 
-def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None) -> Image:
+def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None,
+               platform: str | None = None) -> Image:
     """Find `reference` in the local store, pulling it as podman's `--pull` policy says.
 
     `tls_verify` None leaves HTTPS and certificate checks to registries.conf; True or False overrides it.
@@ -206,7 +211,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
                 raise ImageError(_absent(reference, by_id))
             # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only
             # when the tag moved; for `missing` we already know the image is absent.
-            _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress)
+            _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress, platform)
             pulled = _inspect(client, reference, trusted)
         except requests.RequestException as error:
             raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman "
@@ -324,7 +329,7 @@ class Podman:
             return None
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
-        return find_image(request.reference, request.pull, progress, request.tls_verify)
+        return find_image(request.reference, request.pull, progress, request.tls_verify, request.platform)
 
     def mount(self, image: Image) -> AbstractContextManager[str]:
         return mount_image(image.id)
