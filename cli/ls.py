@@ -116,7 +116,7 @@ def table(listing: Listing, width: int | None = None) -> str:
     for row in rows:
         grid.add_row(*(row[column] for column in widths))
     console.print(f"{listing.image}  id {listing.id[:SHORT_DIGEST]}  digest {_short(listing.digest)}  "
-                  f"arch {listing.architecture or '-'}")
+                  f"arch {listing.architecture or '-'}  source {listing.source}")
     console.print(grid)
     if "layer" not in widths:
         console.print("layer and offset: see `cdisk ls --json`, or a wider terminal")

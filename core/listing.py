@@ -58,6 +58,7 @@ class Listing:
 
     image: str
     engine: str
+    source: str
     id: str
     digest: str
     architecture: str
@@ -140,4 +141,5 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
     elif len(disks) > 1:
         problems.append(f"{len(disks)} candidate disks: convert needs --path to choose one")
     found = opened.image
-    return Listing(image.reference, found.engine, found.id, found.digest, found.architecture, disks, problems)
+    return Listing(image.reference, found.engine, found.source, found.id, found.digest, found.architecture, disks,
+                   problems)

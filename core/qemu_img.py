@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -131,9 +132,15 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
         raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
                                "or damaged: rebuild or re-pull it") from None
     if processes.killed_by_signal(code):
+        # The signal is named: a limit shows as SIGKILL/SIGSEGV/SIGABRT (memory) or SIGXCPU (CPU).
+        signum = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
         raise UnsafeImageError(f"qemu-img {what} was stopped by its memory or CPU limit "
-                               f"({INSPECT_ADDRESS_SPACE >> 20} MiB, {INSPECT_CPU_SECONDS} s); the image is hostile "
-                               "or damaged: rebuild or re-pull it")
+                               f"({INSPECT_ADDRESS_SPACE >> 20} MiB, {INSPECT_CPU_SECONDS} s: {name}); the image is "
+                               "hostile or damaged: rebuild or re-pull it")
     return code, out, err, [str(cmd), *argv]
 
 

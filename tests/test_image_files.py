@@ -68,6 +68,8 @@ def test_what_podman_saves_converts_without_any_engine(saved: tuple[Path, str], 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out.raw", "readonly", f"saved-{fmt}"]
     listing = cdisk("ls", "--json", f"{transport}:{path}", env=env)
     assert listing.code == 0 and json.loads(listing.out)["disks"][0]["path"] == "/disk/disk.qcow2"
+    assert json.loads(listing.out)["source"] == transport
+    assert f"source {transport}" in cdisk("ls", f"{transport}:{path}", env=env).out
     verdict = cdisk("verify", "--json", f"{transport}:{path}", tmp_path / "out.raw", env=env)
     assert verdict.code == 0 and json.loads(verdict.out)["identical"] is True
 

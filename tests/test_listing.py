@@ -169,7 +169,8 @@ LONG_REFUSAL = ("the disk is a qcow2 with a backing file ('/etc/shadow'); cdisk 
 
 
 def _listing(*disks: ListedDisk) -> Listing:
-    return Listing("quay.io/containerdisks/fedora:40", "podman", "875cc1902158" + "0" * 52, D, "amd64", list(disks), [])
+    return Listing("quay.io/containerdisks/fedora:40", "podman", "podman", "875cc1902158" + "0" * 52, D, "amd64",
+                   list(disks), [])
 
 
 def _rows() -> list[ListedDisk]:

@@ -46,6 +46,12 @@ class Image:
     engine: str = "podman"
     platform: str = ""  # the platform asked for (--platform), "" for this host's
 
+    @property
+    def source(self) -> str:
+        """What kind of source it came from: an engine's store (podman, docker) or a file's transport (oci,
+        oci-archive, docker-archive)."""
+        return self.reference.partition(":")[0] if self.engine == "file" else self.engine
+
 
 class Engine(Protocol):
     """What cdisk needs of a container engine."""
