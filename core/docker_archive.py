@@ -10,7 +10,6 @@ inside the archive, a few hops at most.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 from cdisk.core.errors import ImageError
 from cdisk.core.image_files import LAYERS_LIMIT, ImageFiles, TarFiles, field_of, need
-from cdisk.core.saved_layers import LayerBlob
+from cdisk.core.saved_layers import LayerBlob, all_or_none
 
 MANIFEST = "manifest.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -51,16 +50,8 @@ def _blobs(files: ImageFiles, item: dict[str, Any], diff_ids: tuple[str, ...] | 
         raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
     if len(layers) != len(diff_ids):
         raise ImageError(f"{files.what} lists {len(layers)} layers where the image has {len(diff_ids)}; {files.fix}")
-    blobs: list[LayerBlob] = []
-    try:
-        for name, digest in zip(layers, diff_ids, strict=True):
-            blobs.append(files.blob(name, str(digest), COMPRESSED_ADVICE))
-    except BaseException:
-        for blob in blobs:
-            if blob.fd is not None:
-                os.close(blob.fd)
-        raise
-    return blobs
+    return all_or_none(files.blob(name, str(digest), COMPRESSED_ADVICE)
+                       for name, digest in zip(layers, diff_ids, strict=True))
 
 
 def layer_blobs(archive: Path | ImageFiles, image_id: str, diff_ids: tuple[str, ...]) -> list[LayerBlob]:

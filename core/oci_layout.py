@@ -5,16 +5,16 @@ of one image, its config, its layer blobs lowest first.
 
 from __future__ import annotations
 
-import os
 import platform as host
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdisk.core.errors import ImageError, UsageError
 from cdisk.core.image_files import LAYERS_LIMIT, DirectoryFiles, ImageFiles, field_of, need
-from cdisk.core.saved_layers import LayerBlob
+from cdisk.core.saved_layers import LayerBlob, all_or_none
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -54,26 +54,17 @@ def layer_blobs(layout: Path | ImageFiles, image_id: str) -> list[LayerBlob]:
 
 def manifest_layers(files: ImageFiles, manifest: dict[str, Any],
                     advice: str = "use a podman that supports `save --uncompressed`") -> list[LayerBlob]:
-    """The manifest's layer blobs, lowest first, each held open (closed again if one of them fails)."""
-    blobs: list[LayerBlob] = []
+    """The manifest's layer blobs, lowest first, each held open (none, if one of them fails)."""
     layers = field_of(manifest, "layers", list, files)
     if len(layers) > LAYERS_LIMIT:
         raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
-    try:
+
+    def opening() -> Iterator[LayerBlob]:
         for layer in layers:
             digest = need(layer, dict, "a layer", files).get("digest", "")
-            blobs.append(files.blob(blob_name(files, digest), str(digest), advice))
-    except BaseException:
-        close_blobs(blobs)
-        raise
-    return blobs
+            yield files.blob(blob_name(files, digest), str(digest), advice)
 
-
-def close_blobs(blobs: list[LayerBlob]) -> None:
-    """Close the layers' descriptors (each layer has its own)."""
-    for blob in blobs:
-        if blob.fd is not None:
-            os.close(blob.fd)
+    return all_or_none(opening())
 
 
 def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:

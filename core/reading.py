@@ -97,8 +97,7 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageV
     with ExitStack() as stack:
         workdir = stack.enter_context(_save_dir(image, tmp_parent)) if engine.copies else None
         blobs = tuple(engine.save(image, workdir))
-        for fd in {blob.fd for blob in blobs if blob.fd is not None}:
-            stack.callback(os.close, fd)
+        stack.callback(saved_layers.close_blobs, blobs)
 
         def member(image_path: str, found: LayerMember) -> DiskSource:
             blob = blobs[found.layer]

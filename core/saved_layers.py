@@ -5,6 +5,7 @@ unpacks them, in place: a layer is a byte range of a file, never extracted.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,6 +84,25 @@ def read_layer(blob: LayerBlob, layer: int) -> list[LayerMember]:
     except OSError as error:
         raise ImageError(f"cannot read layer {blob.short} of the saved image: {error.strerror}; "
                          "re-pull the image") from None
+
+
+def close_blobs(blobs: Iterable[LayerBlob]) -> None:
+    """Close the layers' descriptors (each layer holds one of its own)."""
+    for blob in blobs:
+        if blob.fd is not None:
+            os.close(blob.fd)
+
+
+def all_or_none(opening: Iterable[LayerBlob]) -> list[LayerBlob]:
+    """Every layer `opening` opens, or — should one of them fail — none: those already open are closed again."""
+    opened: list[LayerBlob] = []
+    try:
+        for blob in opening:
+            opened.append(blob)
+    except BaseException:
+        close_blobs(opened)
+        raise
+    return opened
 
 
 def merged_tree(blobs: list[LayerBlob]) -> MergedTree:

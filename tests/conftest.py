@@ -409,3 +409,34 @@ def docker_host(dockerd: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """
     monkeypatch.setenv("DOCKER_HOST", dockerd)
     return dockerd
+
+
+class Remote:
+    """A repository in the suite's registry, pushed to by the engine the test's images are built with; `push`
+    makes its tag hold a new disk that only the registry has (cdisk must pull it).
+    """
+
+    def __init__(self, images: Images, registry: str) -> None:
+        self.images = images
+        self.ref = f"{registry}/cdisk/{images.engine}-{uuid.uuid4().hex[:8]}:latest"
+
+    def push(self, pattern: int, size: str = "8M", fmt: str = "qcow2", fill: bool = False) -> Path:
+        disk = self.images.disk(f"d{pattern}.{fmt}", fmt=fmt, size=size, pattern=pattern)
+        if fill:
+            sh("qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 {size}", disk)
+        local = self.images.build({f"disk.{fmt}": disk})
+        if self.images.engine == "docker":  # 127.0.0.0/8 is an insecure registry to docker already
+            sh("docker", "tag", local, self.ref)
+            sh("docker", "push", "-q", self.ref)
+            sh("docker", "rmi", self.ref)
+        else:
+            sh("podman", "push", "-q", "--tls-verify=false", local, self.ref)
+        return disk
+
+
+@pytest.fixture
+def remote(images: Images, registry: str) -> Iterator[Remote]:
+    made = Remote(images, registry)
+    yield made
+    for engine in dict.fromkeys((images.engine, "podman")):  # whatever pulled it
+        sh(engine, "rmi", "-f", made.ref, check=False)

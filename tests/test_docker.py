@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, Run, cdisk, path_without, same_disk
+from tests.conftest import Images, Remote, Run, cdisk, path_without, same_disk
 from tests.images import sh
 
 pytestmark = pytest.mark.needs("docker", "dockerd", "podman", "qemu-img", "qemu-io", "bwrap")
@@ -25,36 +23,12 @@ def engine(docker_host: str) -> str:
     return "docker"
 
 
-class DockerRemote:
-    """A repository in the test registry that docker pushes to; `push` makes its tag hold a new disk."""
-
-    def __init__(self, images: Images, registry: str) -> None:
-        self.images = images
-        self.ref = f"{registry}/cdisk/docker-{uuid.uuid4().hex[:8]}:latest"
-
-    def push(self, pattern: int) -> Path:
-        disk = self.images.disk(f"d{pattern}.qcow2", pattern=pattern)
-        local = self.images.build({"disk.qcow2": disk})
-        sh("docker", "tag", local, self.ref)
-        sh("docker", "push", "-q", self.ref)
-        sh("docker", "rmi", self.ref)  # only the registry holds it now: cdisk must pull
-        return disk
-
-
-@pytest.fixture
-def remote(images: Images, registry: str) -> Iterator[DockerRemote]:
-    made = DockerRemote(images, registry)
-    yield made
-    sh("docker", "rmi", "-f", made.ref, check=False)
-    sh("podman", "rmi", "-f", made.ref, check=False)
-
-
 def last_json(result: Run) -> dict[str, object]:
     assert result.code == 0, result.err
     return dict(json.loads(result.out.splitlines()[-1]))
 
 
-def test_pull_newer_by_digest_and_the_recorded_engine(remote: DockerRemote, tmp_path: Path) -> None:
+def test_pull_newer_by_digest_and_the_recorded_engine(remote: Remote, tmp_path: Path) -> None:
     first = remote.push(0x11)
     target = tmp_path / "vm.raw"
     data = last_json(cdisk("refresh", "--json", "--engine", "docker", remote.ref, target))
@@ -78,7 +52,7 @@ def test_pull_newer_by_digest_and_the_recorded_engine(remote: DockerRemote, tmp_
     assert same_disk(second, "qcow2", tmp_path / "d.raw", "raw")
 
 
-def test_pull_progress_and_a_failed_pull(remote: DockerRemote, tmp_path: Path) -> None:
+def test_pull_progress_and_a_failed_pull(remote: Remote, tmp_path: Path) -> None:
     disk = remote.push(0x33)
     result = cdisk("convert", "-v", "--engine", "docker", remote.ref, tmp_path / "out.raw")
     assert result.code == 0, result.err
@@ -89,7 +63,7 @@ def test_pull_progress_and_a_failed_pull(remote: DockerRemote, tmp_path: Path) -
     assert not (tmp_path / "no.raw").exists()
 
 
-def test_tls_verify_must_agree_with_the_daemon(remote: DockerRemote, tmp_path: Path) -> None:
+def test_tls_verify_must_agree_with_the_daemon(remote: Remote, tmp_path: Path) -> None:
     remote.push(0x44)
     # docker takes 127.0.0.0/8 as an insecure registry: asking for TLS there cannot be honoured.
     result = cdisk("convert", "-q", "--engine", "docker", "--tls-verify", "true", remote.ref, tmp_path / "out.raw")

@@ -12,41 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Images, Run, cdisk, private_services, same_disk, wait_for
+from tests.conftest import Remote, Run, cdisk, private_services, same_disk, wait_for
 from tests.devices import loop_device
 from tests.images import sh
 from tests.tool_fakes import faulty_convert
 
 TLS = ("--tls-verify", "false")
-
-
-class Remote:
-    """A repository in the test registry; `push` makes its tag hold a new disk."""
-
-    def __init__(self, images: Images, registry: str) -> None:
-        self.images = images
-        self.ref = f"{registry}/cdisk/refresh-{uuid.uuid4().hex[:8]}:latest"
-
-    def push(self, pattern: int, size: str = "8M", fmt: str = "qcow2", fill: bool = False) -> Path:
-        disk = self.images.disk(f"d{pattern}.{fmt}", fmt=fmt, size=size, pattern=pattern)
-        if fill:
-            sh("qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 {size}", disk)
-        local = self.images.build({f"disk.{fmt}": disk})
-        sh("podman", "push", "-q", "--tls-verify=false", local, self.ref)
-        return disk
-
-
-@pytest.fixture
-def remote(images: Images, registry: str) -> Iterator[Remote]:
-    made = Remote(images, registry)
-    yield made
-    sh("podman", "rmi", "-f", made.ref, check=False)
 
 
 def refresh(remote: Remote, target: Path, *extra: str, env: dict[str, str] | None = None) -> Run:

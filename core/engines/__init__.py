@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the save method's modules are imported only by a run that s
 
 # In the order `--engine auto` asks them.
 NAMES = ("podman", "docker")
+# Image files, read by the `file` engine whatever --engine says.
+FILE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
 AUTO = "auto"
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 
@@ -165,9 +167,7 @@ _STORES = {"containers-storage:": "podman", "docker-daemon:": "docker", "docker:
 
 def _transport(request: ImageRequest) -> ImageRequest:
     """The request with IMAGE's transport (if any) resolved into the engine that serves it."""
-    from cdisk.core.engines.files import is_file_reference
-
-    if is_file_reference(request.reference):
+    if request.reference.startswith(FILE_TRANSPORTS):
         return replace(request, engine="file")  # files need no engine, whichever --engine says
     for prefix, engine in _STORES.items():
         if request.reference.startswith(prefix):
@@ -228,14 +228,12 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     if request.engine != AUTO:
         engine = named(request.engine)
         return engine, engine.find_image(request, progress)
-    present = [engine for engine in map(named, NAMES) if engine.available()]
-    if not present:
-        raise ToolError("neither podman nor docker is installed and answering here; install one "
-                        "(Debian/Ubuntu: apt-get install podman), or start the docker daemon and check that "
-                        "DOCKER_HOST (if set) names its local unix socket and that you may use it")
     failed: list[ToolError] = []
     answering = []
-    for engine in present:
+    # One engine at a time: where podman holds the image, docker's module is never even imported.
+    for engine in (named(name) for name in NAMES):
+        if not engine.available():
+            continue
         try:
             local = engine.lookup(request.reference, progress)
         except ToolError as error:
@@ -249,6 +247,10 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
             return engine, local
         return engine, engine.find_image(replace(request, engine=engine.name), progress)
     if not answering:
-        raise failed[0]
+        if failed:
+            raise failed[0]
+        raise ToolError("neither podman nor docker is installed and answering here; install one "
+                        "(Debian/Ubuntu: apt-get install podman), or start the docker daemon and check that "
+                        "DOCKER_HOST (if set) names its local unix socket and that you may use it")
     engine = answering[0]
     return engine, engine.find_image(replace(request, engine=engine.name), progress)

@@ -9,22 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core.engines import Image
 from cdisk.core.errors import ImageError, UsageError
 from cdisk.core.job import ImageRequest
 from cdisk.core.progress import Progress
-from cdisk.core.saved_layers import LayerBlob
 
-TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+if TYPE_CHECKING:
+    from cdisk.core.saved_layers import LayerBlob
+
 _FIX = "check the path, or save the image again"
 _UNCOMPRESSED = ("cdisk does not decompress layers yet: save the image with its layers uncompressed "
                  "(`podman save --uncompressed`)")
-
-
-def is_file_reference(reference: str) -> bool:
-    return reference.startswith(TRANSPORTS)
 
 
 def split(reference: str) -> tuple[str, Path, str | None]:
@@ -56,6 +53,7 @@ def _read(reference: str, with_layers: bool, platform: str | None = None) -> tup
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core import docker_archive, oci_layout
     from cdisk.core.image_files import field_of, need
+    from cdisk.core.saved_layers import close_blobs
 
     transport, files, name = _open(reference)
     layers: list[LayerBlob] = []
@@ -73,15 +71,15 @@ def _read(reference: str, with_layers: bool, platform: str | None = None) -> tup
         diff_ids = tuple(need(d, str, "a diff ID", files)
                          for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
         if not with_layers:
-            oci_layout.close_blobs(layers)
+            close_blobs(layers)
             layers = []
     except BaseException:
-        oci_layout.close_blobs(layers)
+        close_blobs(layers)
         raise
     finally:
         files.close()
     if not image_id:
-        oci_layout.close_blobs(layers)
+        close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
                   size=0, layers=diff_ids, engine="file", platform=platform or "")
@@ -111,7 +109,7 @@ class Files:
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
-        from cdisk.core.oci_layout import close_blobs
+        from cdisk.core.saved_layers import close_blobs
 
         now, layers = _read(image.reference, with_layers=True, platform=image.platform or None)
         if now.id != image.id:
