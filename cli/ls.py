@@ -123,8 +123,8 @@ def table(listing: Listing, width: int | None = None) -> str:
     elif layers:
         console.print("layers: " + ", ".join(f"{index} {digest}" for index, digest in sorted(layers.items())))
     if header_only:
-        console.print(f"{HEADER_ONLY_MARK} judged by its header only: ls runs qemu-img on the first "
-                      f"{QEMU_IMG_JUDGED} distinct disks; convert checks the disk it reads in full")
+        console.print(f"{HEADER_ONLY_MARK} judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} "
+                      "distinct disks of plain layers; convert checks the whole disk")
     for problem in listing.problems:
         console.print(f"note: {problem}")
     return _LaidOut("\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines()))

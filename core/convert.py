@@ -6,7 +6,7 @@ import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdisk.core import engines, qemu_img, target, userns
 from cdisk.core.engines import Engine, Image
@@ -15,6 +15,9 @@ from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest, WriteRequ
 from cdisk.core.pipeline import OpenedDisk, opened_disk, resolve
 from cdisk.core.progress import Progress
 from cdisk.core.reading import choose_reading
+
+if TYPE_CHECKING:
+    from cdisk.core.sources.copied import CopiedFile
 
 
 @dataclass(frozen=True)
@@ -140,13 +143,38 @@ def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> t
     return needed, needed.required
 
 
+def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> CopiedFile | None:
+    """The disk's decompressed copy when it already is the file asked for: raw, whole, on the target's
+    filesystem, to become a raw file. Naming it takes no room and no time; anything else is converted.
+    """
+    from cdisk.core.sources.copied import CopiedFile
+
+    source = disk.source
+    if not isinstance(source, CopiedFile) or not source.linkable or not source.complete:
+        return None
+    if (disk.format, write.out_format, write.compressed, planned.is_block) != ("raw", "raw", False, False):
+        return None
+    with target.os_errors(planned.directory):
+        same_filesystem = os.fstat(source.fd).st_dev == os.stat(planned.directory).st_dev
+    return source if same_filesystem else None
+
+
 def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, reading: Reading,
            progress: Progress, engine: Engine) -> Written:
     with ExitStack() as stack:
         disk = stack.enter_context(opened_disk(image, read, planned, progress, reading, engine))
-        needed, length = _room_needed(disk, write.out_format, planned)
-        target.check_room(planned, disk.virtual_size, needed, length)
+        copied = _copied_as_asked(disk, write, planned)
+        if copied is None:
+            needed, length = _room_needed(disk, write.out_format, planned)
+            target.check_room(planned, disk.virtual_size, needed, length)
         output = stack.enter_context(target.writing(planned, write.keep, write.durable))
+        if copied is not None:
+            os.unlink(output)
+            if copied.link_as(output):
+                progress.stage("the decompressed disk is the raw file asked for: named, not converted")
+                return Written(disk.source.image_path, disk.format, disk.virtual_size, reading)
+            with target.os_errors(output):
+                os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
         progress.stage("converting")
         options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
                                           target_is_zero=write.target_is_zero)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cdisk.core.errors import CdiskError, DiskNotFoundError, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, SYMLINK, ImageTree, LayerMember, resolve
+from cdisk.core.layers import DIR, FILE, SYMLINK, ImageTree, LayerMember, parent_of, resolve
 
 DISK_DIR = "disk"
+# What `ls` copies of each candidate in a compressed layer: its header and a vmdk's embedded descriptor
+# (formats.detect_format reads no further).
+HEAD = 1 << 20
 
 
 # The `found: …` of a "no disk" error names at most this many entries: /disk may hold thousands.
@@ -104,3 +108,33 @@ def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerM
                                 "pass --path with the disk file's path in the image")
     listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
     raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which members to copy out of a compressed layer: those whose cleaned path `path` accepts, and those whose
+    data start at one of `offsets`; at most `limit` bytes of each (None: whole).
+    """
+
+    path: Callable[[str], bool]
+    limit: int | None = None
+    offsets: frozenset[int] = frozenset()
+
+    @classmethod
+    def disk(cls, explicit: str | None) -> Wanted:
+        """The disk convert looks for: `explicit` (--path), else any file directly under /disk/."""
+        if explicit:
+            from cdisk.core.layer_unpack import go_clean
+
+            wanted = go_clean("/" + explicit).lstrip("/")
+            return cls(lambda path: path == wanted)
+        return cls(_under_disk)
+
+    @classmethod
+    def heads(cls) -> Wanted:
+        """Every candidate's head, enough to judge it by its header (`ls`)."""
+        return cls(_under_disk, HEAD)
+
+
+def _under_disk(path: str) -> bool:
+    return parent_of(path) == DISK_DIR

@@ -22,11 +22,6 @@ from cdisk.core.saved_layers import LayerBlob, all_or_none
 
 MANIFEST = "manifest.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-COMPRESSED_ADVICE = ("docker's containerd image store saves compressed layers: read the image with podman "
-                     "(`--engine podman` after `podman pull`) or turn the containerd store off in docker's "
-                     "daemon.json (\"features\": {\"containerd-snapshotter\": false})")
-
-
 def _docker_saved(archive: Path | ImageFiles) -> ImageFiles:
     if isinstance(archive, Path):
         return TarFiles(archive, "the archive docker saved", "re-pull the image")
@@ -50,7 +45,7 @@ def _blobs(files: ImageFiles, item: dict[str, Any], diff_ids: tuple[str, ...] | 
         raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
     if len(layers) != len(diff_ids):
         raise ImageError(f"{files.what} lists {len(layers)} layers where the image has {len(diff_ids)}; {files.fix}")
-    return all_or_none(files.blob(name, str(digest), COMPRESSED_ADVICE)
+    return all_or_none(files.blob(name, str(digest))
                        for name, digest in zip(layers, diff_ids, strict=True))
 
 

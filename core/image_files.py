@@ -46,8 +46,8 @@ class ImageFiles(Protocol):
     def json(self, name: str) -> Any:
         """The JSON document `name` (a blob's content checked against the digest in its name)."""
 
-    def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
-        """The file `name` as a layer named `digest` (`advice`: what to do should it be compressed), held open by
+    def blob(self, name: str, digest: str) -> LayerBlob:
+        """The file `name` as a layer named `digest`, held open by
         a descriptor of its own that the caller closes."""
 
     def close(self) -> None:
@@ -138,14 +138,14 @@ class DirectoryFiles:
         finally:
             os.close(fd)
 
-    def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
+    def blob(self, name: str, digest: str) -> LayerBlob:
         """The blob, held open by a descriptor of its own (the caller closes `LayerBlob.fd`)."""
         opened = self._open(name)
         try:
             fd = own_fd(opened)
         finally:
             os.close(opened)
-        return LayerBlob(Path(f"/dev/fd/{fd}"), 0, os.fstat(fd).st_size, digest, advice, fd)
+        return LayerBlob(Path(f"/dev/fd/{fd}"), 0, os.fstat(fd).st_size, digest, fd=fd)
 
     def close(self) -> None:
         if self._root_fd is not None:
@@ -216,11 +216,11 @@ class TarFiles:
         entry = self.member(name)
         return _read_json(self.fd(), entry.data_offset, entry.size, _clean(name), self)
 
-    def blob(self, name: str, digest: str, advice: str) -> LayerBlob:
+    def blob(self, name: str, digest: str) -> LayerBlob:
         """The member, in the archive held open by a descriptor of its own (the caller closes `LayerBlob.fd`)."""
         entry = self.member(name)
         fd = own_fd(self.fd())
-        return LayerBlob(Path(f"/dev/fd/{fd}"), entry.data_offset, entry.size, digest, advice, fd)
+        return LayerBlob(Path(f"/dev/fd/{fd}"), entry.data_offset, entry.size, digest, fd=fd)
 
     def close(self) -> None:
         """Close the archive (the layers handed out keep descriptors of their own)."""

@@ -52,6 +52,7 @@ class ImageRequest:
     tls_verify: bool | None = None
     engine: str = "auto"
     platform: str | None = None  # OS/ARCH[/VARIANT]; None: this host's
+    disktype: str = "qemu"  # among podman machine's disk artifacts for the platform, the one of this type
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
                 continue
             where = (member.layer, member.offset, member.size)
             if where not in judged:
-                judgement = _judge(saved.open(candidate.path, member), by_qemu_img < QEMU_IMG_JUDGED)
+                whole = by_qemu_img < QEMU_IMG_JUDGED and not saved.partial(member)
+                judgement = _judge(saved.open(candidate.path, member), whole)
                 by_qemu_img += judgement.judged_by == BY_QEMU_IMG
                 judged[where] = candidate.path, judgement
             first, judgement = judged[where]

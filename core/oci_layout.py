@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform as host
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from cdisk.core.saved_layers import LayerBlob, all_or_none
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
+TITLE = "org.opencontainers.image.title"
+KUBEVIRT_DISK_NAME = "io.kubevirt.disk.name"
+# podman machine's disk artifacts: one manifest per hypervisor's disk format, told apart by this annotation.
+DISKTYPE = "disktype"
 # uname's names for the architectures, as OCI platforms name them.
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "armv8l": "arm",
                   "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x"}
@@ -52,19 +56,35 @@ def layer_blobs(layout: Path | ImageFiles, image_id: str) -> list[LayerBlob]:
     raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
 
 
-def manifest_layers(files: ImageFiles, manifest: dict[str, Any],
-                    advice: str = "use a podman that supports `save --uncompressed`") -> list[LayerBlob]:
-    """The manifest's layer blobs, lowest first, each held open (none, if one of them fails)."""
-    layers = field_of(manifest, "layers", list, files)
+def manifest_layers(files: ImageFiles, manifest: dict[str, Any], artifact: bool = False) -> list[LayerBlob]:
+    """The manifest's layer blobs, lowest first, each held open (none, if one of them fails). The layers of a
+    disk `artifact` are named for what they hold (`disk_names`).
+    """
+    layers = [need(layer, dict, "a layer", files) for layer in field_of(manifest, "layers", list, files)]
     if len(layers) > LAYERS_LIMIT:
         raise ImageError(f"{files.what} has {len(layers)} layers, more than {LAYERS_LIMIT}; {files.fix}")
+    names = disk_names(layers) if artifact else [None] * len(layers)
 
     def opening() -> Iterator[LayerBlob]:
-        for layer in layers:
-            digest = need(layer, dict, "a layer", files).get("digest", "")
-            yield files.blob(blob_name(files, digest), str(digest), advice)
+        for layer, name in zip(layers, names, strict=True):
+            digest = str(layer.get("digest", ""))
+            yield replace(files.blob(blob_name(files, digest), digest), disk_name=name)
 
     return all_or_none(opening())
+
+
+def disk_names(layers: list[dict[str, Any]]) -> list[str | None]:
+    """The file each layer of a disk artifact stands for under /disk/: the name its annotations give
+    (KubeVirt's `io.kubevirt.disk.name`, else the `org.opencontainers.image.title` ORAS and podman write), its
+    last path component; `layer-N` when there is none, it is a dot-file or too long, or another layer has it.
+    """
+    names: list[str | None] = []
+    for index, layer in enumerate(layers):
+        notes = _text(layer, "annotations")
+        name = (notes.get(KUBEVIRT_DISK_NAME) or notes.get(TITLE) or "").rpartition("/")[2]
+        bad = not name or name.startswith(".") or "\0" in name or len(name.encode()) > 200 or name in names
+        names.append(f"layer-{index}" if bad else name)
+    return names
 
 
 def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:
@@ -135,13 +155,21 @@ class Chosen:
     config: dict[str, Any]
 
     @property
+    def artifact(self) -> bool:
+        """A disk artifact (ORAS, KubeVirt, podman machine), not an image: a config with no rootfs (`{}`)."""
+        return "rootfs" not in self.config
+
+    @property
     def image_id(self) -> str:
-        return str(self.manifest.get("config", {}).get("digest", "")).removeprefix("sha256:")
+        """The config's digest; an artifact's, whose configs are all alike (`{}`), is its manifest's."""
+        digest = self.digest if self.artifact else self.manifest.get("config", {}).get("digest", "")
+        return str(digest).removeprefix("sha256:")
 
 
-def choose(files: ImageFiles, ref: str | None, platform: str | None = None) -> Chosen:
+def choose(files: ImageFiles, ref: str | None, platform: str | None = None, disktype: str = "qemu") -> Chosen:
     """The image `ref` names in the layout's index (its `org.opencontainers.image.ref.name`), or its only one;
-    an image index is resolved to the manifest of `platform` (default: this host's).
+    an image index is resolved to the manifest of `platform` (default: this host's), and among podman machine's
+    disk artifacts for it, to the one of `disktype`.
     """
     entries = _manifest_entries(files, files.json("index.json"))
     if ref:
@@ -157,6 +185,12 @@ def choose(files: ImageFiles, ref: str | None, platform: str | None = None) -> C
         fitting = [e for e in entries if _fits(e, wanted) or (len(entries) == 1 and "platform" not in e)]
         if len(fitting) > 1:  # the same platform twice, with and without a variant: the plain one
             fitting = [e for e in fitting if len(_platform_of(e).split("/")) == 2] or fitting
+        if len(fitting) > 1 and any(DISKTYPE in _text(e, "annotations") for e in fitting):
+            kinds = {_text(e, "annotations").get(DISKTYPE, "") for e in fitting} - {""}
+            fitting = [e for e in fitting if _text(e, "annotations").get(DISKTYPE) == disktype]
+            if len(fitting) != 1:
+                raise ImageError(f"{files.what} holds disks of the types {_shown(kinds)} for {wanted}, not one only "
+                                 f"of type {disktype[:100]!r}; choose one with --disktype")
         if len(fitting) != 1:
             there = _shown({_platform_of(e) for e in entries})
             raise ImageError(f"{files.what} holds {len(entries)} image(s) ({there}) and not one only for {wanted}; "

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 from cdisk.core import engines, qemu_img
-from cdisk.core.disks import find_disk
+from cdisk.core.disks import Wanted, find_disk
 from cdisk.core.engines import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable
 from cdisk.core.inspection import inspect_disk
@@ -63,28 +63,31 @@ def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | No
 @contextmanager
 def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
                  reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedImage]:
-    """The image resolved and opened by `reading` (default: the one `read.method` gives a reader)."""
+    """The image resolved and opened by `reading` (default: the one `read.method` gives a reader); of a
+    compressed layer, only the heads of the candidate disks are copied out (enough to judge them by header).
+    """
     engine, found = resolve(image, progress, engine)
     chosen = reading or choose_reading(read.method, writes=False, image=found, mounts=engine.mounts)
-    with _view(engine, found, chosen, read, target, progress) as view:
+    with _view(engine, found, chosen, read, target, progress, Wanted.heads()) as view:
         yield OpenedImage(found, chosen, view)
 
 
 def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
-          progress: Progress) -> AbstractContextManager[ImageView]:
+          progress: Progress, wanted: Wanted) -> AbstractContextManager[ImageView]:
     where = image.reference if image.engine == "file" else f"{image.engine}'s store"
     progress.stage(f"reading the disk in place from {where} ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
         progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
-    return image_view(engine, image, reading, temp_parent(read.tmpdir, target))
+    return image_view(engine, image, reading, temp_parent(read.tmpdir, target), wanted, progress)
 
 
 def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
           progress: Progress) -> tuple[ExitStack, OpenedDisk]:
     """The disk opened and judged, with the stack that holds it open (undone here if anything fails)."""
     with ExitStack() as stack:
-        view = stack.enter_context(_view(engine, image, reading, read, target, progress))
+        view = stack.enter_context(_view(engine, image, reading, read, target, progress,
+                                         Wanted.disk(read.disk_path)))
         source = view.open(*find_disk(view.tree, read.disk_path))
         judged = inspect_disk(source)
         return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,

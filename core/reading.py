@@ -25,6 +25,8 @@ from cdisk.core.sources import DiskSource
 from cdisk.core.target import Target, free_bytes
 
 if TYPE_CHECKING:
+    from cdisk.core.disks import Wanted
+    from cdisk.core.progress import Progress
     from cdisk.core.saved_layers import LayerBlob
 
 
@@ -78,33 +80,33 @@ class ImageView:
     """An image's files as one reading method reaches them.
 
     `tree` finds files (with the image's own rules for links); `open` turns a regular file found there into
-    the `DiskSource` qemu-img reads; `blobs` are the saved layer files (save method only, for `ls`).
+    the `DiskSource` qemu-img reads; `blobs` are the saved layer files (save method only, for `ls`); `partial`
+    says whether only the head of a file found can be read (a compressed layer's, for `ls`).
     """
 
     tree: ImageTree
     open: Callable[[str, LayerMember], DiskSource]
     blobs: tuple[LayerBlob, ...] = ()
+    partial: Callable[[LayerMember], bool] = lambda found: False
 
 
 @contextmanager
-def saved_view(engine: Engine, image: Image, tmp_parent: str) -> Iterator[ImageView]:
+def saved_view(engine: Engine, image: Image, tmp_parent: str, wanted: Wanted, progress: Progress,
+               ) -> Iterator[ImageView]:
     """The image's layers saved to a private temp dir, removed when the block ends, however it ends (an engine
     that does not copy — image files — hands out its layers where they lie, with no temp dir at all).
+
+    Compressed layers are decompressed once, the `wanted` files copied out into anonymous files in `tmp_parent`.
     """
     from cdisk.core import saved_layers
-    from cdisk.core.sources.tar_member import TarMember
 
     with ExitStack() as stack:
         workdir = stack.enter_context(_save_dir(image, tmp_parent)) if engine.copies else None
         blobs = tuple(engine.save(image, workdir))
         stack.callback(saved_layers.close_blobs, blobs)
-
-        def member(image_path: str, found: LayerMember) -> DiskSource:
-            blob = blobs[found.layer]
-            return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size,
-                             () if blob.fd is None else (blob.fd,))
-
-        yield ImageView(saved_layers.merged_tree(list(blobs)), member, blobs)
+        layers = saved_layers.SavedLayers(blobs, wanted, tmp_parent, progress)
+        stack.callback(layers.close)
+        yield ImageView(layers.tree, layers.source, blobs, layers.partial)
 
 
 @contextmanager
@@ -166,9 +168,14 @@ def layers_view(image: Image) -> AbstractContextManager[ImageView]:
     return _pinned_view(layer_dirs.LayerDirsTree(list(image.layer_dirs)))
 
 
-def image_view(engine: Engine, image: Image, reading: Reading, tmp_parent: str) -> AbstractContextManager[ImageView]:
-    """The view `reading` gives (the user-namespace mount runs in a child of its own)."""
+def image_view(engine: Engine, image: Image, reading: Reading, tmp_parent: str, wanted: Wanted,
+               progress: Progress) -> AbstractContextManager[ImageView]:
+    """The view `reading` gives (the user-namespace mount runs in a child of its own). `wanted`: the files a
+    compressed layer's stream copies out as it goes by.
+    """
     assert reading is not Reading.MOUNT_IN_USERNS, "a child in the user namespace mounts for itself"
     if reading is Reading.LAYERS:
         return layers_view(image)
-    return mounted_view(engine, image) if reading is Reading.MOUNT else saved_view(engine, image, tmp_parent)
+    if reading is Reading.MOUNT:
+        return mounted_view(engine, image)
+    return saved_view(engine, image, tmp_parent, wanted, progress)

@@ -5,15 +5,22 @@ unpacks them, in place: a layer is a byte range of a file, never extracted.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+from cdisk.core.disks import DISK_DIR
 from cdisk.core.errors import ImageError, LayerRefused, UnsafeImageError
 from cdisk.core.layer_unpack import members_from_tar
-from cdisk.core.layers import LayerMember, MergedTree
-from cdisk.core.tar_headers import read_entries
+from cdisk.core.layers import DIR, FILE, LayerMember, MergedTree
+from cdisk.core.progress import Progress
+from cdisk.core.tar_headers import BLOCK, read_entries, starts_a_tar
+
+if TYPE_CHECKING:
+    from cdisk.core.decompressed_layers import DecompressedLayer
+    from cdisk.core.disks import Wanted
+    from cdisk.core.sources import DiskSource
 
 # The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
 # deflate method byte): a compressed blob has no stable offsets, anything else is read as a tar.
@@ -23,7 +30,8 @@ COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzi
 @dataclass(frozen=True)
 class LayerBlob:
     """One saved layer: the `size` bytes at `offset` of `path`. `digest` names it (its diff ID);
-    `compressed_advice` is the way out offered when it turns out compressed. `fd`, when set, holds the file open
+    `disk_name`, set for a disk artifact's layer, is the file under /disk/ it stands for (the layer is that
+    disk, unless it turns out to be a tar). `fd`, when set, holds the file open
     (`path` is then /dev/fd/N): what is read cannot be swapped underneath.
     """
 
@@ -31,8 +39,8 @@ class LayerBlob:
     offset: int
     size: int
     digest: str
-    compressed_advice: str = "use a podman that supports `save --uncompressed`"
     fd: int | None = None
+    disk_name: str | None = None
 
     @classmethod
     def whole(cls, path: Path, digest: str = "") -> LayerBlob:
@@ -58,14 +66,15 @@ class _Window:
 
 
 def check_plain_tar(blob: LayerBlob, head: bytes) -> None:
-    """Refuse a layer that is not a plain tar, whatever its media type claims.
+    """Refuse a layer that is not a plain tar, whatever its media type claims (`SavedLayers` decompresses
+    gzip and zstd layers before they reach the tar reader).
 
     podman can label a plain-tar blob `tar+gzip` or `tar+zstd`, so only the bytes are trusted.
     """
     for magic, name in COMPRESSED.items():
         if head.startswith(magic):
-            raise UnsafeImageError(f"layer {blob.short} is {name}-compressed, so the disk cannot be read in "
-                                   f"place; {blob.compressed_advice}")
+            raise UnsafeImageError(f"layer {blob.short} is {name}-compressed; cdisk reads gzip and zstd layers, "
+                                   "and a plain tar in place: recompress it with one of them")
 
 
 def read_layer(blob: LayerBlob, layer: int) -> list[LayerMember]:
@@ -106,5 +115,96 @@ def all_or_none(opening: Iterable[LayerBlob]) -> list[LayerBlob]:
 
 
 def merged_tree(blobs: list[LayerBlob]) -> MergedTree:
-    """The image's merged view from its saved layers, lowest first."""
+    """The image's merged view from its saved plain-tar layers, lowest first."""
     return MergedTree([read_layer(blob, index) for index, blob in enumerate(blobs)])
+
+
+def disk_layer(name: str, layer: int, size: int) -> list[LayerMember]:
+    """The members a disk artifact's layer stands for: /disk/`name`, its data the whole layer."""
+    return [LayerMember(DISK_DIR, DIR, layer), LayerMember(f"{DISK_DIR}/{name}", FILE, layer, 0, size)]
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression a blob's first bytes show (gzip, zstd, …), or None for a plain tar (or disk)."""
+    return next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def read_head(blob: LayerBlob) -> bytes:
+    """The blob's first block (fewer bytes when it is shorter)."""
+    try:
+        if blob.fd is not None:
+            return os.pread(blob.fd, min(BLOCK, blob.size), blob.offset)
+        with blob.path.open("rb") as f:
+            f.seek(blob.offset)
+            return f.read(min(BLOCK, blob.size))
+    except OSError as error:
+        raise ImageError(f"cannot read layer {blob.short} of the saved image: {error.strerror}; "
+                         "re-pull the image") from None
+
+
+class SavedLayers:
+    """An image's saved layers, opened: their merged tree, and a `DiskSource` for a file found in it.
+
+    A plain-tar layer is read in place (a file is a byte range of the blob), and so is a disk artifact's
+    uncompressed layer (the disk is the blob). A compressed one is decompressed once, as it is indexed, and
+    the files `wanted` are copied out of it into anonymous files in `directory` (`decompressed_layers`); they
+    live until `close`.
+    """
+
+    def __init__(self, blobs: Sequence[LayerBlob], wanted: Wanted, directory: str, progress: Progress) -> None:
+        self.blobs, self.wanted, self.directory, self.progress = tuple(blobs), wanted, directory, progress
+        self.decompressed: dict[int, DecompressedLayer] = {}
+        heads = [read_head(blob) for blob in self.blobs]
+        self.kinds = [compression_of(head) for head in heads]
+        try:
+            self.tree = MergedTree([self._members(index, heads[index]) for index in range(len(self.blobs))])
+        except BaseException:
+            self.close()
+            raise
+
+    def _members(self, index: int, head: bytes) -> list[LayerMember]:
+        blob = self.blobs[index]
+        if self.kinds[index] is not None:
+            self.decompressed[index] = self._decompress(index, self.wanted)
+            return self.decompressed[index].members
+        if blob.disk_name is not None and not starts_a_tar(head):
+            return disk_layer(blob.disk_name, index, blob.size)
+        return read_layer(blob, index)
+
+    def _decompress(self, index: int, wanted: Wanted) -> DecompressedLayer:
+        from cdisk.core.decompressed_layers import read_compressed
+
+        blob, kind = self.blobs[index], self.kinds[index]
+        assert kind is not None
+        self.progress.stage(f"decompressing layer {blob.short} ({kind}, {blob.size / (1 << 20):.0f} MiB)")
+        return read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name)
+
+    def partial(self, found: LayerMember) -> bool:
+        """Whether only the head of `found` can be read (a compressed layer's file, when heads were wanted)."""
+        return self.kinds[found.layer] is not None and self.wanted.limit is not None
+
+    def source(self, image_path: str, found: LayerMember) -> DiskSource:
+        """The bytes of the regular file `found`, for qemu-img and the header checks."""
+        blob = self.blobs[found.layer]
+        if self.kinds[found.layer] is None:
+            from cdisk.core.sources.tar_member import TarMember
+
+            return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size,
+                             () if blob.fd is None else (blob.fd,))
+        from cdisk.core.disks import Wanted as Wanting
+        from cdisk.core.sources.copied import CopiedFile
+
+        layer = self.decompressed[found.layer]
+        copy = layer.copies.get(found.offset)
+        if copy is None:  # not the file guessed: the layer once more, for it alone
+            again = self._decompress(found.layer, Wanting(lambda path: False, self.wanted.limit,
+                                                          frozenset({found.offset})))
+            copy = again.copies.pop(found.offset)
+            again.close()
+            layer.copies[found.offset] = copy
+        return CopiedFile(image_path, copy.fd, found.size, copy.complete, copy.linkable)
+
+    def close(self) -> None:
+        for layer in self.decompressed.values():
+            layer.close()
+        self.decompressed.clear()

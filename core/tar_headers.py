@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
 from cdisk.core.errors import LayerRefused
 
@@ -200,6 +200,13 @@ def _format(block: bytes) -> str | None:
     return _V7
 
 
+def starts_a_tar(block: bytes) -> bool:
+    """Whether `block` is a tar header Go would read (its checksum holds): a layer of a disk artifact that does
+    not start with one is the disk itself. A zero block is not taken as a tar: a raw disk may start with one.
+    """
+    return len(block) == BLOCK and block != _ZERO_BLOCK and _format(block) is not None
+
+
 @dataclass
 class _Header:
     name: bytes
@@ -342,27 +349,60 @@ def _global(header: _Header, records: dict[bytes, bytes], offset: int, data_offs
     return TarEntry(_text(header.name), GLOBAL, offset, data_offset, 0)
 
 
-def read_entries(blob: BinaryIO, blob_size: int) -> Iterator[TarEntry]:
+class Stream(Protocol):
+    """A layer read forward only (a compressed layer as it decompresses): `read` returns fewer bytes than asked
+    only at the end; `skip_to` moves forward to `position` and says whether the layer reaches it.
+    """
+
+    position: int
+
+    def read(self, length: int) -> bytes: ...
+
+    def skip_to(self, position: int) -> bool: ...
+
+    def at_end(self) -> bool: ...
+
+
+def read_entries(blob: BinaryIO | Stream, blob_size: int | None) -> Iterator[TarEntry]:
     """The members of one layer tar, in order, as Go's Reader returns them.
+
+    `blob_size` None reads `blob` as a `Stream`: its members' data are read (or skipped) between two entries,
+    and the layer's end is where the stream ends.
 
     Raises:
         LayerRefused: a header Go rejects, or one that tar readers could read differently.
     """
     pos = 0
     pending = _Pending()
+    stream = cast(Stream, blob) if blob_size is None else None
 
     def read(offset: int, length: int, what: str) -> bytes:
+        if stream is not None:
+            data = stream.read(length) if stream.skip_to(offset) else b""
+            if len(data) < length:
+                raise LayerRefused(f"the layer ends inside {what}", offset)
+            return data
+        assert blob_size is not None
         if offset + length > blob_size:
             raise LayerRefused(f"the layer ends inside {what}", offset)
-        blob.seek(offset)
-        return blob.read(length)
+        seekable = cast(BinaryIO, blob)
+        seekable.seek(offset)
+        return seekable.read(length)
+
+    def ends_at(offset: int) -> bool:
+        if stream is None:
+            assert blob_size is not None
+            return offset >= blob_size
+        if not stream.skip_to(offset):
+            raise LayerRefused("the layer ends inside a member's data", offset)
+        return stream.at_end()
 
     while True:
-        if pos >= blob_size:
+        if ends_at(pos):
             break
         block = read(pos, BLOCK, "a header")
         if block == _ZERO_BLOCK:
-            if pos + BLOCK < blob_size and read(pos + BLOCK, BLOCK, "a header") != _ZERO_BLOCK:
+            if not ends_at(pos + BLOCK) and read(pos + BLOCK, BLOCK, "a header") != _ZERO_BLOCK:
                 raise LayerRefused("a zero block followed by another header", pos + BLOCK)
             break
         header = _header(block, pos)
@@ -398,7 +438,7 @@ def read_entries(blob: BinaryIO, blob_size: int) -> Iterator[TarEntry]:
         else:
             member, length = _member(header, pending, pos, data_offset)
             pending = _Pending()
-            if data_offset + length > blob_size:
+            if blob_size is not None and data_offset + length > blob_size:
                 raise LayerRefused("the layer ends inside a member's data", pos)
             yield member
         # Go reads no further than the padding of the last member: a blob cut inside it has ended.

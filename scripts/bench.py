@@ -13,6 +13,12 @@ docker-layers, docker-save: the same image built in docker's store (a dockerd of
 its data cached under bench-cache/docker), read from its layer directories or inside `docker save`'s archive.
 naive: podman save to a tar, extract it and the layer, convert the extracted file.
 X@REV (with --baseline REV): command X of cdisk as it was at git revision REV, for before/after in one run.
+
+Compressed layers (cases raw-gzip, raw-zstd, qcow2-gzip, qcow2-zstd; not run unless named in --cases): the raw
+(4 GiB) and qcow2 containerDisks copied by skopeo into OCI layouts with one gzip or zstd layer. Their floor is
+the decompressor alone on the same blob (`gzip -dc`/`zstd -dc` to /dev/null); beside it the decompressor
+writing the layer to a file (zstd sparse, as it does by default), the decompressor piped into `tar -xO` (the
+disk extracted), bare qemu-img convert of the uncompressed disk file, and `cdisk convert oci:LAYOUT`.
 """
 
 from __future__ import annotations
@@ -256,8 +262,49 @@ def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
     if fmt == "raw":
         commands["floor-sparse"] = ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)]
     commands = {k: v for k, v in commands.items() if k == "floor" or not only or k.split("@")[0] in only}
+    return _interleaved(commands, rounds, target)
+
+
+COMPRESSED_CASES = {"raw-gzip": ("raw", "gzip"), "raw-zstd": ("raw", "zstd"),
+                    "qcow2-gzip": ("qcow2", "gzip"), "qcow2-zstd": ("qcow2", "zstd")}
+
+
+def build_compressed(name: str, fs: Path) -> tuple[Path, Path, Path]:
+    """The case's OCI layout (one compressed layer), its layer blob, and the uncompressed disk file."""
+    fmt, compression = COMPRESSED_CASES[name]
+    image, disk = build_case(fmt, fs)
+    case_dir = CACHE / "compressed"
+    case_dir.mkdir(exist_ok=True)
+    layout = case_dir / name
+    if not layout.exists():
+        print(f"bench: writing {image} as one {compression} layer", file=sys.stderr)
+        sh("skopeo", "copy", "-q", "--dest-compress-format", compression, f"containers-storage:{image}",
+           f"oci:{layout.with_suffix('.tmp')}:latest")
+        layout.with_suffix(".tmp").rename(layout)
+    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda path: path.stat().st_size)
+    return layout, blob, disk
+
+
+def run_compressed(name: str, fs: Path, rounds: int) -> dict[str, object]:
+    layout, blob, disk = build_compressed(name, fs)
+    fmt, tool = COMPRESSED_CASES[name]
+    target = CACHE / "out" / f"{name}.raw"
+    target.parent.mkdir(exist_ok=True)
+    to_file = (f"zstd -q -d -f {blob} -o {target}" if tool == "zstd" else f"gzip -dc < {blob} > {target}")
+    commands = {
+        "floor": ["sh", "-c", f"{tool} -dc < {blob} > /dev/null"],
+        f"{tool}-to-file": ["sh", "-c", to_file],
+        f"{tool}|tar-xO": ["sh", "-c", f"{tool} -dc < {blob} | tar -xO > {target}"],
+        "qemu-img": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)],
+        "cdisk": [CDISK, "convert", "-q", "--force", f"oci:{layout}", str(target)],
+    }
+    return _interleaved(commands, rounds, target)
+
+
+def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path) -> dict[str, object]:
+    """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor"."""
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
-    for round_ in range(rounds + 1):  # round 0 warms the page cache and is not counted
+    for round_ in range(rounds + 1):
         for key, argv in commands.items():
             target.unlink(missing_ok=True)
             # Untimed: the previous command's dirty pages must not be written back during this one.
@@ -316,13 +363,17 @@ def main() -> None:
     results: dict[str, object] = {"machine": machine, "rounds": args.rounds,
                                   "startup": startup(args.rounds, small), "cases": {}}
     only = set(filter(None, args.commands.split(",")))
-    wants_docker = not only or any(command.startswith("docker-") for command in only)
+    wants_docker = (not only or any(command.startswith("docker-") for command in only)) and any(
+        name in CASES for name in args.cases.split(","))
     with live_socket() as socket, (docker_daemon() if wants_docker else nullcontext("")) as docker_host:
         if docker_host:
             machine["docker"] = sh("docker", "--host", docker_host, "version", "--format",
                                    "{{.Server.Version}}").stdout.strip()
         for name in args.cases.split(","):
             print(f"bench: {name} ({args.rounds} rounds)", file=sys.stderr)
+            if name in COMPRESSED_CASES:
+                results["cases"][name] = run_compressed(name, fs, args.rounds)  # type: ignore[index]
+                continue
             results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline,  # type: ignore[index]
                                               docker_host)
     print(render(results))

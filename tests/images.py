@@ -260,3 +260,44 @@ def docker_image_blobs(workdir: Path, tars: list[bytes]) -> str:
 
 def remove_image(name: str, engine: str = "podman") -> None:
     sh(engine, "rmi", "-f", name, check=False)
+
+
+EMPTY_CONFIG = {"mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
+
+
+def oci_artifact_layout(workdir: Path, manifests: list[tuple[list[tuple[bytes, dict[str, object]]], dict[str, object]]],
+                        ) -> Path:
+    """An OCI layout of disk artifacts as ORAS, KubeVirt's VM export and podman machine write them: each manifest
+    has the empty config (`{}`) and layers that are the disks themselves. `manifests`: per manifest, its layers
+    (blob, descriptor fields such as mediaType and annotations) and the fields of its index entry (platform,
+    annotations). Several manifests are put under one image index, as a multi-arch push does.
+    """
+    layout = workdir / f"artifact-{uuid.uuid4().hex[:8]}"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    blob(b"{}")
+    entries = []
+    for layers, entry in manifests:
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.unknown.artifact.v1",
+            "config": EMPTY_CONFIG,
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(data), **fields}
+                       for data, fields in layers],
+        }
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **blob(json.dumps(manifest).encode()), **entry})
+    if len(entries) > 1:
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}
+        entries = [{"mediaType": "application/vnd.oci.image.index.v1+json", **blob(json.dumps(index).encode())}]
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": entries}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return layout

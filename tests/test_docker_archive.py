@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.disks import Wanted
 from cdisk.core.docker_archive import layer_blobs
 from cdisk.core.engines.docker import digest_for
-from cdisk.core.errors import ImageError, UnsafeImageError
-from cdisk.core.saved_layers import merged_tree, read_layer
+from cdisk.core.errors import ImageError
+from cdisk.core.progress import NoProgress
+from cdisk.core.saved_layers import SavedLayers, close_blobs, merged_tree, read_layer
 from tests.images import Entry, layer_tar, tar_file
 
 DISK = b"QFI\xfb" + bytes(range(256)) * 40
@@ -82,14 +84,21 @@ def test_one_image_whose_id_is_not_its_configs_digest(tmp_path: Path) -> None:
         assert f.read(member.size) == DISK
 
 
-def test_a_compressed_layer_says_why_and_what_to_do(tmp_path: Path) -> None:
+def test_a_compressed_layer_inside_the_archive_is_decompressed(tmp_path: Path) -> None:
+    # docker's containerd image store saves layers as pulled: compressed.
     layer = gzip.compress(layer_tar([Entry("disk/vm.qcow2", data=DISK)]))
     archive = _archive(tmp_path / "a.tar", {"aa/layer.tar": layer, "c0ffee.json": b"{}"},
                        [{"Config": "c0ffee.json", "Layers": ["aa/layer.tar"]}])
-    [blob] = layer_blobs(archive, "c0ffee", ("sha256:" + "1" * 64,))
-    with pytest.raises(UnsafeImageError) as refused:
-        read_layer(blob, 0)
-    assert "gzip-compressed" in refused.value.message and "containerd" in refused.value.message
+    blobs = layer_blobs(archive, "c0ffee", ("sha256:" + "1" * 64,))
+    layers = SavedLayers(blobs, Wanted.disk(None), str(tmp_path), NoProgress())
+    try:
+        member = layers.tree.lookup("disk/vm.qcow2")
+        assert member is not None and layers.kinds == ["gzip"]
+        assert layers.source("/disk/vm.qcow2", member).read_at(0, len(DISK) + 1) == DISK
+    finally:
+        layers.close()
+        close_blobs(blobs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]
 
 
 @pytest.mark.parametrize(("members", "manifest", "says"), [

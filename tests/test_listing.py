@@ -133,7 +133,7 @@ def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, 
     assert by_path["/disk/z.raw"]["judged_by"] == "header"
     table = cdisk("ls", name, env=runs.env)
     assert table.code == 0
-    assert f"* judged by its header only: ls runs qemu-img on the first {QEMU_IMG_JUDGED} distinct disks" in table.out
+    assert f"* judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} distinct disks" in table.out
     formats = {path: row[1] for path, row in plain_rows(table.out).items()}
     assert formats == {"/disk/0-evil.qcow2": "-"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
                                                         for p, judged_by in zip(sorted(sizes), judged, strict=True)} \
@@ -217,8 +217,8 @@ def test_table_marks_disks_judged_by_header_only() -> None:
              ListedDisk("/disk/b", None, None, 512, 0, D, 2048, "the disk is LUKS-encrypted", "header")]
     lines = table(_listing(*disks), width=120).splitlines()
     assert lines[3].split()[:2] == ["/disk/a", "qcow2*"] and lines[4].split()[:2] == ["/disk/b", "-"]
-    assert f"* judged by its header only: ls runs qemu-img on the first {QEMU_IMG_JUDGED} distinct disks; " \
-           "convert checks the disk it reads in full" in lines
+    assert f"* judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} distinct disks of plain " \
+           "layers; convert checks the whole disk" in lines
     assert not [line for line in table(_listing(*_rows()), width=120).splitlines() if line.startswith("*")]
 
 

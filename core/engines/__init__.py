@@ -47,6 +47,7 @@ class Image:
     layer_dirs: tuple[str, ...] = ()
     engine: str = "podman"
     platform: str = ""  # the platform asked for (--platform), "" for this host's
+    disktype: str = "qemu"  # the disk type asked for among podman machine's disk artifacts (--disktype)
 
     @property
     def source(self) -> str:

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from cdisk.core.saved_layers import LayerBlob
 
 _FIX = "check the path, or save the image again"
-_UNCOMPRESSED = ("cdisk does not decompress layers yet: save the image with its layers uncompressed "
-                 "(`podman save --uncompressed`)")
 
 
 def split(reference: str) -> tuple[str, Path, str | None]:
@@ -49,7 +47,8 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
     return transport, TarFiles(path, reference, _FIX), name
 
 
-def _read(reference: str, with_layers: bool, platform: str | None = None) -> tuple[Image, list[LayerBlob]]:
+def _read(reference: str, with_layers: bool, platform: str | None = None, disktype: str = "qemu",
+          ) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core import docker_archive, oci_layout
     from cdisk.core.image_files import field_of, need
@@ -64,10 +63,13 @@ def _read(reference: str, with_layers: bool, platform: str | None = None) -> tup
             archived = docker_archive.choose(files, name)
             config, image_id, digest, layers = archived.config, archived.image_id, "", archived.layers
         else:
-            chosen = oci_layout.choose(files, name, platform)
+            chosen = oci_layout.choose(files, name, platform, disktype)
             config, image_id, digest = chosen.config, chosen.image_id, chosen.digest
             if with_layers:
-                layers = oci_layout.manifest_layers(files, chosen.manifest, _UNCOMPRESSED)
+                layers = oci_layout.manifest_layers(files, chosen.manifest, chosen.artifact)
+            if chosen.artifact:  # its layers are named by their blobs' digests alone
+                config = {**config, "rootfs": {"diff_ids": [need(layer, dict, "a layer", files).get("digest", "")
+                          for layer in field_of(chosen.manifest, "layers", list, files)]}}
         diff_ids = tuple(need(d, str, "a diff ID", files)
                          for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
         if not with_layers:
@@ -82,7 +84,7 @@ def _read(reference: str, with_layers: bool, platform: str | None = None) -> tup
         close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
-                  size=0, layers=diff_ids, engine="file", platform=platform or "")
+                  size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype)
     return image, layers
 
 
@@ -100,7 +102,7 @@ class Files:
         return self.find_image(ImageRequest(reference), progress)
 
     def find_image(self, request: ImageRequest, progress: Progress) -> Image:
-        image, _ = _read(request.reference, with_layers=False, platform=request.platform)
+        image, _ = _read(request.reference, with_layers=False, platform=request.platform, disktype=request.disktype)
         progress.stage(f"found {image.id[:12]} in {request.reference}")
         return image
 
@@ -111,7 +113,8 @@ class Files:
         """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
         from cdisk.core.saved_layers import close_blobs
 
-        now, layers = _read(image.reference, with_layers=True, platform=image.platform or None)
+        now, layers = _read(image.reference, with_layers=True, platform=image.platform or None,
+                            disktype=image.disktype)
         if now.id != image.id:
             close_blobs(layers)
             raise ImageError(f"{image.reference} changed while cdisk read it; run cdisk again")
