@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 PLAIN_WIDTH = 400
 SHORT_DIGEST = 12
 HEADER_ONLY_MARK = "*"
+NOT_JUDGED_MARK = "?"
 COLUMNS = ("path", "format", "virtual size", "file size", "layer", "offset", "refused because")
 # Columns a narrow terminal goes without (`--json` has them): when the path and the refusal would get fewer
 # cells than they need, and fewer than this many, the table would fold them into slivers.
@@ -81,16 +82,19 @@ def table(listing: Listing, width: int | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from cdisk.core.listing import BY_HEADER, QEMU_IMG_JUDGED
+    from cdisk.core.disks import COPIES
+    from cdisk.core.listing import BY_HEADER, BY_NOTHING, QEMU_IMG_JUDGED
 
     rows: list[dict[str, str]] = []
     layers: dict[int, str] = {}
-    header_only = False
+    header_only = not_judged = False
     for disk in listing.disks:
         fmt = disk.format or "-"
         if disk.format and not disk.refused and disk.judged_by == BY_HEADER:
             fmt += HEADER_ONLY_MARK
             header_only = True
+        if disk.judged_by == BY_NOTHING:
+            fmt, not_judged = NOT_JUDGED_MARK, True
         if disk.layer is not None:
             layers[disk.layer] = _short(disk.layer_digest or "")
         rows.append(dict(zip(COLUMNS, (
@@ -125,6 +129,9 @@ def table(listing: Listing, width: int | None = None) -> str:
     if header_only:
         console.print(f"{HEADER_ONLY_MARK} judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} "
                       "distinct disks of plain layers; convert checks the whole disk")
+    if not_judged:
+        console.print(f"{NOT_JUDGED_MARK} not judged: cdisk copies at most {COPIES} candidates out of compressed "
+                      "layers; convert --path reads any of them")
     for problem in listing.problems:
         console.print(f"note: {problem}")
     return _LaidOut("\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines()))

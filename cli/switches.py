@@ -25,9 +25,9 @@ class ImageSwitches(OutputSwitches):
     platform = cli.SwitchAttr(["--platform"], str, default=None,
                               help="OS/ARCH[/VARIANT] of the image to take from a multi-platform image or index "
                                    "(default: this host's), e.g. linux/arm64")
-    disktype = cli.SwitchAttr(["--disktype"], str, default="qemu",
+    disktype = cli.SwitchAttr(["--disktype"], str, default=None,
                               help="Of podman machine's disk artifacts (one per hypervisor), the one of this type "
-                                   "(qemu, applehv, hyperv, …)")
+                                   "(default: qemu; applehv, hyperv, …)")
     tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
                             help="Where the save method keeps the saved layers (default: beside a file TARGET, "
                                  "else $TMPDIR or /var/tmp)")
@@ -36,7 +36,8 @@ class ImageSwitches(OutputSwitches):
         """Which image these switches ask for, and how to get it."""
         tls = None if self.tls_verify is None else self.tls_verify == "true"
         return ImageRequest(reference, Pull(str(self.pull)), tls, str(self.engine),
-                            str(self.platform) if self.platform else None, str(self.disktype))
+                            str(self.platform) if self.platform else None,
+                            str(self.disktype) if self.disktype else None)
 
     def read_request(self) -> ReadRequest:
         """How these switches ask to read the disk."""

@@ -9,6 +9,7 @@ one error each (Go's readers, which podman and docker unpack with, fail on all o
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import zlib
 from typing import TYPE_CHECKING
@@ -34,70 +35,141 @@ READABLE = ("gzip", "zstd")
 
 
 class _Input:
-    """The `size` compressed bytes at `offset` of open file `fd`, handed out `CHUNK` at a time; reports how far
-    it got."""
+    """The `size` compressed bytes at `offset` of open file `fd`, read `CHUNK` at a time and handed to a decoder
+    `FEED` at a time, so that what a decoder leaves over at the end of a member or frame (and gives back as a
+    copy) stays small however many members or frames follow; reports how far it got.
+    """
+
+    FEED = 64 << 10
 
     def __init__(self, fd: int, offset: int, size: int, progress: Progress) -> None:
         self.fd, self.offset, self.size, self.done, self.progress = fd, offset, size, 0, progress
+        self.buffer, self.at = memoryview(b""), 0
 
-    def __call__(self) -> bytes:
-        data = os.pread(self.fd, min(CHUNK, self.size - self.done), self.offset + self.done)
-        self.done += len(data)
-        self.progress.update(self.done, self.size)
-        return data
+    def ready(self, length: int = 1) -> bool:
+        """Whether `length` more bytes are there to feed (read from the file as needed)."""
+        while len(self.buffer) - self.at < length:
+            data = os.pread(self.fd, min(CHUNK, self.size - self.done), self.offset + self.done)
+            if not data:
+                return False
+            self.done += len(data)
+            self.progress.update(self.done, self.size)
+            self.buffer, self.at = memoryview(bytes(self.buffer[self.at:]) + data), 0
+        return True
+
+    def feed(self) -> memoryview:
+        """The next bytes for a decoder (empty at the end)."""
+        self.ready()
+        piece = self.buffer[self.at:self.at + self.FEED]
+        self.at += len(piece)
+        return piece
+
+    def give_back(self, length: int) -> None:
+        """The last `length` bytes fed were not the decoder's: they are fed again (to the next one)."""
+        self.at -= length
+
+    def take(self, length: int) -> bytes:
+        """The next `length` bytes, or fewer at the end."""
+        self.ready(length)
+        piece = bytes(self.buffer[self.at:self.at + length])
+        self.at += len(piece)
+        return piece
 
 
-class _GzipMembers:
-    """Go's gzip reader (multistream): one member after another, each checked against its CRC and length, up to
-    the end of the input — anything after a member that is not another member (zeros too) is an error.
+class _Frames:
+    """Members (gzip) or frames (zstd) one after another up to the end of the input, as Go's readers take them:
+    whatever follows one must be another. More than `MAX_FRAMES` in one layer is refused: each costs a decoder
+    of its own, and a hostile stream of empty ones would otherwise cost an hour per GiB.
     """
 
+    MAX_FRAMES = 1_000_000
+
     def __init__(self, source: _Input) -> None:
-        self.source, self.decoder, self.data = source, zlib.decompressobj(16 + zlib.MAX_WBITS), b""
+        self.source, self.frames = source, 0
+
+    def started(self) -> None:
+        self.frames += 1
+        if self.frames > self.MAX_FRAMES:
+            raise ValueError(f"more than {self.MAX_FRAMES:,} members or frames in one layer")
+
+
+class _GzipMembers(_Frames):
+    """Go's gzip reader (multistream): each member checked against its CRC and length by zlib."""
+
+    def __init__(self, source: _Input) -> None:
+        super().__init__(source)
+        self.decoder: zlib._Decompress | None = None
 
     def read(self, length: int) -> bytes:
         while True:
-            if self.decoder.eof:
-                rest = self.decoder.unused_data or self.source()
-                if not rest:
+            if self.decoder is None or self.decoder.eof:
+                if self.decoder is not None:
+                    self.source.give_back(len(self.decoder.unused_data))
+                if not self.source.ready():
+                    if self.decoder is None and self.frames == 0:
+                        raise EOFError
                     return b""
-                self.decoder, self.data = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
-            if not self.data:
-                self.data = self.source()
-                if not self.data:
-                    raise EOFError
-            out = self.decoder.decompress(self.data, length)
-            self.data = self.decoder.unconsumed_tail
+                self.started()
+                self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            feed = self.source.feed()
+            if not feed:
+                raise EOFError
+            out = self.decoder.decompress(feed, length)
+            self.source.give_back(len(self.decoder.unconsumed_tail))
             if out:
                 return out
 
 
-class _ZstdFrames:
-    """Go's zstd reader: one frame after another (skippable ones included) up to the end of the input; a frame
-    whose window exceeds `ZSTD_WINDOW_LOG` is refused before anything is allocated for it.
+# A skippable zstd frame: magic 0x184D2A50-5F, a 4-byte length, that many bytes of anything (zstd:chunked's
+# table of contents is one).
+_SKIPPABLE_MAGIC, _SKIPPABLE_MASK = 0x184D2A50, 0xFFFFFFF0
+
+
+class _ZstdFrames(_Frames):
+    """Go's zstd reader: frames one after another, skippable ones skipped (with no decoder); a frame whose
+    window exceeds `ZSTD_WINDOW_LOG` is refused before anything is allocated for it.
     """
 
     def __init__(self, source: _Input) -> None:
-        self.source, self.data = source, b""
-        self.decoder = self._decoder()
+        super().__init__(source)
+        self.decoder: zstd.ZstdDecompressor | None = None
 
-    @staticmethod
-    def _decoder() -> zstd.ZstdDecompressor:
-        return zstd.ZstdDecompressor(options={int(zstd.DecompressionParameter.window_log_max): ZSTD_WINDOW_LOG})
+    def _skipped(self) -> bool:
+        """Whether a skippable frame came next (and was skipped)."""
+        if not self.source.ready(8):
+            return False
+        head = bytes(self.source.buffer[self.source.at:self.source.at + 8])
+        magic, length = struct.unpack("<II", head)
+        if magic & _SKIPPABLE_MASK != _SKIPPABLE_MAGIC:
+            return False
+        self.started()
+        self.source.take(8)
+        while length:
+            piece = self.source.take(min(length, CHUNK))
+            if not piece:
+                raise EOFError
+            length -= len(piece)
+        return True
 
     def read(self, length: int) -> bytes:
         while True:
-            if self.decoder.eof:
-                rest = self.decoder.unused_data or self.data or self.source()
-                if not rest:
+            if self.decoder is None or self.decoder.eof:
+                if self.decoder is not None:
+                    self.source.give_back(len(self.decoder.unused_data))
+                    self.decoder = None
+                if self._skipped():
+                    continue
+                if not self.source.ready():
                     return b""
-                self.decoder, self.data = self._decoder(), rest
+                self.started()
+                self.decoder = zstd.ZstdDecompressor(
+                    options={int(zstd.DecompressionParameter.window_log_max): ZSTD_WINDOW_LOG})
             if self.decoder.needs_input:
-                feed, self.data = self.data or self.source(), b""
+                feed = self.source.feed()
                 if not feed:
                     raise EOFError
             else:
-                feed = b""
+                feed = memoryview(b"")
             out = self.decoder.decompress(feed, length)
             if out:
                 return out
@@ -112,7 +184,8 @@ class Decompressed:
                                    "reads gzip and zstd); recompress it with gzip or zstd")
         self.blob, self.kind, self.position = blob, kind, 0
         self._pending = b""
-        assert blob.fd is not None, "a compressed layer is read through its descriptor"
+        if blob.fd is None:
+            raise TypeError("a compressed layer is read through the descriptor its blob holds")
         source = _Input(blob.fd, blob.offset, blob.size, progress)
         self._frames = _GzipMembers(source) if kind == "gzip" else _ZstdFrames(source)
 
@@ -122,7 +195,7 @@ class Decompressed:
         except EOFError:
             raise UnsafeImageError(f"layer {self.blob.short}'s {self.kind} stream is cut short; save or pull the "
                                    "image again") from None
-        except zlib.error as error:
+        except (zlib.error, ValueError) as error:
             raise self._corrupt(str(error)) from None
         except zstd.ZstdError as error:
             if "memory" in str(error).lower() or "window" in str(error).lower():
@@ -177,8 +250,11 @@ class Decompressed:
             self._pending = self._next(CHUNK)
         return not self._pending
 
-    def drain(self) -> None:
-        """Read what follows the tar's end, so that the stream's own end (its checksums) is checked too."""
+    def drain(self) -> int:
+        """Read what is left (after a tar's end: so that the stream's own end, its checksums, is checked too);
+        where the stream ends."""
+        end = self.position + len(self._pending)
         self._pending = b""
-        while self._next(CHUNK):
-            pass
+        while data := self._next(CHUNK):
+            end += len(data)
+        return end

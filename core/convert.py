@@ -144,8 +144,9 @@ def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> t
 
 
 def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> CopiedFile | None:
-    """The disk's decompressed copy when it already is the file asked for: raw, whole, on the target's
-    filesystem, to become a raw file. Naming it takes no room and no time; anything else is converted.
+    """The disk's decompressed copy when it already is the file asked for: raw, whole, made in the target's
+    directory (its group, its security label: as if written there), to become a raw file. Naming it takes no
+    room and no time; anything else is converted.
     """
     from cdisk.core.sources.copied import CopiedFile
 
@@ -155,8 +156,8 @@ def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Targ
     if (disk.format, write.out_format, write.compressed, planned.is_block) != ("raw", "raw", False, False):
         return None
     with target.os_errors(planned.directory):
-        same_filesystem = os.fstat(source.fd).st_dev == os.stat(planned.directory).st_dev
-    return source if same_filesystem else None
+        same = os.path.samefile(source.directory, planned.directory)
+    return source if same else None
 
 
 def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, reading: Reading,
@@ -169,12 +170,17 @@ def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target
             target.check_room(planned, disk.virtual_size, needed, length)
         output = stack.enter_context(target.writing(planned, write.keep, write.durable))
         if copied is not None:
-            os.unlink(output)
-            if copied.link_as(output):
+            with target.os_errors(output):
+                os.unlink(output)
+            why = copied.link_as(output, target.new_file_mode())
+            if why is None:
                 progress.stage("the decompressed disk is the raw file asked for: named, not converted")
                 return Written(disk.source.image_path, disk.format, disk.virtual_size, reading)
+            progress.stage(f"cannot name the decompressed disk as the target ({why}): converting it")
             with target.os_errors(output):
                 os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            needed, length = _room_needed(disk, write.out_format, planned)
+            target.check_room(planned, disk.virtual_size, needed, length)
         progress.stage("converting")
         options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
                                           target_is_zero=write.target_is_zero)

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from cdisk.core.compressed import CHUNK, Decompressed
-from cdisk.core.disks import Wanted
+from cdisk.core.disks import COPIES, DISK_DIR, Wanted
 from cdisk.core.errors import LayerRefused, TargetError, UnsafeImageError
+from cdisk.core.image_files import own_fd
 from cdisk.core.layer_unpack import go_clean, members_from_tar
 from cdisk.core.layers import LayerMember
 from cdisk.core.progress import Progress
@@ -61,9 +62,10 @@ class DecompressedLayer:
 
 
 def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, directory: str,
-                    progress: Progress, disk_name: str | None = None) -> DecompressedLayer:
+                    progress: Progress, disk_name: str | None = None, room: int = COPIES) -> DecompressedLayer:
     """Read the layer once, to its stream's end, copying the `wanted` members into anonymous files in
-    `directory`. The copies belong to the caller (`DecompressedLayer.close`).
+    `directory` — at most `room` of them at a time (a later file of the same path replaces its copy). The
+    copies belong to the caller (`DecompressedLayer.close`).
 
     `disk_name`: the layer is a disk artifact's, which is the disk itself unless it starts as a tar does; then it
     is the one file /disk/`disk_name`, copied whole (its head only, when `wanted` has a limit).
@@ -74,6 +76,8 @@ def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, dire
     """
     stream = Decompressed(blob, kind, progress)
     if disk_name is not None and not starts_a_tar(stream.peek(BLOCK)):
+        if not (0 in wanted.offsets or (room > 0 and wanted.path(f"{DISK_DIR}/{disk_name}"))):
+            return DecompressedLayer(disk_layer(disk_name, layer, stream.drain()))
         copy, size = _copy(stream, None, wanted.limit, directory, blob)
         return DecompressedLayer(disk_layer(disk_name, layer, size), {0: copy})
     read = DecompressedLayer([])
@@ -91,8 +95,10 @@ def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, dire
             replaced = by_path.pop(path, None)
             if replaced is not None and replaced not in wanted.offsets:
                 os.close(read.copies.pop(replaced).fd)  # a later entry replaces it in this layer
-            read.copies[entry.data_offset] = _copy(stream, entry.size, wanted.limit, directory, blob)[0]
-            by_path[path] = entry.data_offset
+            # Past `room`, a file that is the disk after all is read in a second pass (which asks by offset).
+            if entry.data_offset in wanted.offsets or len(read.copies) < room:
+                read.copies[entry.data_offset] = _copy(stream, entry.size, wanted.limit, directory, blob)[0]
+                by_path[path] = entry.data_offset
 
     try:
         read.members = members_from_tar(copying(), layer)
@@ -145,6 +151,12 @@ def _copy(stream: Decompressed, size: int | None, limit: int | None, directory: 
             done += len(data)
         kept = done if limit is None else min(done, limit)
         os.ftruncate(fd, -(-kept // SECTOR) * SECTOR)
+        # What qemu-img gets is read-only, and never one of the standard streams a child's stdio replaces.
+        read_only = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            held = own_fd(read_only)
+        finally:
+            os.close(read_only)
     except OSError as error:
         os.close(fd)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -155,7 +167,8 @@ def _copy(stream: Decompressed, size: int | None, limit: int | None, directory: 
     except BaseException:
         os.close(fd)
         raise
-    return Copy(fd, kept == done, linkable), done
+    os.close(fd)
+    return Copy(held, kept == done, linkable), done
 
 
 def _write_sparse(fd: int, data: bytes, at: int) -> None:

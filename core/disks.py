@@ -12,6 +12,10 @@ DISK_DIR = "disk"
 # What `ls` copies of each candidate in a compressed layer: its header and a vmdk's embedded descriptor
 # (formats.detect_format reads no further).
 HEAD = 1 << 20
+# The most copies of files of compressed layers held at once for one image: /disk/ holds one disk, two or
+# three at most; more are a hostile image's way to take descriptors and space. A file beyond them that turns
+# out to be the disk is read in a second pass; `ls` leaves it unjudged.
+COPIES = 8
 
 
 # The `found: …` of a "no disk" error names at most this many entries: /disk may hold thousands.

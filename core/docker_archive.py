@@ -22,6 +22,8 @@ from cdisk.core.saved_layers import LayerBlob, all_or_none
 
 MANIFEST = "manifest.json"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
 def _docker_saved(archive: Path | ImageFiles) -> ImageFiles:
     if isinstance(archive, Path):
         return TarFiles(archive, "the archive docker saved", "re-pull the image")

@@ -52,7 +52,7 @@ class ImageRequest:
     tls_verify: bool | None = None
     engine: str = "auto"
     platform: str | None = None  # OS/ARCH[/VARIANT]; None: this host's
-    disktype: str = "qemu"  # among podman machine's disk artifacts for the platform, the one of this type
+    disktype: str | None = None  # among podman machine's disk artifacts for the platform, this type; None: qemu
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ described with the reason it would be refused, never opened through anything on 
 Judging is bounded, however many candidates an image holds: candidates whose data lie at the same
 place (hard links, a file seen through several links) are judged once; every distinct disk's header
 is checked (`formats.detect_format`, the checks `convert` makes first), and qemu-img confirms only the
-first `QEMU_IMG_JUDGED` distinct disks that pass it. The rest say they were judged by header only.
+first `QEMU_IMG_JUDGED` distinct disks that pass it. The rest say they were judged by header only. Of
+compressed layers, only the heads of the first `disks.COPIES` candidates are copied out (one reading of each
+layer); the others are listed as not judged.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ QEMU_IMG_JUDGED = 8
 BY_QEMU_IMG = "qemu-img"  # its header checked, then opened by qemu-img info (and check), as convert does
 BY_HEADER = "header"  # its header checked only (the qemu-img bound was reached, or the header refused it)
 BY_METADATA = "metadata"  # refused from the layers' metadata (a link out of the image, not a file): no byte read
+BY_NOTHING = "none"  # not judged: a compressed layer's file beyond the copies its one reading kept
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
                                         BY_METADATA))
                 continue
             where = (member.layer, member.offset, member.size)
+            if where not in judged and not saved.copied(member):
+                # Judging it would read its layer once more: each such candidate would cost a whole layer.
+                disks.append(ListedDisk(candidate.path, None, None, member.size, member.layer,
+                                        saved.blobs[member.layer].digest, member.offset, "", BY_NOTHING))
+                continue
             if where not in judged:
                 whole = by_qemu_img < QEMU_IMG_JUDGED and not saved.partial(member)
                 judgement = _judge(saved.open(candidate.path, member), whole)

@@ -19,6 +19,7 @@ from cdisk.core.saved_layers import LayerBlob, all_or_none
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
+_FALLBACK = re.compile(r"layer-[0-9]+")
 TITLE = "org.opencontainers.image.title"
 KUBEVIRT_DISK_NAME = "io.kubevirt.disk.name"
 # podman machine's disk artifacts: one manifest per hypervisor's disk format, told apart by this annotation.
@@ -76,15 +77,23 @@ def manifest_layers(files: ImageFiles, manifest: dict[str, Any], artifact: bool 
 def disk_names(layers: list[dict[str, Any]]) -> list[str | None]:
     """The file each layer of a disk artifact stands for under /disk/: the name its annotations give
     (KubeVirt's `io.kubevirt.disk.name`, else the `org.opencontainers.image.title` ORAS and podman write), its
-    last path component; `layer-N` when there is none, it is a dot-file or too long, or another layer has it.
+    last path component; `layer-N` (N its place) when there is none, it is a dot-file, not UTF-8, too long, of
+    the form `layer-N` itself, or an earlier layer has it — no two layers ever share a name.
     """
     names: list[str | None] = []
     for index, layer in enumerate(layers):
         notes = _text(layer, "annotations")
         name = (notes.get(KUBEVIRT_DISK_NAME) or notes.get(TITLE) or "").rpartition("/")[2]
-        bad = not name or name.startswith(".") or "\0" in name or len(name.encode()) > 200 or name in names
-        names.append(f"layer-{index}" if bad else name)
+        names.append(name if _fit(name) and name not in names else f"layer-{index}")
     return names
+
+
+def _fit(name: str) -> bool:
+    try:
+        length = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate JSON can carry
+        return False
+    return 0 < length <= 200 and not name.startswith(".") and "\0" not in name and not _FALLBACK.fullmatch(name)
 
 
 def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:
@@ -160,17 +169,29 @@ class Chosen:
         return "rootfs" not in self.config
 
     @property
+    def image_config(self) -> dict[str, Any]:
+        """The config; an artifact's with the rootfs it lacks: its layers, named by their blobs' digests."""
+        if not self.artifact:
+            return self.config
+        layers = self.manifest.get("layers")
+        digests = [layer.get("digest", "") for layer in layers if isinstance(layer, dict)] \
+            if isinstance(layers, list) else []
+        return {**self.config, "rootfs": {"diff_ids": digests}}
+
+    @property
     def image_id(self) -> str:
         """The config's digest; an artifact's, whose configs are all alike (`{}`), is its manifest's."""
         digest = self.digest if self.artifact else self.manifest.get("config", {}).get("digest", "")
         return str(digest).removeprefix("sha256:")
 
 
-def choose(files: ImageFiles, ref: str | None, platform: str | None = None, disktype: str = "qemu") -> Chosen:
+def choose(files: ImageFiles, ref: str | None, platform: str | None = None, disktype: str | None = None,
+           ) -> Chosen:
     """The image `ref` names in the layout's index (its `org.opencontainers.image.ref.name`), or its only one;
     an image index is resolved to the manifest of `platform` (default: this host's), and among podman machine's
-    disk artifacts for it, to the one of `disktype`.
+    disk artifacts for it, to the one of `disktype` (default: qemu).
     """
+    asked, disktype = disktype is not None, disktype or "qemu"
     entries = _manifest_entries(files, files.json("index.json"))
     if ref:
         named = [e for e in entries if _text(e, "annotations").get(REF_NAME) == ref]
@@ -185,7 +206,7 @@ def choose(files: ImageFiles, ref: str | None, platform: str | None = None, disk
         fitting = [e for e in entries if _fits(e, wanted) or (len(entries) == 1 and "platform" not in e)]
         if len(fitting) > 1:  # the same platform twice, with and without a variant: the plain one
             fitting = [e for e in fitting if len(_platform_of(e).split("/")) == 2] or fitting
-        if len(fitting) > 1 and any(DISKTYPE in _text(e, "annotations") for e in fitting):
+        if any(DISKTYPE in _text(e, "annotations") for e in fitting) and (len(fitting) > 1 or asked):
             kinds = {_text(e, "annotations").get(DISKTYPE, "") for e in fitting} - {""}
             fitting = [e for e in fitting if _text(e, "annotations").get(DISKTYPE) == disktype]
             if len(fitting) != 1:

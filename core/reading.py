@@ -81,13 +81,15 @@ class ImageView:
 
     `tree` finds files (with the image's own rules for links); `open` turns a regular file found there into
     the `DiskSource` qemu-img reads; `blobs` are the saved layer files (save method only, for `ls`); `partial`
-    says whether only the head of a file found can be read (a compressed layer's, for `ls`).
+    says whether only the head of a file found can be read (a compressed layer's, for `ls`); `copied` whether
+    its bytes can be had without reading its layer once more.
     """
 
     tree: ImageTree
     open: Callable[[str, LayerMember], DiskSource]
     blobs: tuple[LayerBlob, ...] = ()
     partial: Callable[[LayerMember], bool] = lambda found: False
+    copied: Callable[[LayerMember], bool] = lambda found: True
 
 
 @contextmanager
@@ -106,7 +108,7 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str, wanted: Wanted, pr
         stack.callback(saved_layers.close_blobs, blobs)
         layers = saved_layers.SavedLayers(blobs, wanted, tmp_parent, progress)
         stack.callback(layers.close)
-        yield ImageView(layers.tree, layers.source, blobs, layers.partial)
+        yield ImageView(layers.tree, layers.source, blobs, layers.partial, layers.copied)
 
 
 @contextmanager

@@ -44,6 +44,8 @@ class Record:
     engine: str = ""
     # The platform asked for ("": this host's); later refreshes of the same IMAGE without --platform keep it.
     platform: str = ""
+    # The disk type asked for among podman machine's disk artifacts ("": qemu); kept as the platform is.
+    disktype: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
                 image = replace(image, engine=record.engine)
             if record.platform and not image.platform:
                 image = replace(image, platform=record.platform)
+            if record.disktype and not image.disktype:
+                image = replace(image, disktype=record.disktype)
         found = engines.find(image, progress)[1]
         if is_current(record, found, read, write):
             assert record is not None
@@ -178,7 +182,7 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
             st = os.stat(path)
         _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
                                    write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine,
-                                   found.platform))
+                                   found.platform, found.disktype))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
     return RefreshResult("updated", image.reference, found.engine, found.id, found.digest, path,
                          round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)

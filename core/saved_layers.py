@@ -42,11 +42,6 @@ class LayerBlob:
     fd: int | None = None
     disk_name: str | None = None
 
-    @classmethod
-    def whole(cls, path: Path, digest: str = "") -> LayerBlob:
-        """A blob that is a file of its own (an OCI layout's, named by its digest)."""
-        return cls(path, 0, path.stat().st_size, digest or f"sha256:{path.name}")
-
     @property
     def short(self) -> str:
         return self.digest.removeprefix("sha256:")[:12]
@@ -65,18 +60,6 @@ class _Window:
         return self.file.read(max(0, min(length, self.size - (self.file.tell() - self.offset))))
 
 
-def check_plain_tar(blob: LayerBlob, head: bytes) -> None:
-    """Refuse a layer that is not a plain tar, whatever its media type claims (`SavedLayers` decompresses
-    gzip and zstd layers before they reach the tar reader).
-
-    podman can label a plain-tar blob `tar+gzip` or `tar+zstd`, so only the bytes are trusted.
-    """
-    for magic, name in COMPRESSED.items():
-        if head.startswith(magic):
-            raise UnsafeImageError(f"layer {blob.short} is {name}-compressed; cdisk reads gzip and zstd layers, "
-                                   "and a plain tar in place: recompress it with one of them")
-
-
 def read_layer(blob: LayerBlob, layer: int) -> list[LayerMember]:
     """The contents of one plain-tar layer as the engine unpacks it, with its files' data offsets (from the
     start of the layer). A 0-byte layer is an empty layer, as podman takes it.
@@ -84,15 +67,16 @@ def read_layer(blob: LayerBlob, layer: int) -> list[LayerMember]:
     try:
         with (os.fdopen(os.dup(blob.fd), "rb") if blob.fd is not None else blob.path.open("rb")) as f:
             window = _Window(f, blob.offset, blob.size)
-            window.seek(0)
-            check_plain_tar(blob, window.read(8))
             return members_from_tar(read_entries(window, blob.size), layer)  # type: ignore[arg-type]
     except LayerRefused as error:
         raise UnsafeImageError(f"layer {blob.short} is refused: {error.what} at byte {error.offset}; "
                                f"{LayerRefused.ADVICE}") from None
     except OSError as error:
-        raise ImageError(f"cannot read layer {blob.short} of the saved image: {error.strerror}; "
-                         "re-pull the image") from None
+        raise _unreadable(blob, error) from None
+
+
+def _unreadable(blob: LayerBlob, error: OSError) -> ImageError:
+    return ImageError(f"cannot read layer {blob.short} of the saved image: {error.strerror}; re-pull the image")
 
 
 def close_blobs(blobs: Iterable[LayerBlob]) -> None:
@@ -114,11 +98,6 @@ def all_or_none(opening: Iterable[LayerBlob]) -> list[LayerBlob]:
     return opened
 
 
-def merged_tree(blobs: list[LayerBlob]) -> MergedTree:
-    """The image's merged view from its saved plain-tar layers, lowest first."""
-    return MergedTree([read_layer(blob, index) for index, blob in enumerate(blobs)])
-
-
 def disk_layer(name: str, layer: int, size: int) -> list[LayerMember]:
     """The members a disk artifact's layer stands for: /disk/`name`, its data the whole layer."""
     return [LayerMember(DISK_DIR, DIR, layer), LayerMember(f"{DISK_DIR}/{name}", FILE, layer, 0, size)]
@@ -138,8 +117,7 @@ def read_head(blob: LayerBlob) -> bytes:
             f.seek(blob.offset)
             return f.read(min(BLOCK, blob.size))
     except OSError as error:
-        raise ImageError(f"cannot read layer {blob.short} of the saved image: {error.strerror}; "
-                         "re-pull the image") from None
+        raise _unreadable(blob, error) from None
 
 
 class SavedLayers:
@@ -158,6 +136,7 @@ class SavedLayers:
         self.kinds = [compression_of(head) for head in heads]
         try:
             self.tree = MergedTree([self._members(index, heads[index]) for index in range(len(self.blobs))])
+            self._keep_referenced()
         except BaseException:
             self.close()
             raise
@@ -173,15 +152,33 @@ class SavedLayers:
 
     def _decompress(self, index: int, wanted: Wanted) -> DecompressedLayer:
         from cdisk.core.decompressed_layers import read_compressed
+        from cdisk.core.disks import COPIES
 
         blob, kind = self.blobs[index], self.kinds[index]
         assert kind is not None
         self.progress.stage(f"decompressing layer {blob.short} ({kind}, {blob.size / (1 << 20):.0f} MiB)")
-        return read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name)
+        held = sum(len(layer.copies) for layer in self.decompressed.values())
+        return read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name,
+                               COPIES - held)
+
+    def _keep_referenced(self) -> None:
+        """Close the copies of files no longer in the image (replaced or whited out by a later layer)."""
+        referenced = {(m.layer, m.offset) for m in self.tree.entries.values() if m.kind == FILE}
+        for index, layer in self.decompressed.items():
+            for offset in [o for o in layer.copies if (index, o) not in referenced]:
+                os.close(layer.copies.pop(offset).fd)
+
+    def copied(self, found: LayerMember) -> bool:
+        """Whether the bytes of `found` can be had without reading its layer again (false only for a file of
+        a compressed layer beyond the copies the first reading kept)."""
+        return self.kinds[found.layer] is None or found.offset in self.decompressed[found.layer].copies
 
     def partial(self, found: LayerMember) -> bool:
         """Whether only the head of `found` can be read (a compressed layer's file, when heads were wanted)."""
-        return self.kinds[found.layer] is not None and self.wanted.limit is not None
+        if self.kinds[found.layer] is None or self.wanted.limit is None:
+            return False
+        copy = self.decompressed[found.layer].copies.get(found.offset)
+        return not copy.complete if copy is not None else found.size > self.wanted.limit
 
     def source(self, image_path: str, found: LayerMember) -> DiskSource:
         """The bytes of the regular file `found`, for qemu-img and the header checks."""
@@ -202,7 +199,7 @@ class SavedLayers:
             copy = again.copies.pop(found.offset)
             again.close()
             layer.copies[found.offset] = copy
-        return CopiedFile(image_path, copy.fd, found.size, copy.complete, copy.linkable)
+        return CopiedFile(image_path, copy.fd, found.size, self.directory, copy.complete, copy.linkable)
 
     def close(self) -> None:
         for layer in self.decompressed.values():

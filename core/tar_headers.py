@@ -393,9 +393,9 @@ def read_entries(blob: BinaryIO | Stream, blob_size: int | None) -> Iterator[Tar
         if stream is None:
             assert blob_size is not None
             return offset >= blob_size
-        if not stream.skip_to(offset):
-            raise LayerRefused("the layer ends inside a member's data", offset)
-        return stream.at_end()
+        # A stream that ends before `offset` ends inside the padding of the last member (its data were read
+        # to their end before): that is the end, as at a cut of a blob.
+        return not stream.skip_to(offset) or stream.at_end()
 
     while True:
         if ends_at(pos):
@@ -441,6 +441,8 @@ def read_entries(blob: BinaryIO | Stream, blob_size: int | None) -> Iterator[Tar
             if blob_size is not None and data_offset + length > blob_size:
                 raise LayerRefused("the layer ends inside a member's data", pos)
             yield member
+            if stream is not None and not stream.skip_to(data_offset + length):
+                raise LayerRefused("the layer ends inside a member's data", pos)
         # Go reads no further than the padding of the last member: a blob cut inside it has ended.
         pos = data_offset + -(-length // BLOCK) * BLOCK
     if pending.any():

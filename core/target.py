@@ -261,6 +261,13 @@ def temp_prefix(directory: str, name: str) -> str:
     return f".{os.fsdecode(encoded)}."
 
 
+def new_file_mode() -> int:
+    """The mode any new file of this process gets (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[str]:
     """The path qemu-img should write. A file is renamed over the target only if the block succeeds
@@ -281,9 +288,7 @@ def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[st
         with os_errors(target.path):
             try:
                 # mkstemp makes 0600; the disk gets the mode any new file of this user would.
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(fd, 0o666 & ~umask)
+                os.fchmod(fd, new_file_mode())
             finally:
                 os.close(fd)
         yield temp

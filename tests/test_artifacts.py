@@ -1,6 +1,7 @@
 """Disk artifacts: manifests whose layer is the disk itself, not a tar — ORAS pushes of a raw or qcow2 file,
 KubeVirt's VM export (raw+zstd), podman machine's disk artifacts (zstd, one manifest per disk type). Written
-byte by byte as their tools write them; no engine needed, results checked with qemu-img compare.
+byte by byte as their tools write them and read on a host with neither engine; results checked with qemu-img
+compare.
 """
 
 from __future__ import annotations
@@ -11,13 +12,24 @@ from pathlib import Path
 import pytest
 from backports import zstd
 
-from tests.conftest import cdisk, same_disk
+from tests.conftest import cdisk, path_without, same_disk
 from tests.images import oci_artifact_layout, oci_layout, sh
 
 pytestmark = pytest.mark.needs("qemu-img", "qemu-io", "bwrap")
 
 TITLE = "org.opencontainers.image.title"
 KUBEVIRT = {"mediaType": "application/vnd.kubevirt.disk.raw+zstd"}
+
+
+@pytest.fixture(scope="module")
+def engineless_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return path_without(("podman", "docker"), tmp_path_factory.mktemp("bin") / "bin")
+
+
+@pytest.fixture(autouse=True)
+def no_engines(engineless_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of these tests runs on a host with neither podman nor docker."""
+    monkeypatch.setenv("PATH", engineless_path)
 
 
 def disk(path: Path, fmt: str, pattern: int, size: str = "6M") -> Path:
@@ -173,3 +185,55 @@ def test_an_image_layer_that_is_no_tar_is_still_refused(tmp_path: Path) -> None:
     layout, _ = oci_layout(tmp_path, [qcow2.read_bytes()])
     result = cdisk("convert", "-q", f"oci:{layout}", tmp_path / "out.raw")
     assert result.code == 5 and "not a tar header" in result.err and result.err.count("\n") == 1
+
+
+def test_refresh_keeps_the_disktype_it_was_given(tmp_path: Path) -> None:
+    layout, disks = _podman_machine(tmp_path)
+    target = tmp_path / "machine.raw"
+
+    def refresh(*switches: str) -> str:
+        result = cdisk("refresh", "--json", "--platform", "linux/amd64", *switches, f"oci:{layout}", target)
+        assert result.code == 0, result.err
+        return str(json.loads(result.out.splitlines()[-1])["action"])
+
+    assert refresh("--disktype", "applehv") == "updated" and same_disk(disks["amd64", "applehv"], "raw", target, "raw")
+    assert refresh() == "unchanged"  # not qemu's: the record's type is kept
+    assert json.loads((tmp_path / "machine.raw.cdisk.json").read_text())["disktype"] == "applehv"
+    assert refresh("--disktype", "qemu") == "updated" and same_disk(disks["amd64", "qemu"], "qcow2", target, "raw")
+
+
+def test_disk_names_never_clash_and_survive_any_json_string() -> None:
+    from cdisk.core.oci_layout import disk_names
+
+    def titled(*titles: str | None) -> list[dict[str, object]]:
+        return [{"annotations": {TITLE: t}} if t is not None else {} for t in titles]
+
+    # a fallback name is never taken by a title, and a title never by a fallback
+    assert disk_names(titled("layer-1", None)) == ["layer-0", "layer-1"]
+    assert disk_names(titled("\ud800x", "a\0b", "", ".x", "a/b/vm.img", "vm.img")) == [
+        "layer-0", "layer-1", "layer-2", "layer-3", "vm.img", "layer-5"]
+    assert disk_names(titled("layer-12x")) == ["layer-12x"]
+
+
+def test_an_explicit_disktype_must_be_the_one_there_is(tmp_path: Path) -> None:
+    raw = disk(tmp_path / "vm.raw", "raw", 0x24)
+    layout = oci_artifact_layout(tmp_path, [
+        ([(zstd.compress(raw.read_bytes()), {"annotations": {TITLE: "vm.raw"}})],
+         {"platform": {"os": "linux", "architecture": "amd64"}, "annotations": {"disktype": "applehv"}}),
+        ([(zstd.compress(raw.read_bytes()), {"annotations": {TITLE: "vm.raw"}})],
+         {"platform": {"os": "linux", "architecture": "arm64"}, "annotations": {"disktype": "applehv"}})])
+    converted(f"oci:{layout}", tmp_path / "out.raw", "--platform", "linux/amd64")  # the only one: taken
+    result = cdisk("convert", "-q", "--platform", "linux/amd64", "--disktype", "qemu", f"oci:{layout}",
+                   tmp_path / "other.raw")
+    assert result.code == 3 and "'applehv'" in result.err and result.err.count("\n") == 1, result.err
+
+
+def test_more_compressed_disks_than_copies_are_listed_and_the_last_converts(tmp_path: Path) -> None:
+    disks = [disk(tmp_path / f"d{n}.raw", "raw", 0x80 + n, "4M") for n in range(10)]
+    layout = oci_artifact_layout(tmp_path, [([(zstd.compress(d.read_bytes()), {"annotations": {TITLE: d.name}})
+                                              for d in disks], {})])
+    listing = json.loads(cdisk("ls", "--json", f"oci:{layout}").out)
+    assert [d["judged_by"] for d in listing["disks"]] == ["header"] * 8 + ["none"] * 2
+    assert [d["file_size"] for d in listing["disks"]] == [4 << 20] * 10  # its size, though not kept
+    converted(f"oci:{layout}", tmp_path / "out.raw", "--path", "/disk/d9.raw")
+    assert same_disk(disks[9], "raw", tmp_path / "out.raw", "raw")

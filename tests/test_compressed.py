@@ -14,6 +14,8 @@ import lzma
 import os
 import random
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -400,7 +402,8 @@ def test_ls_judges_compressed_candidates_by_their_header(tmp_path: Path) -> None
     disks = {d["path"]: d for d in json.loads(result.out)["disks"]}
     assert sorted(disks) == ["/disk/a.qcow2", "/disk/b.raw"]
     assert [(d["format"], d["virtual_size"], d["judged_by"], d["refused"]) for _, d in sorted(disks.items())] == [
-        ("qcow2", 8 * MiB, "header", ""), ("raw", 16 * MiB, "header", "")]
+        # the qcow2 file fits in the head copied (1 MiB): whole, it is judged as convert judges it
+        ("qcow2", 8 * MiB, "qemu-img", ""), ("raw", 16 * MiB, "header", "")]
 
 
 def test_ls_copies_only_each_candidates_head(tmp_path: Path, tmpfs: Callable[[str], Path]) -> None:
@@ -460,3 +463,54 @@ def test_what_podman_saves_compressed_converts_without_any_engine(images: Images
     result = converted(f"{transport}:{saved}", out / "vm.raw", env=no_engines(tmp_path))
     assert NAMED in result.err
     assert same_disk(disk, "raw", out / "vm.raw", "raw")
+
+
+# --- bounds a hostile layer meets ---------------------------------------------------------------------------
+
+
+def test_many_files_under_disk_take_a_bounded_number_of_copies(tmp_path: Path) -> None:
+    # 300 candidates, with fewer descriptors than that: only COPIES are held at once, the rest read again.
+    disk = make_disk(tmp_path / "vm.qcow2")
+    entries = [Entry("disk/", directory=True)] + [Entry(f"disk/f{n:03}", data=b"\x01" * 4096) for n in range(300)]
+    entries.append(Entry("disk/vm.qcow2", data=disk.read_bytes()))
+    source = image_file("oci", tmp_path, [compress("zstd", layer_tar(entries))])
+    limited = ["sh", "-c", 'ulimit -n 200 && exec "$0" -m cdisk "$@"', sys.executable]
+    listed = subprocess.run([*limited, "ls", "--json", source], capture_output=True, text=True, check=False)
+    assert listed.returncode == 0, listed.stderr
+    disks = json.loads(listed.stdout)["disks"]
+    assert [d["judged_by"] for d in disks] == ["qemu-img"] * 8 + ["none"] * 293  # copied once, never again
+    assert disks[-1]["path"] == "/disk/vm.qcow2" and disks[-1]["format"] is None
+    out = tmp_path / "out"
+    out.mkdir()
+    converted = subprocess.run([*limited, "convert", "-q", "--path", "/disk/vm.qcow2", source, out / "vm.raw"],
+                               capture_output=True, text=True, check=False)
+    assert converted.returncode == 0, converted.stderr
+    assert same_disk(disk, "qcow2", out / "vm.raw", "raw")
+
+
+def test_a_copy_is_never_a_standard_stream_of_qemu_img(tmp_path: Path) -> None:
+    # With stdin closed, the first descriptor cdisk opens is 0, which qemu-img's stdin would replace.
+    disk = make_disk(tmp_path / "vm.qcow2")
+    layer = compress("gzip", layer_tar([Entry("disk/vm.qcow2", data=disk.read_bytes())]))
+    source = image_file("oci", tmp_path, [layer])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(["sh", "-c", 'exec <&- && exec "$0" -m cdisk convert -q -O qcow2 "$1" "$2"',
+                             sys.executable, source, str(out / "vm.qcow2")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert same_disk(disk, "qcow2", out / "vm.qcow2", "qcow2")
+
+
+def test_a_stream_that_ends_inside_the_last_padding_has_ended_as_a_blob_does(tmp_path: Path) -> None:
+    # Go reads no further than the last member's padding: a tar cut there (no end blocks) is whole.
+    disk = make_disk(tmp_path / "vm.qcow2")
+    data = disk.read_bytes() + b"\x07" * 100  # not a multiple of 512: padding follows the data
+    tar = tar_member("disk/vm.qcow2", data)[:512 + len(data) + 50]
+    for kind in KINDS:
+        out = tmp_path / f"out-{kind}"
+        out.mkdir()
+        result = cdisk("convert", "-q", "-O", "qcow2", image_file("oci", tmp_path, [compress(kind, tar)]),
+                       out / "vm.qcow2")
+        assert result.code == 0, result.err
+        assert same_disk(disk, "qcow2", out / "vm.qcow2", "qcow2")

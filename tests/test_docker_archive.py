@@ -17,7 +17,7 @@ from cdisk.core.docker_archive import layer_blobs
 from cdisk.core.engines.docker import digest_for
 from cdisk.core.errors import ImageError
 from cdisk.core.progress import NoProgress
-from cdisk.core.saved_layers import SavedLayers, close_blobs, merged_tree, read_layer
+from cdisk.core.saved_layers import SavedLayers, close_blobs, read_layer
 from tests.images import Entry, layer_tar, tar_file
 
 DISK = b"QFI\xfb" + bytes(range(256)) * 40
@@ -39,7 +39,7 @@ def test_the_disk_is_read_at_the_layers_offset_plus_its_own(tmp_path: Path) -> N
                        [{"Config": "c0ffee.json", "Layers": ["aa/layer.tar", "bb/layer.tar"]}])
     blobs = layer_blobs(archive, "c0ffee", (_digest(lower), _digest(upper)))
     assert [b.digest for b in blobs] == [_digest(lower), _digest(upper)]
-    tree = merged_tree(blobs)
+    tree = SavedLayers(blobs, Wanted.disk(None), str(tmp_path), NoProgress()).tree
     assert tree.lookup("disk/old.img") is None  # the whiteout of the upper layer, inside the archive
     member = tree.lookup("disk/vm.qcow2")
     assert member is not None and member.size == len(DISK)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -11,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.disks import Wanted
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.oci_layout import layer_blobs
-from cdisk.core.saved_layers import read_layer
+from cdisk.core.progress import NoProgress
+from cdisk.core.saved_layers import SavedLayers, close_blobs, read_layer
 from tests.images import TAR_END, pax_header, tar_member
 
 
@@ -59,17 +60,18 @@ def test_plain_tar_labelled_gzip_is_read_by_its_bytes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "name"),
     [
-        (gzip.compress(_plain_tar()), "gzip"),
-        (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd"),
         (b"BZh91AY&SY" + bytes(100), "bzip2"),
         (b"\xfd7zXZ\x00" + bytes(100), "xz"),
     ],
 )
-def test_a_really_compressed_layer_is_refused(tmp_path: Path, data: bytes, name: str) -> None:
+def test_a_layer_compressed_otherwise_than_gzip_or_zstd_is_refused(tmp_path: Path, data: bytes, name: str) -> None:
     layout, image_id = _layout(tmp_path, data, "application/vnd.oci.image.layer.v1.tar")
-    [blob] = layer_blobs(layout, image_id)
-    with pytest.raises(UnsafeImageError, match=f"{name}-compressed"):
-        read_layer(blob, 0)
+    blobs = layer_blobs(layout, image_id)
+    try:
+        with pytest.raises(UnsafeImageError, match=f"{name}-compressed"):
+            SavedLayers(blobs, Wanted.disk(None), str(tmp_path), NoProgress())
+    finally:
+        close_blobs(blobs)
 
 
 def test_not_a_tar_is_refused_in_one_line(tmp_path: Path) -> None:

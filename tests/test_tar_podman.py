@@ -190,7 +190,7 @@ def test_what_podman_refuses_to_pull_cdisk_refuses(images: Images, disks: tuple[
         blob = tmp_path / f"{index:064x}"
         blob.write_bytes(data)
         try:
-            read_layer(LayerBlob.whole(blob), index)
+            read_layer(LayerBlob(blob, 0, len(data), f"sha256:{blob.name}"), index)
         except UnsafeImageError as error:
             refusals.append(error.message)
     assert len(refusals) == 1 and refusals[0].count("\n") == 0

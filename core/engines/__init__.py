@@ -47,7 +47,7 @@ class Image:
     layer_dirs: tuple[str, ...] = ()
     engine: str = "podman"
     platform: str = ""  # the platform asked for (--platform), "" for this host's
-    disktype: str = "qemu"  # the disk type asked for among podman machine's disk artifacts (--disktype)
+    disktype: str = ""  # the disk type asked for among podman machine's disk artifacts (--disktype), "": qemu
 
     @property
     def source(self) -> str:

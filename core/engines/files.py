@@ -47,7 +47,7 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
     return transport, TarFiles(path, reference, _FIX), name
 
 
-def _read(reference: str, with_layers: bool, platform: str | None = None, disktype: str = "qemu",
+def _read(reference: str, with_layers: bool, platform: str | None = None, disktype: str | None = None,
           ) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core import docker_archive, oci_layout
@@ -64,12 +64,9 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
             config, image_id, digest, layers = archived.config, archived.image_id, "", archived.layers
         else:
             chosen = oci_layout.choose(files, name, platform, disktype)
-            config, image_id, digest = chosen.config, chosen.image_id, chosen.digest
+            config, image_id, digest = chosen.image_config, chosen.image_id, chosen.digest
             if with_layers:
                 layers = oci_layout.manifest_layers(files, chosen.manifest, chosen.artifact)
-            if chosen.artifact:  # its layers are named by their blobs' digests alone
-                config = {**config, "rootfs": {"diff_ids": [need(layer, dict, "a layer", files).get("digest", "")
-                          for layer in field_of(chosen.manifest, "layers", list, files)]}}
         diff_ids = tuple(need(d, str, "a diff ID", files)
                          for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
         if not with_layers:
@@ -84,7 +81,7 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
         close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
-                  size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype)
+                  size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype or "")
     return image, layers
 
 
@@ -114,7 +111,7 @@ class Files:
         from cdisk.core.saved_layers import close_blobs
 
         now, layers = _read(image.reference, with_layers=True, platform=image.platform or None,
-                            disktype=image.disktype)
+                            disktype=image.disktype or None)
         if now.id != image.id:
             close_blobs(layers)
             raise ImageError(f"{image.reference} changed while cdisk read it; run cdisk again")
