@@ -36,6 +36,7 @@ class ConvertResult:
 
     image: str
     engine: str
+    source: str
     image_id: str
     digest: str
     method: str
@@ -57,7 +58,8 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
     planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
     found = resolve(image, progress)[1]
     written = write_disk(found, read, write, planned, progress)
-    return ConvertResult(image=image.reference, engine=found.engine, image_id=found.id, digest=found.digest,
+    return ConvertResult(image=image.reference, engine=found.engine, source=found.source, image_id=found.id,
+                         digest=found.digest,
                          method=written.reading.method, disk=written.disk,
                          source_format=written.source_format, virtual_size=written.virtual_size,
                          target=planned.path, target_format=write.out_format,

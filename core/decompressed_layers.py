@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -140,15 +142,21 @@ def _copy(stream: Decompressed, size: int | None, limit: int | None, directory: 
     fd, linkable = anonymous_file(directory)
     try:
         done = 0
-        while size is None or done < size:
-            data = stream.read(CHUNK if size is None else min(CHUNK, size - done))
-            if not data:
-                if size is None:
-                    break
-                raise LayerRefused("the layer ends inside a member's data", stream.position)
-            if limit is None or done < limit:
-                _write_sparse(fd, data if limit is None else data[:limit - done], done)
-            done += len(data)
+        writer = _SparseWriter(fd)
+        try:
+            while size is None or done < size:
+                data = stream.read(CHUNK if size is None else min(CHUNK, size - done))
+                if not data:
+                    if size is None:
+                        break
+                    raise LayerRefused("the layer ends inside a member's data", stream.position)
+                if limit is None or done < limit:
+                    writer.write(data if limit is None else data[:limit - done], done)
+                done += len(data)
+        finally:
+            failed = writer.finish()
+        if failed is not None:
+            raise failed
         kept = done if limit is None else min(done, limit)
         os.ftruncate(fd, -(-kept // SECTOR) * SECTOR)
         # What qemu-img gets is read-only, and never one of the standard streams a child's stdio replaces.
@@ -169,6 +177,41 @@ def _copy(stream: Decompressed, size: int | None, limit: int | None, directory: 
         raise
     os.close(fd)
     return Copy(held, kept == done, linkable), done
+
+
+class _SparseWriter:
+    """Writes chunks, sparse, in a thread of its own, so that writing overlaps decompressing (as zstd's own
+    asynchronous output does). At most `QUEUED` chunks wait, so memory stays bounded; the first write error
+    stops the writing and is kept.
+    """
+
+    QUEUED = 4
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+        self.queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(self.QUEUED)
+        self.thread = threading.Thread(target=self._run, name="cdisk-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    _write_sparse(self.fd, *item)
+                except OSError as error:
+                    self.error = error
+
+    def write(self, data: bytes, at: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((data, at))
+
+    def finish(self) -> OSError | None:
+        """Wait for what is queued to be written; the error that stopped the writing, if one did."""
+        self.queue.put(None)
+        self.thread.join()
+        return self.error
 
 
 def _write_sparse(fd: int, data: bytes, at: int) -> None:

@@ -46,6 +46,8 @@ class Record:
     platform: str = ""
     # The disk type asked for among podman machine's disk artifacts ("": qemu); kept as the platform is.
     disktype: str = ""
+    # What kind of source it came from (podman, docker, oci, oci-archive, docker-archive).
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class RefreshResult:
     action: str
     image: str
     engine: str
+    source: str
     image_id: str
     digest: str
     target: str
@@ -175,14 +178,14 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         found = engines.find(image, progress)[1]
         if is_current(record, found, read, write):
             assert record is not None
-            return RefreshResult("unchanged", image.reference, found.engine, found.id, found.digest, path,
+            return RefreshResult("unchanged", image.reference, found.engine, found.source, found.id, found.digest, path,
                                  round(time.monotonic() - started, 3), record.disk, None, [])
         written = write_disk(found, read, write, planned, progress)
         with target.os_errors(path):
             st = os.stat(path)
         _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
                                    write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine,
-                                   found.platform, found.disktype))
+                                   found.platform, found.disktype, found.source))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
-    return RefreshResult("updated", image.reference, found.engine, found.id, found.digest, path,
+    return RefreshResult("updated", image.reference, found.engine, found.source, found.id, found.digest, path,
                          round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)

@@ -13,6 +13,7 @@ import json
 import lzma
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -25,7 +26,17 @@ import pytest
 from backports import zstd
 
 from tests.conftest import Images, Run, cdisk, path_without, same_disk
-from tests.images import TAR_END, Entry, docker_archive, layer_tar, make_disk, oci_layout, sh, tar_member
+from tests.images import (
+    TAR_END,
+    Entry,
+    docker_archive,
+    layer_tar,
+    make_disk,
+    oci_layout,
+    sh,
+    tar_header,
+    tar_member,
+)
 
 pytestmark = pytest.mark.needs("qemu-img", "qemu-io", "bwrap")
 
@@ -514,3 +525,28 @@ def test_a_stream_that_ends_inside_the_last_padding_has_ended_as_a_blob_does(tmp
                        out / "vm.qcow2")
         assert result.code == 0, result.err
         assert same_disk(disk, "qcow2", out / "vm.qcow2", "qcow2")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_decompressing_leaves_nothing(tmp_path: Path, signum: int) -> None:
+    # An 8 GiB raw disk of zeros: seconds of decompressing, and a copy that takes no room.
+    size = 8 << 30
+    compressor = zstd.ZstdCompressor()
+    zeros = bytes(64 * MiB)
+    parts = [compressor.compress(tar_header("disk/vm.raw", size=size), mode=zstd.ZstdCompressor.CONTINUE)]
+    parts += [compressor.compress(zeros, mode=zstd.ZstdCompressor.CONTINUE) for _ in range(size // len(zeros))]
+    parts.append(compressor.compress(bytes(1024)) + compressor.flush())
+    source = image_file("oci", tmp_path, [b"".join(parts)])
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "convert", source, out / "vm.raw"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if DECOMPRESSING in line:
+            break
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "interrupted" in err
+    assert list(out.iterdir()) == []

@@ -63,7 +63,7 @@ def test_what_podman_saves_converts_without_any_engine(saved: tuple[Path, str], 
         sh("umount", readonly)
     assert result.code == 0, result.err
     data = json.loads(result.out)
-    assert (data["engine"], data["method"]) == ("file", "save")
+    assert (data["engine"], data["source"], data["method"]) == ("file", transport, "save")
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out.raw", "readonly", f"saved-{fmt}"]
     listing = cdisk("ls", "--json", f"{transport}:{path}", env=env)
@@ -92,7 +92,8 @@ def test_refresh_of_a_file_is_a_no_op_until_it_changes(images: Images, tmp_path:
     sh("podman", "save", "-q", "--format", "oci-archive", "--uncompressed", "-o", archive,
        images.build({"disk.qcow2": second}))
     assert refresh() == "updated" and same_disk(second, "qcow2", target, "raw")
-    assert json.loads((tmp_path / "vm.raw.cdisk.json").read_text())["engine"] == "file"
+    record = json.loads((tmp_path / "vm.raw.cdisk.json").read_text())
+    assert (record["engine"], record["source"]) == ("file", "oci-archive")
 
 
 @pytest.mark.needs("docker", "dockerd")
