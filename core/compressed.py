@@ -8,6 +8,7 @@ one error each (Go's readers, which podman and docker unpack with, fail on all o
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import sys
@@ -182,10 +183,27 @@ class _ZstdFrames(_Frames):
                 return out
 
 
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory in the heap. Each decompressed chunk is a new 1 MiB object: by default glibc
+    maps it, or trims the heap when it is freed, and the kernel faults the pages in again for the next one —
+    100,000 page faults and 0.18 s on a 4 GiB layer (1.46 → 1.28 s). What is live stays a few MiB.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: its own allocator's ways
+        pass
+
+
 class Decompressed:
     """The uncompressed bytes of one compressed layer, read forward only (a `tar_headers.Stream`)."""
 
     def __init__(self, blob: LayerBlob, kind: str, progress: Progress) -> None:
+        _keep_freed_memory()
         if kind not in READABLE:
             raise UnsafeImageError(f"layer {blob.short} is {kind}-compressed, which image layers are not (cdisk "
                                    "reads gzip and zstd); recompress it with gzip or zstd")
