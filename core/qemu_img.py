@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import signal
@@ -20,6 +21,11 @@ SECTOR = 512
 # must not make qemu-img eat the host's memory or CPU. The wall-clock limit catches what the CPU
 # limit cannot: a qemu-img that waits (on a FIFO, a lock) instead of working.
 INSPECT_ADDRESS_SPACE = 1 << 30
+# Under that limit, glibc's per-thread malloc arenas (64 MiB of address space reserved each) made a harmless
+# `qemu-img check` abort now and then: its thread pool spawns a varying number of threads, each with an arena,
+# and address space peaked anywhere from 170 MiB to over 1 GiB for the same disk. One arena: ~45 MiB, every run,
+# and the limit bounds what qemu-img allocates, not how many threads happened to start.
+_ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 INSPECT_CPU_SECONDS = 30
 INSPECT_WALL_SECONDS = 120
 # Formats whose every outside reference the header checks refuse, so qemu-img may open them even
@@ -127,7 +133,7 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
     cmd, argv = _command(args, [spec], spec_view(spec))
     try:
         code, out, err = processes.run(cmd, argv, timeout=INSPECT_WALL_SECONDS, preexec_fn=_limit_inspection,
-                                       pass_fds=tuple(pass_fds))
+                                       pass_fds=tuple(pass_fds), env={**os.environ, **_ONE_ARENA})
     except LimitExceeded as error:
         raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
                                "or damaged: rebuild or re-pull it") from None
