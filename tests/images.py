@@ -14,6 +14,7 @@ import os
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,8 @@ def oci_image_blobs(workdir: Path, tars: list[bytes]) -> str:
     return name
 
 
-def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
-    """An OCI layout (as `podman save --format oci-dir` writes) of one image with these layer blobs; its path
-    and the image's ID (its config's digest, hex).
-    """
-    layout = workdir / f"oci-{uuid.uuid4().hex[:8]}"
+def blob_store(layout: Path) -> Callable[[bytes], dict[str, object]]:
+    """A function that stores a blob in the OCI layout `layout` (made) and returns its descriptor's fields."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -188,6 +186,15 @@ def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
         (blobs / digest).write_bytes(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
+    return blob
+
+
+def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
+    """An OCI layout (as `podman save --format oci-dir` writes) of one image with these layer blobs; its path
+    and the image's ID (its config's digest, hex).
+    """
+    layout = workdir / f"oci-{uuid.uuid4().hex[:8]}"
+    blob = blob_store(layout)
     layer_refs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(t)} for t in tars]
     config = {
         "architecture": "amd64",
@@ -274,14 +281,7 @@ def oci_artifact_layout(workdir: Path, manifests: list[tuple[list[tuple[bytes, d
     annotations). Several manifests are put under one image index, as a multi-arch push does.
     """
     layout = workdir / f"artifact-{uuid.uuid4().hex[:8]}"
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
+    blob = blob_store(layout)
     blob(b"{}")
     entries = []
     for layers, entry in manifests:
