@@ -34,6 +34,7 @@ CDisk.subcommand("convert", "cdisk.cli.convert.Convert")
 CDisk.subcommand("ls", "cdisk.cli.ls.Ls")
 CDisk.subcommand("verify", "cdisk.cli.verify.Verify")
 CDisk.subcommand("refresh", "cdisk.cli.refresh.Refresh")
+CDisk.subcommand("serve", "cdisk.cli.serve.Serve")
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:

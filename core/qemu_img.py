@@ -25,7 +25,7 @@ INSPECT_ADDRESS_SPACE = 1 << 30
 # `qemu-img check` abort now and then: its thread pool spawns a varying number of threads, each with an arena,
 # and address space peaked anywhere from 170 MiB to over 1 GiB for the same disk. One arena: ~45 MiB, every run,
 # and the limit bounds what qemu-img allocates, not how many threads happened to start.
-_ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
+ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 INSPECT_CPU_SECONDS = 30
 INSPECT_WALL_SECONDS = 120
 # Formats whose every outside reference the header checks refuse, so qemu-img may open them even
@@ -93,13 +93,15 @@ def _drivers(specs: Sequence[str]) -> set[str]:
             for n in _nodes(json.loads(spec[5:])) if "driver" in n} - _PROTOCOLS
 
 
-def _command(args: list[str], specs: Sequence[str], view: sandbox.View) -> tuple[Any, list[str]]:
-    """qemu-img with `args`, confined to `view`; or bare, for raw and qcow2 only, where no sandbox can be made.
+def _command(args: list[str], specs: Sequence[str], view: sandbox.View, tool: str = "qemu-img",
+             ) -> tuple[Any, list[str]]:
+    """`tool` (qemu-img, qemu-nbd) with `args`, confined to `view`; or bare, for raw and qcow2 only, where no
+    sandbox can be made.
 
     Raises:
         UnsafeImageError: no sandbox, and a spec uses a format that could name files outside the image.
     """
-    qemu_img = processes.command("qemu-img", "qemu-utils")
+    qemu_img = processes.command(tool, "qemu-utils")
     reason = sandbox.unavailable()
     if reason is None:
         program = str(qemu_img.executable)
@@ -109,10 +111,15 @@ def _command(args: list[str], specs: Sequence[str], view: sandbox.View) -> tuple
         return processes.command(full[0], "bubblewrap"), full[1:]
     risky = _drivers(specs) - UNCONFINED_FORMATS
     if risky:
-        raise UnsafeImageError(f"the disk is {'/'.join(sorted(risky))}, which cdisk reads only with qemu-img in a "
+        raise UnsafeImageError(f"the disk is {'/'.join(sorted(risky))}, which cdisk reads only with {tool} in a "
                                f"sandbox, and {reason}; install bubblewrap (apt-get install bubblewrap) and allow "
                                "user namespaces, or ship the disk as qcow2 or raw")
     return qemu_img, args
+
+
+def confined(tool: str, args: list[str], spec: str, view: sandbox.View) -> tuple[Any, list[str]]:
+    """Another qemu tool that opens the disk (qemu-nbd) with `args`, confined to the spec's files and `view`."""
+    return _command(args, [spec], spec_view(spec) + view, tool)
 
 
 def start_sandbox_probe() -> None:
@@ -133,7 +140,7 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
     cmd, argv = _command(args, [spec], spec_view(spec))
     try:
         code, out, err = processes.run(cmd, argv, timeout=INSPECT_WALL_SECONDS, preexec_fn=_limit_inspection,
-                                       pass_fds=tuple(pass_fds), env={**os.environ, **_ONE_ARENA})
+                                       pass_fds=tuple(pass_fds), env={**os.environ, **ONE_ARENA})
     except LimitExceeded as error:
         raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
                                "or damaged: rebuild or re-pull it") from None

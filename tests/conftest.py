@@ -36,7 +36,8 @@ from tests.images import (
 )
 
 # The external tools the suite drives, each with the Debian package that has it.
-TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "bwrap": "bubblewrap",
+TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
+         "bwrap": "bubblewrap",
          "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
 REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
