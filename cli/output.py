@@ -100,6 +100,21 @@ def error_line(message: str) -> None:
         print(f"cdisk: error: {message}", file=sys.stderr, flush=True)
 
 
+def failed(switches: OutputSwitches, error: Exception) -> int:
+    """The one place where an error becomes one clear line (with --debug, the traceback and the tool's own
+    words too); its exit code."""
+    if switches.debug:
+        traceback.print_exc()
+        if isinstance(error, ToolError) and error.stderr:
+            # The tool's own words (a child's traceback, qemu-img's whole complaint), not just its last line.
+            print(f"{' '.join(error.argv)} said:\n{error.stderr.rstrip()}", file=sys.stderr)
+    if isinstance(error, CdiskError):
+        error_line(error.message)
+        return error.exit_code
+    error_line(f"unexpected {type(error).__name__}: {error} (run with --debug for details, and report it)")
+    return EXIT_INTERNAL
+
+
 def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: Callable[[Any], str],
            exit_code: Callable[[Any], int] = lambda _: EXIT_OK) -> int:
     """Run `work` with progress, print its result as the switches ask, and map errors to exit codes.
@@ -109,22 +124,11 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
     try:
         with progress_for(switches) as progress:
             result = work(progress)
-    except CdiskError as error:
-        if switches.debug:
-            traceback.print_exc()
-            if isinstance(error, ToolError) and error.stderr:
-                # The tool's own words (a child's traceback, qemu-img's whole complaint), not just its last line.
-                print(f"{' '.join(error.argv)} said:\n{error.stderr.rstrip()}", file=sys.stderr)
-        error_line(error.message)
-        return error.exit_code
     except Interrupted as stop:
         error_line("interrupted; nothing was left behind")
         return stop.exit_code
-    except Exception as error:  # the one place where an unexpected error becomes a clear line
-        if switches.debug:
-            traceback.print_exc()
-        error_line(f"unexpected {type(error).__name__}: {error} (run with --debug for details, and report it)")
-        return EXIT_INTERNAL
+    except Exception as error:
+        return failed(switches, error)
     if switches.as_json:
         print(json.dumps(asdict(result)), flush=True)
     elif not switches.quiet:

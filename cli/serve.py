@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
-import traceback
 from dataclasses import asdict
 
 from plumbum import cli
 
-from cdisk.cli.output import error_line, progress_for
+from cdisk.cli.output import failed, progress_for
 from cdisk.cli.switches import DiskSwitches
-from cdisk.core.errors import EXIT_INTERNAL, EXIT_OK, CdiskError, Interrupted
+from cdisk.core.errors import EXIT_OK, Interrupted
 
 
 class Serve(DiskSwitches):
@@ -37,15 +35,5 @@ class Serve(DiskSwitches):
                     signal.pause()
         except Interrupted:
             return EXIT_OK  # stopped as asked: qemu-nbd stopped, the socket removed
-        except CdiskError as error:
-            if self.debug:
-                traceback.print_exc()
-            error_line(error.message)
-            return error.exit_code
         except Exception as error:
-            if self.debug:
-                traceback.print_exc()
-            error_line(f"unexpected {type(error).__name__}: {error} (run with --debug for details, and report it)")
-            return EXIT_INTERNAL
-        finally:
-            sys.stdout.flush()
+            return failed(self, error)

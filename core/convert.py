@@ -145,6 +145,11 @@ def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> t
     return needed, needed.required
 
 
+def _check_room(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> None:
+    needed, length = _room_needed(disk, write.out_format, planned)
+    target.check_room(planned, disk.virtual_size, needed, length)
+
+
 def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> CopiedFile | None:
     """The disk's decompressed copy when it already is the file asked for: raw, whole, made in the target's
     directory (its group, its security label: as if written there), to become a raw file. Naming it takes no
@@ -168,8 +173,7 @@ def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target
         disk = stack.enter_context(opened_disk(image, read, planned, progress, reading, engine))
         copied = _copied_as_asked(disk, write, planned)
         if copied is None:
-            needed, length = _room_needed(disk, write.out_format, planned)
-            target.check_room(planned, disk.virtual_size, needed, length)
+            _check_room(disk, write, planned)
         output = stack.enter_context(target.writing(planned, write.keep, write.durable))
         if copied is not None:
             with target.os_errors(output):
@@ -181,8 +185,7 @@ def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target
             progress.stage(f"cannot name the decompressed disk as the target ({why}): converting it")
             with target.os_errors(output):
                 os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-            needed, length = _room_needed(disk, write.out_format, planned)
-            target.check_room(planned, disk.virtual_size, needed, length)
+            _check_room(disk, write, planned)
         progress.stage("converting")
         options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
                                           target_is_zero=write.target_is_zero)

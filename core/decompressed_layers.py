@@ -166,16 +166,13 @@ def _copy(stream: Decompressed, size: int | None, limit: int | None, directory: 
         finally:
             os.close(read_only)
     except OSError as error:
-        os.close(fd)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise TargetError(f"{directory} ran out of space while decompressing layer {blob.short}; free some "
                               "space or pass --tmpdir on a larger filesystem (nothing was left behind)") from None
         raise TargetError(f"cannot write a temp file in {directory}: {error.strerror}; pass --tmpdir with a "
                           "writable directory") from None
-    except BaseException:
+    finally:
         os.close(fd)
-        raise
-    os.close(fd)
     return Copy(held, kept == done, linkable), done
 
 

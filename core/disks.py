@@ -135,6 +135,11 @@ class Wanted:
         return cls(_under_disk)
 
     @classmethod
+    def at(cls, offset: int, limit: int | None) -> Wanted:
+        """The one member whose data start at `offset` (a second reading, for a file not guessed)."""
+        return cls(lambda path: False, limit, frozenset({offset}))
+
+    @classmethod
     def heads(cls) -> Wanted:
         """Every candidate's head, enough to judge it by its header (`ls`)."""
         return cls(_under_disk, HEAD)

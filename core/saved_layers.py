@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from cdisk.core.disks import DISK_DIR
+from cdisk.core.disks import COPIES, DISK_DIR, Wanted
 from cdisk.core.errors import ImageError, LayerRefused, UnsafeImageError
 from cdisk.core.layer_unpack import members_from_tar
 from cdisk.core.layers import DIR, FILE, LayerMember, MergedTree
@@ -19,7 +19,6 @@ from cdisk.core.tar_headers import BLOCK, read_entries, starts_a_tar
 
 if TYPE_CHECKING:
     from cdisk.core.decompressed_layers import DecompressedLayer
-    from cdisk.core.disks import Wanted
     from cdisk.core.sources import DiskSource
 
 # The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
@@ -152,7 +151,6 @@ class SavedLayers:
 
     def _decompress(self, index: int, wanted: Wanted) -> DecompressedLayer:
         from cdisk.core.decompressed_layers import read_compressed
-        from cdisk.core.disks import COPIES
 
         blob, kind = self.blobs[index], self.kinds[index]
         assert kind is not None
@@ -188,14 +186,12 @@ class SavedLayers:
 
             return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size,
                              () if blob.fd is None else (blob.fd,))
-        from cdisk.core.disks import Wanted as Wanting
         from cdisk.core.sources.copied import CopiedFile
 
         layer = self.decompressed[found.layer]
         copy = layer.copies.get(found.offset)
         if copy is None:  # not the file guessed: the layer once more, for it alone
-            again = self._decompress(found.layer, Wanting(lambda path: False, self.wanted.limit,
-                                                          frozenset({found.offset})))
+            again = self._decompress(found.layer, Wanted.at(found.offset, self.wanted.limit))
             copy = again.copies.pop(found.offset)
             again.close()
             layer.copies[found.offset] = copy
