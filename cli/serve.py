@@ -1,39 +1,69 @@
-"""`cdisk serve IMAGE`: the image's disk as a read-only NBD export on a Unix socket, until SIGINT or SIGTERM."""
+"""`cdisk serve IMAGE`: the image's disk as a read-only NBD export, until SIGINT or SIGTERM (or `--stop`)."""
 
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import asdict
 
 from plumbum import cli
 
 from cdisk.cli.output import failed, progress_for
 from cdisk.cli.switches import DiskSwitches
-from cdisk.core.errors import EXIT_OK, Interrupted
+from cdisk.core.errors import EXIT_OK, Interrupted, UsageError
 
 
 class Serve(DiskSwitches):
-    """Serve the disk of IMAGE read-only over NBD (qemu-nbd) until SIGINT or SIGTERM, reading it in place."""
+    """Serve the disk of IMAGE read-only over NBD until SIGINT or SIGTERM, reading it in place; or stop one
+    (--stop SOCKET)."""
 
     socket = cli.SwitchAttr(["--socket"], str, default=None,
                             help="The Unix socket to listen on (default: a private directory under "
                                  "$XDG_RUNTIME_DIR, or /run/cdisk as root)")
+    listen = cli.SwitchAttr(["--listen"], str, default=None,
+                            help="Listen on TCP at ADDR:PORT instead (no TLS: anyone who reaches it reads the disk)")
     shared = cli.SwitchAttr(["--shared"], int, default=1, help="How many clients may connect at once")
+    every = cli.Flag(["--all"], help="Serve every disk under /disk/, each as its own export")
+    overlay = cli.SwitchAttr(["--overlay"], str, default=None,
+                             help="Also create this qcow2 overlay backed by the export (a VM writes only there)")
+    detach = cli.Flag(["--detach"], help="Go to the background once serving (stop it with --stop SOCKET)")
+    pid_file = cli.SwitchAttr(["--pid-file"], str, default=None,
+                              help="Write the serving process's pid here once serving")
+    stop = cli.SwitchAttr(["--stop"], str, default=None,
+                          help="Stop the cdisk serve that serves on this socket, and wait until it has cleaned up")
 
-    def main(self, image: str) -> int:
-        from cdisk.core.serve import serving
+    def main(self, image: str = "") -> int:
+        from cdisk.core import service
+        from cdisk.core.serve import serving, stop
 
         try:
-            with progress_for(self) as progress, serving(self.image_request(image), self.read_request(),
-                                                         self.socket, int(self.shared), progress) as served:
+            if self.stop is not None:
+                if image:
+                    raise UsageError("--stop SOCKET takes no IMAGE")
+                stopped = stop(str(self.stop))
+                if self.as_json:
+                    print(json.dumps({"stopped": stopped, "socket": self.stop}))
+                return EXIT_OK
+            if not image:
+                raise UsageError("IMAGE missing: cdisk serve [SWITCHES] IMAGE, or cdisk serve --stop SOCKET")
+            if self.detach:
+                try:
+                    code = service.detach()
+                except Interrupted as stopped:
+                    return 128 + stopped.signum  # the parent, before the child was serving: it stopped too
+                if code is not None:
+                    return code  # the parent: the child is serving (0), or said why not
+            with progress_for(self) as progress, serving(
+                    self.image_request(image), self.read_request(), progress, self.socket, self.listen,
+                    int(self.shared), bool(self.every), self.overlay) as server, service.pid_file(self.pid_file):
+                served = server.served
                 if self.as_json:
                     print(json.dumps(asdict(served)), flush=True)
                 elif not self.quiet:
-                    print(served.uri, flush=True)
-                while True:  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
-                    signal.pause()
+                    print("\n".join(export.uri for export in served.exports), flush=True)
+                service.ready()
+                server.wait()  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
         except Interrupted:
-            return EXIT_OK  # stopped as asked: qemu-nbd stopped, the socket removed
+            return EXIT_OK  # stopped as asked: the server stopped, the socket removed
         except Exception as error:
             return failed(self, error)
+        return EXIT_OK

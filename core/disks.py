@@ -91,6 +91,11 @@ def _what_disk_holds(tree: ImageTree) -> str:
     return f"/{DISK_DIR} is a {entry.kind}, not a directory"
 
 
+def _no_disk(tree: ImageTree) -> DiskNotFoundError:
+    return DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)}); "
+                             "pass --path with the disk file's path in the image")
+
+
 def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerMember]:
     """The disk's path in the image and the member holding its data.
 
@@ -108,10 +113,28 @@ def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerM
             raise UnsafeImageError(only.refusal)
         return only.path, only.member
     if not candidates:
-        raise DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)}); "
-                                "pass --path with the disk file's path in the image")
+        raise _no_disk(tree)
     listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
     raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")
+
+
+def every_disk(tree: ImageTree) -> list[tuple[str, LayerMember]]:
+    """Every disk directly under /disk/ (`serve --all`), at most `COPIES`.
+
+    Raises:
+        DiskNotFoundError: no candidate, or more than `COPIES`.
+        UnsafeImageError: a candidate is refused (one refused disk refuses them all, as convert would).
+    """
+    candidates = list_candidates(tree)
+    if not candidates:
+        raise _no_disk(tree)
+    if len(candidates) > COPIES:
+        raise DiskNotFoundError(f"{len(candidates)} files under /{DISK_DIR}/, more than the {COPIES} --all serves; "
+                                "choose one with --path")
+    for candidate in candidates:
+        if candidate.member is None:
+            raise UnsafeImageError(f"{candidate.path}: {candidate.refusal}")
+    return [(c.path, c.member) for c in candidates if c.member is not None]
 
 
 @dataclass(frozen=True)

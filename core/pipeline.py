@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 from cdisk.core import engines, qemu_img
-from cdisk.core.disks import Wanted, find_disk
+from cdisk.core.disks import Wanted, every_disk, find_disk
 from cdisk.core.engines import Engine, Image
-from cdisk.core.errors import LayerDirsUnusable
+from cdisk.core.errors import CdiskError, LayerDirsUnusable
 from cdisk.core.inspection import inspect_disk
 from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
 from cdisk.core.progress import Progress
@@ -83,15 +83,26 @@ def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
 
 
 def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
-          progress: Progress) -> tuple[ExitStack, OpenedDisk]:
-    """The disk opened and judged, with the stack that holds it open (undone here if anything fails)."""
+          progress: Progress, every: bool) -> tuple[ExitStack, list[OpenedDisk]]:
+    """The disk (`every`: each candidate under /disk/) opened and judged, with the stack that holds it open
+    (undone here if anything fails)."""
     with ExitStack() as stack:
         view = stack.enter_context(_view(engine, image, reading, read, target, progress,
                                          Wanted.disk(read.disk_path)))
-        source = view.open(*find_disk(view.tree, read.disk_path))
-        judged = inspect_disk(source)
-        return stack.pop_all(), OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
-                                           judged.allocation)
+        found = every_disk(view.tree) if every else [find_disk(view.tree, read.disk_path)]
+        opened = []
+        for path, member in found:
+            try:
+                source = view.open(path, member)
+                judged = inspect_disk(source)
+            except CdiskError as refused:
+                if every:  # which of the disks it is
+                    refused.message = f"{path}: {refused.message}"
+                    refused.args = (refused.message,)
+                raise
+            opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
+                                     judged.allocation))
+        return stack.pop_all(), opened
 
 
 @contextmanager
@@ -102,15 +113,33 @@ def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target |
     Raises:
         CdiskError: the image cannot be had, holds no single disk, or its disk is refused.
     """
+    with _opened(image, read, target, progress, reading, engine, every=False) as (disk,):
+        yield disk
+
+
+@contextmanager
+def opened_disks(image: ImageRequest | Image, read: ReadRequest, progress: Progress) -> Iterator[list[OpenedDisk]]:
+    """Every disk directly under /disk/, each open and judged (`serve --all`).
+
+    Raises:
+        CdiskError: the image cannot be had, holds no disk or too many, or one of them is refused.
+    """
+    with _opened(image, read, None, progress, None, None, every=True) as disks:
+        yield disks
+
+
+@contextmanager
+def _opened(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+            reading: Reading | None, engine: Engine | None, every: bool) -> Iterator[list[OpenedDisk]]:
     engine, found = resolve(image, progress, engine)
     chosen = reading or choose_reading(read.method, writes=False, image=found, mounts=engine.mounts)
     try:
-        held, disk = _open(engine, found, chosen, read, target, progress)
+        held, disks = _open(engine, found, chosen, read, target, progress, every)
     except LayerDirsUnusable as why:
         if reading is not None or read.method is not Method.AUTO:
             raise
         chosen = choose_reading(read.method, writes=False, mounts=engine.mounts)
         progress.stage(f"{why.why}: reading by the {chosen.method} method instead")
-        held, disk = _open(engine, found, chosen, read, target, progress)
+        held, disks = _open(engine, found, chosen, read, target, progress, every)
     with held:
-        yield disk
+        yield disks

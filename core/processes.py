@@ -11,6 +11,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,6 +109,35 @@ def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], tim
                     tail += chunk
                     del tail[:-STDERR_TAIL]
     return bytes(tail)
+
+
+class StderrTail(threading.Thread):
+    """Reads a long-running child's stderr to its end, keeping only the last `STDERR_TAIL` bytes: a server that
+    logs each failed client never fills its pipe (and stalls), and never grows our memory.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        # A descriptor of its own: whoever closes `stream` meanwhile cannot hand this thread another file's.
+        self._fd = os.dup(stream.fileno())
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while chunk := os.read(self._fd, _CHUNK):
+                with self._lock:
+                    self._tail += chunk
+                    del self._tail[:-STDERR_TAIL]
+        finally:
+            os.close(self._fd)
+
+    def text(self) -> str:
+        """What the child printed last (after it ended: all it left)."""
+        self.join(1.0)
+        with self._lock:
+            return bytes(self._tail).decode(errors="replace")
 
 
 def argv_of(proc: subprocess.Popen[bytes]) -> list[str]:

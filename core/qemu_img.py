@@ -94,14 +94,14 @@ def _drivers(specs: Sequence[str]) -> set[str]:
 
 
 def _command(args: list[str], specs: Sequence[str], view: sandbox.View, tool: str = "qemu-img",
-             ) -> tuple[Any, list[str]]:
+             package: str = "qemu-utils") -> tuple[Any, list[str]]:
     """`tool` (qemu-img, qemu-nbd) with `args`, confined to `view`; or bare, for raw and qcow2 only, where no
     sandbox can be made.
 
     Raises:
         UnsafeImageError: no sandbox, and a spec uses a format that could name files outside the image.
     """
-    qemu_img = processes.command(tool, "qemu-utils")
+    qemu_img = processes.command(tool, package)
     reason = sandbox.unavailable()
     if reason is None:
         program = str(qemu_img.executable)
@@ -117,9 +117,14 @@ def _command(args: list[str], specs: Sequence[str], view: sandbox.View, tool: st
     return qemu_img, args
 
 
-def confined(tool: str, args: list[str], spec: str, view: sandbox.View) -> tuple[Any, list[str]]:
-    """Another qemu tool that opens the disk (qemu-nbd) with `args`, confined to the spec's files and `view`."""
-    return _command(args, [spec], spec_view(spec) + view, tool)
+def confined(tool: str, package: str, args: list[str], specs: Sequence[str], view: sandbox.View,
+             ) -> tuple[Any, list[str]]:
+    """Another qemu tool that opens disks (qemu-nbd, qemu-storage-daemon; installed by `package`) with `args`,
+    confined to the specs' files and `view`."""
+    whole = view
+    for spec in specs:
+        whole += spec_view(spec)
+    return _command(args, specs, whole, tool, package)
 
 
 def start_sandbox_probe() -> None:
@@ -253,6 +258,18 @@ def compare(spec: str, other_spec: str, pass_fds: Sequence[int] = ()) -> int | N
         match = _MISMATCH.search(out)
         return int(match.group(1)) if match else 0
     raise _failure("compare", [str(cmd), *full], code, err)
+
+
+def create_overlay(path: str, backing_uri: str, size: int) -> None:
+    """A new qcow2 at `path` (an existing empty file) backed by the raw NBD export `backing_uri`, of `size`.
+
+    `-u`: the export is not opened (nor a connection taken from the server's --shared clients); its size is known.
+    No sandbox: qemu-img writes a header of cdisk's own making and reads nothing of the image.
+    """
+    argv = ["create", "-q", "-f", "qcow2", "-u", "-b", backing_uri, "-F", "raw", path, str(size)]
+    code, _, err = processes.run(processes.command("qemu-img", "qemu-utils"), argv, timeout=INSPECT_WALL_SECONDS)
+    if code != 0:
+        raise _failure("create", ["qemu-img", *argv], code, err)
 
 
 @dataclass(frozen=True)

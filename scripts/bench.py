@@ -19,6 +19,11 @@ Compressed layers (cases raw-gzip, raw-zstd, qcow2-gzip, qcow2-zstd; not run unl
 the decompressor alone on the same blob (`gzip -dc`/`zstd -dc` to /dev/null); beside it the decompressor
 writing the layer to a file (zstd sparse, as it does by default), the decompressor piped into `tar -xO` (the
 disk extracted), bare qemu-img convert of the uncompressed disk file, and `cdisk convert oci:LAYOUT`.
+
+Serving (cases serve-raw, serve-qcow2; not run unless named in --cases): `cdisk serve` of the raw (4 GiB) or
+qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, beside the same command reading
+the NBD export instead (`export`). `first-byte`: from starting `cdisk serve` to the first 512 bytes read from
+the export by qemu-io (a new server each round).
 """
 
 from __future__ import annotations
@@ -301,6 +306,46 @@ def run_compressed(name: str, fs: Path, rounds: int) -> dict[str, object]:
     return _interleaved(commands, rounds, target)
 
 
+SERVE_CASES = {"serve-raw": "raw", "serve-qcow2": "qcow2"}
+
+
+@contextmanager
+def served(image: str) -> Iterator[tuple[str, Sample]]:
+    """`cdisk serve` of `image` while the block runs: its URI, and the time until a client read the first bytes."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([CDISK, "serve", "--json", "--shared", "8", image], stdout=subprocess.PIPE, env=RUN_ENV)
+    try:
+        assert proc.stdout is not None
+        uri = json.loads(proc.stdout.readline())["uri"]
+        sh("qemu-io", "-r", "-f", "raw", "-c", "read 0 512", uri)
+        yield uri, Sample(time.perf_counter() - start, _hwm(proc.pid) / 1024, 0.0)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
+    fmt = SERVE_CASES[name]
+    image, disk = build_case(fmt, fs)
+    target = CACHE / "out" / f"{name}.raw"
+    target.parent.mkdir(exist_ok=True)
+    first: list[Sample] = []
+    for round_ in range(rounds + 1):
+        with served(image) as (_, sample):
+            if round_:
+                first.append(sample)
+    with served(image) as (uri, _):
+        rows = _interleaved({
+            "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk.with_name(f"floor.{fmt}")),
+                      str(target)],
+            "export": ["qemu-img", "convert", "-W", "-f", "raw", "-O", "raw", uri, str(target)],
+        }, rounds, target)
+    rows["first-byte"] = {"median_s": round(statistics.median(s.seconds for s in first), 3), "ratio": None,
+                          "self_peak_mib": round(max(s.self_mib for s in first), 1), "tree_peak_mib": None,
+                          "samples_s": [round(s.seconds, 3) for s in first]}
+    return rows
+
+
 def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path) -> dict[str, object]:
     """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor"."""
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
@@ -374,6 +419,9 @@ def main() -> None:
             if name in COMPRESSED_CASES:
                 results["cases"][name] = run_compressed(name, fs, args.rounds)  # type: ignore[index]
                 continue
+            if name in SERVE_CASES:
+                results["cases"][name] = run_serve(name, fs, args.rounds)  # type: ignore[index]
+                continue
             results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline,  # type: ignore[index]
                                               docker_host)
     print(render(results))
@@ -392,8 +440,10 @@ def render(results: dict) -> str:  # type: ignore[type-arg]
              "|---|---|---:|---:|---:|---:|"]
     for case, rows in results["cases"].items():
         for command, row in rows.items():
-            lines.append(f"| {case} | {command} | {row['median_s']:.3f} | {row['ratio']:.2f} | "
-                         f"{row['self_peak_mib']:.1f} | {row['tree_peak_mib']:.1f} |")
+            ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+            tree = "-" if row["tree_peak_mib"] is None else f"{row['tree_peak_mib']:.1f}"
+            lines.append(f"| {case} | {command} | {row['median_s']:.3f} | {ratio} | {row['self_peak_mib']:.1f} | "
+                         f"{tree} |")
     return "\n".join(lines)
 
 

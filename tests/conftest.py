@@ -37,6 +37,7 @@ from tests.images import (
 
 # The external tools the suite drives, each with the Debian package that has it.
 TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
+         "qemu-storage-daemon": "qemu-system-common", "nbdinfo": "libnbd-bin",
          "bwrap": "bubblewrap",
          "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
