@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import ExitStack
 from dataclasses import asdict
 
 from plumbum import cli
@@ -52,14 +54,20 @@ class Serve(DiskSwitches):
                     return 128 + stopped.signum  # the parent, before the child was serving: it stopped too
                 if code is not None:
                     return code  # the parent: the child is serving (0), or said why not
-            with progress_for(self) as progress, serving(
-                    self.image_request(image), self.read_request(), progress, self.socket, self.listen,
-                    int(self.shared), bool(self.every), self.overlay) as server, service.pid_file(self.pid_file):
+            with ExitStack() as held:
+                # The progress display ends once serving: no spinner for the hours a server runs.
+                with progress_for(self) as progress:
+                    server = held.enter_context(serving(
+                        self.image_request(image), self.read_request(), progress, self.socket, self.listen,
+                        int(self.shared), bool(self.every), self.overlay))
+                held.enter_context(service.pid_file(self.pid_file))
                 served = server.served
                 if self.as_json:
                     print(json.dumps(asdict(served)), flush=True)
                 elif not self.quiet:
                     print("\n".join(export.uri for export in served.exports), flush=True)
+                    if sys.stderr.isatty() and not self.detach:
+                        print("cdisk: serving read-only until Ctrl-C", file=sys.stderr, flush=True)
                 service.ready()
                 server.wait()  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
         except Interrupted:

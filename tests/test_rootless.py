@@ -64,6 +64,17 @@ def _processes_of(uid: int) -> list[int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def _owner(path: Path) -> int | None:
     """The uid owning `path`; None when it is gone (another job's temp file, removed meanwhile)."""
     try:
@@ -329,3 +340,29 @@ def test_a_docker_group_user_reads_the_disk_inside_the_saved_archive(
     finally:
         os.chown(socket, 0, 0)
         images.remove()
+
+
+@pytest.mark.needs("qemu-nbd")
+@pytest.mark.parametrize("method", ["auto", "save"])
+def test_rootless_serve(rootless: RootlessUser, rootless_image: tuple[str, Path], method: str) -> None:
+    """A user serves its own image, on a socket in its own temp dir; stopped, nothing of it is left."""
+    name, disk = rootless_image
+    proc = subprocess.Popen(["runuser", "-u", rootless.name, "--", "env", *rootless.env, "/usr/bin/python3", "-m",
+                             "cdisk", "serve", "--json", "--method", method, name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=rootless.work)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.communicate(timeout=30)[1]
+        served = json.loads(line)
+        socket_dir = Path(served["socket"]).parent
+        assert socket_dir.stat().st_uid == int(sh("id", "-u", USER).stdout) and socket_dir.stat().st_mode & 0o077 == 0
+        assert sh("qemu-img", "compare", "-f", "raw", "-F", "qcow2", served["uri"], disk, check=False).returncode == 0
+    finally:
+        # To cdisk itself (runuser's child): runuser would end the session with its own SIGKILL 2 s later.
+        for child in _children(proc.pid):
+            os.kill(child, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not socket_dir.exists()
+    assert mounts(rootless) == ""
