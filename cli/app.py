@@ -37,17 +37,21 @@ CDisk.subcommand("refresh", "cdisk.cli.refresh.Refresh")
 CDisk.subcommand("serve", "cdisk.cli.serve.Serve")
 
 
+# SIGHUP: the terminal or the ssh session went away; cleaning up is as due as after Ctrl-C.
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     # Cleanup must not be cut short by a second Ctrl-C or a repeated SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for stopping in STOPPING_SIGNALS:
+        signal.signal(stopping, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for stopping in STOPPING_SIGNALS:
+        signal.signal(stopping, _interrupt)
     # A file longer than RLIMIT_FSIZE must fail with EFBIG, which we report, not kill us with SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     CDisk.run()

@@ -14,6 +14,13 @@ from cdisk.cli.switches import DiskSwitches
 from cdisk.core.errors import EXIT_OK, Interrupted, UsageError
 
 
+def _mode(text: str) -> int:
+    mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(text)
+    return mode
+
+
 class Serve(DiskSwitches):
     """Serve the disk of IMAGE read-only over NBD until SIGINT or SIGTERM, reading it in place; or stop one
     (--stop SOCKET)."""
@@ -21,9 +28,12 @@ class Serve(DiskSwitches):
     socket = cli.SwitchAttr(["--socket"], str, default=None,
                             help="The Unix socket to listen on (default: a private directory under "
                                  "$XDG_RUNTIME_DIR, or /run/cdisk as root)")
+    socket_mode = cli.SwitchAttr(["--socket-mode"], _mode, default=0o600,
+                                 help="Who may connect to the socket, as an octal mode: 600 (default) its owner, "
+                                      "660 its group too")
     listen = cli.SwitchAttr(["--listen"], str, default=None,
                             help="Listen on TCP at ADDR:PORT instead (no TLS: anyone who reaches it reads the disk)")
-    shared = cli.SwitchAttr(["--shared"], int, default=1, help="How many clients may connect at once")
+    shared = cli.SwitchAttr(["--shared"], int, default=1, help="How many clients may connect at once (per disk)")
     every = cli.Flag(["--all"], help="Serve every disk under /disk/, each as its own export")
     overlay = cli.SwitchAttr(["--overlay"], str, default=None,
                              help="Also create this qcow2 overlay backed by the export (a VM writes only there)")
@@ -35,8 +45,9 @@ class Serve(DiskSwitches):
 
     def main(self, image: str = "") -> int:
         from cdisk.core import service
-        from cdisk.core.serve import serving, stop
+        from cdisk.core.serve import ServeRequest, serving, stop
 
+        serves = False
         try:
             if self.stop is not None:
                 if image:
@@ -47,20 +58,17 @@ class Serve(DiskSwitches):
                 return EXIT_OK
             if not image:
                 raise UsageError("IMAGE missing: cdisk serve [SWITCHES] IMAGE, or cdisk serve --stop SOCKET")
+            asked = ServeRequest(self.socket, self.listen, int(self.socket_mode), int(self.shared),
+                                 bool(self.every), self.overlay)
             if self.detach:
-                try:
-                    code = service.detach()
-                except Interrupted as stopped:
-                    return 128 + stopped.signum  # the parent, before the child was serving: it stopped too
+                code = service.detach()
                 if code is not None:
                     return code  # the parent: the child is serving (0), or said why not
             with ExitStack() as held:
                 # The progress display ends once serving: no spinner for the hours a server runs.
                 with progress_for(self) as progress:
-                    server = held.enter_context(serving(
-                        self.image_request(image), self.read_request(), progress, self.socket, self.listen,
-                        int(self.shared), bool(self.every), self.overlay))
-                held.enter_context(service.pid_file(self.pid_file))
+                    server = held.enter_context(serving(self.image_request(image), self.read_request(), progress,
+                                                        asked, lambda: service.pid_file(self.pid_file)))
                 served = server.served
                 if self.as_json:
                     print(json.dumps(asdict(served)), flush=True)
@@ -68,10 +76,16 @@ class Serve(DiskSwitches):
                     print("\n".join(export.uri for export in served.exports), flush=True)
                     if sys.stderr.isatty() and not self.detach:
                         print("cdisk: serving read-only until Ctrl-C", file=sys.stderr, flush=True)
+                serves = True
                 service.ready()
                 server.wait()  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
-        except Interrupted:
-            return EXIT_OK  # stopped as asked: the server stopped, the socket removed
+        except Interrupted as stopped_by:
+            # Once serving, a signal is how a server is stopped: done, the socket removed. Before, it cut the
+            # start short (the parent of --detach included: its child stopped too).
+            return EXIT_OK if serves else stopped_by.exit_code
         except Exception as error:
-            return failed(self, error)
+            code = failed(self, error)
+            if serves:
+                service.log_error(str(getattr(error, "message", error)))  # a detached server's stderr goes nowhere
+            return code
         return EXIT_OK

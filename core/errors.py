@@ -130,7 +130,7 @@ class BusyError(CdiskError):
 
 
 class Interrupted(BaseException):
-    """Raised by the signal handlers for SIGINT and SIGTERM so that every `finally` runs.
+    """Raised by the signal handlers for SIGINT, SIGTERM and SIGHUP so that every `finally` runs.
 
     A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
     """

@@ -5,10 +5,14 @@ who serves on a socket (`serve --stop`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import os
 import socket as net
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -89,6 +93,71 @@ def _bad_listen(text: str) -> UsageError:
                       "[::1]:10809")
 
 
+# Clients waiting for the server to accept (they queue from the moment cdisk listens, before it serves).
+_BACKLOG = 64
+
+
+@contextmanager
+def unix_listener(path: str, mode: int) -> Iterator[net.socket]:
+    """A listening Unix socket made at `path` (with `mode`), which must not exist: binding is the check, so two
+    servers cannot both take one path. It is removed at the end only if it is still the one made here.
+
+    Raises:
+        UsageError: `path` exists, or cannot be made.
+    """
+    sock = net.socket(net.AF_UNIX, net.SOCK_STREAM)
+    try:
+        # bind() makes the file with 0777 & ~umask: the umask gives it exactly `mode`, with no moment in between.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        made = os.lstat(path)
+        sock.listen(_BACKLOG)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise UsageError(f"{path} exists; choose another --socket, or stop what serves there (remove it if "
+                             "nothing does: a killed serve leaves it)") from None
+        raise UsageError(f"cannot listen on {path}: {error.strerror or error}; choose another --socket") from None
+    try:
+        yield sock
+    finally:
+        sock.close()
+        with contextlib.suppress(OSError):
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+                os.unlink(path)
+
+
+@contextmanager
+def tcp_listener(endpoint: Endpoint) -> Iterator[net.socket]:
+    """A listening TCP socket at `endpoint` (a name resolved here; cdisk binds, so a low port works as root).
+
+    Raises:
+        UsageError: the address cannot be resolved or bound (in use, not this host's).
+    """
+    assert endpoint.host is not None
+    try:
+        family, kind, proto, _, address = net.getaddrinfo(endpoint.host, endpoint.port, type=net.SOCK_STREAM,
+                                                          flags=net.AI_PASSIVE)[0]
+        sock = net.socket(family, kind, proto)
+    except OSError as error:
+        raise UsageError(f"--listen {endpoint.where()}: {error.strerror or error}; give an address of this host") \
+            from None
+    try:
+        sock.setsockopt(net.SOL_SOCKET, net.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"--listen {endpoint.where()}: {error.strerror or error}; choose another address or port") \
+            from None
+    with sock:
+        yield sock
+
+
 def answers(endpoint: Endpoint) -> bool:
     """Whether an NBD server answers at `endpoint`: its greeting read, then left the way the protocol says
     (NBD_OPT_ABORT), so the server logs no failed client.
@@ -115,20 +184,39 @@ def _read(conn: net.socket, size: int) -> bytes:
     return data
 
 
-def listener_pid(path: str) -> int:
-    """The pid (in our pid namespace) of the process that listens on the Unix socket `path`, told by the kernel
-    (SO_PEERCRED), not by any file a server could have written.
+# SO_PEERPIDFD (Linux 6.5): a pidfd of the listener, immune to pid reuse; Python 3.11 has no name for it.
+_SO_PEERPIDFD = 77
+
+
+def listener(path: str) -> int:
+    """A pidfd of the process that listens on the Unix socket `path`, told by the kernel (SO_PEERPIDFD, else
+    SO_PEERCRED's pid), never by a file a server could have written.
 
     Raises:
-        UsageError: nothing listens there.
+        UsageError: nothing listens there, or the listener is gone or in another pid namespace.
     """
     try:
         with Endpoint(socket=os.path.abspath(path)).connect(_PROBE_SECONDS) as conn:
-            creds = conn.getsockopt(net.SOL_SOCKET, net.SO_PEERCRED, struct.calcsize("3i"))
-        pid = int(struct.unpack("3i", creds)[0])
+            try:
+                return int(struct.unpack("i", conn.getsockopt(net.SOL_SOCKET, _SO_PEERPIDFD, 4))[0])
+            except OSError:
+                creds = conn.getsockopt(net.SOL_SOCKET, net.SO_PEERCRED, struct.calcsize("3i"))
     except OSError as error:
         raise UsageError(f"nothing serves on {path} ({error.strerror or error}); give the socket "
                          "`cdisk serve` printed") from None
+    pid = int(struct.unpack("3i", creds)[0])
     if pid <= 0:
         raise UsageError(f"the server on {path} runs in another pid namespace; stop it there")
-    return pid
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise UsageError(f"the server on {path} is gone; nothing to stop") from None
+
+
+def pid_of(pidfd: int) -> int:
+    """The pid a pidfd refers to (its fdinfo's Pid; 0 when the process has ended)."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    return 0

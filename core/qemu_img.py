@@ -95,7 +95,7 @@ def _drivers(specs: Sequence[str]) -> set[str]:
 
 def _command(args: list[str], specs: Sequence[str], view: sandbox.View, tool: str = "qemu-img",
              package: str = "qemu-utils") -> tuple[Any, list[str]]:
-    """`tool` (qemu-img, qemu-nbd) with `args`, confined to `view`; or bare, for raw and qcow2 only, where no
+    """`tool` (qemu-img, qemu-storage-daemon) with `args`, confined to `view`; or bare, for raw and qcow2 only, where no
     sandbox can be made.
 
     Raises:
@@ -119,7 +119,7 @@ def _command(args: list[str], specs: Sequence[str], view: sandbox.View, tool: st
 
 def confined(tool: str, package: str, args: list[str], specs: Sequence[str], view: sandbox.View,
              ) -> tuple[Any, list[str]]:
-    """Another qemu tool that opens disks (qemu-nbd, qemu-storage-daemon; installed by `package`) with `args`,
+    """Another qemu tool that opens disks (qemu-storage-daemon; installed by `package`) with `args`,
     confined to the specs' files and `view`."""
     whole = view
     for spec in specs:

@@ -37,15 +37,13 @@ class View:
 
     `read_only` files (or block devices) are bound read-only; `writable` ones read-write (the target: the
     temp file, never its directory, or a block device). Inherited descriptors (`/dev/fd/N`) need no bind.
-    `network` keeps the host's network (a server asked to listen on TCP); every other run has none.
     """
 
     read_only: tuple[str, ...] = ()
     writable: tuple[str, ...] = ()
-    network: bool = False
 
     def __add__(self, other: View) -> View:
-        return View(self.read_only + other.read_only, self.writable + other.writable, self.network or other.network)
+        return View(self.read_only + other.read_only, self.writable + other.writable)
 
 
 def _is_block(path: str) -> bool:
@@ -81,9 +79,9 @@ def _root_skeleton() -> list[str]:
     return argv
 
 
-def _namespaces(network: bool) -> list[str]:
-    common = ["--unshare-pid", *([] if network else ["--unshare-net"]), "--unshare-ipc", "--unshare-uts",
-              "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+def _namespaces() -> list[str]:
+    common = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+              "--die-with-parent", "--new-session"]
     if os.geteuid() == 0:
         # Root, or root of rootless podman's user namespace (inside `podman unshare`): bwrap may build the
         # namespaces itself, and keeps the one capability that reads a disk only its owner may read.
@@ -91,17 +89,17 @@ def _namespaces(network: bool) -> list[str]:
     return ["--unshare-user", *common]
 
 
-def _prefix(network: bool) -> list[str]:
+def _prefix() -> list[str]:
     bwrap = shutil.which(BWRAP)
     assert bwrap is not None
     # /proc (of the new pid namespace) is there for /dev/fd/N, the descriptors the disk is passed through.
-    return [bwrap, *_namespaces(network), *_root_skeleton(), "--proc", "/proc", "--dev", "/dev",
-            "--tmpfs", "/tmp", "--chdir", "/"]
+    return [bwrap, *_namespaces(), *_root_skeleton(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--chdir", "/"]
 
 
 def confine(argv: list[str], view: View) -> list[str]:
     """`argv` (an absolute program path first) run inside a sandbox that holds only `view`'s files."""
-    return [*_prefix(view.network), *_binds(view.read_only, False), *_binds(view.writable, True), "--", *argv]
+    return [*_prefix(), *_binds(view.read_only, False), *_binds(view.writable, True), "--", *argv]
 
 
 _started: list[subprocess.Popen[bytes]] = []

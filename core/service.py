@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from cdisk.core.errors import Interrupted, UsageError
 
 _CHUNK = 64 * 1024
-# In a detached child: the pipe on which it tells the waiting parent that it is ready.
+# In a detached child: the pipe on which it tells the waiting parent that it is ready; then whether it let go.
 _ready_pipe: list[int] = []
+_let_go: list[bool] = []
 
 
 def detach() -> int | None:
@@ -119,7 +120,17 @@ def ready() -> None:
         fd = _ready_pipe.pop()
         os.write(fd, b"1")
         os.close(fd)
+        _let_go.append(True)
     _notify_systemd(b"READY=1")
+
+
+def log_error(message: str) -> None:
+    """An error of a detached command, whose stderr goes nowhere: to syslog (the journal), under "cdisk"."""
+    if _let_go:
+        import syslog
+
+        syslog.openlog("cdisk", syslog.LOG_PID)
+        syslog.syslog(syslog.LOG_ERR, message)
 
 
 def _notify_systemd(message: bytes) -> None:

@@ -22,8 +22,8 @@ disk extracted), bare qemu-img convert of the uncompressed disk file, and `cdisk
 
 Serving (cases serve-raw, serve-qcow2; not run unless named in --cases): `cdisk serve` of the raw (4 GiB) or
 qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, beside the same command reading
-the NBD export instead (`export`). `first-byte`: from starting `cdisk serve` to the first 512 bytes read from
-the export by qemu-io (a new server each round).
+the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). `first-byte`: from
+starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server each round).
 """
 
 from __future__ import annotations
@@ -335,10 +335,15 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
             if round_:
                 first.append(sample)
     with served(image) as (uri, _):
+        floor = str(disk.with_name(f"floor.{fmt}"))
+        size = json.loads(sh("qemu-img", "info", "--output=json", "-f", fmt, floor).stdout)["virtual-size"]
+        null = ["--target-image-opts", f"driver=null-co,size={size}"]
         rows = _interleaved({
-            "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk.with_name(f"floor.{fmt}")),
-                      str(target)],
+            "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", floor, str(target)],
             "export": ["qemu-img", "convert", "-W", "-f", "raw", "-O", "raw", uri, str(target)],
+            # Reading alone (to qemu's null device): what the NBD hop costs, without the writes' noise.
+            "floor-read": ["qemu-img", "convert", "-W", "-n", "-f", fmt, floor, *null],
+            "export-read": ["qemu-img", "convert", "-W", "-n", "-f", "raw", uri, *null],
         }, rounds, target)
     rows["first-byte"] = {"median_s": round(statistics.median(s.seconds for s in first), 3), "ratio": None,
                           "self_peak_mib": round(max(s.self_mib for s in first), 1), "tree_peak_mib": None,

@@ -23,7 +23,7 @@ def test_every_code_cdisk_can_exit_with_is_documented_and_every_documented_one_e
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.CdiskError)]
     codes = {c.exit_code for c in classes if isinstance(c.exit_code, int)}
     codes |= {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
-    codes |= {130, 143}  # errors.Interrupted: 128 + SIGINT / SIGTERM
+    codes |= {129, 130, 143}  # errors.Interrupted: 128 + SIGHUP / SIGINT / SIGTERM
     assert codes == documented_codes()
 
 

@@ -342,7 +342,7 @@ def test_a_docker_group_user_reads_the_disk_inside_the_saved_archive(
         images.remove()
 
 
-@pytest.mark.needs("qemu-nbd")
+@pytest.mark.needs("qemu-storage-daemon")
 @pytest.mark.parametrize("method", ["auto", "save"])
 def test_rootless_serve(rootless: RootlessUser, rootless_image: tuple[str, Path], method: str) -> None:
     """A user serves its own image, on a socket in its own temp dir; stopped, nothing of it is left."""

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 from tests.conftest import Images, cdisk
 from tests.images import make_disk, sh
 
-pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "qemu-nbd", "bwrap")
+pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "qemu-storage-daemon", "bwrap")
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def running(pid: int) -> bool:
         return False
 
 
-def qemu_nbd_children(pid: int) -> list[int]:
+def server_children(pid: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
 
 
@@ -85,8 +86,8 @@ def test_a_signal_with_a_client_connected_stops_it_and_leaves_nothing(images: Im
     name = images.build({"disk.qcow2": images.disk()})
     with served(name) as (proc, info):
         path = str(info["socket"])
-        children = qemu_nbd_children(proc.pid)
-        assert children, "qemu-nbd runs as cdisk's child"
+        children = server_children(proc.pid)
+        assert children, "the server runs as cdisk's child"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(path)
             proc.send_signal(signum)
@@ -134,7 +135,7 @@ def exports_listed(socket_path: object) -> list[str]:
     return [export["export-name"] for export in json.loads(listed.stdout)["exports"]]
 
 
-@pytest.mark.needs("qemu-storage-daemon", "nbdinfo")
+@pytest.mark.needs("nbdinfo")
 @pytest.mark.parametrize("method", ["layers", "save"])
 def test_all_serves_every_disk_on_one_socket(images: Images, tmp_path: Path, method: str) -> None:
     first = images.disk("a.qcow2")
@@ -151,7 +152,6 @@ def test_all_serves_every_disk_on_one_socket(images: Images, tmp_path: Path, met
     assert not os.path.exists(os.path.dirname(str(info["socket"])))
 
 
-@pytest.mark.needs("qemu-storage-daemon")
 def test_all_refuses_what_convert_refuses(images: Images, tmp_path: Path) -> None:
     backed = tmp_path / "backed.qcow2"
     sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/hostname", "-F", "raw", backed, "8M")
@@ -197,7 +197,7 @@ def test_detach_then_stop(images: Images, tmp_path: Path) -> None:
         pid = int(pid_file.read_text())
         assert info["pid"] == pid and Path(f"/proc/{pid}").exists() and _parent(pid) != os.getpid()
         assert reads_as(info["uri"], disk, "qcow2")
-        children = qemu_nbd_children(pid)
+        children = server_children(pid)
         stopped = cdisk("serve", "--json", "--stop", path)
         assert stopped.code == 0 and json.loads(stopped.out)["stopped"] == pid, stopped.err
         assert not running(pid), "--stop returns once the server has ended"
@@ -219,6 +219,7 @@ def test_detach_reports_a_refusal_and_leaves_nothing(images: Images, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backed.qcow2"]
 
 
+@pytest.mark.needs("qemu-nbd")
 def test_stop_refuses_a_server_that_is_not_cdisk(tmp_path: Path) -> None:
     disk = make_disk(tmp_path / "d.qcow2")
     path = tmp_path / "other.sock"
@@ -276,10 +277,10 @@ def test_the_image_removed_meanwhile_is_still_served(images: Images) -> None:
 def test_the_server_dying_ends_serve_with_one_line(images: Images) -> None:
     name = images.build({"disk.qcow2": images.disk()})
     with served(name) as (proc, info):
-        [bwrap] = qemu_nbd_children(proc.pid)
+        [bwrap] = server_children(proc.pid)
         os.kill(bwrap, signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 7 and "qemu-nbd stopped" in err and err.count("\n") == 1, err
+        assert proc.returncode == 7 and "qemu-storage-daemon stopped" in err and err.count("\n") == 1, err
         assert not os.path.exists(os.path.dirname(str(info["socket"])))
 
 
@@ -287,7 +288,7 @@ def test_many_failed_clients_do_not_stall_the_server(images: Images) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     with served(name) as (_, info):
-        # Each client that leaves mid-handshake makes qemu-nbd log a line: more than a pipe holds.
+        # Each client that leaves mid-handshake makes the server log a line: more than a pipe holds.
         for _ in range(1500):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                 client.settimeout(10)  # a server stalled on its full stderr pipe stops accepting
@@ -310,3 +311,100 @@ def test_systemd_is_told_when_it_serves(images: Images, tmp_path: Path) -> None:
             proc.terminate()
             proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.needs("qemu-io")
+def test_all_lets_each_disk_have_its_clients(images: Images) -> None:
+    first = images.disk("a.qcow2")
+    second = images.disk("b.raw", "raw", "4M", 0xCD)
+    name = images.build({"a.qcow2": first, "b.raw": second})
+    with served("--all", name) as (_, info):
+        exports = {e["name"]: e["uri"] for e in info["exports"]}  # type: ignore[attr-defined]
+        holding = subprocess.Popen(["qemu-io", "-r", "-f", "raw", "-c", "sleep 30000", exports["disk/a.qcow2"]],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            # --shared 1 is one client per disk: a VM with both disks must not wait for itself.
+            compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", exports["disk/b.raw"], second],
+                                      capture_output=True, timeout=30)
+            assert compared.returncode == 0
+        finally:
+            holding.kill()
+            holding.wait()
+
+
+def test_the_socket_is_made_by_cdisk_and_removed_only_if_still_its(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    path = tmp_path / "vm.sock"
+    with served("--socket", path, name) as _:
+        assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+        assert list(tmp_path.iterdir()) == [path], "no directory beside it: the server writes nothing"
+        path.rename(tmp_path / "moved.sock")
+        path.write_text("someone else's\n")
+    assert path.read_text() == "someone else's\n"
+    with served("--socket", tmp_path / "group.sock", "--socket-mode", "660", name):
+        assert (tmp_path / "group.sock").stat().st_mode & 0o777 == 0o660
+
+
+def test_a_taken_port_or_socket_is_refused_before_the_image_is_opened(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = cdisk("serve", "-q", "--listen", f"127.0.0.1:{port}", "localhost/cdisk-test-absent:latest")
+        assert refused.code == 2 and "Address already in use" in refused.err, refused.err
+    (tmp_path / "x.sock").write_text("")
+    refused = cdisk("serve", "-q", "--socket", tmp_path / "x.sock", "localhost/cdisk-test-absent:latest")
+    assert refused.code == 2 and "exists" in refused.err
+
+
+def test_listen_by_name(images: Images) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    port = _free_port()
+    with served("--listen", f"localhost:{port}", name) as (_, info):
+        assert reads_as(info["uri"], disk, "qcow2")
+
+
+def test_a_refused_pid_file_leaves_no_overlay(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    (tmp_path / "p.pid").write_text(f"{os.getpid()}\n")
+    refused = cdisk("serve", "-q", "--pid-file", tmp_path / "p.pid", "--overlay", tmp_path / "vm.qcow2", name)
+    assert refused.code == 2 and "still runs" in refused.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.pid"]
+
+
+def test_sighup_stops_it_cleanly(images: Images) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    with served(name) as (proc, info):
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    assert not os.path.exists(os.path.dirname(str(info["socket"])))
+
+
+def _flood(uri_socket: str, export: str) -> socket.socket:
+    """A client that asks for 16 reads of 32 MiB and never reads a reply: the most one client can make the
+    server hold."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(uri_socket)
+    client.recv(18)
+    client.sendall(struct.pack(">I", 3) + b"IHAVEOPT" + struct.pack(">II", 1, len(export)) + export.encode())
+    client.recv(10)
+    for handle in range(16):
+        client.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, handle, 0, 32 << 20))
+    return client
+
+
+def test_clients_that_do_not_read_cannot_bring_it_down(images: Images) -> None:
+    disk = images.disk("big.raw", "raw", "64M")
+    name = images.build({"disk.raw": disk})
+    with served("--shared", "4", name) as (proc, info):
+        flooding = [_flood(str(info["socket"]), "disk/disk.raw") for _ in range(3)]
+        try:
+            time.sleep(2)
+            assert proc.poll() is None
+            assert reads_as(info["uri"], disk, "raw")
+        finally:
+            for client in flooding:
+                client.close()

@@ -67,7 +67,7 @@ def test_example_config_runs_a_refresh(images: Images, tmp_path: Path) -> None:
     assert same_disk(disk, "qcow2", tmp_path / "vm raw.img", "raw")
 
 
-@pytest.mark.needs("qemu-nbd", "qemu-img")
+@pytest.mark.needs("qemu-storage-daemon", "qemu-img")
 def test_example_config_serves(images: Images, tmp_path: Path) -> None:
     """The serve unit's command line, as systemd would run it (Type=notify: it says when the export answers)."""
     disk = images.disk()
