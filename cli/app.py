@@ -35,6 +35,7 @@ CDisk.subcommand("ls", "cdisk.cli.ls.Ls")
 CDisk.subcommand("verify", "cdisk.cli.verify.Verify")
 CDisk.subcommand("refresh", "cdisk.cli.refresh.Refresh")
 CDisk.subcommand("serve", "cdisk.cli.serve.Serve")
+CDisk.subcommand("build", "cdisk.cli.build.Build")
 
 
 # SIGHUP: the terminal or the ssh session went away; cleaning up is as due as after Ctrl-C.

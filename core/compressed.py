@@ -16,9 +16,9 @@ import zlib
 from typing import TYPE_CHECKING
 
 if sys.version_info >= (3, 14):
-    from compression import zstd
+    from compression import zstd as zstd
 else:
-    from backports import zstd
+    from backports import zstd as zstd
 
 from cdisk.core.errors import ImageError, UnsafeImageError
 from cdisk.core.progress import Progress

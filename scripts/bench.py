@@ -24,6 +24,11 @@ Serving (cases serve-raw, serve-qcow2; not run unless named in --cases): `cdisk 
 qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, beside the same command reading
 the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). `first-byte`: from
 starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server each round).
+
+Building (cases build-raw, build-qcow2; not run unless named in --cases): `cdisk build` of the raw (4 GiB, 1.4
+GiB data) or qcow2 disk into podman's store, against its floor `podman build --no-cache` of a Containerfile
+`FROM scratch` / `COPY --chown=107:107 disk /disk/`; beside them `cdisk build --output oci:` with a zstd and a
+gzip layer (what a push sends). Each image is removed after its round, untimed.
 """
 
 from __future__ import annotations
@@ -351,6 +356,45 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
     return rows
 
 
+BUILD_CASES = {"build-raw": "raw", "build-qcow2": "qcow2"}
+
+
+def run_build(name: str, fs: Path, rounds: int) -> dict[str, object]:
+    fmt = BUILD_CASES[name]
+    _, disk = build_case(fmt, fs)
+    context = CACHE / "build" / fmt
+    context.mkdir(parents=True, exist_ok=True)
+    source = context / f"disk.{fmt}"
+    if not source.exists():
+        os.link(disk, source)
+    (context / "Containerfile").write_text(f"FROM scratch\nCOPY --chown=107:107 disk.{fmt} /disk/\n")
+    tag = f"localhost/cdisk-bench-{name}"
+    layout = CACHE / "out" / f"{name}-layout"
+    layout.parent.mkdir(exist_ok=True)
+    commands = {
+        "floor": ["podman", "build", "-q", "--no-cache", "-t", f"{tag}:podman", str(context)],
+        "cdisk": [CDISK, "build", "-q", str(source), f"{tag}:cdisk"],
+        "cdisk-oci-zstd": [CDISK, "build", "-q", "--layer-compression", "zstd", "--output", f"oci:{layout}",
+                           str(source), f"{tag}:oci"],
+        "cdisk-oci-gzip": [CDISK, "build", "-q", "--output", f"oci:{layout}", str(source), f"{tag}:oci"],
+    }
+    samples: dict[str, list[Sample]] = {k: [] for k in commands}
+    for round_ in range(rounds + 1):
+        for key, argv in commands.items():
+            subprocess.run(["sync"], check=True)
+            sample = timed(argv)
+            if round_:
+                samples[key].append(sample)
+            subprocess.run(["podman", "rmi", "-f", f"{tag}:podman", f"{tag}:cdisk"], capture_output=True)
+            shutil.rmtree(layout, ignore_errors=True)
+    floor = statistics.median(s.seconds for s in samples["floor"])
+    return {key: {"median_s": round(statistics.median(s.seconds for s in got), 3),
+                  "ratio": round(statistics.median(s.seconds for s in got) / floor, 2),
+                  "self_peak_mib": round(max(s.self_mib for s in got), 1),
+                  "tree_peak_mib": round(max(s.tree_mib for s in got), 1),
+                  "samples_s": [round(s.seconds, 3) for s in got]} for key, got in samples.items()}
+
+
 def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path) -> dict[str, object]:
     """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor"."""
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
@@ -426,6 +470,9 @@ def main() -> None:
                 continue
             if name in SERVE_CASES:
                 results["cases"][name] = run_serve(name, fs, args.rounds)  # type: ignore[index]
+                continue
+            if name in BUILD_CASES:
+                results["cases"][name] = run_build(name, fs, args.rounds)  # type: ignore[index]
                 continue
             results["cases"][name] = run_case(name, fs, args.rounds, socket, only, baseline,  # type: ignore[index]
                                               docker_host)

@@ -29,3 +29,16 @@ def test_version_prints_the_version() -> None:
 
     proc = subprocess.run([sys.executable, "-m", "cdisk", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and cdisk.__version__ in proc.stdout
+
+
+def test_every_subpackage_is_shipped() -> None:
+    """A package missing from pyproject's list is absent from a clean install (an editable one may hide it)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"cdisk"} | {
+        "cdisk." + ".".join(init.parent.relative_to(root).parts)
+        for top in ("cli", "core") for init in (root / top).rglob("__init__.py")}
+    assert found == listed

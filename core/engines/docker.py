@@ -305,3 +305,22 @@ class Docker:
 
 
 DOCKER = Docker()
+
+
+def load_archive(archive: str) -> None:
+    """Load a docker archive (`docker load`) into the daemon's store; the archive names the image."""
+    _docker(default_socket(), ["load", "--quiet", "--input", archive], "load")
+
+
+def push(name: str, ref: str, tls_verify: bool | None) -> None:
+    """`docker push` of NAME as REF (tagged for it, the tag removed after). docker has no per-push TLS switch:
+    its daemon's insecure-registries decide, so `tls_verify` is not passed on."""
+    socket = default_socket()
+    if ref == name:
+        _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
+        return
+    _docker(socket, ["tag", name, ref], "tag")
+    try:
+        _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
+    finally:
+        processes.run(_cli(socket), ["rmi", ref])

@@ -348,3 +348,25 @@ class Podman:
 
 
 PODMAN = Podman()
+
+
+
+def load_archive(archive: str) -> None:
+    """Load a docker archive into podman's store (`podman load`); the archive names the image."""
+    argv = ["load", "--quiet", "--input", archive]
+    with local_store():
+        code, _, err = processes.run(podman_cli(), argv)
+    if code != 0:
+        raise ToolError(f"podman load failed: {processes.last_line(err, code)}; check `podman info`",
+                        ["podman", *argv], code, err)
+
+
+def push(name: str, ref: str, tls_verify: bool | None) -> None:
+    """`podman push NAME REF`; `tls_verify` None leaves it to registries.conf."""
+    argv = ["push", "--quiet", *([f"--tls-verify={str(tls_verify).lower()}"] if tls_verify is not None else []),
+            name, ref]
+    with local_store():
+        code, _, err = processes.run(podman_cli(), argv)
+    if code != 0:
+        raise ToolError(f"podman push to {ref} failed: {processes.last_line(err, code)}; check the registry and "
+                        "your login (podman login)", ["podman", *argv], code, err)

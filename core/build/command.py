@@ -1,0 +1,273 @@
+"""`cdisk build DISK NAME[:TAG]`: the disk judged as convert judges an image's disk (cdisk never builds an image
+it would refuse to convert), converted if asked, written as the one layer of a containerDisk, and loaded into an
+engine or written as a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from cdisk.core import processes, qemu_img
+from cdisk.core.build import image, layer
+from cdisk.core.errors import TargetError, ToolError, UsageError
+from cdisk.core.inspection import inspect_disk
+from cdisk.core.oci_layout import host_platform, normal_platform
+from cdisk.core.progress import Progress
+from cdisk.core.sources.in_place import InPlaceFile
+
+OUTPUTS = ("oci", "oci-archive", "docker-archive")
+COMPRESSIONS = tuple(layer.MEDIA_TYPES)
+FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build: DISK as NAME[:TAG], where (`output`: TRANSPORT:PATH, else into `engine`) and how."""
+
+    disk: str
+    name: str
+    output: str | None = None
+    engine: str = "podman"
+    out_format: str | None = None
+    compress: bool = False
+    layer_compression: str | None = None
+    platforms: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    instancetype: str | None = None
+    preference: str | None = None
+    tmpdir: str | None = None
+    push: str | None = None
+    tls_verify: bool | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What was built and where it went."""
+
+    image: str
+    image_id: str
+    destination: str
+    format: str
+    virtual_size: int
+    layer_compression: str
+    layer_digest: str
+    layer_size: int
+    diff_id: str
+    platforms: tuple[str, ...]
+    pushed: str | None
+
+
+def full_name(name: str) -> str:
+    """NAME[:TAG] with its tag (latest when none is given).
+
+    Raises:
+        UsageError: empty, or with a digest (a built image has no digest to name).
+    """
+    if not name or "@" in name or name != name.strip():
+        raise UsageError(f"{name!r} is not NAME[:TAG]; write e.g. localhost/fedora-disk:40")
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _output(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    transport, _, path = text.partition(":")
+    if transport not in OUTPUTS or not path:
+        raise UsageError(f"--output {text}: give oci:DIR, oci-archive:FILE or docker-archive:FILE")
+    return transport, os.path.abspath(path)
+
+
+def _specs(request: BuildRequest) -> list[image.ImageSpec]:
+    """One config's settings per platform asked (default: this host's)."""
+    platforms = list(dict.fromkeys(normal_platform(p) for p in request.platforms or (host_platform(),)))
+    env = []
+    if request.instancetype:
+        env.append(f"{image.INSTANCETYPE_ENV}={request.instancetype}")
+    if request.preference:
+        env.append(f"{image.PREFERENCE_ENV}={request.preference}")
+    # SOURCE_DATE_EPOCH: the reproducible-builds convention for "when", which the layer and config then carry.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not epoch.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={epoch} is not a number of seconds; unset it or fix it")
+    specs = []
+    for platform in platforms:
+        os_name, architecture, *variant = platform.split("/")
+        specs.append(image.ImageSpec(image.Platform(os_name, architecture, variant[0] if variant else ""),
+                                     dict(request.labels), tuple(env), int(epoch)))
+    return specs
+
+
+def _temp_parent(request: BuildRequest, output: tuple[str, str] | None) -> str:
+    if request.tmpdir:
+        return request.tmpdir
+    if output is not None:
+        return os.path.dirname(output[1])
+    return os.environ.get("TMPDIR") or "/var/tmp"
+
+
+@contextmanager
+def _opened(path: str) -> Iterator[InPlaceFile]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise UsageError(f"cannot read DISK {path}: {error.strerror}; give a disk file") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"DISK {path} is not a regular file; give a disk file (convert a device first)")
+        yield InPlaceFile(path, fd, info.st_size)
+    finally:
+        os.close(fd)
+
+
+def build(request: BuildRequest, progress: Progress) -> BuildResult:
+    """Build the containerDisk as asked.
+
+    Raises:
+        CdiskError: a wrong switch, a disk convert would refuse, an output that exists, a failed engine load.
+    """
+    name = full_name(request.name)
+    output = _output(request.output)
+    if request.out_format is not None and request.out_format not in FORMATS:
+        raise UsageError(f"--format {request.out_format}: give qcow2 or raw")
+    if request.compress and (request.out_format or "qcow2") != "qcow2":
+        raise UsageError("--compress needs --format qcow2 (compressed clusters are qcow2's)")
+    # An engine stores layers uncompressed (and compresses them itself when pushing); files travel compressed.
+    compression = request.layer_compression or ("gzip" if output and output[0] != "docker-archive" else "none")
+    specs = _specs(request)
+    if len(specs) > 1 and request.push is None and (output is None or output[0] == "docker-archive"):
+        raise UsageError("several --platform make an image index, which an engine's store or a docker archive "
+                         "cannot hold: add --push REF, or --output oci:DIR or oci-archive:FILE")
+    if output is not None and os.path.lexists(output[1]):
+        raise TargetError(f"{output[1]} exists; remove it or choose another --output")
+    parent = _temp_parent(request, output)
+    with ExitStack() as stack:
+        work = stack.enter_context(_work_dir(parent))
+        source = stack.enter_context(_opened(request.disk))
+        progress.stage(f"checking {request.disk}")
+        judged = inspect_disk(source)
+        wanted = request.out_format or judged.format
+        if wanted not in FORMATS:
+            wanted = "qcow2"  # a vmdk, vhdx, …: KubeVirt reads raw and qcow2
+        disk_fd, size, fmt = source.fd, source.size, judged.format
+        if wanted != judged.format or request.compress:
+            converted = os.path.join(work, f"disk.{wanted}")
+            os.close(os.open(converted, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # the sandbox binds a file
+            progress.stage(f"converting {judged.format} to {wanted}{' (compressed)' if request.compress else ''}")
+            qemu_img.convert(judged.spec, converted, qemu_img.ConvertOptions(wanted, request.compress), progress,
+                             source.pass_fds)
+            disk_fd = stack.enter_context(_descriptor(converted))
+            size, fmt = os.fstat(disk_fd).st_size, wanted
+        progress.stage(f"writing the layer ({compression})")
+        blob_path = os.path.join(work, "layer")
+        out = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            written = layer.write_layer(disk_fd, size, out, compression, specs[0].created,
+                                        lambda done: progress.update(done, size))
+        except OSError as error:
+            raise _no_room(error, parent) from None
+        finally:
+            os.close(out)
+        builts = []
+        for spec in specs:
+            config = image.config(spec, written)
+            builts.append(image.Built(config, image.manifest(config, written), written, blob_path, spec.platform))
+        destination = _deliver(builts, name, output, request.engine if len(builts) == 1 else None, work, progress)
+        if request.push is not None:
+            progress.stage(f"pushing {request.push}")
+            _push(builts, name, request.push, destination, request.tls_verify, work)
+    return BuildResult(name, builts[0].image_id, destination, fmt, judged.virtual_size, compression, written.digest,
+                       written.size, written.diff_id, tuple(_platform_text(b.platform) for b in builts), request.push)
+
+
+def _platform_text(platform: image.Platform) -> str:
+    return f"{platform.os}/{platform.architecture}" + (f"/{platform.variant}" if platform.variant else "")
+
+
+def _push(builts: list[image.Built], name: str, ref: str, destination: str, tls_verify: bool | None,
+          work: str) -> None:
+    """Push to `ref`: an image in an engine's store by that engine; files and image indexes by skopeo, from an
+    OCI layout (the --output one, or one made for the push)."""
+    if destination in ("podman", "docker"):
+        from cdisk.core.engines import docker, podman
+
+        (podman.push if destination == "podman" else docker.push)(name, ref, tls_verify)
+        return
+    if destination.startswith("oci:"):
+        layout = destination.removeprefix("oci:")
+    else:
+        layout = os.path.join(work, "push")
+        image.write_layout(builts, name, layout)
+    argv = ["copy", "--quiet", "--all"]
+    if tls_verify is not None:
+        argv.append(f"--dest-tls-verify={'true' if tls_verify else 'false'}")
+    argv += [f"oci:{layout}:{name}", f"docker://{ref}"]
+    code, _, err = processes.run(processes.command("skopeo", "skopeo"), argv)
+    if code != 0:
+        raise ToolError(f"skopeo copy to {ref} failed: {processes.last_line(err, code)}; check the registry "
+                        "and your login (skopeo login)", ["skopeo", *argv], code, err)
+
+
+def _deliver(builts: list[image.Built], name: str, output: tuple[str, str] | None, engine: str | None, work: str,
+             progress: Progress) -> str:
+    """Write or load the built image (several platforms: into no engine, only to a push); where it went."""
+    try:
+        if output is not None:
+            transport, path = output
+            progress.stage(f"writing {transport}:{path}")
+            {"oci": image.write_layout, "oci-archive": image.write_oci_archive,
+             "docker-archive": image.write_docker_archive}[transport](builts, name, path)
+            return f"{transport}:{path}"
+        if engine is None:
+            return "push"
+        progress.stage(f"loading {name} into {engine}")
+        # A docker archive names the image (RepoTags) for both engines; podman names an OCI directory by its path.
+        archive = os.path.join(work, "image.tar")
+        image.write_docker_archive(builts, name, archive)
+        if engine == "docker":
+            from cdisk.core.engines import docker
+
+            docker.load_archive(archive)
+        else:
+            from cdisk.core.engines import podman
+
+            podman.load_archive(archive)
+        return engine
+    except OSError as error:
+        raise _no_room(error, output[1] if output else work) from None
+
+
+def _no_room(error: OSError, where: str) -> TargetError:
+    if error.errno == errno.ENOSPC:
+        return TargetError(f"no space left while writing in {where}; free some or pass --tmpdir elsewhere")
+    return TargetError(f"cannot write in {where}: {error.strerror or error}")
+
+
+@contextmanager
+def _work_dir(parent: str) -> Iterator[str]:
+    try:
+        work = tempfile.mkdtemp(prefix=".cdisk-build-", dir=parent)
+    except OSError as error:
+        raise TargetError(f"cannot make a temp dir in {parent}: {error.strerror}; pass --tmpdir") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _descriptor(path: str) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,198 @@
+"""The one layer of a containerDisk: `disk/` (0555) and `disk/disk.img` (0444), owned 107:107 (qemu), written as
+Go's archive/tar writes ustar headers (a PAX size record past 8 GiB), with a fixed mtime and nothing of the host.
+
+The disk is read once; holes of a sparse disk are not read at all (SEEK_DATA), only hashed and compressed as
+the zeros they are, and an uncompressed layer keeps them as holes. The stream is hashed twice on the way (the
+diff ID of the tar, the digest of the blob).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+BLOCK = 512
+QEMU_ID = 107
+QEMU_NAME = "qemu"
+DISK_DIR = "disk/"
+DISK_NAME = "disk/disk.img"
+# What fits the ustar size field (11 octal digits); larger sizes go into a PAX record, as Go writes them.
+USTAR_MAX_SIZE = 0o77777777777
+CHUNK = 1 << 20
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+MEDIA_TYPES = {"none": "application/vnd.oci.image.layer.v1.tar",
+               "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+_ZEROS = bytes(CHUNK)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A written layer blob: its digest and size as stored, and the diff ID (digest of the tar itself)."""
+
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+
+
+def _octal(value: int, width: int) -> bytes:
+    return f"{value:0{width - 1}o}".encode() + b"\0"
+
+
+def _header(name: str, typeflag: bytes, mode: int, size: int, mtime: int) -> bytes:
+    block = bytearray(BLOCK)
+
+    def put(offset: int, field: bytes) -> None:
+        block[offset:offset + len(field)] = field
+
+    put(0, name.encode())
+    put(100, _octal(mode, 8))
+    put(108, _octal(QEMU_ID, 8))
+    put(116, _octal(QEMU_ID, 8))
+    put(124, _octal(size if size <= USTAR_MAX_SIZE else 0, 12))
+    put(136, _octal(mtime, 12))
+    put(148, b" " * 8)
+    put(156, typeflag)
+    put(257, b"ustar\x0000")
+    put(265, QEMU_NAME.encode())
+    put(297, QEMU_NAME.encode())
+    put(329, _octal(0, 8))
+    put(337, _octal(0, 8))
+    put(148, f"{sum(block):06o}".encode() + b"\0 ")
+    return bytes(block)
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return f"{length}{body}".encode()
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % BLOCK)
+
+
+def headers(size: int, mtime: int) -> bytes:
+    """Everything of the tar before the disk's bytes."""
+    out = _header(DISK_DIR, b"5", 0o555, 0, mtime)
+    if size > USTAR_MAX_SIZE:
+        record = _pax_record("size", str(size))
+        out += _header("disk/PaxHeaders.0/disk.img", b"x", 0o444, len(record), mtime) + record + _padding(len(record))
+    return out + _header(DISK_NAME, b"0", 0o444, size, mtime)
+
+
+def trailer(size: int) -> bytes:
+    """Everything of the tar after the disk's bytes: its padding, then the two zero blocks of the end."""
+    return _padding(size) + bytes(2 * BLOCK)
+
+
+def _pieces(fd: int, size: int) -> Iterator[bytes | int]:
+    """The disk's bytes in order: data as bytes, holes as their length (never read)."""
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole from here on
+            data = size
+        data = min(data, size)
+        if data > offset:
+            yield data - offset
+            offset = data
+            continue
+        try:
+            hole = min(os.lseek(fd, offset, os.SEEK_HOLE), size)
+        except OSError:
+            hole = size
+        while offset < hole:
+            chunk = os.pread(fd, min(CHUNK, hole - offset), offset)
+            if not chunk:
+                raise OSError(f"the disk ended at byte {offset} of {size} while being read")
+            yield chunk
+            offset += len(chunk)
+
+
+class _Blob:
+    """Where the layer goes: hashed as a tar, compressed, hashed again, written to `out` (holes kept as holes
+    when nothing compresses them)."""
+
+    def __init__(self, out: int, compression: str) -> None:
+        self._out = out
+        self._tar = hashlib.sha256()
+        self._blob = hashlib.sha256()
+        self._size = 0
+        self._pending_hole = 0
+        self.compression = compression
+        self._compress: Callable[[bytes], bytes] | None = None
+        self._flush: Callable[[], bytes] | None = None
+        if compression == "gzip":
+            # zlib's gzip header has mtime 0 and no name: the same bytes every time.
+            gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            self._compress, self._flush = gzip.compress, gzip.flush
+        elif compression == "zstd":
+            from cdisk.core.compressed import zstd
+
+            writer = zstd.ZstdCompressor(level=ZSTD_LEVEL)
+            self._compress, self._flush = writer.compress, writer.flush
+
+    def add(self, data: bytes) -> None:
+        self._tar.update(data)
+        self._emit(data if self._compress is None else self._compress(data))
+
+    def add_zeros(self, length: int) -> None:
+        while length:
+            step = min(length, CHUNK)
+            zeros = _ZEROS if step == CHUNK else _ZEROS[:step]
+            self._tar.update(zeros)
+            if self._compress is None:
+                self._pending_hole += step
+                self._blob.update(zeros)
+                self._size += step
+            else:
+                self._emit(self._compress(zeros))
+            length -= step
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._pending_hole:
+            os.lseek(self._out, self._pending_hole, os.SEEK_CUR)
+            self._pending_hole = 0
+        self._blob.update(data)
+        self._size += len(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._out, view):]
+
+    def close(self) -> Layer:
+        if self._flush is not None:
+            self._emit(self._flush())
+        if self._pending_hole:
+            os.ftruncate(self._out, os.lseek(self._out, self._pending_hole, os.SEEK_CUR))
+        return Layer("sha256:" + self._blob.hexdigest(), self._size, "sha256:" + self._tar.hexdigest(),
+                     MEDIA_TYPES[self.compression])
+
+
+def write_layer(disk_fd: int, size: int, out: int, compression: str, mtime: int,
+                progress: Callable[[int], None] = lambda done: None) -> Layer:
+    """The containerDisk layer holding the `size` bytes of `disk_fd` as /disk/disk.img, written to `out` (a new
+    file, at its start) compressed as asked ("none", "gzip", "zstd")."""
+    blob = _Blob(out, compression)
+    blob.add(headers(size, mtime))
+    done = 0
+    for piece in _pieces(disk_fd, size):
+        if isinstance(piece, int):
+            blob.add_zeros(piece)
+            done += piece
+        else:
+            blob.add(piece)
+            done += len(piece)
+        progress(done)
+    blob.add(trailer(size))
+    return blob.close()
