@@ -26,6 +26,14 @@ class UsageError(CdiskError):
     exit_code = 2
 
 
+class DiskChanged(UsageError):
+    """`cdisk build`: DISK is not the size it was when the build started: something writes to it (exit 2)."""
+
+    def __init__(self, now: int, was: int) -> None:
+        super().__init__(f"DISK changed while being read (it is {now} bytes, it was {was}); build it again "
+                         "once nothing writes to it")
+
+
 class ImageError(CdiskError):
     """The image cannot be found, pulled or read (exit 3)."""
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +74,10 @@ def _layer_members(layout: Path) -> list[tarfile.TarInfo]:
 
 def test_the_layer_is_the_kubevirt_convention_and_reproducible(tmp_path: Path) -> None:
     disk = make_disk(tmp_path / "in.qcow2")
-    first = cdisk("build", "--json", "--output", f"oci:{tmp_path / 'a'}", disk, "localhost/x:1")
-    second = cdisk("build", "--json", "--output", f"oci:{tmp_path / 'b'}", disk, "localhost/x:1")
+    first = cdisk("build", "--json", "--output", f"oci:{tmp_path / 'a'}", disk, "localhost/x:1",
+                  env={"SOURCE_DATE_EPOCH": "0"})
+    second = cdisk("build", "--json", "--output", f"oci:{tmp_path / 'b'}", disk, "localhost/x:1",
+                   env={"SOURCE_DATE_EPOCH": "0"})
     assert first.code == second.code == 0, first.err + second.err
     assert _json(first)["image_id"] == _json(second)["image_id"]
     assert _json(first)["layer_digest"] == _json(second)["layer_digest"]
@@ -87,14 +92,15 @@ def test_the_layer_is_the_kubevirt_convention_and_reproducible(tmp_path: Path) -
     assert members[1].size == disk.stat().st_size
 
 
-def test_the_image_id_is_the_same_in_every_store(tmp_path: Path, names: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64/v8"])
+def test_the_image_id_is_the_same_in_every_store(tmp_path: Path, names: list[tuple[str, str]], platform: str) -> None:
     """The config's digest is the ID podman gives the image, and stays it through podman's save (which decodes
     and encodes the config again); the layer's compression does not change it."""
     disk = make_disk(tmp_path / "in.qcow2")
     name = _name(names)
-    loaded = cdisk("build", "--json", "--label", "a=<b&c>", disk, name)
-    written = cdisk("build", "--json", "--label", "a=<b&c>", "--layer-compression", "zstd", "--output",
-                    f"oci:{tmp_path / 'layout'}", disk, name)
+    loaded = cdisk("build", "--json", "--platform", platform, "--label", "a=<b&c> é", disk, name)
+    written = cdisk("build", "--json", "--platform", platform, "--label", "a=<b&c> é", "--layer-compression", "zstd",
+                    "--output", f"oci:{tmp_path / 'layout'}", disk, name)
     assert loaded.code == written.code == 0, loaded.err + written.err
     assert _json(loaded)["image_id"] == _json(written)["image_id"]
     saved = tmp_path / "saved"
@@ -158,29 +164,69 @@ def test_refusals_leave_nothing(tmp_path: Path) -> None:
     disk = make_disk(tmp_path / "in.qcow2")
     (tmp_path / "taken").mkdir()
     for args, code in ((["--output", f"oci:{tmp_path / 'taken'}"], 6), (["--output", "tar:x"], 2),
-                       (["--label", "novalue"], 2), (["--format", "raw", "-c"], 2),
-                       (["--platform", "linux"], 2)):
+                       (["--output", f"oci:{tmp_path / 'absent' / 'x'}"], 6),
+                       (["--label", "novalue"], 2), (["--label", "k=a\tb"], 2), (["--format", "raw", "-c"], 2),
+                       (["--platform", "linux"], 2), (["--push", "Upper/x"], 2),
+                       (["--platform", "linux/amd64", "--platform", "linux/arm64", "--push", "localhost/p:1",
+                         "--output", f"docker-archive:{tmp_path / 'd.tar'}"], 2)):
         run = cdisk("build", "-q", *args, disk, "localhost/r:1")
         assert run.code == code and run.err.count("\n") == 1, (args, run.err)
+    for name in ("Upper/x:1", "x:", "a b", "x@sha256:00", ""):
+        run = cdisk("build", "-q", disk, name)
+        assert run.code == 2 and "lowercase" in run.err, (name, run.err)
     missing = cdisk("build", "-q", tmp_path / "absent.qcow2", "localhost/r:1")
     assert missing.code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backed.qcow2", "in.qcow2", "taken"]
     assert list((tmp_path / "taken").iterdir()) == []
 
 
-def test_a_disk_past_8_gib_takes_a_pax_size(tmp_path: Path) -> None:
+@pytest.mark.needs("skopeo")
+@pytest.mark.parametrize("transport", ["oci", "oci-archive", "docker-archive"])
+def test_a_disk_past_8_gib_takes_a_pax_size(tmp_path: Path, transport: str) -> None:
     disk = tmp_path / "big.raw"
     sh("qemu-img", "create", "-q", "-f", "raw", disk, "9G")
     sh("qemu-io", "-f", "raw", "-c", "write -P 0x5a 8G 64k", disk)
-    layout = tmp_path / "layout"
-    built = cdisk("build", "-q", "--layer-compression", "none", "--output", f"oci:{layout}", disk, "localhost/b:1")
+    path = tmp_path / "image"
+    built = cdisk("build", "-q", "--layer-compression", "none", "--output", f"{transport}:{path}", disk,
+                  "localhost/b:1", timeout=300)
     assert built.code == 0, built.err
-    blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
-    assert blobs[-1].stat().st_blocks * 512 < 16 << 20, "the layer keeps the disk's holes"
+    files = list(path.rglob("*")) if path.is_dir() else [path]
+    assert sum(f.stat().st_blocks for f in files if f.is_file()) * 512 < 16 << 20, "the holes are kept"
+    assert sh("skopeo", "inspect", f"{transport}:{path}", check=False).returncode == 0
     out = tmp_path / "out.raw"
-    converted = cdisk("convert", "-q", f"oci:{layout}", out, timeout=300)
+    converted = cdisk("convert", "-q", f"{transport}:{path}", out, timeout=300)
     assert converted.code == 0, converted.err
     assert same_disk(disk, "raw", out, "raw")
+
+
+def test_the_temp_dir_on_another_file_system(tmp_path: Path) -> None:
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system here")
+    disk = make_disk(tmp_path / "in.raw", "raw", "8M")
+    work = Path(tempfile.mkdtemp(dir=other))
+    try:
+        built = cdisk("build", "-q", "--layer-compression", "none", "--tmpdir", work, "--output",
+                      f"oci-archive:{tmp_path / 'x.tar'}", disk, "localhost/x:1")
+        assert built.code == 0, built.err
+        assert list(work.iterdir()) == []
+    finally:
+        shutil.rmtree(work)
+    out = tmp_path / "out.raw"
+    assert cdisk("convert", "-q", f"oci-archive:{tmp_path / 'x.tar'}", out).code == 0
+    assert same_disk(disk, "raw", out, "raw")
+
+
+def test_source_date_epoch(tmp_path: Path) -> None:
+    disk = make_disk(tmp_path / "in.qcow2")
+    built = cdisk("build", "-q", "--output", f"oci:{tmp_path / 'l'}", disk, "localhost/x:1",
+                  env={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert built.code == 0, built.err
+    assert {m.mtime for m in _layer_members(tmp_path / "l")} == {1700000000}
+    for wrong in ("soon", "²", "8589934592", "-1"):
+        refused = cdisk("build", "-q", "--output", f"oci:{tmp_path / 'w'}", disk, "localhost/x:1",
+                        env={"SOURCE_DATE_EPOCH": wrong})
+        assert refused.code == 2 and "SOURCE_DATE_EPOCH" in refused.err, wrong
 
 
 @pytest.mark.needs("docker-registry")
@@ -194,6 +240,12 @@ def test_pushed_by_one_engine_pulled_by_the_other(request: pytest.FixtureRequest
     names.append((puller, ref))
     built = cdisk("build", "-q", "--engine", builder, "--push", ref, "--tls-verify", "false", disk, name)
     assert built.code == 0, built.err
+    # Pushed under its own name: the image keeps it (docker's tag-push-untag must not take it away).
+    own = f"{registry}/cdisk/own-{uuid.uuid4().hex[:8]}"
+    names.append((builder, own))
+    again = cdisk("build", "-q", "--engine", builder, "--push", own, "--tls-verify", "false", disk, own)
+    assert again.code == 0, again.err
+    assert sh(builder, "image", "inspect", own).returncode == 0
     out = tmp_path / "out.raw"
     converted = cdisk("convert", "-q", "--engine", puller, "--pull", "always", "--tls-verify", "false", ref, out)
     assert converted.code == 0, converted.err

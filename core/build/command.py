@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -65,15 +66,40 @@ class BuildResult:
     pushed: str | None
 
 
-def full_name(name: str) -> str:
+# The reference grammar of docker and podman (distribution/reference): [DOMAIN/]PATH[:TAG], no digest.
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?")
+# The largest time the tar's mtime field (11 octal digits) and Go's RFC 3339 years both hold.
+_LATEST_EPOCH = 8**11 - 1
+
+
+def full_name(name: str, what: str = "NAME") -> str:
     """NAME[:TAG] with its tag (latest when none is given).
 
     Raises:
-        UsageError: empty, or with a digest (a built image has no digest to name).
+        UsageError: not a reference engines accept (uppercase, spaces, an empty tag, a digest, …).
     """
-    if not name or "@" in name or name != name.strip():
-        raise UsageError(f"{name!r} is not NAME[:TAG]; write e.g. localhost/fedora-disk:40")
+    first = name.split("/", 1)[0]
+    # The first component is a registry only when it looks like a host (a dot, a port, localhost); otherwise it
+    # is part of the repository's path, which is lowercase.
+    host = "/" in name and ("." in first or ":" in first or first == "localhost")
+    if len(name) > 255 or not _REFERENCE.fullmatch(name) or (not host and first != first.lower()):
+        raise UsageError(f"{what} {name!r} is not [REGISTRY/]NAME[:TAG] in lowercase; write e.g. "
+                         "localhost/fedora-disk:40")
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _text(value: str, what: str) -> str:
+    """A label or hint as it may go into the config: UTF-8 without control characters (which Go's encoders of
+    different versions write differently, changing the image ID)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {value!r} is not UTF-8; give it as text") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise UsageError(f"{what} {value!r} holds a control character; remove it")
+    return value
 
 
 def _output(text: str | None) -> tuple[str, str] | None:
@@ -90,18 +116,20 @@ def _specs(request: BuildRequest) -> list[image.ImageSpec]:
     platforms = list(dict.fromkeys(normal_platform(p) for p in request.platforms or (host_platform(),)))
     env = []
     if request.instancetype:
-        env.append(f"{image.INSTANCETYPE_ENV}={request.instancetype}")
+        env.append(f"{image.INSTANCETYPE_ENV}={_text(request.instancetype, '--instancetype')}")
     if request.preference:
-        env.append(f"{image.PREFERENCE_ENV}={request.preference}")
+        env.append(f"{image.PREFERENCE_ENV}={_text(request.preference, '--preference')}")
+    labels = {_text(key, "--label"): _text(value, "--label") for key, value in request.labels}
     # SOURCE_DATE_EPOCH: the reproducible-builds convention for "when", which the layer and config then carry.
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    if not epoch.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={epoch} is not a number of seconds; unset it or fix it")
+    if not re.fullmatch(r"[0-9]{1,12}", epoch) or int(epoch) > _LATEST_EPOCH:
+        raise UsageError(f"SOURCE_DATE_EPOCH={epoch[:40]} is not a number of seconds up to {_LATEST_EPOCH}; "
+                         "unset it or fix it")
     specs = []
     for platform in platforms:
         os_name, architecture, *variant = platform.split("/")
         specs.append(image.ImageSpec(image.Platform(os_name, architecture, variant[0] if variant else ""),
-                                     dict(request.labels), tuple(env), int(epoch)))
+                                     labels, tuple(env), int(epoch)))
     return specs
 
 
@@ -135,6 +163,8 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
         CdiskError: a wrong switch, a disk convert would refuse, an output that exists, a failed engine load.
     """
     name = full_name(request.name)
+    if request.push is not None:
+        full_name(request.push, "--push")
     output = _output(request.output)
     if request.out_format is not None and request.out_format not in FORMATS:
         raise UsageError(f"--format {request.out_format}: give qcow2 or raw")
@@ -143,11 +173,13 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
     # An engine stores layers uncompressed (and compresses them itself when pushing); files travel compressed.
     compression = request.layer_compression or ("gzip" if output and output[0] != "docker-archive" else "none")
     specs = _specs(request)
-    if len(specs) > 1 and request.push is None and (output is None or output[0] == "docker-archive"):
+    if len(specs) > 1 and (output[0] == "docker-archive" if output else request.push is None):
         raise UsageError("several --platform make an image index, which an engine's store or a docker archive "
                          "cannot hold: add --push REF, or --output oci:DIR or oci-archive:FILE")
     if output is not None and os.path.lexists(output[1]):
         raise TargetError(f"{output[1]} exists; remove it or choose another --output")
+    if output is not None and not os.path.isdir(os.path.dirname(output[1])):
+        raise TargetError(f"{os.path.dirname(output[1])} does not exist; create it or choose another --output")
     parent = _temp_parent(request, output)
     with ExitStack() as stack:
         work = stack.enter_context(_work_dir(parent))
@@ -172,7 +204,7 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
         try:
             written = layer.write_layer(disk_fd, size, out, compression, specs[0].created,
                                         lambda done: progress.update(done, size))
-        except OSError as error:
+        except OSError as error:  # a write (the disk's reads are checked: DiskChanged)
             raise _no_room(error, parent) from None
         finally:
             os.close(out)
@@ -195,17 +227,16 @@ def _platform_text(platform: image.Platform) -> str:
 def _push(builts: list[image.Built], name: str, ref: str, destination: str, tls_verify: bool | None,
           work: str) -> None:
     """Push to `ref`: an image in an engine's store by that engine; files and image indexes by skopeo, from an
-    OCI layout (the --output one, or one made for the push)."""
+    OCI layout made for the push."""
     if destination in ("podman", "docker"):
         from cdisk.core.engines import docker, podman
 
         (podman.push if destination == "podman" else docker.push)(name, ref, tls_verify)
         return
-    if destination.startswith("oci:"):
-        layout = destination.removeprefix("oci:")
-    else:
-        layout = os.path.join(work, "push")
-        image.write_layout(builts, name, layout)
+    # A layout of its own (the layer hard-linked, not copied): an --output path may hold a colon skopeo would
+    # split at.
+    layout = os.path.join(work, "push")
+    image.write_layout(builts, name, layout)
     argv = ["copy", "--quiet", "--all"]
     if tls_verify is not None:
         argv.append(f"--dest-tls-verify={'true' if tls_verify else 'false'}")

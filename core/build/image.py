@@ -8,6 +8,7 @@ encodes the config again (podman save does) gets the very bytes back, so the ima
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cdisk.core.build.layer import BLOCK, Layer
+from cdisk.core.build.layer import BLOCK, Layer, data_at, member_headers, ustar_header
 from cdisk.core.errors import TargetError
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -70,11 +71,13 @@ def _when(seconds: int) -> str:
 
 def config(spec: ImageSpec, layer: Layer) -> bytes:
     """The image config: its digest is the image ID podman and docker give the image."""
-    # image-spec's Image: created, architecture, os, variant (its Platform's order), config, rootfs, history.
-    document: dict[str, object] = {"created": _when(spec.created), "architecture": spec.platform.architecture,
-                                   "os": spec.platform.os}
+    # image-spec's Image as the podman of Debian 12 (image-spec 1.1.0-rc2) encodes it: created, architecture,
+    # variant, os, config, rootfs, history. (1.1.0 final moved variant after os: an engine built with it
+    # re-encodes a config with a variant to other bytes, another ID; those without one are the same.)
+    document: dict[str, object] = {"created": _when(spec.created), "architecture": spec.platform.architecture}
     if spec.platform.variant:
         document["variant"] = spec.platform.variant
+    document["os"] = spec.platform.os
     settings: dict[str, object] = {}  # ImageConfig: Env before Labels
     if spec.env:
         settings["Env"] = list(spec.env)
@@ -153,26 +156,53 @@ def _docker_files(built: Built, name: str) -> list[tuple[str, bytes | str]]:
 
 
 @contextmanager
-def _new_path(path: str, kind: str) -> Iterator[str]:
-    """A temp name beside `path`, renamed to it when the block ends well (and removed otherwise); `path` must not
-    exist."""
+def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[str]:
+    """A new temp file or directory of our own beside `path`, renamed to it when the block ends well (and removed
+    otherwise); `path` must not exist."""
     if os.path.lexists(path):
         raise TargetError(f"{path} exists; remove it or choose another {kind}")
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise TargetError(f"{directory} does not exist; create it or choose another {kind}")
-    temp = os.path.join(directory, f".{os.path.basename(path)}.cdisk-part")
+    parent = os.path.dirname(path) or "."
+    prefix = f".{os.path.basename(path)}.cdisk-"
     try:
+        if directory:
+            temp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        else:
+            fd, temp = tempfile.mkstemp(prefix=prefix, dir=parent)
+            os.close(fd)
+    except OSError as error:
+        raise TargetError(f"cannot write {kind} {path}: {error.strerror}; choose another") from None
+    try:
+        os.chmod(temp, 0o755 if directory else 0o644)
         yield temp
         if os.path.lexists(path):
             raise TargetError(f"{path} appeared meanwhile; remove it or choose another {kind}")
         os.rename(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            if os.path.isdir(temp) and not os.path.islink(temp):
+            if directory:
                 shutil.rmtree(temp)
             else:
                 os.unlink(temp)
+
+
+# copy_file_range cannot cross file systems (EXDEV), and some file systems or seccomp profiles refuse it.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+
+
+def _copy_range(src: int, out: int, start: int, end: int, at: int) -> None:
+    """Bytes [start, end) of `src` to `out` at offset `at`: in the kernel where it can, else read and written."""
+    offset = start
+    while offset < end:
+        try:
+            copied = os.copy_file_range(src, out, end - offset, offset, at + offset - start)
+        except OSError as error:
+            if error.errno not in _NO_KERNEL_COPY:
+                raise
+            chunk = os.pread(src, min(_CHUNK, end - offset), offset)
+            copied = os.pwrite(out, chunk, at + offset - start) if chunk else 0
+        if copied == 0:
+            raise OSError(errno.EIO, "the layer ended early")
+        offset += copied
 
 
 def _copy_file(source: str, out: int) -> None:
@@ -182,26 +212,32 @@ def _copy_file(source: str, out: int) -> None:
         start = os.lseek(out, 0, os.SEEK_CUR)
         offset = 0
         while offset < size:
-            try:
-                data = min(os.lseek(src.fileno(), offset, os.SEEK_DATA), size)
-                end = min(os.lseek(src.fileno(), data, os.SEEK_HOLE), size)
-            except OSError:
-                data, end = size, size
-            while data < end:
-                copied = os.copy_file_range(src.fileno(), out, end - data, data, start + data)
-                if copied == 0:
-                    raise OSError(f"{source} ended early")
-                data += copied
-            offset = end
+            data, end = data_at(src.fileno(), offset, size)
+            _copy_range(src.fileno(), out, data, end, start + data)
+            offset = max(end, data)
         if os.fstat(out).st_size < start + size:  # it ended in a hole
             os.ftruncate(out, start + size)
         os.lseek(out, start + size, os.SEEK_SET)
 
 
+def _place(source: str, target: str) -> None:
+    """`source` at `target` too: a hard link where it can be (the layer is not copied at all), else a copy."""
+    try:
+        os.link(source, target)
+        return
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _copy_file(source, fd)
+    finally:
+        os.close(fd)
+
+
 def write_layout(builts: list[Built], name: str, path: str) -> None:
     """An OCI layout directory at `path` (new), the image (or index of images) named `name` in its index."""
-    with _new_path(path, "oci: directory") as temp:
-        os.mkdir(temp)
+    with _new_path(path, "oci: directory", directory=True) as temp:
         os.makedirs(os.path.join(temp, "blobs", "sha256"))
         for member, content in _layout_files(builts, name):
             target = os.path.join(temp, member)
@@ -209,32 +245,19 @@ def write_layout(builts: list[Built], name: str, path: str) -> None:
                 with open(target, "wb") as f:
                     f.write(content)
             else:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    _copy_file(content, fd)
-                finally:
-                    os.close(fd)
+                _place(content, target)
 
 
 def _tar_header(name: str, size: int, directory: bool = False) -> bytes:
-    """A plain ustar header of an archive member (root-owned, mode 0644/0755, mtime 0)."""
-    block = bytearray(BLOCK)
-    block[0:len(name)] = name.encode()
-    block[100:108] = b"%07o\0" % (0o755 if directory else 0o644)
-    block[108:116] = b"0000000\0"
-    block[116:124] = b"0000000\0"
-    block[124:136] = b"%011o\0" % (0 if directory else size)
-    block[136:148] = b"00000000000\0"
-    block[148:156] = b" " * 8
-    block[156:157] = b"5" if directory else b"0"
-    block[257:265] = b"ustar\x0000"
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    """The headers of an archive member (root-owned, 0644 or 0755, mtime 0; a PAX size past 8 GiB)."""
+    if directory:
+        return ustar_header(name, b"5", 0o755, 0, 0)
+    return member_headers(name, 0o644, size, 0)
 
 
 def _write_archive(files: list[tuple[str, bytes | str]], path: str) -> None:
     with _new_path(path, "archive") as temp:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_TRUNC)
         try:
             directories: set[str] = set()
             for member, content in files:

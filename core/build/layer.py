@@ -8,11 +8,14 @@ diff ID of the tar, the digest of the blob).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from cdisk.core.errors import DiskChanged
 
 BLOCK = 512
 QEMU_ID = 107
@@ -44,7 +47,10 @@ def _octal(value: int, width: int) -> bytes:
     return f"{value:0{width - 1}o}".encode() + b"\0"
 
 
-def _header(name: str, typeflag: bytes, mode: int, size: int, mtime: int) -> bytes:
+def ustar_header(name: str, typeflag: bytes, mode: int, size: int, mtime: int, owner: int = 0,
+                 owner_name: str = "") -> bytes:
+    """One 512-byte ustar header as Go's archive/tar writes it; a size past the ustar field is left 0 there (a
+    PAX record before it carries it: `member_headers`)."""
     block = bytearray(BLOCK)
 
     def put(offset: int, field: bytes) -> None:
@@ -52,18 +58,19 @@ def _header(name: str, typeflag: bytes, mode: int, size: int, mtime: int) -> byt
 
     put(0, name.encode())
     put(100, _octal(mode, 8))
-    put(108, _octal(QEMU_ID, 8))
-    put(116, _octal(QEMU_ID, 8))
+    put(108, _octal(owner, 8))
+    put(116, _octal(owner, 8))
     put(124, _octal(size if size <= USTAR_MAX_SIZE else 0, 12))
     put(136, _octal(mtime, 12))
     put(148, b" " * 8)
     put(156, typeflag)
     put(257, b"ustar\x0000")
-    put(265, QEMU_NAME.encode())
-    put(297, QEMU_NAME.encode())
+    put(265, owner_name.encode())
+    put(297, owner_name.encode())
     put(329, _octal(0, 8))
     put(337, _octal(0, 8))
     put(148, f"{sum(block):06o}".encode() + b"\0 ")
+    assert len(block) == BLOCK
     return bytes(block)
 
 
@@ -79,13 +86,22 @@ def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
 
-def headers(size: int, mtime: int) -> bytes:
-    """Everything of the tar before the disk's bytes."""
-    out = _header(DISK_DIR, b"5", 0o555, 0, mtime)
+def member_headers(name: str, mode: int, size: int, mtime: int, owner: int = 0, owner_name: str = "") -> bytes:
+    """The headers of a regular file: a PAX `size` record first when the size does not fit ustar (as Go writes
+    it: a plain `x` header named DIR/PaxHeaders.0/NAME)."""
+    out = b""
     if size > USTAR_MAX_SIZE:
         record = _pax_record("size", str(size))
-        out += _header("disk/PaxHeaders.0/disk.img", b"x", 0o444, len(record), mtime) + record + _padding(len(record))
-    return out + _header(DISK_NAME, b"0", 0o444, size, mtime)
+        directory, _, base = name.rpartition("/")
+        pax_name = f"{directory}/PaxHeaders.0/{base}" if directory else f"PaxHeaders.0/{base}"
+        out = ustar_header(pax_name, b"x", 0, len(record), 0) + record + _padding(len(record))
+    return out + ustar_header(name, b"0", mode, size, mtime, owner, owner_name)
+
+
+def headers(size: int, mtime: int) -> bytes:
+    """Everything of the layer's tar before the disk's bytes."""
+    return ustar_header(DISK_DIR, b"5", 0o555, 0, mtime, QEMU_ID, QEMU_NAME) + \
+        member_headers(DISK_NAME, 0o444, size, mtime, QEMU_ID, QEMU_NAME)
 
 
 def trailer(size: int) -> bytes:
@@ -93,29 +109,44 @@ def trailer(size: int) -> bytes:
     return _padding(size) + bytes(2 * BLOCK)
 
 
+def data_at(fd: int, offset: int, size: int) -> tuple[int, int]:
+    """Where the next data starts from `offset`, and where that data ends (`size` when the file system cannot
+    say: then everything is read)."""
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as error:
+        if error.errno != errno.ENXIO:
+            return offset, size  # no SEEK_DATA here: read it all
+        data = size  # only a hole from here on, if the file still is that long (checked by the caller)
+    data = min(data, size)
+    try:
+        hole = os.lseek(fd, data, os.SEEK_HOLE) if data < size else size
+    except OSError:
+        hole = size
+    return data, min(hole, size)
+
+
 def _pieces(fd: int, size: int) -> Iterator[bytes | int]:
-    """The disk's bytes in order: data as bytes, holes as their length (never read)."""
+    """The disk's bytes in order: data as bytes, holes as their length (never read).
+
+    Raises:
+        DiskChanged: the file is no longer `size` bytes long.
+    """
     offset = 0
     while offset < size:
-        try:
-            data = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole from here on
-            data = size
-        data = min(data, size)
+        data, hole = data_at(fd, offset, size)
         if data > offset:
             yield data - offset
             offset = data
             continue
-        try:
-            hole = min(os.lseek(fd, offset, os.SEEK_HOLE), size)
-        except OSError:
-            hole = size
         while offset < hole:
             chunk = os.pread(fd, min(CHUNK, hole - offset), offset)
             if not chunk:
-                raise OSError(f"the disk ended at byte {offset} of {size} while being read")
+                raise DiskChanged(offset, size)
             yield chunk
             offset += len(chunk)
+    if os.fstat(fd).st_size != size:
+        raise DiskChanged(os.fstat(fd).st_size, size)
 
 
 class _Blob:

@@ -313,14 +313,21 @@ def load_archive(archive: str) -> None:
 
 
 def push(name: str, ref: str, tls_verify: bool | None) -> None:
-    """`docker push` of NAME as REF (tagged for it, the tag removed after). docker has no per-push TLS switch:
-    its daemon's insecure-registries decide, so `tls_verify` is not passed on."""
+    """`docker push` of NAME as REF. docker has no per-push TLS switch (its daemon's insecure-registries decide),
+    so `tls_verify` is not passed on. REF is tagged for the push and untagged after only if this made it: a REF
+    that already names the image (docker's own spelling of NAME, say) is pushed as it is, and one that names
+    another image is refused rather than moved.
+    """
     socket = default_socket()
-    if ref == name:
-        _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
-        return
-    _docker(socket, ["tag", name, ref], "tag")
+    wanted = _docker(socket, ["image", "inspect", "--format", "{{.Id}}", name], "image inspect").strip()
+    code, out, _ = processes.run(_cli(socket), ["image", "inspect", "--format", "{{.Id}}", ref])
+    if code == 0 and out.strip() != wanted:
+        raise UsageError(f"--push {ref}: that name is another local image of docker's; remove it or push to "
+                         "another REF")
+    if code != 0:
+        _docker(socket, ["tag", name, ref], "tag")
     try:
         _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
     finally:
-        processes.run(_cli(socket), ["rmi", ref])
+        if code != 0:
+            processes.run(_cli(socket), ["rmi", "--no-prune", ref])
