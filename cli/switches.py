@@ -67,11 +67,14 @@ class WriteSwitches(DiskSwitches):
     force = cli.Flag(["-f", "--force"], help="Replace an existing TARGET (a block device is written in place)",
                      overridable=True)
 
+    no_reflink = cli.Flag(["--no-reflink"], help="Never clone the store's file into TARGET (XFS, btrfs): always "
+                                                 "convert with qemu-img")
+
     def write_request(self, target: str, keep: int = 0, durable: bool = False,
                       target_is_zero: bool = False) -> WriteRequest:
         """How these switches ask to write TARGET."""
         return WriteRequest(target, self.out_format, bool(self.compress), bool(self.force), keep, target_is_zero,
-                            durable)
+                            durable, not self.no_reflink)
 
 
 def size_text(n: int | None) -> str:

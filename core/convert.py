@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from contextlib import ExitStack
@@ -28,6 +29,7 @@ class Written:
     source_format: str
     virtual_size: int
     reading: Reading
+    copy: str = "qemu-img"  # how the bytes got there: "qemu-img", "reflink" (a clone), "link" (named)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ConvertResult:
     target: str
     target_format: str
     seconds: float
+    copy: str
 
 
 def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progress: Progress) -> ConvertResult:
@@ -63,7 +66,7 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
                          method=written.reading.method, disk=written.disk,
                          source_format=written.source_format, virtual_size=written.virtual_size,
                          target=planned.path, target_format=write.out_format,
-                         seconds=round(time.monotonic() - started, 3))
+                         seconds=round(time.monotonic() - started, 3), copy=written.copy)
 
 
 def write_disk(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, progress: Progress,
@@ -167,13 +170,47 @@ def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Targ
     return source if same else None
 
 
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+# Formats whose file is the whole disk and nothing else (judged: no backing, no data file): a clone of it is
+# the very file qemu-img would have to rewrite.
+_CLONABLE = frozenset({"raw", "qcow2"})
+
+
+def _cloned(disk: OpenedDisk, write: WriteRequest, planned: target.Target, output: str) -> bool:
+    """Clone the disk's file into `output` (FICLONE: no byte read or written, no room taken) when it already is
+    the file asked for: a whole file in the image (not a slice of a tar), the format asked, uncompressed, a file
+    target. False, with `output` untouched, wherever the file system cannot (ext4, another file system): then
+    qemu-img converts, as always.
+
+    Not copy_file_range: where it cannot clone it copies every byte, zeros included, into a file that qemu-img
+    would have left sparse. No holes are punched in the clone: finding the zeros reads the whole disk, the cost
+    the clone avoids (the clone shares the store's blocks, so it takes no room either).
+    """
+    from cdisk.core.sources.in_place import InPlaceFile
+
+    source = disk.source
+    if not write.reflink or not isinstance(source, InPlaceFile) or planned.is_block or write.compressed \
+            or disk.format != write.out_format or disk.format not in _CLONABLE:
+        return False
+    with target.os_errors(output):
+        fd = os.open(output, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.ioctl(fd, _FICLONE, source.fd)
+        except OSError:
+            return False  # EOPNOTSUPP, EXDEV, EINVAL (ext4, tmpfs, overlay, another file system): qemu-img
+        if disk.format == "raw" and os.fstat(fd).st_size < disk.virtual_size:
+            os.ftruncate(fd, disk.virtual_size)  # qemu-img rounds a raw disk up to 512 bytes: so does the clone
+        return True
+    finally:
+        os.close(fd)
+
+
 def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, reading: Reading,
            progress: Progress, engine: Engine) -> Written:
     with ExitStack() as stack:
         disk = stack.enter_context(opened_disk(image, read, planned, progress, reading, engine))
         copied = _copied_as_asked(disk, write, planned)
-        if copied is None:
-            _check_room(disk, write, planned)
         output = stack.enter_context(target.writing(planned, write.keep, write.durable))
         if copied is not None:
             with target.os_errors(output):
@@ -181,11 +218,14 @@ def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target
             why = copied.link_as(output, target.new_file_mode())
             if why is None:
                 progress.stage("the decompressed disk is the raw file asked for: named, not converted")
-                return Written(disk.source.image_path, disk.format, disk.virtual_size, reading)
+                return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "link")
             progress.stage(f"cannot name the decompressed disk as the target ({why}): converting it")
             with target.os_errors(output):
                 os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-            _check_room(disk, write, planned)
+        if _cloned(disk, write, planned, output):
+            progress.stage("the disk is the file asked for, on the same file system: cloned (reflink), not copied")
+            return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "reflink")
+        _check_room(disk, write, planned)  # a clone takes none: checked only now
         progress.stage("converting")
         options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
                                           target_is_zero=write.target_is_zero)

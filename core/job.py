@@ -77,6 +77,7 @@ class WriteRequest:
     keep: int = 0
     target_is_zero: bool = False
     durable: bool = False
+    reflink: bool = True
 
 
 def values(kind: type[enum.Enum]) -> list[str]:

@@ -65,6 +65,7 @@ class RefreshResult:
     disk: str
     method: str | None
     kept: list[str]
+    copy: str | None = None
 
 
 def record_path(target_path: str) -> str:
@@ -188,4 +189,5 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
                                    found.platform, found.disktype, found.source))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
     return RefreshResult("updated", image.reference, found.engine, found.source, found.id, found.digest, path,
-                         round(time.monotonic() - started, 3), written.disk, written.reading.method, kept)
+                         round(time.monotonic() - started, 3), written.disk, written.reading.method, kept,
+                         written.copy)

@@ -25,6 +25,12 @@ qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, b
 the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). `first-byte`: from
 starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server each round).
 
+Reflink (case reflink-xfs; not run unless named in --cases): an XFS (reflink=1) loop file system under
+bench-cache/ with a podman store of its own, holding raw containerDisks of 1.5 GiB and 20 GiB (the bench file
+system's data, the rest zeros; fully allocated in the store, as every layer file is); `cdisk convert --method
+layers` to a raw file on the same XFS (a clone) against the floor, bare `qemu-img convert -W` of the store's
+file to the same place.
+
 Building (cases build-raw, build-qcow2; not run unless named in --cases): `cdisk build` of the raw (4 GiB, 1.4
 GiB data) or qcow2 disk into podman's store, against its floor `podman build --no-cache` of a Containerfile
 `FROM scratch` / `COPY --chown=107:107 disk /disk/`; beside them `cdisk build --output oci:` with a zstd and a
@@ -356,6 +362,52 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
     return rows
 
 
+REFLINK_SIZES = {"1.5G": 3 << 29, "20G": 20 << 30}
+
+
+@contextmanager
+def xfs_store() -> Iterator[tuple[Path, dict[str, str]]]:
+    """The XFS loop file system (made once, kept in bench-cache/) mounted, and the env of its podman store."""
+    backing, root = CACHE / "xfs.img", CACHE / "xfs"
+    root.mkdir(exist_ok=True)
+    if not backing.exists():
+        with open(backing, "wb") as f:
+            f.truncate(48 << 30)
+        sh("mkfs.xfs", "-q", "-m", "reflink=1", backing)
+    sh("mount", "-o", "loop", backing, root)
+    try:
+        conf = root / "storage.conf"
+        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+        yield root, {**RUN_ENV, "CONTAINERS_STORAGE_CONF": str(conf)}
+    finally:
+        sh("umount", root)
+
+
+def run_reflink(fs: Path, rounds: int) -> dict[str, object]:
+    rows: dict[str, object] = {}
+    with xfs_store() as (root, env):
+        for label, size in REFLINK_SIZES.items():
+            image = f"localhost/cdisk-bench-reflink:{label.lower()}"
+            if subprocess.run(["podman", "image", "exists", image], env=env).returncode != 0:
+                disk = root / f"disk-{label}.raw"
+                sh("cp", "--sparse=always", fs, disk)
+                os.truncate(disk, size)
+                print(f"bench: building {image} on XFS", file=sys.stderr)
+                subprocess.run([CDISK, "build", "-q", "--layer-compression", "none", "--tmpdir", str(root), str(disk),
+                                image], env=env,
+                               check=True)
+                disk.unlink()
+            upper = json.loads(sh("podman", "image", "inspect", image, env=env).stdout)[0]["GraphDriver"]["Data"]
+            stored = Path(upper["UpperDir"]) / "disk" / "disk.img"
+            target = root / "out.raw"
+            commands = {"floor": ["qemu-img", "convert", "-W", "-f", "raw", "-O", "raw", str(stored), str(target)],
+                        "cdisk": ["env", f"CONTAINERS_STORAGE_CONF={env['CONTAINERS_STORAGE_CONF']}", CDISK,
+                                  "convert", "-q", "--force", "--method", "layers", image, str(target)]}
+            for key, row in _interleaved(commands, rounds, target).items():
+                rows[f"{label} {key}"] = row
+    return rows
+
+
 BUILD_CASES = {"build-raw": "raw", "build-qcow2": "qcow2"}
 
 
@@ -470,6 +522,9 @@ def main() -> None:
                 continue
             if name in SERVE_CASES:
                 results["cases"][name] = run_serve(name, fs, args.rounds)  # type: ignore[index]
+                continue
+            if name == "reflink-xfs":
+                results["cases"][name] = run_reflink(fs, args.rounds)  # type: ignore[index]
                 continue
             if name in BUILD_CASES:
                 results["cases"][name] = run_build(name, fs, args.rounds)  # type: ignore[index]

@@ -1,0 +1,113 @@
+"""Raw (and same-format) targets cloned from the store's file where the file system shares blocks: real XFS
+(reflink=1) and btrfs loop file systems made here, each with a private podman store on it; ext4 beside them,
+where qemu-img converts as ever. Shared extents are checked with filefrag, content with qemu-img compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cdisk, same_disk
+from tests.images import make_disk, sh
+
+pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "bwrap")
+
+MKFS = {"xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"], "btrfs": ["mkfs.btrfs", "-q"], "ext4": ["mkfs.ext4", "-q"]}
+
+
+class Store:
+    """A loop-mounted file system with a podman store of its own on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        conf = root / "storage.conf"
+        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+        self.env = {"CONTAINERS_STORAGE_CONF": str(conf)}
+
+    def podman(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", *map(str, args)], capture_output=True, text=True,
+                              env={**os.environ, **self.env}, check=True)
+
+    def build(self, disk: Path, name: str) -> None:
+        context = Path(tempfile.mkdtemp(dir=self.root))
+        os.link(disk, context / disk.name)
+        (context / "Containerfile").write_text(f"FROM scratch\nCOPY {disk.name} /disk/\n")
+        self.podman("build", "-q", "-t", name, context)
+
+    def convert(self, *args: str | Path) -> dict[str, object]:
+        run = cdisk("convert", "--json", *args, env=self.env)
+        assert run.code == 0, run.err
+        return json.loads(run.out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=sorted(MKFS))
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store]]:
+    kind = request.param
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop file system needs root")
+    if subprocess.run(["which", MKFS[kind][0]], capture_output=True).returncode != 0:
+        pytest.skip(f"{MKFS[kind][0]} is not installed (scripts/setup installs it with CDISK_SETUP_TEST=1)")
+    work = tmp_path_factory.mktemp(f"fs-{kind}")
+    image, mountpoint = work / "fs.img", work / "mnt"
+    mountpoint.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(1 << 30)
+    sh(*MKFS[kind], image)
+    mounted = sh("mount", "-o", "loop", image, mountpoint, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a loop {kind} here: {mounted.stderr.strip()}")
+    made = Store(mountpoint)
+    try:
+        yield kind, made
+    finally:
+        subprocess.run(["podman", "system", "reset", "-f"], capture_output=True, env={**os.environ, **made.env})
+        sh("umount", "-l", mountpoint, check=False)
+
+
+def _shared(path: Path) -> bool:
+    """Whether every extent of `path` is shared with another file (filefrag's "shared" flag)."""
+    extents = [line for line in sh("filefrag", "-v", path).stdout.splitlines() if ".." in line and ":" in line]
+    return bool(extents) and all("shared" in line for line in extents)
+
+
+def test_a_raw_disk_is_cloned_where_the_file_system_can(store: tuple[str, Store]) -> None:
+    kind, made = store
+    disk = make_disk(made.root / "in.raw", "raw", "64M")
+    made.build(disk, "localhost/reflink:raw")
+    target = made.root / "vm.raw"
+    done = made.convert("--method", "layers", "localhost/reflink:raw", target)
+    assert same_disk(disk, "raw", target, "raw")
+    if kind == "ext4":
+        assert done["copy"] == "qemu-img"
+        return
+    assert done["copy"] == "reflink"
+    assert _shared(target), sh("filefrag", "-v", target).stdout
+    forced = made.convert("--method", "layers", "--no-reflink", "-f", "localhost/reflink:raw", target)
+    assert forced["copy"] == "qemu-img" and same_disk(disk, "raw", target, "raw")
+    saved = made.convert("--method", "save", "-f", "localhost/reflink:raw", target)
+    assert saved["copy"] == "qemu-img", "a slice of a saved layer is converted"
+
+
+def test_a_qcow2_to_qcow2_is_cloned_and_other_formats_convert(store: tuple[str, Store]) -> None:
+    kind, made = store
+    disk = make_disk(made.root / "in.qcow2", "qcow2", "64M")
+    made.build(disk, "localhost/reflink:qcow2")
+    same = made.convert("--method", "layers", "-O", "qcow2", "localhost/reflink:qcow2", made.root / "vm.qcow2")
+    assert same["copy"] == ("qemu-img" if kind == "ext4" else "reflink")
+    assert same_disk(disk, "qcow2", made.root / "vm.qcow2", "qcow2")
+    other = made.convert("--method", "layers", "localhost/reflink:qcow2", made.root / "vm.raw")
+    assert other["copy"] == "qemu-img" and same_disk(disk, "qcow2", made.root / "vm.raw", "raw")
+
+
+def test_a_target_on_another_file_system_is_converted(store: tuple[str, Store], tmp_path: Path) -> None:
+    _, made = store
+    disk = make_disk(made.root / "in.raw", "raw", "16M")
+    made.build(disk, "localhost/reflink:other")
+    done = made.convert("--method", "layers", "localhost/reflink:other", tmp_path / "vm.raw")
+    assert done["copy"] == "qemu-img" and same_disk(disk, "raw", tmp_path / "vm.raw", "raw")
