@@ -69,6 +69,7 @@ class Serve(DiskSwitches):
                 with progress_for(self) as progress:
                     server = held.enter_context(serving(self.image_request(image), self.read_request(), progress,
                                                         asked, lambda: service.pid_file(self.pid_file)))
+                serves = True  # the server answers: from now on a signal is how it is stopped
                 served = server.served
                 if self.as_json:
                     print(json.dumps(asdict(served)), flush=True)
@@ -76,7 +77,6 @@ class Serve(DiskSwitches):
                     print("\n".join(export.uri for export in served.exports), flush=True)
                     if sys.stderr.isatty() and not self.detach:
                         print("cdisk: serving read-only until Ctrl-C", file=sys.stderr, flush=True)
-                serves = True
                 service.ready()
                 server.wait()  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
         except Interrupted as stopped_by:
