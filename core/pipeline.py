@@ -118,13 +118,14 @@ def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target |
 
 
 @contextmanager
-def opened_disks(image: ImageRequest | Image, read: ReadRequest, progress: Progress) -> Iterator[list[OpenedDisk]]:
-    """Every disk directly under /disk/, each open and judged (`serve --all`).
+def opened_disks(image: ImageRequest | Image, read: ReadRequest, progress: Progress, every: bool,
+                 ) -> Iterator[list[OpenedDisk]]:
+    """The disk `opened_disk` finds, or with `every` each disk directly under /disk/, open and judged (`serve`).
 
     Raises:
-        CdiskError: the image cannot be had, holds no disk or too many, or one of them is refused.
+        CdiskError: the image cannot be had, holds no disk (or too many), or one of them is refused.
     """
-    with _opened(image, read, None, progress, None, None, every=True) as disks:
+    with _opened(image, read, None, progress, None, None, every) as disks:
         yield disks
 
 

@@ -35,7 +35,7 @@ from cdisk.core import nbd, processes, qemu_img, sandbox
 from cdisk.core.errors import TargetError, ToolError, UsageError
 from cdisk.core.job import ImageRequest, ReadRequest
 from cdisk.core.nbd import Endpoint
-from cdisk.core.pipeline import OpenedDisk, opened_disk, opened_disks
+from cdisk.core.pipeline import OpenedDisk, opened_disks
 from cdisk.core.progress import Progress
 
 SERVER = "qemu-storage-daemon"
@@ -197,19 +197,6 @@ def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.Stderr
                     processes.argv_of(proc), None, errors.text())
 
 
-def _opened(image: ImageRequest, read: ReadRequest, every: bool, progress: Progress,
-            ) -> contextlib.AbstractContextManager[list[OpenedDisk]]:
-    if every:
-        return opened_disks(image, read, progress)
-
-    @contextmanager
-    def one() -> Iterator[list[OpenedDisk]]:
-        with opened_disk(image, read, None, progress) as disk:
-            yield [disk]
-
-    return one()
-
-
 @dataclass(frozen=True)
 class ServeRequest:
     """Where and how to serve: a Unix socket (`socket`: a path, or None for a private one, made with
@@ -246,7 +233,7 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
     with ExitStack() as stack:
         stack.enter_context(before())
         listener, public = stack.enter_context(_listening(asked.socket, tcp, asked.socket_mode))
-        disks = stack.enter_context(_opened(image, read, asked.every, progress))
+        disks = stack.enter_context(opened_disks(image, read, progress, asked.every))
         connections = asked.shared * len(disks)  # the daemon counts its clients across exports
         specs = [d.spec for d in disks]
         cmd, full = qemu_img.confined(SERVER, SERVER_PACKAGE, server_argv(disks, listener.fileno(), connections),

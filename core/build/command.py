@@ -5,7 +5,6 @@ engine or written as a file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -196,8 +195,8 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
             progress.stage(f"converting {judged.format} to {wanted}{' (compressed)' if request.compress else ''}")
             qemu_img.convert(judged.spec, converted, qemu_img.ConvertOptions(wanted, request.compress), progress,
                              source.pass_fds)
-            disk_fd = stack.enter_context(_descriptor(converted))
-            size, fmt = os.fstat(disk_fd).st_size, wanted
+            made = stack.enter_context(_opened(converted))
+            disk_fd, size, fmt = made.fd, made.size, wanted
         progress.stage(f"writing the layer ({compression})")
         blob_path = os.path.join(work, "layer")
         out = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -292,13 +291,3 @@ def _work_dir(parent: str) -> Iterator[str]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-@contextmanager
-def _descriptor(path: str) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)

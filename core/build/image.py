@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cdisk.core.build.layer import BLOCK, Layer, data_at, member_headers, ustar_header
+from cdisk.core.build.layer import BLOCK, CHUNK, Layer, data_at, member_headers, ustar_header, write_all
 from cdisk.core.errors import TargetError
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -29,7 +29,6 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # What quay.io/containerdisks images carry to tell KubeVirt their default instancetype and preference.
 INSTANCETYPE_ENV = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE"
 PREFERENCE_ENV = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ def _copy_range(src: int, out: int, start: int, end: int, at: int) -> None:
         except OSError as error:
             if error.errno not in _NO_KERNEL_COPY:
                 raise
-            chunk = os.pread(src, min(_CHUNK, end - offset), offset)
+            chunk = os.pread(src, min(CHUNK, end - offset), offset)
             copied = os.pwrite(out, chunk, at + offset - start) if chunk else 0
         if copied == 0:
             raise OSError(errno.EIO, "the layer ended early")
@@ -263,16 +262,16 @@ def _write_archive(files: list[tuple[str, bytes | str]], path: str) -> None:
             for member, content in files:
                 for parent in reversed(_parents(member)):  # each directory once, before its files
                     if parent not in directories:
-                        _write_all(fd, _tar_header(parent + "/", 0, directory=True))
+                        write_all(fd, _tar_header(parent + "/", 0, directory=True))
                         directories.add(parent)
                 size = len(content) if isinstance(content, bytes) else os.stat(content).st_size
-                _write_all(fd, _tar_header(member, size))
+                write_all(fd, _tar_header(member, size))
                 if isinstance(content, bytes):
-                    _write_all(fd, content)
+                    write_all(fd, content)
                 else:
                     _copy_file(content, fd)
-                _write_all(fd, bytes(-size % BLOCK))
-            _write_all(fd, bytes(2 * BLOCK))
+                write_all(fd, bytes(-size % BLOCK))
+            write_all(fd, bytes(2 * BLOCK))
         finally:
             os.close(fd)
 
@@ -282,12 +281,6 @@ def _parents(path: str) -> list[str]:
     while (path := os.path.dirname(path)):
         found.append(path)
     return found
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def write_oci_archive(builts: list[Built], name: str, path: str) -> None:

@@ -197,9 +197,7 @@ class _Blob:
             self._pending_hole = 0
         self._blob.update(data)
         self._size += len(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._out, view):]
+        write_all(self._out, data)
 
     def close(self) -> Layer:
         if self._flush is not None:
@@ -208,6 +206,13 @@ class _Blob:
             os.ftruncate(self._out, os.lseek(self._out, self._pending_hole, os.SEEK_CUR))
         return Layer("sha256:" + self._blob.hexdigest(), self._size, "sha256:" + self._tar.hexdigest(),
                      MEDIA_TYPES[self.compression])
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may take less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_layer(disk_fd: int, size: int, out: int, compression: str, mtime: int,
