@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from cdisk.core.progress import Progress
 from cdisk.core.reading import choose_reading
 
 if TYPE_CHECKING:
+    from cdisk.core.sources import DiskSource
     from cdisk.core.sources.copied import CopiedFile
 
 
@@ -171,39 +173,61 @@ def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Targ
 
 
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_FICLONERANGE = 0x4020940D  # linux/fs.h: _IOW(0x94, 13, struct file_clone_range)
 # Formats whose file is the whole disk and nothing else (judged: no backing, no data file): a clone of it is
 # the very file qemu-img would have to rewrite.
 _CLONABLE = frozenset({"raw", "qcow2"})
 
 
 def _cloned(disk: OpenedDisk, write: WriteRequest, planned: target.Target, output: str) -> bool:
-    """Clone the disk's file into `output` (FICLONE: no byte read or written, no room taken) when it already is
-    the file asked for: a whole file in the image (not a slice of a tar), the format asked, uncompressed, a file
-    target. False, with `output` untouched, wherever the file system cannot (ext4, another file system): then
-    qemu-img converts, as always.
+    """Clone the disk's bytes into `output` (no byte read or written, no room taken) when they already are the
+    file asked for: the format asked, uncompressed, a file target. False, with `output` left empty, wherever
+    the file system cannot (ext4, another file system): then qemu-img converts, as always.
 
     Not copy_file_range: where it cannot clone it copies every byte, zeros included, into a file that qemu-img
     would have left sparse. No holes are punched in the clone: finding the zeros reads the whole disk, the cost
     the clone avoids (the clone shares the store's blocks, so it takes no room either).
     """
-    from cdisk.core.sources.in_place import InPlaceFile
-
-    source = disk.source
-    if not write.reflink or not isinstance(source, InPlaceFile) or planned.is_block or write.compressed \
-            or disk.format != write.out_format or disk.format not in _CLONABLE:
+    if not write.reflink or planned.is_block or write.compressed or disk.format != write.out_format \
+            or disk.format not in _CLONABLE:
         return False
     with target.os_errors(output):
         fd = os.open(output, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.ioctl(fd, _FICLONE, source.fd)
-        except OSError:
-            return False  # EOPNOTSUPP, EXDEV, EINVAL (ext4, tmpfs, overlay, another file system): qemu-img
+        if not _clone(disk.source, fd):
+            return False
         if disk.format == "raw" and os.fstat(fd).st_size < disk.virtual_size:
             os.ftruncate(fd, disk.virtual_size)  # qemu-img rounds a raw disk up to 512 bytes: so does the clone
         return True
+    except OSError:  # EOPNOTSUPP, EXDEV, EINVAL (ext4, tmpfs, overlay, another file system), ENOSPC: qemu-img
+        os.ftruncate(fd, 0)
+        return False
     finally:
         os.close(fd)
+
+
+def _clone(source: DiskSource, fd: int) -> bool:
+    """Share `source`'s blocks into the empty file `fd`: a whole file by FICLONE; a member of a tar by
+    FICLONERANGE of its whole blocks, the last partial block copied — possible only when the member's data start
+    on a block of the file system, as the target's do (in the layers podman and docker write they start at byte
+    1024; in those `cdisk build` writes, on a 4 KiB block). Raises OSError where the file system cannot."""
+    from cdisk.core.sources.in_place import InPlaceFile
+    from cdisk.core.sources.tar_member import TarMember
+
+    if isinstance(source, InPlaceFile):
+        fcntl.ioctl(fd, _FICLONE, source.fd)
+        return True
+    if not isinstance(source, TarMember) or not source.fds:
+        return False
+    block = os.fstatvfs(fd).f_bsize
+    whole = source.size - source.size % block
+    if source.offset % block or not whole:
+        return False
+    fcntl.ioctl(fd, _FICLONERANGE, struct.pack("=qQQQ", source.fds[0], source.offset, whole, 0))
+    tail = source.read_at(whole, block)
+    while tail:
+        tail = tail[os.pwrite(fd, tail, source.size - len(tail)):]
+    return True
 
 
 def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target.Target, reading: Reading,

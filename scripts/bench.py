@@ -26,10 +26,13 @@ the NBD export instead (`export`), and both reading only (`-read`: to qemu's nul
 starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server each round).
 
 Reflink (case reflink-xfs; not run unless named in --cases): an XFS (reflink=1) loop file system under
-bench-cache/ with a podman store of its own, holding raw containerDisks of 1.5 GiB and 20 GiB (the bench file
-system's data, the rest zeros; fully allocated in the store, as every layer file is); `cdisk convert --method
-layers` to a raw file on the same XFS (a clone) against the floor, bare `qemu-img convert -W` of the store's
-file to the same place.
+bench-cache/ (the loop device in direct-io mode) with a podman store of its own, holding raw containerDisks of
+1.5 GiB and 20 GiB (the bench file system's data, the rest zeros; fully allocated in the store, as every layer
+file is); `cdisk convert --method layers` to a raw file on the same XFS (a clone) against the floor, bare
+`qemu-img convert -W` of the store's file to the same place; `cdisk+dig-holes`: the clone, then `fallocate
+--dig-holes` on it (what punching the zeros costs); `cdisk oci:` (1.5 GiB): from an OCI layout on the same XFS
+whose layer `cdisk build` wrote from the store's file (a tar member cloned). `cold` rows: the store's file
+dropped from the page cache before each run (posix_fadvise DONTNEED), so qemu-img reads it from the disk.
 
 Building (cases build-raw, build-qcow2; not run unless named in --cases): `cdisk build` of the raw (4 GiB, 1.4
 GiB data) or qcow2 disk into podman's store, against its floor `podman build --no-cache` of a Containerfile
@@ -49,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,20 +370,37 @@ REFLINK_SIZES = {"1.5G": 3 << 29, "20G": 20 << 30}
 
 @contextmanager
 def xfs_store() -> Iterator[tuple[Path, dict[str, str]]]:
-    """The XFS loop file system (made once, kept in bench-cache/) mounted, and the env of its podman store."""
+    """The XFS loop file system (made once, kept in bench-cache/) mounted, and the env of its podman store. The
+    loop device reads its backing file directly (--direct-io): a file dropped from XFS's page cache is then read
+    from the disk, not from the host's cache of the backing file."""
     backing, root = CACHE / "xfs.img", CACHE / "xfs"
     root.mkdir(exist_ok=True)
     if not backing.exists():
         with open(backing, "wb") as f:
             f.truncate(48 << 30)
         sh("mkfs.xfs", "-q", "-m", "reflink=1", backing)
-    sh("mount", "-o", "loop", backing, root)
+    device = sh("losetup", "--find", "--show", "--direct-io=on", backing).stdout.strip()
     try:
-        conf = root / "storage.conf"
-        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
-        yield root, {**RUN_ENV, "CONTAINERS_STORAGE_CONF": str(conf)}
+        sh("mount", device, root)
+        try:
+            conf = root / "storage.conf"
+            conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+            yield root, {**RUN_ENV, "CONTAINERS_STORAGE_CONF": str(conf)}
+        finally:
+            sh("umount", root)
     finally:
-        sh("umount", root)
+        sh("losetup", "-d", device)
+
+
+def _evicted(path: Path) -> Callable[[], None]:
+    """Drop `path` from the page cache (its pages are clean): the next read comes from the disk."""
+    def evict() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return evict
 
 
 def run_reflink(fs: Path, rounds: int) -> dict[str, object]:
@@ -388,23 +408,34 @@ def run_reflink(fs: Path, rounds: int) -> dict[str, object]:
     with xfs_store() as (root, env):
         for label, size in REFLINK_SIZES.items():
             image = f"localhost/cdisk-bench-reflink:{label.lower()}"
+            layout = root / f"layout-{label}"
             if subprocess.run(["podman", "image", "exists", image], env=env).returncode != 0:
                 disk = root / f"disk-{label}.raw"
                 sh("cp", "--sparse=always", fs, disk)
                 os.truncate(disk, size)
                 print(f"bench: building {image} on XFS", file=sys.stderr)
                 subprocess.run([CDISK, "build", "-q", "--layer-compression", "none", "--tmpdir", str(root), str(disk),
-                                image], env=env,
-                               check=True)
+                                image], env=env, check=True)
                 disk.unlink()
             upper = json.loads(sh("podman", "image", "inspect", image, env=env).stdout)[0]["GraphDriver"]["Data"]
             stored = Path(upper["UpperDir"]) / "disk" / "disk.img"
+            if size < 4 << 30 and not layout.exists():  # the store's (fully allocated) file, as a layer of a layout
+                subprocess.run([CDISK, "build", "-q", "--layer-compression", "none", "--output", f"oci:{layout}",
+                                str(stored), image], env=env, check=True)
             target = root / "out.raw"
+            cdisk = ["env", f"CONTAINERS_STORAGE_CONF={env['CONTAINERS_STORAGE_CONF']}", CDISK, "convert", "-q",
+                     "--force"]
             commands = {"floor": ["qemu-img", "convert", "-W", "-f", "raw", "-O", "raw", str(stored), str(target)],
-                        "cdisk": ["env", f"CONTAINERS_STORAGE_CONF={env['CONTAINERS_STORAGE_CONF']}", CDISK,
-                                  "convert", "-q", "--force", "--method", "layers", image, str(target)]}
+                        "cdisk": [*cdisk, "--method", "layers", image, str(target)],
+                        "cdisk+dig-holes": ["sh", "-c", '"$@" && fallocate --dig-holes "$0"', str(target), *cdisk,
+                                            "--method", "layers", image, str(target)]}
+            if layout.exists():
+                commands["cdisk oci:"] = [*cdisk, f"oci:{layout}", str(target)]
             for key, row in _interleaved(commands, rounds, target).items():
                 rows[f"{label} {key}"] = row
+            cold = {key: commands[key] for key in ("floor", "cdisk")}
+            for key, row in _interleaved(cold, rounds, target, _evicted(stored)).items():
+                rows[f"{label} cold {key}"] = row
     return rows
 
 
@@ -447,14 +478,17 @@ def run_build(name: str, fs: Path, rounds: int) -> dict[str, object]:
                   "samples_s": [round(s.seconds, 3) for s in got]} for key, got in samples.items()}
 
 
-def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path) -> dict[str, object]:
-    """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor"."""
+def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path,
+                 before: Callable[[], None] = lambda: None) -> dict[str, object]:
+    """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor";
+    `before` runs untimed before each command."""
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for round_ in range(rounds + 1):
         for key, argv in commands.items():
             target.unlink(missing_ok=True)
             # Untimed: the previous command's dirty pages must not be written back during this one.
             subprocess.run(["sync"], check=True)
+            before()
             sample = timed(argv)
             if round_:
                 samples[key].append(sample)

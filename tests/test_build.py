@@ -90,6 +90,8 @@ def test_the_layer_is_the_kubevirt_convention_and_reproducible(tmp_path: Path) -
         ("disk", tarfile.DIRTYPE, 0o555, 107, 107, "qemu", "qemu", 0),
         ("disk/disk.img", tarfile.REGTYPE, 0o444, 107, 107, "qemu", "qemu", 0)]
     assert members[1].size == disk.stat().st_size
+    assert members[1].offset_data == 4096, "the disk's data on a block: a file system can clone them"
+    assert list(members[1].pax_headers) == ["comment"]
 
 
 @pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64/v8"])

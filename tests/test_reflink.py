@@ -70,10 +70,20 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         sh("umount", "-l", mountpoint, check=False)
 
 
+def _extents(path: Path) -> list[str]:
+    return [line for line in sh("filefrag", "-v", path).stdout.splitlines() if ".." in line and ":" in line]
+
+
 def _shared(path: Path) -> bool:
     """Whether every extent of `path` is shared with another file (filefrag's "shared" flag)."""
-    extents = [line for line in sh("filefrag", "-v", path).stdout.splitlines() if ".." in line and ":" in line]
+    extents = _extents(path)
     return bool(extents) and all("shared" in line for line in extents)
+
+
+def _shared_bytes(path: Path) -> int:
+    """How much of `path` shares its blocks with another file (filefrag counts in 4 KiB blocks with -b4096)."""
+    lines = [line for line in sh("filefrag", "-v", "-b4096", path).stdout.splitlines() if "shared" in line]
+    return sum(int(line.split(":")[3]) for line in lines) * 4096
 
 
 def test_a_raw_disk_is_cloned_where_the_file_system_can(store: tuple[str, Store]) -> None:
@@ -111,3 +121,34 @@ def test_a_target_on_another_file_system_is_converted(store: tuple[str, Store], 
     made.build(disk, "localhost/reflink:other")
     done = made.convert("--method", "layers", "localhost/reflink:other", tmp_path / "vm.raw")
     assert done["copy"] == "qemu-img" and same_disk(disk, "raw", tmp_path / "vm.raw", "raw")
+
+
+@pytest.mark.needs("skopeo")
+def test_a_member_of_a_layer_cdisk_built_is_cloned(store: tuple[str, Store]) -> None:
+    """`cdisk build` puts the disk's data on a 4 KiB block of its layer (and the layer's on one in an archive):
+    a raw target clones them out of the tar, the last partial block copied; podman keeps the layer's bytes, so
+    its own save of the image clones too."""
+    kind, made = store
+    disk = made.root / "in.raw"
+    sh("qemu-img", "create", "-q", "-f", "raw", disk, str((16 << 20) + 1536))  # ends inside a block
+    sh("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 16M", "-c", "write -P 0xa5 16M 1536", disk)
+    built = cdisk("build", "-q", "--layer-compression", "none", disk, "localhost/reflink:built", env=made.env)
+    assert built.code == 0, built.err
+    target = made.root / "vm.raw"
+    for transport in ("oci", "oci-archive", "docker-archive"):
+        path = made.root / transport
+        built = cdisk("build", "-q", "--layer-compression", "none", "--output", f"{transport}:{path}", disk,
+                      "localhost/reflink:built", env=made.env)
+        assert built.code == 0, built.err
+        done = made.convert("-f", f"{transport}:{path}", target)
+        assert done["copy"] == ("qemu-img" if kind == "ext4" else "reflink"), transport
+        assert same_disk(disk, "raw", target, "raw") and target.stat().st_size == disk.stat().st_size
+        if kind != "ext4":
+            assert _shared_bytes(target) >= 16 << 20, sh("filefrag", "-v", target).stdout
+    saved = made.convert("--method", "save", "-f", "localhost/reflink:built", target)
+    assert saved["copy"] == ("qemu-img" if kind == "ext4" else "reflink")
+    assert same_disk(disk, "raw", target, "raw")
+    compressed = made.root / "gzip"
+    built = cdisk("build", "-q", "--output", f"oci:{compressed}", disk, "localhost/reflink:built", env=made.env)
+    assert built.code == 0 and made.convert("-f", f"oci:{compressed}", target)["copy"] == "link"
+    assert same_disk(disk, "raw", target, "raw")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +243,26 @@ def test_tarfile_is_never_imported_to_read_layers() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("size", [5, 4096, (9 << 30) + 5])
+@pytest.mark.parametrize("at", range(0, 8192, 512))
+def test_the_headers_cdisk_build_writes_put_the_data_on_a_block(tmp_path: Path, at: int, size: int) -> None:
+    """Wherever a member starts, `cdisk build`'s headers put its data on a 4 KiB block (a clone can share
+    them), and both this reader and Python's see one member of the size written there."""
+    from cdisk.core.build.layer import member_headers
+
+    headers = member_headers("disk/disk.img", 0o444, size, 0, 107, "qemu", at=at)
+    assert (at + len(headers)) % 4096 == 0
+    tar = tmp_path / "layer.tar"
+    before = tar_member("disk/", kind=b"5") + tar_member("disk/before", bytes(at - 1024)) if at > 512 else \
+        tar_member("disk/", kind=b"5")[:at]
+    tar.write_bytes(before + headers)  # members filling `at` bytes, then the member (its data a hole)
+    os.truncate(tar, at + len(headers) + -(-size // 512) * 512 + 1024)
+    with open(tar, "rb") as f:
+        found = list(read_entries(f, tar.stat().st_size))
+    assert [(e.name, e.data_offset, e.size) for e in found][-1] == ("disk/disk.img", at + len(headers), size)
+    with tarfile.open(fileobj=io.BytesIO(headers + bytes(512)), ignore_zeros=False) as python:
+        member = python.next()
+    assert member is not None
+    assert (member.name, member.size, member.offset_data) == ("disk/disk.img", size, len(headers))

@@ -247,11 +247,12 @@ def write_layout(builts: list[Built], name: str, path: str) -> None:
                 _place(content, target)
 
 
-def _tar_header(name: str, size: int, directory: bool = False) -> bytes:
-    """The headers of an archive member (root-owned, 0644 or 0755, mtime 0; a PAX size past 8 GiB)."""
+def _tar_header(name: str, size: int, directory: bool = False, at: int | None = None) -> bytes:
+    """The headers of an archive member (root-owned, 0644 or 0755, mtime 0; a PAX size past 8 GiB; data on a
+    block when `at`, where the headers go, is given)."""
     if directory:
         return ustar_header(name, b"5", 0o755, 0, 0)
-    return member_headers(name, 0o644, size, 0)
+    return member_headers(name, 0o644, size, 0, at=at)
 
 
 def _write_archive(files: list[tuple[str, bytes | str]], path: str) -> None:
@@ -265,7 +266,9 @@ def _write_archive(files: list[tuple[str, bytes | str]], path: str) -> None:
                         write_all(fd, _tar_header(parent + "/", 0, directory=True))
                         directories.add(parent)
                 size = len(content) if isinstance(content, bytes) else os.stat(content).st_size
-                write_all(fd, _tar_header(member, size))
+                # A layer's data on a block, as the disk's are in the layer: a clone can share them.
+                at = None if isinstance(content, bytes) else os.lseek(fd, 0, os.SEEK_CUR)
+                write_all(fd, _tar_header(member, size, at=at))
                 if isinstance(content, bytes):
                     write_all(fd, content)
                 else:

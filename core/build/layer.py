@@ -25,6 +25,11 @@ DISK_NAME = "disk/disk.img"
 # What fits the ustar size field (11 octal digits); larger sizes go into a PAX record, as Go writes them.
 USTAR_MAX_SIZE = 0o77777777777
 CHUNK = 1 << 20
+# Where the disk's data start in the layer (and a layer's in an archive): on a block of any common file system,
+# so one that clones (XFS, btrfs) can share the disk's blocks with a target file (`cdisk convert`'s reflink of
+# a tar member). Go's writer would put them at byte 1024, as podman and docker do.
+DATA_ALIGNMENT = 4096
+_COMMENT = "cdisk: the disk's data start on a 4 KiB block, so a file system can share them"
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
 MEDIA_TYPES = {"none": "application/vnd.oci.image.layer.v1.tar",
@@ -86,22 +91,40 @@ def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
 
-def member_headers(name: str, mode: int, size: int, mtime: int, owner: int = 0, owner_name: str = "") -> bytes:
+def member_headers(name: str, mode: int, size: int, mtime: int, owner: int = 0, owner_name: str = "",
+                   at: int | None = None) -> bytes:
     """The headers of a regular file: a PAX `size` record first when the size does not fit ustar (as Go writes
-    it: a plain `x` header named DIR/PaxHeaders.0/NAME)."""
+    it: a plain `x` header named DIR/PaxHeaders.0/NAME). `at`: where the headers go in the tar, when the
+    member's data must start on a `DATA_ALIGNMENT` boundary — a PAX `comment` record (which every reader
+    ignores) pads the headers to it."""
+    records = _pax_record("size", str(size)) if size > USTAR_MAX_SIZE else b""
+    if at is not None:
+        records = _aligning_comment(at, records) + records  # Go writes the records sorted by key
     out = b""
-    if size > USTAR_MAX_SIZE:
-        record = _pax_record("size", str(size))
+    if records:
         directory, _, base = name.rpartition("/")
         pax_name = f"{directory}/PaxHeaders.0/{base}" if directory else f"PaxHeaders.0/{base}"
-        out = ustar_header(pax_name, b"x", 0, len(record), 0) + record + _padding(len(record))
+        out = ustar_header(pax_name, b"x", 0, len(records), 0) + records + _padding(len(records))
     return out + ustar_header(name, b"0", mode, size, mtime, owner, owner_name)
 
 
+def _aligning_comment(at: int, records: bytes) -> bytes:
+    """A PAX comment record that, with `records`, fills a PAX header starting at `at` so that the data of the
+    member after it start on a `DATA_ALIGNMENT` boundary."""
+    least = len(records) + len(_pax_record("comment", _COMMENT))
+    room = -(-least // BLOCK) * BLOCK
+    while (at + BLOCK + room + BLOCK) % DATA_ALIGNMENT:
+        room += BLOCK
+    fill = room - least
+    while len(record := _pax_record("comment", _COMMENT + " " * fill)) + len(records) > room:
+        fill -= 1
+    return record
+
+
 def headers(size: int, mtime: int) -> bytes:
-    """Everything of the layer's tar before the disk's bytes."""
+    """Everything of the layer's tar before the disk's bytes (ending on a `DATA_ALIGNMENT` boundary)."""
     return ustar_header(DISK_DIR, b"5", 0o555, 0, mtime, QEMU_ID, QEMU_NAME) + \
-        member_headers(DISK_NAME, 0o444, size, mtime, QEMU_ID, QEMU_NAME)
+        member_headers(DISK_NAME, 0o444, size, mtime, QEMU_ID, QEMU_NAME, at=BLOCK)
 
 
 def trailer(size: int) -> bytes:
