@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -225,8 +226,11 @@ def _clone(source: DiskSource, fd: int) -> bool:
         return False
     fcntl.ioctl(fd, _FICLONERANGE, struct.pack("=qQQQ", source.fds[0], source.offset, whole, 0))
     tail = source.read_at(whole, block)
-    while tail:
-        tail = tail[os.pwrite(fd, tail, source.size - len(tail)):]
+    if len(tail) != source.size - whole:
+        raise OSError(errno.EIO, "the tar ended early")  # cut meanwhile: qemu-img says so
+    written = 0
+    while written < len(tail):
+        written += os.pwrite(fd, tail[written:], whole + written)
     return True
 
 

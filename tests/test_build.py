@@ -129,6 +129,10 @@ def test_every_output_is_read_by_skopeo_and_cdisk(tmp_path: Path, transport: str
     assert converted.code == 0, converted.err
     assert same_disk(disk, "raw", out, "raw")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.raw", path.name, "out.raw"])
+    if transport != "oci":
+        with tarfile.open(path) as archive:
+            layer = max(archive.getmembers(), key=lambda m: m.size)
+        assert layer.offset_data % 4096 == 0, "the layer's data on a block: a file system can clone them"
 
 
 def test_formats_on_the_way_in(tmp_path: Path) -> None:

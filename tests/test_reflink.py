@@ -148,6 +148,13 @@ def test_a_member_of_a_layer_cdisk_built_is_cloned(store: tuple[str, Store]) -> 
     saved = made.convert("--method", "save", "-f", "localhost/reflink:built", target)
     assert saved["copy"] == ("qemu-img" if kind == "ext4" else "reflink")
     assert same_disk(disk, "raw", target, "raw")
+    qcow2, layout = make_disk(made.root / "in.qcow2", "qcow2", "16M"), made.root / "qcow2"
+    built = cdisk("build", "-q", "--layer-compression", "none", "--output", f"oci:{layout}", qcow2,
+                  "localhost/reflink:qcow2", env=made.env)
+    assert built.code == 0, built.err
+    same = made.convert("-O", "qcow2", f"oci:{layout}", made.root / "vm.qcow2")
+    assert same["copy"] == ("qemu-img" if kind == "ext4" else "reflink")
+    assert same_disk(qcow2, "qcow2", made.root / "vm.qcow2", "qcow2")
     compressed = made.root / "gzip"
     built = cdisk("build", "-q", "--output", f"oci:{compressed}", disk, "localhost/reflink:built", env=made.env)
     assert built.code == 0 and made.convert("-f", f"oci:{compressed}", target)["copy"] == "link"

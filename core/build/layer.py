@@ -111,6 +111,7 @@ def member_headers(name: str, mode: int, size: int, mtime: int, owner: int = 0, 
 def _aligning_comment(at: int, records: bytes) -> bytes:
     """A PAX comment record that, with `records`, fills a PAX header starting at `at` so that the data of the
     member after it start on a `DATA_ALIGNMENT` boundary."""
+    assert at % BLOCK == 0, "a member starts on a tar block"
     least = len(records) + len(_pax_record("comment", _COMMENT))
     room = -(-least // BLOCK) * BLOCK
     while (at + BLOCK + room + BLOCK) % DATA_ALIGNMENT:
