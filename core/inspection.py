@@ -1,4 +1,4 @@
-"""A disk judged before anything is written: its format told by its bytes, confirmed by qemu-img."""
+"""A disk judged before anything is written: its format told by its bytes, a header confirmed by qemu-img."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cdisk.core.sources import DiskSource
 
 @dataclass(frozen=True)
 class InspectedDisk:
-    """A disk that passed every check: its format as told by its bytes and as qemu-img read it.
+    """A disk that passed every check: its format as told by its bytes and (past raw) as qemu-img read it.
 
     `allocation`: the clusters qemu-img check counted allocated, and their size (qcow2; None elsewhere).
     """
@@ -29,6 +29,8 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
     """
     fmt = formats.detect_format(source.read_at)
     spec = qemu_img.image_spec(fmt, source.node())
+    if fmt == "raw":  # no header to confirm: qemu reads the bytes as they are, their length rounded to a sector
+        return InspectedDisk(source, fmt, -(-source.size // qemu_img.SECTOR) * qemu_img.SECTOR, spec)
     info = qemu_img.info(spec, source.pass_fds)
     if info.backing or info.data_file:
         raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
