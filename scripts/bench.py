@@ -461,38 +461,33 @@ def run_build(name: str, fs: Path, rounds: int) -> dict[str, object]:
                            str(source), f"{tag}:oci"],
         "cdisk-oci-gzip": [CDISK, "build", "-q", "--output", f"oci:{layout}", str(source), f"{tag}:oci"],
     }
-    samples: dict[str, list[Sample]] = {k: [] for k in commands}
-    for round_ in range(rounds + 1):
-        for key, argv in commands.items():
-            subprocess.run(["sync"], check=True)
-            sample = timed(argv)
-            if round_:
-                samples[key].append(sample)
-            subprocess.run(["podman", "rmi", "-f", f"{tag}:podman", f"{tag}:cdisk"], capture_output=True)
-            shutil.rmtree(layout, ignore_errors=True)
-    floor = statistics.median(s.seconds for s in samples["floor"])
-    return {key: {"median_s": round(statistics.median(s.seconds for s in got), 3),
-                  "ratio": round(statistics.median(s.seconds for s in got) / floor, 2),
-                  "self_peak_mib": round(max(s.self_mib for s in got), 1),
-                  "tree_peak_mib": round(max(s.tree_mib for s in got), 1),
-                  "samples_s": [round(s.seconds, 3) for s in got]} for key, got in samples.items()}
+
+    def clean() -> None:
+        subprocess.run(["podman", "rmi", "-f", f"{tag}:podman", f"{tag}:cdisk"], capture_output=True)
+        shutil.rmtree(layout, ignore_errors=True)
+
+    return _interleaved(commands, rounds, None, clean)
 
 
-def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path,
+def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path | None,
                  before: Callable[[], None] = lambda: None) -> dict[str, object]:
-    """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor";
-    `before` runs untimed before each command."""
+    """Each command in turn, round after round (round 0 warms the page cache), medians and ratios to "floor".
+    Untimed before each command and once at the end: `target` removed, `before` run (its own clean-up)."""
+    def clean() -> None:
+        if target is not None:
+            target.unlink(missing_ok=True)
+        before()
+
     samples: dict[str, list[Sample]] = {k: [] for k in commands}
     for round_ in range(rounds + 1):
         for key, argv in commands.items():
-            target.unlink(missing_ok=True)
+            clean()
             # Untimed: the previous command's dirty pages must not be written back during this one.
             subprocess.run(["sync"], check=True)
-            before()
             sample = timed(argv)
             if round_:
                 samples[key].append(sample)
-    target.unlink(missing_ok=True)
+    clean()
     floor = statistics.median(s.seconds for s in samples["floor"])
     rows = {}
     for key, got in samples.items():

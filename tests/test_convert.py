@@ -171,16 +171,6 @@ def test_other_disk_formats(convert: Convert, images: Images, tmp_path: Path, fm
     assert same_disk(disk, fmt, tmp_path / "out.raw", "raw")
 
 
-def _member_in_tar(tmp_path: Path, data: bytes) -> tuple[int, int, TarMember]:
-    """A tar-like blob with `data` on a block of this file system, and an empty target; both open."""
-    block = os.statvfs(tmp_path).f_bsize
-    blob = tmp_path / "layer.tar"
-    blob.write_bytes(bytes(block) + data + bytes(1024))
-    fd = os.open(blob, os.O_RDONLY)
-    out = os.open(tmp_path / "out.raw", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    return fd, out, TarMember("/disk/disk.img", f"/dev/fd/{fd}", block, len(data), (fd,))
-
-
 def test_a_member_clone_places_its_last_partial_block_and_refuses_a_cut_tar(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FICLONERANGE stood in for by a copy of the range (this machine's file systems may not clone; the real
@@ -192,8 +182,12 @@ def test_a_member_clone_places_its_last_partial_block_and_refuses_a_cut_tar(
         os.pwrite(fd, os.pread(src, length, offset), dest)
 
     monkeypatch.setattr(convert_module.fcntl, "ioctl", clone_range)
-    data = os.urandom(3 * os.statvfs(tmp_path).f_bsize + 100)
-    fd, out, member = _member_in_tar(tmp_path, data)
+    block = os.statvfs(tmp_path).f_bsize
+    data = os.urandom(3 * block + 100)
+    (tmp_path / "layer.tar").write_bytes(bytes(block) + data + bytes(1024))  # the member's data on a block
+    fd = os.open(tmp_path / "layer.tar", os.O_RDONLY)
+    out = os.open(tmp_path / "out.raw", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    member = TarMember("/disk/disk.img", f"/dev/fd/{fd}", block, len(data), (fd,))
     try:
         assert convert_module._clone(member, out)
         assert os.pread(out, len(data) + 1, 0) == data

@@ -70,13 +70,9 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         sh("umount", "-l", mountpoint, check=False)
 
 
-def _extents(path: Path) -> list[str]:
-    return [line for line in sh("filefrag", "-v", path).stdout.splitlines() if ".." in line and ":" in line]
-
-
 def _shared(path: Path) -> bool:
     """Whether every extent of `path` is shared with another file (filefrag's "shared" flag)."""
-    extents = _extents(path)
+    extents = [line for line in sh("filefrag", "-v", path).stdout.splitlines() if ".." in line and ":" in line]
     return bool(extents) and all("shared" in line for line in extents)
 
 

@@ -262,7 +262,7 @@ def test_the_headers_cdisk_build_writes_put_the_data_on_a_block(tmp_path: Path, 
     with open(tar, "rb") as f:
         found = list(read_entries(f, tar.stat().st_size))
     assert [(e.name, e.data_offset, e.size) for e in found][-1] == ("disk/disk.img", at + len(headers), size)
-    with tarfile.open(fileobj=io.BytesIO(headers + bytes(512)), ignore_zeros=False) as python:
+    with tarfile.open(fileobj=io.BytesIO(headers + bytes(512))) as python:
         member = python.next()
     assert member is not None
     assert (member.name, member.size, member.offset_data) == ("disk/disk.img", size, len(headers))
