@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from plumbum import cli
 
 from cdisk.cli.output import OutputSwitches, report
+from cdisk.core.engines.seam import NAMES
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
-    from cdisk.core.build.command import BuildResult
+    from cdisk.core.commands.build.command import BuildResult
 
 OUTPUTS = "oci:DIR, oci-archive:FILE or docker-archive:FILE"
 
@@ -25,7 +26,7 @@ def summary(result: BuildResult) -> str:
 class Build(OutputSwitches):
     """Build a containerDisk from DISK (raw, qcow2, …): /disk/disk.img owned 107:107, the KubeVirt convention."""
 
-    engine = cli.SwitchAttr(["--engine"], cli.Set("podman", "docker"), default="podman",
+    engine = cli.SwitchAttr(["--engine"], cli.Set(*NAMES), default=NAMES[0],
                             help="The engine to load the image into (unless --output)")
     output = cli.SwitchAttr(["--output"], str, default=None, help=f"Write the image to {OUTPUTS} instead")
     out_format = cli.SwitchAttr(["--format"], cli.Set("qcow2", "raw"), default=None,
@@ -54,7 +55,7 @@ class Build(OutputSwitches):
                                  "$TMPDIR or /var/tmp)")
 
     def main(self, disk: str, name: str) -> int:
-        from cdisk.core.build.command import BuildRequest, build
+        from cdisk.core.commands.build.command import BuildRequest, build
         from cdisk.core.errors import UsageError
 
         def work(progress: Progress) -> BuildResult:

@@ -11,7 +11,7 @@ from cdisk.cli.switches import WriteSwitches, size_text
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
-    from cdisk.core.convert import ConvertResult
+    from cdisk.core.commands.convert import ConvertResult
 
 
 def summary(result: ConvertResult) -> str:
@@ -28,7 +28,7 @@ class Convert(WriteSwitches):
                                    "skip writing the disk's empty areas")
 
     def main(self, image: str, target: str) -> int:
-        from cdisk.core.convert import convert
+        from cdisk.core.commands.convert import convert
 
         write = self.write_request(target, target_is_zero=bool(self.target_is_zero))
 

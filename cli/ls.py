@@ -13,7 +13,7 @@ from cdisk.core.progress import Progress
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from cdisk.core.listing import Listing
+    from cdisk.core.commands.ls import Listing
 
 # Off a terminal nothing is fitted: one row a line, for grep and logs.
 PLAIN_WIDTH = 400
@@ -82,8 +82,8 @@ def table(listing: Listing, width: int | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from cdisk.core.disks import COPIES
-    from cdisk.core.listing import BY_HEADER, BY_NOTHING, QEMU_IMG_JUDGED
+    from cdisk.core.commands.ls import BY_HEADER, BY_NOTHING, QEMU_IMG_JUDGED
+    from cdisk.core.disk.wanted import COPIES
 
     rows: list[dict[str, str]] = []
     layers: dict[int, str] = {}
@@ -141,7 +141,7 @@ class Ls(ImageSwitches):
     """List the candidate disks of IMAGE: path, format, sizes, layer and offset, and what would be refused."""
 
     def main(self, image: str) -> int:
-        from cdisk.core.listing import list_image
+        from cdisk.core.commands.ls import list_image
 
         def work(progress: Progress) -> Listing:
             return list_image(self.image_request(image), self.read_request(), progress)

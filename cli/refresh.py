@@ -8,11 +8,11 @@ from plumbum import cli
 
 from cdisk.cli.output import report
 from cdisk.cli.switches import WriteSwitches
-from cdisk.core.job import Pull, values
 from cdisk.core.progress import Progress
+from cdisk.core.request import Pull, values
 
 if TYPE_CHECKING:
-    from cdisk.core.refresh import RefreshResult
+    from cdisk.core.commands.refresh import RefreshResult
 
 
 def summary(result: RefreshResult) -> str:
@@ -35,7 +35,7 @@ class Refresh(WriteSwitches):
                                              "devices)")
 
     def main(self, image: str, target: str) -> int:
-        from cdisk.core.refresh import refresh
+        from cdisk.core.commands.refresh import refresh
 
         # A refresh syncs the new disk before renaming it over the old: "never a broken disk where a
         # good one was" has to hold across a crash too.

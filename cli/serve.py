@@ -44,8 +44,8 @@ class Serve(DiskSwitches):
                           help="Stop the cdisk serve that serves on this socket, and wait until it has cleaned up")
 
     def main(self, image: str = "") -> int:
-        from cdisk.core import service
-        from cdisk.core.serve import ServeRequest, serving, stop
+        from cdisk.core.commands import daemon as service
+        from cdisk.core.commands.serve import ServeRequest, serving, stop
 
         serves = False
         try:

@@ -1,5 +1,5 @@
 """Switches the commands share, grouped by what a command touches: the image, its disk, a target. Each group
-turns its switches into the core value it stands for (`cdisk.core.job`), whose enums are the allowed values.
+turns its switches into the core value it stands for (`cdisk.core.request`), whose enums are the allowed values.
 """
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from plumbum import cli
 
 from cdisk.cli.output import OutputSwitches
-from cdisk.core.engines import AUTO, NAMES
-from cdisk.core.job import ImageRequest, Method, Pull, ReadRequest, WriteRequest, values
+from cdisk.core.engines.seam import AUTO, NAMES
+from cdisk.core.request import ImageRequest, Method, Pull, ReadRequest, WriteRequest, values
 
 
 class ImageSwitches(OutputSwitches):

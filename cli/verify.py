@@ -10,7 +10,7 @@ from cdisk.core.errors import EXIT_DIFFERENT, EXIT_OK
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
-    from cdisk.core.verify import Verdict
+    from cdisk.core.commands.verify import Verdict
 
 
 
@@ -25,7 +25,7 @@ class Verify(DiskSwitches):
     """Check that TARGET holds exactly the disk of IMAGE (exit 0), or say where it first differs (exit 8)."""
 
     def main(self, image: str, target: str) -> int:
-        from cdisk.core.verify import verify
+        from cdisk.core.commands.verify import verify
 
         def work(progress: Progress) -> Verdict:
             return verify(self.image_request(image), self.read_request(), target, progress)

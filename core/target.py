@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cdisk.core.errors import TargetError, UsageError
-from cdisk.core.qemu_img import Measure
 
 _TEMP_SUFFIX = ".cdisk-part"
 _TEMP_RANDOM = 8  # the characters mkstemp adds
@@ -36,6 +35,14 @@ _ADVICE = {
     errno.ELOOP: "the path holds a symlink loop; fix the link or choose another target",
     errno.ENOTDIR: "a component of the path is not a directory; fix the path",
 }
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Bytes the converted disk needs: `required` as qemu-img writes it, `fully_allocated` at most."""
+
+    required: int
+    fully_allocated: int
 
 
 def target_problem(path: str, error: OSError) -> TargetError:

@@ -203,7 +203,7 @@ def test_refresh_keeps_the_disktype_it_was_given(tmp_path: Path) -> None:
 
 
 def test_disk_names_never_clash_and_survive_any_json_string() -> None:
-    from cdisk.core.oci_layout import disk_names
+    from cdisk.core.oci.layout import disk_names
 
     def titled(*titles: str | None) -> list[dict[str, object]]:
         return [{"annotations": {TITLE: t}} if t is not None else {} for t in titles]

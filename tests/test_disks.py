@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cdisk.core.disks import DiskCandidate, find_disk, list_candidates
+from cdisk.core.disk.candidates import DiskCandidate, find_disk, list_candidates
 from cdisk.core.errors import DiskNotFoundError, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree
+from cdisk.core.tree.merged import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree
 
 
 def f(path: str, sparse: bool = False) -> LayerMember:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core.disks import Wanted
-from cdisk.core.docker_archive import layer_blobs
+from cdisk.core.disk.wanted import Wanted
 from cdisk.core.engines.docker import digest_for
 from cdisk.core.errors import ImageError
+from cdisk.core.layers.saved import SavedLayers, close_blobs, read_layer
+from cdisk.core.oci.docker_archive import layer_blobs
 from cdisk.core.progress import NoProgress
-from cdisk.core.saved_layers import SavedLayers, close_blobs, read_layer
 from tests.images import Entry, layer_tar, tar_file
 
 DISK = b"QFI\xfb" + bytes(range(256)) * 40

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.disk.formats import detect_format
 from cdisk.core.errors import UnsafeImageError
-from cdisk.core.formats import detect_format
 from tests import hostile
 from tests.images import sh
 

@@ -188,7 +188,7 @@ def _layout_with_layer(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def test_a_blob_swapped_after_it_was_opened_is_not_read(tmp_path: Path) -> None:
-    from cdisk.core.image_files import DirectoryFiles
+    from cdisk.core.oci.files import DirectoryFiles
     from cdisk.core.sources.tar_member import TarMember
 
     layout, _, layer = _layout_with_layer(tmp_path)

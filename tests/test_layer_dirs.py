@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.errors import LayerDirsUnusable
-from cdisk.core.layer_dirs import LayerDirsTree
-from cdisk.core.layers import DIR, FILE, SYMLINK, resolve
+from cdisk.core.tree.layer_dirs import LayerDirsTree
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, resolve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root to write")
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from cdisk.core.errors import DiskNotFoundError, LayerRefused, UnsafeImageError
-from cdisk.core.layer_unpack import go_clean, members_from_tar
-from cdisk.core.layers import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree, resolve
+from cdisk.core.layers.unpack import members_from_tar
+from cdisk.core.paths import go_clean
 from cdisk.core.tar_headers import TarEntry, read_entries
+from cdisk.core.tree.merged import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree, resolve
 from tests.images import TAR_END, pax_header, tar_member
 
 
@@ -269,7 +270,7 @@ def test_200k_entries_of_one_layer() -> None:
 
 
 def _lines_run(work: Callable[[], Any]) -> int:
-    """How many lines of cdisk.core.layers `work` executes: a count of the work done, not a time."""
+    """How many lines of cdisk.core.tree.merged `work` executes: a count of the work done, not a time."""
     count = 0
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:

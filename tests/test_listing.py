@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 
 from cdisk.cli.ls import COLUMNS, table
-from cdisk.core.formats import detect_format
-from cdisk.core.listing import QEMU_IMG_JUDGED, ListedDisk, Listing, header_virtual_size
+from cdisk.core.commands.ls import QEMU_IMG_JUDGED, ListedDisk, Listing, header_virtual_size
+from cdisk.core.disk.formats import detect_format
 from cdisk.core.sources.tar_member import TarMember
 from tests.conftest import Images, cdisk
 from tests.images import Entry, sh

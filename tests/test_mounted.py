@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core.disks import find_disk, list_candidates
+from cdisk.core.disk.candidates import find_disk, list_candidates
 from cdisk.core.errors import CdiskError, UnsafeImageError
-from cdisk.core.layers import DIR, FILE, SYMLINK, LayerMember, MergedTree
-from cdisk.core.mounted import MountedTree
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, LayerMember, MergedTree
+from cdisk.core.tree.mounted import MountedTree
 
 # Names that exist on any Linux host, at the host's root and in its /etc: none may ever be reported.
 HOST_NAMES = ("passwd", "hostname", "usr", "proc", "bin")

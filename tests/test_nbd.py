@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from cdisk.core import qemu_img
+from cdisk.core.commands.serve import blockdev
 from cdisk.core.errors import UsageError
-from cdisk.core.nbd import Endpoint, parse_listen
-from cdisk.core.serve import blockdev
+from cdisk.core.qemu import qemu_img
+from cdisk.core.qemu.nbd import Endpoint, parse_listen
 
 
 @pytest.mark.parametrize(("text", "host", "port"), [

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core.disks import Wanted
+from cdisk.core.disk.wanted import Wanted
 from cdisk.core.errors import ImageError, UnsafeImageError
-from cdisk.core.oci_layout import layer_blobs
+from cdisk.core.layers.saved import SavedLayers, close_blobs, read_layer
+from cdisk.core.oci.layout import layer_blobs
 from cdisk.core.progress import NoProgress
-from cdisk.core.saved_layers import SavedLayers, close_blobs, read_layer
 from tests.images import TAR_END, pax_header, tar_member
 
 

@@ -15,15 +15,15 @@ from typing import IO, Any
 
 import pytest
 
-from cdisk.core import qemu_img
-from cdisk.core.engines import Image
+from cdisk.core.engines.seam import Image
 from cdisk.core.errors import DiskNotFoundError, LayerDirsUnusable, UserNamespaceUnavailable
-from cdisk.core.job import ImageRequest, Method, Reading, ReadRequest
-from cdisk.core.oci_layout import layer_blobs
-from cdisk.core.pipeline import opened_disk
+from cdisk.core.oci.blob import LayerBlob
+from cdisk.core.oci.layout import layer_blobs
 from cdisk.core.progress import NoProgress
-from cdisk.core.reading import temp_parent
-from cdisk.core.saved_layers import LayerBlob
+from cdisk.core.qemu import qemu_img
+from cdisk.core.reading.methods import temp_parent
+from cdisk.core.reading.pipeline import opened_disk
+from cdisk.core.request import ImageRequest, Method, Reading, ReadRequest
 from cdisk.core.sources.in_place import InPlaceFile
 from cdisk.core.sources.tar_member import TarMember
 from tests.images import Entry, layer_tar, make_disk, oci_layout
@@ -137,8 +137,8 @@ def test_auto_falls_back_from_layer_directories_it_cannot_vouch_for(engine: Dire
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a trusted.* xattr needs root to write")
 def test_writing_falls_back_the_same_way(engine: DirectoryEngine, tmp_path: Path) -> None:
-    from cdisk.core.convert import write_disk
-    from cdisk.core.job import WriteRequest
+    from cdisk.core.commands.convert import write_disk
+    from cdisk.core.request import WriteRequest
     from cdisk.core.target import plan_target
 
     layer = tmp_path / "layer"

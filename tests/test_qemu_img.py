@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cdisk.core import qemu_img
-from cdisk.core.qemu_img import ConvertOptions, convert_argv, file_node, image_spec, parse_progress, slice_node
+from cdisk.core.qemu import qemu_img
+from cdisk.core.qemu.qemu_img import ConvertOptions, convert_argv, file_node, image_spec, parse_progress, slice_node
 from tests.images import sh
 
 

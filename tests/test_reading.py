@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdisk.core.job import Method, Reading
-from cdisk.core.reading import choose_reading
+from cdisk.core.reading.methods import choose_reading
+from cdisk.core.request import Method, Reading
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core import qemu_img, sandbox
 from cdisk.core.errors import ToolError, UnsafeImageError
 from cdisk.core.progress import NoProgress
+from cdisk.core.qemu import qemu_img, sandbox
 from tests import hostile
 from tests.conftest import Convert, Images, cdisk, same_disk
 from tests.images import Entry, build_context, sh

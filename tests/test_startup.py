@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("podman", "rich", "requests", "tarfile", "cdisk.core.convert")
+HEAVY = ("podman", "rich", "requests", "tarfile", "cdisk.core.commands.convert")
 
 
 def imported(*argv: str) -> set[str]:

@@ -238,7 +238,7 @@ def test_pax_duplicates_keep_the_last_and_sparse_pairs_join() -> None:
 
 def test_tarfile_is_never_imported_to_read_layers() -> None:
     code = (
-        "import sys, cdisk.core.oci_layout, cdisk.core.layers, cdisk.core.tar_headers, cdisk.core.sources; "
+        "import sys, cdisk.core.oci.layout, cdisk.core.tree.merged, cdisk.core.tar_headers, cdisk.core.sources; "
         "print('tarfile' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -250,7 +250,7 @@ def test_tarfile_is_never_imported_to_read_layers() -> None:
 def test_the_headers_cdisk_build_writes_put_the_data_on_a_block(tmp_path: Path, at: int, size: int) -> None:
     """Wherever a member starts, `cdisk build`'s headers put its data on a 4 KiB block (a clone can share
     them), and both this reader and Python's see one member of the size written there."""
-    from cdisk.core.build.layer import member_headers
+    from cdisk.core.commands.build.layer import member_headers
 
     headers = member_headers("disk/disk.img", 0o444, size, 0, 107, "qemu", at=at)
     assert (at + len(headers)) % 4096 == 0

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines import Image, answers, installed, layer_dirs_of, looks_like_id, socket_trusted
+from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
+from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
-from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
+from cdisk.core.request import ImageRequest, Pull
 
 if TYPE_CHECKING:
-    from cdisk.core.saved_layers import LayerBlob
+    from cdisk.core.oci.blob import LayerBlob
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PULL_TIMEOUT = 600
@@ -256,7 +257,7 @@ def _absent(reference: str, by_id: bool) -> str:
 
 def save(image: Image, workdir: Path) -> list[LayerBlob]:
     """`docker save` of one image into `workdir`; its layers as byte ranges of the archive (nothing extracted)."""
-    from cdisk.core import docker_archive
+    from cdisk.core.oci import docker_archive
 
     archive = workdir / "image.tar"
     argv = ["save", "-o", str(archive), image.id]
@@ -270,11 +271,13 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
 
 
 class Docker:
-    """The docker engine (`engines.Engine`)."""
+    """The docker engine (`seam.Engine`)."""
 
     name = "docker"
     mounts = False
     copies = True
+    stores = True
+    cannot_mount = "docker cannot mount an image; use --method layers (as root) or --method save"
 
     def available(self) -> bool:
         try:
@@ -293,7 +296,7 @@ class Docker:
         return find_image(request.reference, request.pull, progress, request.tls_verify, request.platform)
 
     def mount(self, image: Image) -> AbstractContextManager[str]:
-        raise UsageError("docker cannot mount an image; use --method layers (as root) or --method save")
+        raise UsageError(self.cannot_mount)
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         assert workdir is not None
@@ -302,6 +305,12 @@ class Docker:
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
                           ) -> AbstractContextManager[Any]:
         raise UsageError("docker has no rootless user namespace cdisk can use; use --method save")
+
+    def load(self, archive: Path) -> None:
+        load_archive(str(archive))
+
+    def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
+        push(source, ref, tls_verify)
 
 
 DOCKER = Docker()

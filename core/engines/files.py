@@ -11,13 +11,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from cdisk.core.engines import Image
-from cdisk.core.errors import ImageError, UsageError
-from cdisk.core.job import ImageRequest
+from cdisk.core import processes
+from cdisk.core.engines.seam import Image
+from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.progress import Progress
+from cdisk.core.request import ImageRequest
 
 if TYPE_CHECKING:
-    from cdisk.core.saved_layers import LayerBlob
+    from cdisk.core.oci.blob import LayerBlob
 
 _FIX = "check the path, or save the image again"
 
@@ -32,7 +33,7 @@ def split(reference: str) -> tuple[str, Path, str | None]:
 
 
 def _open(reference: str) -> tuple[str, Any, str | None]:
-    from cdisk.core.image_files import DirectoryFiles, TarFiles
+    from cdisk.core.oci.files import DirectoryFiles, TarFiles
 
     transport, path, name = split(reference)
     try:
@@ -50,9 +51,10 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
 def _read(reference: str, with_layers: bool, platform: str | None = None, disktype: str | None = None,
           ) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
-    from cdisk.core import docker_archive, oci_layout
-    from cdisk.core.image_files import field_of, need
-    from cdisk.core.saved_layers import close_blobs
+    from cdisk.core.oci import docker_archive
+    from cdisk.core.oci import layout as oci_layout
+    from cdisk.core.oci.blob import close_blobs
+    from cdisk.core.oci.files import field_of, need
 
     transport, files, name = _open(reference)
     layers: list[LayerBlob] = []
@@ -86,11 +88,13 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
 
 
 class Files:
-    """Image files as an engine (`engines.Engine`): found where the reference points, never pulled."""
+    """Image files as an engine (`seam.Engine`): found where the reference points, never pulled."""
 
     name = "file"
     mounts = False
     copies = False  # its layers are read where they lie: no temp dir
+    stores = False
+    cannot_mount = "an image file cannot be mounted; use --method save (or auto)"
 
     def available(self) -> bool:
         return True
@@ -104,11 +108,11 @@ class Files:
         return image
 
     def mount(self, image: Image) -> AbstractContextManager[str]:
-        raise UsageError("an image file cannot be mounted; use --method save (or auto)")
+        raise UsageError(self.cannot_mount)
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
-        from cdisk.core.saved_layers import close_blobs
+        from cdisk.core.oci.blob import close_blobs
 
         now, layers = _read(image.reference, with_layers=True, platform=image.platform or None,
                             disktype=image.disktype or None)
@@ -120,6 +124,20 @@ class Files:
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
                           ) -> AbstractContextManager[Any]:
         raise UsageError("an image file needs no user namespace; use --method save (or auto)")
+
+    def load(self, archive: Path) -> None:
+        raise UsageError("image files have no store to load into; write one with --output")
+
+    def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
+        """`skopeo copy --all` of the image file `source` (every platform of an index) to `ref`."""
+        argv = ["copy", "--quiet", "--all"]
+        if tls_verify is not None:
+            argv.append(f"--dest-tls-verify={'true' if tls_verify else 'false'}")
+        argv += [source, f"docker://{ref}"]
+        code, _, err = processes.run(processes.command("skopeo", "skopeo"), argv)
+        if code != 0:
+            raise ToolError(f"skopeo copy to {ref} failed: {processes.last_line(err, code)}; check the registry "
+                            "and your login (skopeo login)", ["skopeo", *argv], code, err)
 
 
 FILES = Files()

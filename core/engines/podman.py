@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines import Image, answers, installed, layer_dirs_of, looks_like_id, socket_trusted
+from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
+from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, Interrupted, ToolError
-from cdisk.core.job import ImageRequest, Pull
 from cdisk.core.progress import Progress
+from cdisk.core.request import ImageRequest, Pull
 
 if TYPE_CHECKING:
-    from cdisk.core.saved_layers import LayerBlob
+    from cdisk.core.oci.blob import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -313,11 +314,13 @@ def unshare(argv: Sequence[str], stdout: int, stderr: IO[Any] | int) -> Iterator
 
 
 class Podman:
-    """The podman engine (`engines.Engine`)."""
+    """The podman engine (`seam.Engine`)."""
 
     name = "podman"
     mounts = True
     copies = True
+    stores = True
+    cannot_mount = ""
 
     def available(self) -> bool:
         return installed("podman")
@@ -335,7 +338,7 @@ class Podman:
         return mount_image(image.id)
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
-        from cdisk.core import oci_layout
+        from cdisk.core.oci import layout as oci_layout
 
         assert workdir is not None
         layout = workdir / "layout"
@@ -345,6 +348,12 @@ class Podman:
     def in_user_namespace(self, argv: Sequence[str], stdout: int,
                           stderr: IO[Any] | int) -> AbstractContextManager[subprocess.Popen[bytes]]:
         return unshare(argv, stdout, stderr)
+
+    def load(self, archive: Path) -> None:
+        load_archive(str(archive))
+
+    def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
+        push(source, ref, tls_verify)
 
 
 PODMAN = Podman()

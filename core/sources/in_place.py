@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cdisk.core import qemu_img
+from cdisk.core.qemu import qemu_img
 from cdisk.core.sources import read_span
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from cdisk.core import qemu_img
+from cdisk.core.qemu import qemu_img
 from cdisk.core.sources import read_span
 
 

@@ -1,0 +1,1 @@
+"""The commands, one module each: what cli/ calls once it has parsed the switches."""

@@ -1,0 +1,193 @@
+"""`cdisk refresh`: make a target current — cheap when nothing changed, atomic when something did.
+
+Beside TARGET live its record (`TARGET.cdisk.json`: what was last written) and its lock
+(`.TARGET.cdisk.lock`, held with flock while a refresh runs). A refresh converts only when the image,
+the request or the target itself differs from the record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+
+from cdisk.core import target
+from cdisk.core.commands.convert import write_disk
+from cdisk.core.engines import choice
+from cdisk.core.engines.seam import Image
+from cdisk.core.errors import BusyError, TargetError
+from cdisk.core.progress import Progress
+from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest
+
+RECORD_SUFFIX = ".cdisk.json"
+LOCK_SUFFIX = ".cdisk.lock"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the last refresh wrote: enough to tell, without reading the disk, whether it is current."""
+
+    image: str
+    image_id: str
+    digest: str
+    disk: str
+    source_format: str
+    target_format: str
+    compressed: bool
+    size: int
+    mtime_ns: int
+    # The engine whose store it came from; later refreshes of `--engine auto` keep to it. Records written
+    # before docker was an engine have none: auto then chooses as for a first refresh.
+    engine: str = ""
+    # The platform asked for ("": this host's); later refreshes of the same IMAGE without --platform keep it.
+    platform: str = ""
+    # The disk type asked for among podman machine's disk artifacts ("": qemu); kept as the platform is.
+    disktype: str = ""
+    # What kind of source it came from (podman, docker, oci, oci-archive, docker-archive).
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """The outcome; the fields of `--json`. `action` is `updated` or `unchanged`."""
+
+    action: str
+    image: str
+    engine: str
+    source: str
+    image_id: str
+    digest: str
+    target: str
+    seconds: float
+    disk: str
+    method: str | None
+    kept: list[str]
+    copy: str | None = None
+
+
+def record_path(target_path: str) -> str:
+    return target_path + RECORD_SUFFIX
+
+
+def lock_path(target_path: str) -> str:
+    directory, name = os.path.split(target_path)
+    return os.path.join(directory, f".{name}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def target_lock(target_path: str, wait: bool) -> Iterator[None]:
+    """Hold the target's lock; without `wait`, fail at once if another refresh holds it.
+
+    flock is released by the kernel when the process dies, so a killed refresh never leaves it stuck.
+    """
+    with target.os_errors(lock_path(target_path)):
+        fd = os.open(lock_path(target_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BusyError(f"another refresh of {target_path} is running; try again later or drop --no-wait") \
+                from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_record(target_path: str) -> Record | None:
+    """The record beside the target, or None when there is none or it cannot be read."""
+    try:
+        with open(record_path(target_path)) as f:
+            return Record(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_record(target_path: str, record: Record) -> None:
+    # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
+    # disk that is not there.
+    with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
+            target.os_errors(record_path(target_path)), open(temp, "w") as f:
+        json.dump(asdict(record), f, indent=1)
+        f.write("\n")
+
+
+def is_current(record: Record | None, image: Image, read: ReadRequest, write: WriteRequest) -> bool:
+    """Whether the target still holds what the record says, from the same image, as asked now."""
+    if record is None or record.image_id != image.id:
+        return False
+    if (record.target_format, record.compressed) != (write.out_format, write.compressed):
+        return False
+    if read.disk_path and "/" + read.disk_path.strip("/") != record.disk:
+        return False
+    try:
+        st = os.stat(write.target)
+    except OSError:  # gone or unreadable: converting again will say what is wrong, if anything
+        return False
+    return (st.st_size, st.st_mtime_ns) == (record.size, record.mtime_ns)
+
+
+def _refuse_device(target_path: str) -> None:
+    # A device's node lives in /dev (a tmpfs: the record and lock would vanish at reboot), and its
+    # size and mtime say nothing about its content, so "unchanged" could not be told. Refused before
+    # any lookup or lock file.
+    if target.names_block_device(target_path):
+        target_path = os.path.abspath(target_path)
+        raise TargetError(f"{target_path} is a block device, which refresh does not keep current (its record "
+                          f"could not live beside it); write it with `cdisk convert --force IMAGE {target_path}` "
+                          f"and check it with `cdisk verify IMAGE {target_path}`")
+
+
+def _check_name_room(target_path: str) -> None:
+    directory, name = os.path.split(target_path)
+    longest = target.name_max(directory) - max(len(LOCK_SUFFIX) + 1, len(RECORD_SUFFIX), len(".99"))
+    if len(os.fsencode(name)) > longest:
+        raise TargetError(f"{target_path}: the name is too long for the record and lock refresh keeps beside "
+                          f"it (TARGET{RECORD_SUFFIX}, .TARGET{LOCK_SUFFIX}); use a name of at most {longest} "
+                          "bytes")
+
+
+def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: bool,
+            progress: Progress) -> RefreshResult:
+    """Make `write.target` hold the current disk of `image`.
+
+    Raises:
+        BusyError: the target is locked and `wait` is false.
+        CdiskError: anything else; the previous target and its record are then untouched.
+    """
+    started = time.monotonic()
+    _refuse_device(write.target)
+    planned = target.plan_target(write.target, True, write.out_format)  # replacing is what refresh is for
+    path = planned.path
+    _check_name_room(path)
+    write = replace(write, target=path)
+    with target_lock(path, wait):
+        record = load_record(path)
+        if os.path.lexists(path) and record is None and not write.force:
+            raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
+                              " pass --force to let refresh replace it")
+        # The record's engine serves the image it recorded; another IMAGE at the same TARGET is chosen afresh.
+        if record is not None and record.image == image.reference:
+            image = choice.settled(image, record.engine)
+            if record.platform and not image.platform:
+                image = replace(image, platform=record.platform)
+            if record.disktype and not image.disktype:
+                image = replace(image, disktype=record.disktype)
+        found = choice.find(image, progress)[1]
+        if is_current(record, found, read, write):
+            assert record is not None
+            return RefreshResult("unchanged", image.reference, found.engine, found.source, found.id, found.digest, path,
+                                 round(time.monotonic() - started, 3), record.disk, None, [])
+        written = write_disk(found, read, write, planned, progress)
+        with target.os_errors(path):
+            st = os.stat(path)
+        _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
+                                   write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine,
+                                   found.platform, found.disktype, found.source))
+    kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
+    return RefreshResult("updated", image.reference, found.engine, found.source, found.id, found.digest, path,
+                         round(time.monotonic() - started, 3), written.disk, written.reading.method, kept,
+                         written.copy)

@@ -1,0 +1,1 @@
+"""Which file of the image is the disk, and the disk judged: its candidates, format and header."""

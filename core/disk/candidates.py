@@ -1,0 +1,127 @@
+"""Which file of the image is the disk: the containerDisk and CDI conventions, and --path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdisk.core.disk.wanted import COPIES, DISK_DIR
+from cdisk.core.errors import CdiskError, DiskNotFoundError, UnsafeImageError
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, ImageTree, LayerMember, resolve
+
+# The `found: …` of a "no disk" error names at most this many entries: /disk may hold thousands.
+FOUND_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class DiskCandidate:
+    """A file directly under /disk/, with the member holding its data or the reason it is refused."""
+
+    path: str
+    member: LayerMember | None
+    refusal: str = ""
+
+
+def _as_disk(path: str, member: LayerMember) -> LayerMember:
+    if member.kind != FILE:
+        raise DiskNotFoundError(f"{path} is not a regular file in the image (it is a {member.kind}); "
+                                "pass --path with the disk file's path")
+    if member.sparse:
+        raise UnsafeImageError(f"{path} is a sparse tar member: its bytes do not lie contiguous in the "
+                               "layer, so it cannot be read in place; rebuild the image without sparse files")
+    return member
+
+
+def _disk_dir(tree: ImageTree) -> LayerMember | None:
+    """The directory /disk leads to inside the image, or None when it leads to none."""
+    try:
+        member = resolve(tree, DISK_DIR)
+    except CdiskError:
+        return None
+    return member if member.kind == DIR else None
+
+
+def list_candidates(tree: ImageTree) -> list[DiskCandidate]:
+    """Every possible disk directly under /disk/: dot-files and directories are not candidates.
+
+    The older CDI convention (`disk/downloaded`) is one such file and needs no rule of its own.
+    Only the directory /disk resolves to inside the image is listed, and each candidate is named
+    and resolved through /disk, exactly as `--path` would name it.
+    """
+    root = _disk_dir(tree)
+    if root is None:
+        return []
+    candidates: list[DiskCandidate] = []
+    for name in tree.children(root.path):
+        if name.startswith("."):
+            continue
+        path = f"/{DISK_DIR}/{name}"
+        try:
+            member = resolve(tree, path)
+            if member.kind == DIR:
+                continue
+            candidates.append(DiskCandidate(path, _as_disk(path, member)))
+        except CdiskError as refusal:
+            candidates.append(DiskCandidate(path, None, refusal.message))
+    return candidates
+
+
+def _what_disk_holds(tree: ImageTree) -> str:
+    """For a "no disk" error: what /disk holds inside the image, or why it holds nothing there."""
+    root = _disk_dir(tree)
+    if root is not None:
+        names = tree.children(root.path)
+        shown = ", ".join(f"/{DISK_DIR}/{name}" for name in names[:FOUND_SHOWN])
+        more = f", … {len(names) - FOUND_SHOWN} more" if len(names) > FOUND_SHOWN else ""
+        return f"found: {shown or 'nothing'}{more}"
+    entry = tree.lookup(DISK_DIR)
+    if entry is None:
+        return "found: nothing"
+    if entry.kind == SYMLINK:
+        return f"/{DISK_DIR} is a symlink to {entry.linkname}, which leads to no directory inside the image"
+    return f"/{DISK_DIR} is a {entry.kind}, not a directory"
+
+
+def _no_disk(tree: ImageTree) -> DiskNotFoundError:
+    return DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)}); "
+                             "pass --path with the disk file's path in the image")
+
+
+def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerMember]:
+    """The disk's path in the image and the member holding its data.
+
+    Raises:
+        DiskNotFoundError: no candidate, several, or `explicit` is not a regular file.
+        UnsafeImageError: the only candidate (or `explicit`) is refused.
+    """
+    if explicit:
+        path = "/" + explicit.strip("/")
+        return path, _as_disk(path, resolve(tree, path))
+    candidates = list_candidates(tree)
+    if len(candidates) == 1:
+        only = candidates[0]
+        if only.member is None:
+            raise UnsafeImageError(only.refusal)
+        return only.path, only.member
+    if not candidates:
+        raise _no_disk(tree)
+    listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
+    raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")
+
+
+def every_disk(tree: ImageTree) -> list[tuple[str, LayerMember]]:
+    """Every disk directly under /disk/ (`serve --all`), at most `COPIES`.
+
+    Raises:
+        DiskNotFoundError: no candidate, or more than `COPIES`.
+        UnsafeImageError: a candidate is refused (one refused disk refuses them all, as convert would).
+    """
+    candidates = list_candidates(tree)
+    if not candidates:
+        raise _no_disk(tree)
+    if len(candidates) > COPIES:
+        raise DiskNotFoundError(f"{len(candidates)} files under /{DISK_DIR}/, more than the {COPIES} --all serves; "
+                                "choose one with --path")
+    for candidate in candidates:
+        if candidate.member is None:
+            raise UnsafeImageError(f"{candidate.path}: {candidate.refusal}")
+    return [(c.path, c.member) for c in candidates if c.member is not None]

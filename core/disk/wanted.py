@@ -1,0 +1,53 @@
+"""Where the disk is looked for, and which files a compressed layer's one pass copies out before the image's
+tree is known (`Wanted`): shared by the layer readers, which copy, and the candidates, which choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cdisk.core.paths import go_clean
+from cdisk.core.tree.merged import parent_of
+
+DISK_DIR = "disk"
+# The most copies of files of compressed layers held at once for one image: /disk/ holds one disk, two or
+# three at most; more are a hostile image's way to take descriptors and space. A file beyond them that turns
+# out to be the disk is read in a second pass; `ls` leaves it unjudged.
+COPIES = 8
+# What `ls` copies of each candidate in a compressed layer: its header and a vmdk's embedded descriptor
+# (formats.detect_format reads no further).
+HEAD = 1 << 20
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which members to copy out of a compressed layer: those whose cleaned path `path` accepts, and those whose
+    data start at one of `offsets`; at most `limit` bytes of each (None: whole).
+    """
+
+    path: Callable[[str], bool]
+    limit: int | None = None
+    offsets: frozenset[int] = frozenset()
+
+    @classmethod
+    def disk(cls, explicit: str | None) -> Wanted:
+        """The disk convert looks for: `explicit` (--path), else any file directly under /disk/."""
+        if explicit:
+            wanted = go_clean("/" + explicit).lstrip("/")
+            return cls(lambda path: path == wanted)
+        return cls(_under_disk)
+
+    @classmethod
+    def at(cls, offset: int, limit: int | None) -> Wanted:
+        """The one member whose data start at `offset` (a second reading, for a file not guessed)."""
+        return cls(lambda path: False, limit, frozenset({offset}))
+
+    @classmethod
+    def heads(cls) -> Wanted:
+        """Every candidate's head, enough to judge it by its header (`ls`)."""
+        return cls(_under_disk, HEAD)
+
+
+def _under_disk(path: str) -> bool:
+    return parent_of(path) == DISK_DIR

@@ -1,0 +1,1 @@
+"""What a saved image's files say: blobs, OCI layouts, docker-archives, platforms."""

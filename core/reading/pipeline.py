@@ -1,0 +1,148 @@
+"""The one way every command reaches an image's disk: resolve the image, choose the reading method and the
+temp dir once, open the image, find the disk, judge it, and hand it over — then undo all of it, however the
+command's block ends.
+
+A command is: plan its target cheaply (so that a wrong TARGET costs no pull), enter `opened_disk` (or
+`opened_image`, for `ls`, which looks at every candidate), do its one action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+
+from cdisk.core.disk.candidates import every_disk, find_disk
+from cdisk.core.disk.inspection import inspect_disk
+from cdisk.core.disk.wanted import Wanted
+from cdisk.core.engines import choice
+from cdisk.core.engines.seam import Engine, Image
+from cdisk.core.errors import CdiskError
+from cdisk.core.progress import Progress
+from cdisk.core.qemu import qemu_img
+from cdisk.core.reading.methods import ImageView, choose_reading, falling_back, image_view, temp_parent
+from cdisk.core.request import ImageRequest, Reading, ReadRequest
+from cdisk.core.sources import DiskSource
+from cdisk.core.target import Target
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """A resolved image, opened by `reading`."""
+
+    image: Image
+    reading: Reading
+    view: ImageView
+
+
+@dataclass(frozen=True)
+class OpenedDisk:
+    """The disk of an opened image, judged: its format told by its bytes and confirmed by qemu-img, and the
+    `json:` spec qemu-img reads it by.
+    """
+
+    image: Image
+    reading: Reading
+    source: DiskSource
+    format: str
+    virtual_size: int
+    spec: str
+    allocation: tuple[int, int] | None = None
+
+
+def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | None = None) -> tuple[Engine, Image]:
+    """The image in its engine's store (found, or pulled as asked), and that engine; an `Image` is already
+    resolved. `engine` replaces the one the request or the image names (a test's own engine).
+
+    The sandbox probe starts first, so that it runs while the engine looks the image up.
+    """
+    qemu_img.start_sandbox_probe()
+    if engine is not None:
+        return engine, image if isinstance(image, Image) else engine.find_image(image, progress)
+    return (choice.of(image), image) if isinstance(image, Image) else choice.find(image, progress)
+
+
+@contextmanager
+def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+                 reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedImage]:
+    """The image resolved and opened by `reading` (default: the one `read.method` gives a reader); of a
+    compressed layer, only the heads of the candidate disks are copied out (enough to judge them by header).
+    """
+    engine, found = resolve(image, progress, engine)
+    chosen = reading or choose_reading(read.method, writes=False, image=found, engine=engine)
+    with _view(engine, found, chosen, read, target, progress, Wanted.heads()) as view:
+        yield OpenedImage(found, chosen, view)
+
+
+def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
+          progress: Progress, wanted: Wanted) -> AbstractContextManager[ImageView]:
+    where = f"{engine.name}'s store" if engine.stores else image.reference
+    progress.stage(f"reading the disk in place from {where} ({reading.value} method)")
+    unconfined = qemu_img.unconfined_reason()
+    if unconfined:
+        progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
+    return image_view(engine, image, reading, temp_parent(read.tmpdir, target), wanted, progress)
+
+
+def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
+          progress: Progress, every: bool) -> tuple[ExitStack, list[OpenedDisk]]:
+    """The disk (`every`: each candidate under /disk/) opened and judged, with the stack that holds it open
+    (undone here if anything fails)."""
+    with ExitStack() as stack:
+        view = stack.enter_context(_view(engine, image, reading, read, target, progress,
+                                         Wanted.disk(read.disk_path)))
+        found = every_disk(view.tree) if every else [find_disk(view.tree, read.disk_path)]
+        opened = []
+        for path, member in found:
+            try:
+                source = view.open(path, member)
+                judged = inspect_disk(source)
+            except CdiskError as refused:
+                if every:  # which of the disks it is
+                    refused.message = f"{path}: {refused.message}"
+                    refused.args = (refused.message,)
+                raise
+            opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
+                                     judged.allocation))
+        return stack.pop_all(), opened
+
+
+@contextmanager
+def opened_disk(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+                reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedDisk]:
+    """The image's disk (the one under /disk/, or `read.disk_path`), open and judged.
+
+    Raises:
+        CdiskError: the image cannot be had, holds no single disk, or its disk is refused.
+    """
+    with _opened(image, read, target, progress, reading, engine, every=False) as (disk,):
+        yield disk
+
+
+@contextmanager
+def opened_disks(image: ImageRequest | Image, read: ReadRequest, progress: Progress, every: bool,
+                 ) -> Iterator[list[OpenedDisk]]:
+    """The disk `opened_disk` finds, or with `every` each disk directly under /disk/, open and judged (`serve`).
+
+    Raises:
+        CdiskError: the image cannot be had, holds no disk (or too many), or one of them is refused.
+    """
+    with _opened(image, read, None, progress, None, None, every) as disks:
+        yield disks
+
+
+@contextmanager
+def _opened(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
+            reading: Reading | None, engine: Engine | None, every: bool) -> Iterator[list[OpenedDisk]]:
+    engine, found = resolve(image, progress, engine)
+
+    def attempt(chosen: Reading) -> tuple[ExitStack, list[OpenedDisk]]:
+        return _open(engine, found, chosen, read, target, progress, every)
+
+    if reading is not None:
+        held, disks = attempt(reading)
+    else:
+        chosen = choose_reading(read.method, writes=False, image=found, engine=engine)
+        held, disks = falling_back(read.method, chosen, attempt, False, engine, progress)
+    with held:
+        yield disks
