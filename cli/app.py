@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from types import FrameType
 
 from plumbum import cli
 
 from cdisk import __version__
-from cdisk.core.errors import Interrupted
+from cdisk.core import signals
 
 
 class CDisk(cli.Application):
@@ -38,21 +36,7 @@ CDisk.subcommand("serve", "cdisk.cli.serve.Serve")
 CDisk.subcommand("build", "cdisk.cli.build.Build")
 
 
-# SIGHUP: the terminal or the ssh session went away; cleaning up is as due as after Ctrl-C.
-STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    # Cleanup must not be cut short by a second Ctrl-C or a repeated SIGTERM.
-    for stopping in STOPPING_SIGNALS:
-        signal.signal(stopping, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
 def main() -> None:
     """Console-script entry point."""
-    for stopping in STOPPING_SIGNALS:
-        signal.signal(stopping, _interrupt)
-    # A file longer than RLIMIT_FSIZE must fail with EFBIG, which we report, not kill us with SIGXFSZ.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signals.stop_on_signals()
     CDisk.run()

@@ -58,7 +58,7 @@ class ImageRequest:
 @dataclass(frozen=True)
 class ReadRequest:
     """How to read the disk: the method, the disk's path in the image (None: the one under /disk/), and
-    where the save method may keep its temp data (None: the one rule of `temp.temp_parent`).
+    where the save method may keep its temp data (None: the one rule of `target.temp_parent`).
     """
 
     method: Method = Method.AUTO

@@ -268,6 +268,20 @@ def temp_prefix(directory: str, name: str) -> str:
     return f".{os.fsdecode(encoded)}."
 
 
+def temp_parent(tmpdir: str | None, target: Target | None) -> str:
+    """Where a command keeps its temp data (the save method's layers, build's work): the one rule of every
+    command.
+
+    `--tmpdir` when given; else beside a file TARGET, on the filesystem that will hold the disk anyway;
+    else (a block device, whose directory is /dev, a small tmpfs; or no TARGET at all) $TMPDIR or /var/tmp.
+    """
+    if tmpdir:
+        return tmpdir
+    if target is not None and not target.is_block:
+        return target.directory
+    return os.environ.get("TMPDIR") or "/var/tmp"
+
+
 def new_file_mode() -> int:
     """The mode any new file of this process gets (0666 less the umask)."""
     umask = os.umask(0)

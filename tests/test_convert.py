@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core import convert as convert_module
+from cdisk.core.commands import convert as convert_module
 from cdisk.core.sources.tar_member import TarMember
 from tests.conftest import Convert, Images, same_disk
 from tests.engine_fakes import RecordingEngine

@@ -15,7 +15,8 @@ import pytest
 from cdisk.core.disk.wanted import Wanted
 from cdisk.core.engines.docker import digest_for
 from cdisk.core.errors import ImageError
-from cdisk.core.layers.saved import SavedLayers, close_blobs, read_layer
+from cdisk.core.layers.saved import SavedLayers, read_layer
+from cdisk.core.oci.blob import close_blobs
 from cdisk.core.oci.docker_archive import layer_blobs
 from cdisk.core.progress import NoProgress
 from tests.images import Entry, layer_tar, tar_file

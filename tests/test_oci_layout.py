@@ -12,7 +12,8 @@ import pytest
 
 from cdisk.core.disk.wanted import Wanted
 from cdisk.core.errors import ImageError, UnsafeImageError
-from cdisk.core.layers.saved import SavedLayers, close_blobs, read_layer
+from cdisk.core.layers.saved import SavedLayers, read_layer
+from cdisk.core.oci.blob import close_blobs
 from cdisk.core.oci.layout import layer_blobs
 from cdisk.core.progress import NoProgress
 from tests.images import TAR_END, pax_header, tar_member

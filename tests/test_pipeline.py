@@ -21,11 +21,11 @@ from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.oci.layout import layer_blobs
 from cdisk.core.progress import NoProgress
 from cdisk.core.qemu import qemu_img
-from cdisk.core.reading.methods import temp_parent
 from cdisk.core.reading.pipeline import opened_disk
 from cdisk.core.request import ImageRequest, Method, Reading, ReadRequest
 from cdisk.core.sources.in_place import InPlaceFile
 from cdisk.core.sources.tar_member import TarMember
+from cdisk.core.target import temp_parent
 from tests.images import Entry, layer_tar, make_disk, oci_layout
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.errors import UnsafeImageError
-from cdisk.core.oci.blob import LayerBlob, read_layer
+from cdisk.core.layers.saved import read_layer
+from cdisk.core.oci.blob import LayerBlob
 from tests.conftest import Images, cdisk, same_disk
 from tests.images import TAR_END, gnu_long, oci_image_blobs, pax_header, sh, tar_member
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cdisk.core.reading.methods import temp_parent
-from cdisk.core.target import Target, temp_prefix
+from cdisk.core.target import Target, temp_parent, temp_prefix
 from tests.conftest import Convert, Images, Run, cdisk, same_disk
 from tests.devices import loop_device as attached_loop
 from tests.images import sh

@@ -38,6 +38,7 @@ from cdisk.core.qemu import nbd, qemu_img, sandbox
 from cdisk.core.qemu.nbd import Endpoint
 from cdisk.core.reading.pipeline import OpenedDisk, opened_disks
 from cdisk.core.request import ImageRequest, ReadRequest
+from cdisk.core.target import new_file_mode
 
 SERVER = "qemu-storage-daemon"
 # Debian's package for it; its recommends (gstreamer, mesa, …) a storage daemon does not need.
@@ -287,9 +288,7 @@ def _make_overlay(path: str, export: Export) -> None:
         fd, temp = tempfile.mkstemp(prefix=".cdisk-overlay-", dir=directory)
     except OSError as error:
         raise TargetError(f"cannot write --overlay {path}: {error.strerror}; choose another place") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as any new file, not mkstemp's 0600
+    os.fchmod(fd, new_file_mode())  # as any new file, not mkstemp's 0600
     os.close(fd)
     try:
         qemu_img.create_overlay(temp, export.uri, export.virtual_size)

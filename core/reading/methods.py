@@ -21,7 +21,7 @@ from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError, UsageError
 from cdisk.core.request import Method, Reading
 from cdisk.core.sources import DiskSource
-from cdisk.core.target import Target, free_bytes
+from cdisk.core.target import free_bytes
 from cdisk.core.tree.merged import ImageTree, LayerMember
 
 if TYPE_CHECKING:
@@ -76,19 +76,6 @@ def falling_back(method: Method, reading: Reading, attempt: Callable[[Reading], 
         again = choose_reading(method, writes, engine=engine)
         progress.stage(f"{why.why}: reading by the {again.method} method instead")
         return attempt(again)
-
-
-def temp_parent(tmpdir: str | None, target: Target | None) -> str:
-    """Where a command keeps its temp data (the save method's layers): the one rule of every command.
-
-    `--tmpdir` when given; else beside a file TARGET, on the filesystem that will hold the disk anyway;
-    else (a block device, whose directory is /dev, a small tmpfs; or no TARGET at all) $TMPDIR or /var/tmp.
-    """
-    if tmpdir:
-        return tmpdir
-    if target is not None and not target.is_block:
-        return target.directory
-    return os.environ.get("TMPDIR") or "/var/tmp"
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import CdiskError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import qemu_img
-from cdisk.core.reading.methods import ImageView, choose_reading, falling_back, image_view, temp_parent
+from cdisk.core.reading.methods import ImageView, choose_reading, falling_back, image_view
 from cdisk.core.request import ImageRequest, Reading, ReadRequest
 from cdisk.core.sources import DiskSource
-from cdisk.core.target import Target
+from cdisk.core.target import Target, temp_parent
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import signal
 import subprocess
 import sys
 import tempfile
-from types import FrameType
 from typing import Any
 
-from cdisk.core import processes
+from cdisk.core import processes, signals
 from cdisk.core.engines.seam import Engine
 from cdisk.core.errors import CdiskError, ChildCrashed, ChildError, Interrupted, UserNamespaceUnavailable
 from cdisk.core.progress import Progress
@@ -94,16 +92,9 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
 def main(function: str, job_text: str) -> int:
     """The child: run the job's function, reporting as JSON lines."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    signals.stop_on_signals()
     module, _, name = function.partition(":")
     try:
         result = getattr(importlib.import_module(module), name)(json.loads(job_text), _JsonLines())

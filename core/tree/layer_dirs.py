@@ -22,8 +22,9 @@ import os
 import stat
 
 from cdisk.core.engines.seam import Image
-from cdisk.core.errors import ImageError, LayerDirsUnusable, UnsafeImageError
+from cdisk.core.errors import ImageError, LayerDirsUnusable
 from cdisk.core.tree.merged import DIR, WHITEOUT_PREFIX, LayerMember, member_from_stat, split_path
+from cdisk.core.tree.pinned import changed, same_file
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -159,26 +160,22 @@ class LayerDirsTree:
 
     def open_disk(self, member: LayerMember) -> int:
         """Open the disk found at `member` in its layer and check it is the very file that was resolved."""
-        changed = UnsafeImageError(f"/{member.path} changed while cdisk looked at it; run cdisk again")
         parts = split_path(member.path)
         seen = self.seen.get(member.path)
         if not parts or seen is None:
-            raise changed
+            raise changed(member.path)
         layer, expected = seen
         parents = dict(self._directories(parts[:-1]))
         try:
             if layer not in parents:
-                raise changed
+                raise changed(member.path)
             fd = os.open(parts[-1], _DISK, dir_fd=parents[layer])
         except OSError as error:
             raise self._unreadable(member.path, error) from None
         finally:
             for fd_ in parents.values():
                 os.close(fd_)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) or not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise changed
+        same_file(fd, expected, member.path)
         if any(_xattr(fd, name) is not None for name in _ELSEWHERE):
             os.close(fd)
             raise LayerDirsUnusable(f"/{member.path} is an overlay metacopy: its data lie in another layer")

@@ -13,8 +13,9 @@ import errno
 import os
 import stat
 
-from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.errors import ImageError
 from cdisk.core.tree.merged import LayerMember, member_from_stat, split_path
+from cdisk.core.tree.pinned import changed, same_file
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: had the file become a FIFO since it was looked at, opening it must not hang; it changes
@@ -100,22 +101,16 @@ class MountedTree:
         The descriptor pins the file: if the image is removed while qemu-img reads, it still reads
         this file's bytes, not whatever a path would name by then.
         """
-        changed = UnsafeImageError(f"/{member.path} changed while cdisk looked at it; run cdisk again")
         parts = split_path(member.path)
         parent = None if not parts or ".." in parts else self._open_directory(parts[:-1])
         if parent is None:
-            raise changed
+            raise changed(member.path)
         try:
             fd = os.open(parts[-1], _DISK, dir_fd=parent)
         except OSError as error:
             if error.errno in _NOT_A_DIRECTORY:
-                raise changed from None
+                raise changed(member.path) from None
             raise self._unreadable(member.path, error) from None
         finally:
             os.close(parent)
-        st, expected = os.fstat(fd), self.seen.get(member.path)
-        if expected is None or (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino) \
-                or not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise changed
-        return fd
+        return same_file(fd, self.seen.get(member.path), member.path)

@@ -27,6 +27,7 @@ from cdisk.core.oci.platform import Platform, host_platform, normal_platform
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import qemu_img
 from cdisk.core.sources.in_place import InPlaceFile
+from cdisk.core.target import Target, temp_parent
 
 OUTPUTS = ("oci", "oci-archive", "docker-archive")
 COMPRESSIONS = tuple(LAYER_TYPES)
@@ -135,14 +136,6 @@ def _specs(request: BuildRequest) -> list[image.ImageSpec]:
     return specs
 
 
-def _temp_parent(request: BuildRequest, output: tuple[str, str] | None) -> str:
-    if request.tmpdir:
-        return request.tmpdir
-    if output is not None:
-        return os.path.dirname(output[1])
-    return os.environ.get("TMPDIR") or "/var/tmp"
-
-
 @contextmanager
 def _opened(path: str) -> Iterator[InPlaceFile]:
     try:
@@ -182,7 +175,7 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
         raise TargetError(f"{output[1]} exists; remove it or choose another --output")
     if output is not None and not os.path.isdir(os.path.dirname(output[1])):
         raise TargetError(f"{os.path.dirname(output[1])} does not exist; create it or choose another --output")
-    parent = _temp_parent(request, output)
+    parent = temp_parent(request.tmpdir, Target(output[1], is_block=False) if output else None)
     with ExitStack() as stack:
         work = stack.enter_context(_work_dir(parent))
         source = stack.enter_context(_opened(request.disk))
