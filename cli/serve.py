@@ -44,7 +44,7 @@ class Serve(DiskSwitches):
                           help="Stop the cdisk serve that serves on this socket, and wait until it has cleaned up")
 
     def main(self, image: str = "") -> int:
-        from cdisk.core.commands import daemon as service
+        from cdisk.core.commands import daemon
         from cdisk.core.commands.serve import ServeRequest, serving, stop
 
         serves = False
@@ -61,14 +61,14 @@ class Serve(DiskSwitches):
             asked = ServeRequest(self.socket, self.listen, int(self.socket_mode), int(self.shared),
                                  bool(self.every), self.overlay)
             if self.detach:
-                code = service.detach()
+                code = daemon.detach()
                 if code is not None:
                     return code  # the parent: the child is serving (0), or said why not
             with ExitStack() as held:
                 # The progress display ends once serving: no spinner for the hours a server runs.
                 with progress_for(self) as progress:
                     server = held.enter_context(serving(self.image_request(image), self.read_request(), progress,
-                                                        asked, lambda: service.pid_file(self.pid_file)))
+                                                        asked, lambda: daemon.pid_file(self.pid_file)))
                 serves = True  # the server answers: from now on a signal is how it is stopped
                 served = server.served
                 if self.as_json:
@@ -77,7 +77,7 @@ class Serve(DiskSwitches):
                     print("\n".join(export.uri for export in served.exports), flush=True)
                     if sys.stderr.isatty() and not self.detach:
                         print("cdisk: serving read-only until Ctrl-C", file=sys.stderr, flush=True)
-                service.ready()
+                daemon.ready()
                 server.wait()  # until SIGINT or SIGTERM, which the handlers turn into Interrupted
         except Interrupted as stopped_by:
             # Once serving, a signal is how a server is stopped: done, the socket removed. Before, it cut the
@@ -86,6 +86,6 @@ class Serve(DiskSwitches):
         except Exception as error:
             code = failed(self, error)
             if serves:
-                service.log_error(str(getattr(error, "message", error)))  # a detached server's stderr goes nowhere
+                daemon.log_error(str(getattr(error, "message", error)))  # a detached server's stderr goes nowhere
             return code
         return EXIT_OK

@@ -20,7 +20,7 @@ cdisk reads them itself, with Go's rules:
 - A typeflag `\\0` member is a directory when its final name ends in `/`, else a regular file.
   Link, symlink, device, directory and FIFO members have no data, whatever their size says.
 - A PAX global header `g` is returned as an entry of its own (Go does), and its records apply to
-  nothing; `layer_unpack.members_from_tar` judges its name as containers/storage treats it.
+  nothing; `layers.unpack.members_from_tar` judges its name as containers/storage treats it.
 - A member with PAX sparse records Go recognises (GNU.sparse.major/minor 0.0, 0.1, 1.0, or a sparse
   map) is a sparse member, named by GNU.sparse.name; cdisk never reads its data.
 

@@ -35,6 +35,8 @@ class DirectoryEngine:
     name = "directory"
     mounts = True
     copies = True
+    stores = True
+    cannot_mount = ""
 
     def __init__(self, root: Path, layout: Path, image: Image) -> None:
         self.root, self.layout, self.image = root, layout, image
@@ -68,6 +70,12 @@ class DirectoryEngine:
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int) -> Iterator[Any]:
         raise UserNamespaceUnavailable("directory engines have no user namespace", argv, None, "")
         yield
+
+    def load(self, archive: Path) -> None:
+        self.calls.append(f"load {archive.name}")
+
+    def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
+        self.calls.append(f"push {source} {ref}")
 
 
 @pytest.fixture

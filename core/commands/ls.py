@@ -7,7 +7,7 @@ Judging is bounded, however many candidates an image holds: candidates whose dat
 place (hard links, a file seen through several links) are judged once; every distinct disk's header
 is checked (`formats.detect_format`, the checks `convert` makes first), and qemu-img confirms only the
 first `QEMU_IMG_JUDGED` distinct disks that pass it. The rest say they were judged by header only. Of
-compressed layers, only the heads of the first `disks.COPIES` candidates are copied out (one reading of each
+compressed layers, only the heads of the first `wanted.COPIES` candidates are copied out (one reading of each
 layer); the others are listed as not judged.
 """
 
@@ -41,7 +41,7 @@ BY_NOTHING = "none"  # not judged: a compressed layer's file beyond the copies i
 class ListedDisk:
     """One candidate disk of an image. Sizes and offsets are bytes; `refused` is empty when usable.
 
-    `judged_by` says how far it was looked at: "qemu-img", "header" or "metadata".
+    `judged_by` says how far it was looked at: "qemu-img", "header", "metadata" or "none" (the BY_ values).
     """
 
     path: str

@@ -37,8 +37,7 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
         raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
                                f"cdisk refuses it: {formats.REFUSE_HINT}")
     allocation = None
-    if fmt != "raw":
-        allocated = qemu_img.check(spec, source.pass_fds)
-        if allocated is not None and info.cluster_size:
-            allocation = allocated, info.cluster_size
+    allocated = qemu_img.check(spec, source.pass_fds)
+    if allocated is not None and info.cluster_size:
+        allocation = allocated, info.cluster_size
     return InspectedDisk(source, fmt, info.virtual_size, spec, allocation)

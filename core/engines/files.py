@@ -51,8 +51,7 @@ def _open(reference: str) -> tuple[str, Any, str | None]:
 def _read(reference: str, with_layers: bool, platform: str | None = None, disktype: str | None = None,
           ) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
-    from cdisk.core.oci import docker_archive
-    from cdisk.core.oci import layout as oci_layout
+    from cdisk.core.oci import docker_archive, layout
     from cdisk.core.oci.blob import close_blobs
     from cdisk.core.oci.files import field_of, need
 
@@ -65,10 +64,10 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
             archived = docker_archive.choose(files, name)
             config, image_id, digest, layers = archived.config, archived.image_id, "", archived.layers
         else:
-            chosen = oci_layout.choose(files, name, platform, disktype)
+            chosen = layout.choose(files, name, platform, disktype)
             config, image_id, digest = chosen.image_config, chosen.image_id, chosen.digest
             if with_layers:
-                layers = oci_layout.manifest_layers(files, chosen.manifest, chosen.artifact)
+                layers = layout.manifest_layers(files, chosen.manifest, chosen.artifact)
         diff_ids = tuple(need(d, str, "a diff ID", files)
                          for d in field_of(field_of(config, "rootfs", dict, files), "diff_ids", list, files))
         if not with_layers:

@@ -323,6 +323,9 @@ class Podman:
     cannot_mount = ""
 
     def available(self) -> bool:
+        # A remote CONTAINER_HOST is refused whether or not podman is here: cdisk must not quietly read
+        # another store than the one the operator's podman would talk to.
+        default_socket()
         return installed("podman")
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
@@ -338,12 +341,12 @@ class Podman:
         return mount_image(image.id)
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
-        from cdisk.core.oci import layout as oci_layout
+        from cdisk.core.oci import layout
 
         assert workdir is not None
-        layout = workdir / "layout"
-        save_oci_dir(image.id, str(layout))
-        return oci_layout.layer_blobs(layout, image.id)
+        saved = workdir / "layout"
+        save_oci_dir(image.id, str(saved))
+        return layout.layer_blobs(saved, image.id)
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int,
                           stderr: IO[Any] | int) -> AbstractContextManager[subprocess.Popen[bytes]]:

@@ -83,8 +83,9 @@ class Engine(Protocol):
         """The image's root filesystem, mounted while the block runs; its path on this host."""
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
-        """The image's layers, lowest first, saved uncompressed into the private dir `workdir` (None where the
-        engine does not `copies`)."""
+        """The image's layers, lowest first: saved uncompressed into the private dir `workdir` by an engine that
+        `copies`; held open where they lie (compressed or not) by one that does not (image files, `workdir` None).
+        """
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
                           ) -> AbstractContextManager[Any]:

@@ -53,7 +53,7 @@ class SavedLayers:
 
     A plain-tar layer is read in place (a file is a byte range of the blob), and so is a disk artifact's
     uncompressed layer (the disk is the blob). A compressed one is decompressed once, as it is indexed, and
-    the files `wanted` are copied out of it into anonymous files in `directory` (`decompressed_layers`); they
+    the files `wanted` are copied out of it into anonymous files in `directory` (`layers.compressed`); they
     live until `close`.
     """
 

@@ -1,5 +1,5 @@
 """Reading an OCI layout — what `podman save --format oci-dir` writes, an `oci:` directory, the inside of an
-oci-archive or of Docker 25's `docker save` — wherever its files lie (`image_files`): the index, the manifest
+oci-archive or of Docker 25's `docker save` — wherever its files lie (`oci.files`): the index, the manifest
 of one image, its config, its layer blobs lowest first.
 """
 

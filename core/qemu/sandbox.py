@@ -2,7 +2,7 @@
 file it writes — no other host file, no network, no other process.
 
 Why: a disk image can name other files (a qcow2 backing or data file, vmdk extents, a URL) and qemu-img
-opens them. The header checks in `formats` refuse the cases known today; the sandbox makes every other one
+opens them. The header checks in `disk.formats` refuse the cases known today; the sandbox makes every other one
 name nothing, by construction (the libvirt sVirt idea: the process can reach the one image it was given).
 
 bubblewrap builds the namespace, as flatpak uses it. As root (also the root of rootless podman's user
@@ -44,6 +44,9 @@ class View:
 
     def __add__(self, other: View) -> View:
         return View(self.read_only + other.read_only, self.writable + other.writable)
+
+
+SANDBOX_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _is_block(path: str) -> bool:
@@ -93,8 +96,9 @@ def _prefix() -> list[str]:
     bwrap = shutil.which(BWRAP)
     assert bwrap is not None
     # /proc (of the new pid namespace) is there for /dev/fd/N, the descriptors the disk is passed through.
+    # PATH names only what the view holds: the host's may name directories the sandbox has not.
     return [bwrap, *_namespaces(), *_root_skeleton(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--chdir", "/"]
+            "--chdir", "/", "--setenv", "PATH", SANDBOX_PATH]
 
 
 def confine(argv: list[str], view: View) -> list[str]:

@@ -1,9 +1,11 @@
-"""The two ways to reach an image's files through an engine, and the choice between them.
+"""The three ways to reach an image's files through an engine, and the choice between them.
 
-`mount`: the engine mounts the image; its files are read where they lie in the store (no copy at all).
-`save`: the engine saves the layers to a private temp dir; a file is a member of a layer tar, read at its
-offset. Either way the result is an `ImageView`: the image's tree (for finding the disk) and a way to turn
-a file found in it into a `DiskSource`.
+`layers`: cdisk stacks the overlay store's layer directories itself (`tree.layer_dirs`); files are read where
+they lie, with no mount and no copy. `mount`: the engine mounts the image; its files are read where they lie
+in the store. `save`: the engine saves the layers to a private temp dir (image files hand out theirs where they
+lie); a file is a member of a layer tar, read at its offset. Each way gives an `ImageView`: the image's tree
+(for finding the disk) and a way to turn a file found in it into a `DiskSource`. `falling_back` is the one
+place where `auto` turns from the layers to another method.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Disk sources: how the disk's bytes are reached on this host, for qemu-img (a block node) and for the header
 checks (read_at). This is the seam; each way of reaching the bytes is one module of this package — a file
-read in place through a descriptor (`in_place`), a member at an offset of a tar (`tar_member`).
+read in place through a descriptor (`in_place`), a member at an offset of a tar (`tar_member`), a disk
+decompressed out of a compressed layer into an anonymous file (`copied`).
 """
 
 from __future__ import annotations

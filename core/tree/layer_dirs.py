@@ -10,9 +10,9 @@ with overlayfs. cdisk stacks them itself, with overlay's rules, top layer first:
 
 As with a mount, the kernel is never handed a path from the image: every walk starts at a descriptor of a
 layer directory and goes down one real directory at a time (`O_DIRECTORY | O_NOFOLLOW`); links are only
-read, and resolved by `layers.resolve`. A store this reading cannot vouch for — another whiteout format
+read, and resolved by `merged.resolve`. A store this reading cannot vouch for — another whiteout format
 (`.wh.` files), overlay's `redirect` or `metacopy` xattrs, whose data lie elsewhere — is refused with
-`LayerDirsUnusable`, so that the caller mounts instead.
+`LayerDirsUnusable`, so that the caller reads by another method (`reading.methods.falling_back`).
 """
 
 from __future__ import annotations

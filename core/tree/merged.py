@@ -3,7 +3,7 @@
 Pure functions over tar metadata: no file is opened here. The same resolution rules serve every
 method of reading the image (`ImageTree` is anything that can look a path up and list a directory).
 
-`layer_unpack.members_from_tar` turns one layer tar into members as containers/storage unpacks it;
+`layers.unpack.members_from_tar` turns one layer tar into members as containers/storage unpacks it;
 `MergedTree` then stacks the layers as overlayfs does. Every operation costs time in proportion to
 what it adds or removes (a children index per directory), never to the size of the tree.
 """

@@ -4,7 +4,7 @@ Overlay has applied the whiteouts already, but a symlink in the mount points at 
 kernel follows it, and so does '..' at the mount's root or a path the image names absolutely. So the
 kernel is never handed a path from the image: every walk starts at a descriptor of the mount root and
 goes down one real directory at a time (`O_DIRECTORY | O_NOFOLLOW`, relative to the descriptor it
-came from); links are only read, and resolved by `layers.resolve`, inside the mount root.
+came from); links are only read, and resolved by `merged.resolve`, inside the mount root.
 """
 
 from __future__ import annotations
