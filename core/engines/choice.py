@@ -9,7 +9,6 @@ from dataclasses import replace
 from cdisk.core.engines.common import looks_like_id
 from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
-from cdisk.core.oci.platform import architecture, normal_platform
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -64,6 +63,8 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     request = _transport(request)
     if not request.platform:
         return _find(request, progress)
+    from cdisk.core.oci.platform import architecture, normal_platform  # only a run that names a platform
+
     request = replace(request, platform=normal_platform(request.platform))
     engine, image = _find(request, progress)
     wanted = str(request.platform).split("/")
