@@ -9,7 +9,7 @@ import struct
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdisk.core import target
 from cdisk.core.engines import choice
@@ -21,10 +21,10 @@ from cdisk.core.reading import userns
 from cdisk.core.reading.methods import choose_reading, falling_back
 from cdisk.core.reading.pipeline import OpenedDisk, opened_disk, resolve
 from cdisk.core.request import ImageRequest, Method, Reading, ReadRequest, WriteRequest
-
-if TYPE_CHECKING:
-    from cdisk.core.sources import DiskSource
-    from cdisk.core.sources.copied import CopiedFile
+from cdisk.core.sources import DiskSource
+from cdisk.core.sources.copied import CopiedFile
+from cdisk.core.sources.in_place import InPlaceFile
+from cdisk.core.sources.tar_member import TarMember
 
 
 @dataclass(frozen=True)
@@ -166,8 +166,6 @@ def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Targ
     directory (its group, its security label: as if written there), to become a raw file. Naming it takes no
     room and no time; anything else is converted.
     """
-    from cdisk.core.sources.copied import CopiedFile
-
     source = disk.source
     if not isinstance(source, CopiedFile) or not source.linkable or not source.complete:
         return None
@@ -217,9 +215,6 @@ def _clone(source: DiskSource, fd: int) -> bool:
     FICLONERANGE of its whole blocks, the last partial block copied — possible only when the member's data start
     on a block of the file system, as the target's do (in the layers podman and docker write they start at byte
     1024; in those `cdisk build` writes, on a 4 KiB block). Raises OSError where the file system cannot."""
-    from cdisk.core.sources.in_place import InPlaceFile
-    from cdisk.core.sources.tar_member import TarMember
-
     if isinstance(source, InPlaceFile):
         fcntl.ioctl(fd, _FICLONE, source.fd)
         return True

@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from cdisk.core import processes
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
-
-if TYPE_CHECKING:
-    from cdisk.core.oci.blob import LayerBlob
 
 _FIX = "check the path, or save the image again"
 

@@ -20,17 +20,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from cdisk.core import processes
 from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, Interrupted, ToolError
+from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
-
-if TYPE_CHECKING:
-    from cdisk.core.oci.blob import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1

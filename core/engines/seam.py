@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
+from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
-
-if TYPE_CHECKING:
-    from cdisk.core.oci.blob import LayerBlob
 
 # In the order `--engine auto` asks them.
 NAMES = ("podman", "docker")

@@ -13,7 +13,6 @@ import os
 import struct
 import sys
 import zlib
-from typing import TYPE_CHECKING
 
 if sys.version_info >= (3, 14):
     from compression import zstd as zstd
@@ -21,10 +20,8 @@ else:
     from backports import zstd as zstd
 
 from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
-
-if TYPE_CHECKING:
-    from cdisk.core.oci.blob import LayerBlob
 
 # How much is decompressed per read: large enough that Python's per-call cost vanishes, small enough to hold.
 CHUNK = 1 << 20

@@ -13,12 +13,14 @@ from cdisk.core.errors import LayerRefused, UnsafeImageError
 from cdisk.core.layers.unpack import disk_layer, members_from_tar
 from cdisk.core.oci.blob import LayerBlob, compression_of, read_head, unreadable
 from cdisk.core.progress import Progress
+from cdisk.core.sources import DiskSource
+from cdisk.core.sources.copied import CopiedFile
+from cdisk.core.sources.tar_member import TarMember
 from cdisk.core.tar_headers import read_entries, starts_a_tar
 from cdisk.core.tree.merged import FILE, LayerMember, MergedTree
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the compressed reader (and its zstd binding) is imported only by a run that meets one
     from cdisk.core.layers.compressed import DecompressedLayer
-    from cdisk.core.sources import DiskSource
 
 class _Window:
     """`size` bytes at `offset` of an open file, seen as a file of their own (for the tar reader)."""
@@ -111,12 +113,8 @@ class SavedLayers:
         """The bytes of the regular file `found`, for qemu-img and the header checks."""
         blob = self.blobs[found.layer]
         if self.kinds[found.layer] is None:
-            from cdisk.core.sources.tar_member import TarMember
-
             return TarMember(image_path, str(blob.path), blob.offset + found.offset, found.size,
                              () if blob.fd is None else (blob.fd,))
-        from cdisk.core.sources.copied import CopiedFile
-
         layer = self.decompressed[found.layer]
         copy = layer.copies.get(found.offset)
         if copy is None:  # not the file guessed: the layer once more, for it alone
