@@ -15,6 +15,8 @@ from cdisk.core.request import ImageRequest, Pull
 
 def named(name: str) -> Engine:
     """The engine called `name` (one of NAMES, or "file" for image files)."""
+    # Each engine's module is imported only when it is named: docker's (and its SDK) only where podman lacks
+    # the image (tests/e2e/test_startup.py and the benchmark's fixed cost watch this).
     if name == "file":
         from cdisk.core.engines.files import FILES
 

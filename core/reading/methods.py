@@ -31,6 +31,9 @@ from cdisk.core.tree.merged import ImageTree, LayerMember
 
 T = TypeVar("T")
 
+# Each reading method's modules (its tree, its source) are imported by the function that reads by it: a run pays
+# only for the method it uses.
+
 
 def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None,
                    engine: Engine | None = None) -> Reading:
