@@ -120,7 +120,10 @@ class _GzipMembers(_Frames):
             if not feed:
                 raise EOFError
             out = self.decoder.decompress(feed, length)
-            self.source.give_back(len(self.decoder.unconsumed_tail))
+            # At a member's end zlib may fill unconsumed_tail *and* unused_data with the same bytes (what
+            # follows the member): they are given back once, as unused_data, when the next member starts.
+            if not self.decoder.eof:
+                self.source.give_back(len(self.decoder.unconsumed_tail))
             if out:
                 return out
 
