@@ -9,6 +9,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -180,11 +181,20 @@ def pid_file(path: str | None) -> Iterator[None]:
 
 
 def _pid_in(path: str) -> int | None:
+    """The pid a pid file at `path` holds, or None: no file, or no regular file (a FIFO there must not block
+    the open, a device must not be read)."""
     try:
-        with open(path) as f:
-            text = f.read(32).strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 32).decode(errors="replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return int(text) if text.isdigit() else None
 
 

@@ -7,13 +7,16 @@ the request or the target itself differs from the record.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from typing import Any
 
 from cdisk.core import target
 from cdisk.core.commands.convert import write_disk
@@ -25,6 +28,8 @@ from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest
 
 RECORD_SUFFIX = ".cdisk.json"
 LOCK_SUFFIX = ".cdisk.lock"
+# A record is a few hundred bytes; anything much larger is not one.
+RECORD_LIMIT = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,10 @@ class Record:
     disktype: str = ""
     # What kind of source it came from (podman, docker, oci, oci-archive, docker-archive).
     source: str = ""
+
+
+_FIELD_TYPES: dict[object, type] = {"str": str, "bool": bool, "int": int, str: str, bool: bool, int: int}
+_JSON_KINDS = {str: "a string", bool: "true or false", int: "a whole number"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,18 @@ def target_lock(target_path: str, wait: bool) -> Iterator[None]:
 
     flock is released by the kernel when the process dies, so a killed refresh never leaves it stuck.
     """
-    with target.os_errors(lock_path(target_path)):
-        fd = os.open(lock_path(target_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    where = lock_path(target_path)
+    try:
+        # Never followed: a link planted there would have root create a file wherever it points.
+        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                     0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise TargetError(f"{where} is a symlink, which refresh never follows for its lock; remove it") from None
+        raise target.target_problem(where, error) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TargetError(f"{where} is not a regular file, which refresh's lock must be; remove it")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -98,12 +117,56 @@ def target_lock(target_path: str, wait: bool) -> Iterator[None]:
 
 
 def load_record(target_path: str) -> Record | None:
-    """The record beside the target, or None when there is none or it cannot be read."""
+    """The record beside the target, or None when there is none or it cannot be read (`read_record` says why)."""
+    return read_record(target_path)[0]
+
+
+def read_record(target_path: str) -> tuple[Record | None, str]:
+    """The record beside the target and "", or None and why it is not one ("" when there is none at all).
+
+    A record is small, a regular file (never followed through a link, never a FIFO or device), and of the right
+    shape: JSON object whose known fields have their types; fields a later version adds are ignored, and those
+    an earlier version lacked take their defaults.
+    """
+    where = record_path(target_path)
     try:
-        with open(record_path(target_path)) as f:
-            return Record(**json.load(f))
-    except (OSError, ValueError, TypeError):
-        return None
+        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as error:
+        return None, "it is a symlink" if error.errno == errno.ELOOP else error.strerror or str(error)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "it is not a regular file"
+        if st.st_size > RECORD_LIMIT:
+            return None, f"it is larger than {RECORD_LIMIT} bytes"
+        data = os.read(fd, RECORD_LIMIT + 1)
+    except OSError as error:
+        return None, error.strerror or str(error)
+    finally:
+        os.close(fd)
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None, "it is not JSON"
+    return _record_of(document)
+
+
+def _record_of(document: object) -> tuple[Record | None, str]:
+    if not isinstance(document, dict):
+        return None, "it is not a JSON object"
+    values: dict[str, Any] = {}
+    for known in fields(Record):
+        if known.name not in document:
+            if known.default is MISSING:
+                return None, f"it lacks {known.name!r}"
+            continue
+        value, kind = document[known.name], _FIELD_TYPES[known.type]
+        if type(value) is not kind:  # bool is no int here, nor int a bool
+            return None, f"its {known.name!r} is not {_JSON_KINDS[kind]}"
+        values[known.name] = value
+    return Record(**values), ""
 
 
 def _write_record(target_path: str, record: Record) -> None:
@@ -165,10 +228,14 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
     _check_name_room(path)
     write = replace(write, target=path)
     with target_lock(path, wait):
-        record = load_record(path)
+        record, unreadable = read_record(path)
         if os.path.lexists(path) and record is None and not write.force:
-            raise TargetError(f"{path} exists but no refresh wrote it (no {os.path.basename(record_path(path))});"
-                              " pass --force to let refresh replace it")
+            named = os.path.basename(record_path(path))
+            if unreadable:
+                raise TargetError(f"{path} exists but its record {named} is unreadable ({unreadable}); pass --force "
+                                  "to let refresh replace both")
+            raise TargetError(f"{path} exists but no refresh wrote it (no {named}); pass --force to let refresh "
+                              "replace it")
         # The record's engine serves the image it recorded; another IMAGE at the same TARGET is chosen afresh.
         if record is not None and record.image == image.reference:
             image = choice.settled(image, record.engine)

@@ -139,7 +139,8 @@ def _specs(request: BuildRequest) -> list[image.ImageSpec]:
 @contextmanager
 def _opened(path: str) -> Iterator[InPlaceFile]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named as DISK must not block the open (it is refused below, as any non-file is).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as error:
         raise UsageError(f"cannot read DISK {path}: {error.strerror}; give a disk file") from None
     try:
