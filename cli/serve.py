@@ -14,13 +14,6 @@ from cdisk.cli.switches import DiskSwitches
 from cdisk.core.errors import EXIT_OK, Interrupted, UsageError
 
 
-def _mode(text: str) -> int:
-    mode = int(text, 8)
-    if not 0 <= mode <= 0o777:
-        raise ValueError(text)
-    return mode
-
-
 class Serve(DiskSwitches):
     """Serve the disk of IMAGE read-only over NBD until SIGINT or SIGTERM, reading it in place; or stop one
     (--stop SOCKET)."""
@@ -28,12 +21,13 @@ class Serve(DiskSwitches):
     socket = cli.SwitchAttr(["--socket"], str, default=None,
                             help="The Unix socket to listen on (default: a private directory under "
                                  "$XDG_RUNTIME_DIR, or /run/cdisk as root)")
-    socket_mode = cli.SwitchAttr(["--socket-mode"], _mode, default=0o600,
+    socket_mode = cli.SwitchAttr(["--socket-mode"], str, default="600",
                                  help="Who may connect to the socket, as an octal mode: 600 (default) its owner, "
                                       "660 its group too")
     listen = cli.SwitchAttr(["--listen"], str, default=None,
                             help="Listen on TCP at ADDR:PORT instead (no TLS: anyone who reaches it reads the disk)")
-    shared = cli.SwitchAttr(["--shared"], int, default=1, help="How many clients may connect at once (per disk)")
+    shared = cli.SwitchAttr(["--shared"], str, default="1",
+                            help="How many clients may connect at once (per disk; 1 to 1000)")
     every = cli.Flag(["--all"], help="Serve every disk under /disk/, each as its own export")
     overlay = cli.SwitchAttr(["--overlay"], str, default=None,
                              help="Also create this qcow2 overlay backed by the export (a VM writes only there)")
@@ -45,7 +39,7 @@ class Serve(DiskSwitches):
 
     def main(self, image: str = "") -> int:
         from cdisk.core.commands import daemon
-        from cdisk.core.commands.serve import ServeRequest, serving, stop
+        from cdisk.core.commands.serve import ServeRequest, serving, shared, socket_mode, stop
 
         serves = False
         try:
@@ -58,7 +52,7 @@ class Serve(DiskSwitches):
                 return EXIT_OK
             if not image:
                 raise UsageError("IMAGE missing: cdisk serve [SWITCHES] IMAGE, or cdisk serve --stop SOCKET")
-            asked = ServeRequest(self.socket, self.listen, int(self.socket_mode), int(self.shared),
+            asked = ServeRequest(self.socket, self.listen, socket_mode(self.socket_mode), shared(self.shared),
                                  bool(self.every), self.overlay)
             if self.detach:
                 code = daemon.detach()
