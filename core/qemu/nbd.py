@@ -9,6 +9,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import re
 import socket as net
 import struct
 from collections.abc import Iterator
@@ -85,7 +86,29 @@ def parse_listen(text: str) -> Endpoint:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise _bad_listen(text) from None
+    elif not _plain_host(host):
+        raise _bad_listen(text)
     return Endpoint(host=host, port=int(port))
+
+
+# A host name as DNS spells one (letters, digits, hyphens, dots).
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
+
+
+def _plain_host(host: str) -> bool:
+    """Whether `host` is an IPv4 address written out (a.b.c.d) or a host name: never one of the short or hex
+    forms the resolver also reads as an address (`0.0`, `0x0`, `0` all mean 0.0.0.0, every interface)."""
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        net.inet_aton(host)
+        return False  # a numeric form other than a.b.c.d
+    except OSError:
+        # A name's last label is never all digits (RFC 3696): 1.2.3.4.5 is a mistyped address, not a name.
+        return bool(_HOST_NAME.fullmatch(host)) and not host.rstrip(".").rpartition(".")[2].isdigit()
 
 
 def _bad_listen(text: str) -> UsageError:
