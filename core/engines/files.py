@@ -6,6 +6,8 @@ archive at its offset — nothing is copied, not even to a temp dir.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -30,12 +32,20 @@ def split(reference: str) -> tuple[str, Path, str | None]:
     return transport, Path(path), name or None
 
 
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _open(reference: str) -> tuple[str, Any, str | None]:
     from cdisk.core.oci.files import DirectoryFiles, TarFiles
 
     transport, path, name = split(reference)
     try:
-        if transport == "oci" and not (path / "index.json").is_file():
+        # lstat: an index.json that is a symlink is refused alike wherever it points (no oracle of host paths).
+        if transport == "oci" and not _regular_file(path / "index.json"):
             raise ImageError(f"{path} is not an OCI layout (no index.json); {_FIX}")
         if transport != "oci" and not path.is_file():
             raise ImageError(f"{path} is not a file; {_FIX}")

@@ -116,12 +116,25 @@ class DirectoryFiles:
                     os.close(fd)
                 fd = inner
             try:
-                leaf = os.open(parts[-1], _OPEN, dir_fd=fd)
+                # O_PATH opens nothing (a device's open can have effects, a FIFO's blocks): the file is judged
+                # by its descriptor first, then opened for reading through that very descriptor.
+                found = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             finally:
                 os.close(fd)
         except OSError as error:
-            raise ImageError(f"cannot open {name} of {self.what}: {error.strerror} (a symlink or a missing file); "
-                             f"{self.fix}") from None
+            raise ImageError(f"cannot open {name} of {self.what}: {error.strerror} (a missing file, or a "
+                             f"directory that is a symlink); {self.fix}") from None
+        try:
+            kind = stat.S_IFMT(os.fstat(found).st_mode)
+            if kind == stat.S_IFLNK:
+                raise ImageError(f"{name} of {self.what} is a symlink, which no file of a layout may be; {self.fix}")
+            if kind != stat.S_IFREG:
+                raise ImageError(f"{name} of {self.what} is not a regular file; {self.fix}")
+            leaf = os.open(f"/proc/self/fd/{found}", _OPEN & ~os.O_NOFOLLOW)
+        except OSError as error:
+            raise ImageError(f"cannot open {name} of {self.what}: {error.strerror}; {self.fix}") from None
+        finally:
+            os.close(found)
         _regular(leaf, name, self)
         return leaf
 
