@@ -238,30 +238,42 @@ def _write(image: Image, read: ReadRequest, write: WriteRequest, planned: target
            progress: Progress, engine: Engine) -> Written:
     with ExitStack() as stack:
         disk = stack.enter_context(opened_disk(image, read, planned, progress, reading, engine))
-        copied = _copied_as_asked(disk, write, planned)
+        if planned.is_block:
+            disk.vouch()  # a device is written in place: nothing unvouched may reach it
         output = stack.enter_context(target.writing(planned, write.keep, write.durable))
-        if copied is not None:
-            with target.os_errors(output):
-                os.unlink(output)
-            why = copied.link_as(output, target.new_file_mode())
-            if why is None:
-                progress.stage("the decompressed disk is the raw file asked for: named, not converted")
-                return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "link")
-            progress.stage(f"cannot name the decompressed disk as the target ({why}): converting it")
-            with target.os_errors(output):
-                os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-        if _cloned(disk, write, planned, output):
-            progress.stage("the disk is the file asked for, on the same file system: cloned (reflink), not copied")
-            return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "reflink")
-        _check_room(disk, write, planned)  # a clone takes none: checked only now
-        progress.stage("converting")
-        options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
-                                          target_is_zero=write.target_is_zero)
-        try:
-            qemu_img.convert(disk.spec, output, options, progress, disk.source.pass_fds)
-        except ToolError as error:
-            if "No space left" in error.stderr:
-                raise TargetError(f"{planned.directory} ran out of space while writing; free some space or "
-                                  "choose another target (nothing was left behind)") from None
-            raise
+        written = _write_into(disk, write, planned, reading, output, progress)
+        # Before TARGET takes its name: a file source's blob that fails its digest leaves nothing there.
+        disk.vouch()
+        return written
+
+
+def _write_into(disk: OpenedDisk, write: WriteRequest, planned: target.Target, reading: Reading, output: str,
+                progress: Progress) -> Written:
+    """The disk written into `output` (a temp name beside a file TARGET, or the device): named, cloned or
+    converted."""
+    copied = _copied_as_asked(disk, write, planned)
+    if copied is not None:
+        with target.os_errors(output):
+            os.unlink(output)
+        why = copied.link_as(output, target.new_file_mode())
+        if why is None:
+            progress.stage("the decompressed disk is the raw file asked for: named, not converted")
+            return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "link")
+        progress.stage(f"cannot name the decompressed disk as the target ({why}): converting it")
+        with target.os_errors(output):
+            os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+    if _cloned(disk, write, planned, output):
+        progress.stage("the disk is the file asked for, on the same file system: cloned (reflink), not copied")
+        return Written(disk.source.image_path, disk.format, disk.virtual_size, reading, "reflink")
+    _check_room(disk, write, planned)  # a clone takes none: checked only now
+    progress.stage("converting")
+    options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
+                                      target_is_zero=write.target_is_zero)
+    try:
+        qemu_img.convert(disk.spec, output, options, progress, disk.source.pass_fds)
+    except ToolError as error:
+        if "No space left" in error.stderr:
+            raise TargetError(f"{planned.directory} ran out of space while writing; free some space or "
+                              "choose another target (nothing was left behind)") from None
+        raise
     return Written(disk.source.image_path, disk.format, disk.virtual_size, reading)

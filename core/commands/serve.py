@@ -260,6 +260,8 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
         stack.enter_context(before())
         listener, public = stack.enter_context(_listening(asked.socket, tcp, asked.socket_mode))
         disks = stack.enter_context(opened_disks(image, read, progress, asked.every))
+        for disk in disks:  # a file source's blobs checked before a byte is served: one read of each
+            disk.vouch()
         connections = asked.shared * len(disks)  # the daemon counts its clients across exports
         specs = [d.spec for d in disks]
         cmd, full = qemu_img.confined(SERVER, SERVER_PACKAGE, server_argv(disks, listener.fileno(), connections),

@@ -10,6 +10,7 @@ import os
 import stat
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,6 +90,8 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
     if not image_id:
         close_blobs(layers)
         raise ImageError(f"{reference} names no config for its image; {_FIX}")
+    # Every blob of a file is checked against its digest before anything it held is published (`layers.digests`).
+    layers = [replace(blob, outside=True, tar_digest=transport == "docker-archive") for blob in layers]
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
                   size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype or "")
     return image, layers

@@ -79,8 +79,15 @@ def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, dire
     stream = Decompressed(blob, kind, progress)
     if disk_name is not None and not starts_a_tar(stream.peek(BLOCK)):
         if not (0 in wanted.offsets or (room > 0 and wanted.path(f"{DISK_DIR}/{disk_name}"))):
-            return DecompressedLayer(disk_layer(disk_name, layer, stream.drain()))
+            size = stream.drain()
+            stream.verify()
+            return DecompressedLayer(disk_layer(disk_name, layer, size))
         copy, size = _copy(stream, None, wanted.limit, directory, blob)
+        try:
+            stream.verify()
+        except BaseException:
+            os.close(copy.fd)
+            raise
         return DecompressedLayer(disk_layer(disk_name, layer, size), {0: copy})
     read = DecompressedLayer([])
     by_path: dict[str, int] = {}
@@ -105,6 +112,7 @@ def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, dire
     try:
         read.members = members_from_tar(copying(), layer)
         stream.drain()
+        stream.verify()
     except LayerRefused as error:
         read.close()
         raise UnsafeImageError(f"layer {blob.short} is refused: {error.what} at byte {error.offset} of its "

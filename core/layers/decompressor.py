@@ -13,6 +13,7 @@ import os
 import struct
 import sys
 import zlib
+from typing import Any
 
 if sys.version_info >= (3, 14):
     from compression import zstd as zstd
@@ -20,6 +21,7 @@ else:
     from backports import zstd as zstd
 
 from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.layers import digests
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 
@@ -41,10 +43,11 @@ class _Input:
 
     FEED = 16 << 10
 
-    def __init__(self, fd: int, offset: int, size: int, progress: Progress) -> None:
+    def __init__(self, fd: int, offset: int, size: int, progress: Progress, digest: Any = None) -> None:
         self.fd, self.offset, self.size, self.done, self.progress = fd, offset, size, 0, progress
         self.buffer, self.at = memoryview(b""), 0
         self.piece = self.FEED
+        self.digest = digest  # a hash every byte read goes through, or None
 
     def ready(self, length: int = 1) -> bool:
         """Whether `length` more bytes are there to feed (read from the file as needed)."""
@@ -53,6 +56,8 @@ class _Input:
             if not data:
                 return False
             self.done += len(data)
+            if self.digest is not None:
+                self.digest.update(data)
             self.progress.update(self.done, self.size)
             self.buffer, self.at = memoryview(bytes(self.buffer[self.at:]) + data), 0
         return True
@@ -211,12 +216,30 @@ class Decompressed:
         self._pending = b""
         if blob.fd is None:
             raise TypeError("a compressed layer is read through the descriptor its blob holds")
-        source = _Input(blob.fd, blob.offset, blob.size, progress)
-        self._frames = _GzipMembers(source) if kind == "gzip" else _ZstdFrames(source)
+        # A blob from outside is hashed as it is read: its stored bytes, or (a docker-archive's diff ID) the tar.
+        self._stored = digests.hasher(blob) if blob.outside and not blob.tar_digest else None
+        self._tar = digests.hasher(blob) if blob.outside and blob.tar_digest else None
+        self._source = _Input(blob.fd, blob.offset, blob.size, progress, self._stored)
+        self._frames = _GzipMembers(self._source) if kind == "gzip" else _ZstdFrames(self._source)
+
+    def verify(self) -> None:
+        """Once the stream was read to its end (`drain`): compare a blob from outside with its digest.
+
+        Raises:
+            ImageError: it does not hash to its digest.
+        """
+        if self._stored is not None:
+            assert self._source.done == self.blob.size, "the blob is hashed whole"
+            digests.check(self.blob, self._stored.hexdigest())
+        if self._tar is not None:
+            digests.check(self.blob, self._tar.hexdigest())
 
     def _next(self, length: int) -> bytes:
         try:
-            return self._frames.read(length)
+            data = self._frames.read(length)
+            if self._tar is not None:
+                self._tar.update(data)
+            return data
         except EOFError:
             raise UnsafeImageError(f"layer {self.blob.short}'s {self.kind} stream is cut short; save or pull the "
                                    "image again") from None

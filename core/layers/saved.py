@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from cdisk.core.disk.wanted import COPIES, Wanted
 from cdisk.core.errors import LayerRefused, UnsafeImageError
+from cdisk.core.layers.digests import BlobCheck
 from cdisk.core.layers.unpack import disk_layer, members_from_tar
 from cdisk.core.oci.blob import LayerBlob, compression_of, read_head, unreadable
 from cdisk.core.progress import Progress
@@ -64,7 +65,12 @@ class SavedLayers:
         self.decompressed: dict[int, DecompressedLayer] = {}
         heads = [read_head(blob) for blob in self.blobs]
         self.kinds = [compression_of(head) for head in heads]
+        # A plain blob from outside is hashed beside the work from now on (a compressed one in its pass).
+        self.checks: list[BlobCheck] = []
         try:
+            for blob, kind in zip(self.blobs, self.kinds, strict=True):
+                if blob.outside and kind is None:
+                    self.checks.append(BlobCheck(blob))
             self.tree = MergedTree([self._members(index, heads[index]) for index in range(len(self.blobs))])
             self._keep_referenced()
         except BaseException:
@@ -124,7 +130,20 @@ class SavedLayers:
             layer.copies[found.offset] = copy
         return CopiedFile(image_path, copy.fd, found.size, self.directory, copy.complete, copy.linkable)
 
+    def vouch(self) -> None:
+        """Wait until every blob from outside is hashed and compared with its digest (those read by cdisk's own
+        decompression were, in that pass): to be called before anything of the image is published.
+
+        Raises:
+            ImageError: a blob does not hash to its digest.
+        """
+        for check in self.checks:
+            check.verify()
+
     def close(self) -> None:
+        for check in self.checks:
+            check.stop()
+        self.checks.clear()
         for layer in self.decompressed.values():
             layer.close()
         self.decompressed.clear()

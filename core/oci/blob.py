@@ -20,10 +20,14 @@ COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzi
 
 @dataclass(frozen=True)
 class LayerBlob:
-    """One saved layer: the `size` bytes at `offset` of `path`. `digest` names it (its diff ID);
-    `disk_name`, set for a disk artifact's layer, is the file under /disk/ it stands for (the layer is that
-    disk, unless it turns out to be a tar). `fd`, when set, holds the file open
-    (`path` is then /dev/fd/N): what is read cannot be swapped underneath.
+    """One saved layer: the `size` bytes at `offset` of `path`. `digest` names it (its diff ID, or its
+    descriptor's digest); `disk_name`, set for a disk artifact's layer, is the file under /disk/ it stands for
+    (the layer is that disk, unless it turns out to be a tar). `fd`, when set, holds the file open (`path` is
+    then /dev/fd/N): what is read cannot be swapped underneath.
+
+    `outside`: the blob came from outside cdisk and the engines (a file source): its bytes must hash to
+    `digest` before anything it held is published (`layers.digests`). `tar_digest`: `digest` is that of the
+    uncompressed tar (a docker-archive's diff ID), not of the bytes as stored.
     """
 
     path: Path
@@ -32,6 +36,8 @@ class LayerBlob:
     digest: str
     fd: int | None = None
     disk_name: str | None = None
+    outside: bool = False
+    tar_digest: bool = False
 
     @property
     def short(self) -> str:

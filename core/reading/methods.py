@@ -88,7 +88,8 @@ class ImageView:
     `tree` finds files (with the image's own rules for links); `open` turns a regular file found there into
     the `DiskSource` qemu-img reads; `blobs` are the saved layer files (save method only, for `ls`); `partial`
     says whether only the head of a file found can be read (a compressed layer's, for `ls`); `copied` whether
-    its bytes can be had without reading its layer once more.
+    its bytes can be had without reading its layer once more; `vouch` waits until the layers from outside (a
+    file source's) are checked against their digests, and must be called before anything of them is published.
     """
 
     tree: ImageTree
@@ -96,6 +97,7 @@ class ImageView:
     blobs: tuple[LayerBlob, ...] = ()
     partial: Callable[[LayerMember], bool] = lambda found: False
     copied: Callable[[LayerMember], bool] = lambda found: True
+    vouch: Callable[[], None] = lambda: None
 
 
 @contextmanager
@@ -115,7 +117,7 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str, wanted: Wanted, pr
         stack.callback(close_blobs, blobs)
         layers = SavedLayers(blobs, wanted, tmp_parent, progress)
         stack.callback(layers.close)
-        yield ImageView(layers.tree, layers.source, blobs, layers.partial, layers.copied)
+        yield ImageView(layers.tree, layers.source, blobs, layers.partial, layers.copied, layers.vouch)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ A command is: plan its target cheaply (so that a wrong TARGET costs no pull), en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -48,6 +48,9 @@ class OpenedDisk:
     virtual_size: int
     spec: str
     allocation: tuple[int, int] | None = None
+    # Waits until the image's layers from outside are checked against their digests (`ImageView.vouch`): a
+    # command calls it before it publishes anything of the disk.
+    vouch: Callable[[], None] = lambda: None
 
 
 def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | None = None) -> tuple[Engine, Image]:
@@ -103,7 +106,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
                     refused.args = (refused.message,)
                 raise
             opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
-                                     judged.allocation))
+                                     judged.allocation, view.vouch))
         return stack.pop_all(), opened
 
 
