@@ -6,12 +6,11 @@ import io
 import sys
 from typing import TYPE_CHECKING
 
-from cdisk.cli.output import report
+from cdisk.cli.output import LaidOut, printable, report
 from cdisk.cli.switches import ImageSwitches, size_text
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
-    from rich.text import Text
 
     from cdisk.core.commands.ls import Listing
 
@@ -27,17 +26,6 @@ NARROW_DROPS = ("layer", "offset")
 SHARED_MIN = 40
 # Between two columns: a one-cell separator and one cell of padding on either side.
 GAP = 3
-
-
-class _LaidOut(str):
-    """Text already laid out to its width. `report` prints a summary through rich on a terminal, which would
-    read `[...]` in an image's file names as markup (and `[/x]` as an error); as rich text it is shown as is.
-    """
-
-    def __rich__(self) -> Text:
-        from rich.text import Text
-
-        return Text(str(self))
 
 
 def _short(digest: str) -> str:
@@ -98,9 +86,9 @@ def table(listing: Listing, width: int | None = None) -> str:
         if disk.layer is not None:
             layers[disk.layer] = _short(disk.layer_digest or "")
         rows.append(dict(zip(COLUMNS, (
-            disk.path, fmt, size_text(disk.virtual_size), size_text(disk.file_size),
+            printable(disk.path), printable(fmt), size_text(disk.virtual_size), size_text(disk.file_size),
             "-" if disk.layer is None else str(disk.layer), "-" if disk.offset is None else str(disk.offset),
-            disk.refused), strict=True)))
+            printable(disk.refused)), strict=True)))
     out = io.StringIO()
     # No colour codes: the text is printed again by `report`, which would count them as characters.
     console = Console(file=out, width=width or PLAIN_WIDTH, force_terminal=False, no_color=True,
@@ -119,8 +107,8 @@ def table(listing: Listing, width: int | None = None) -> str:
                         justify="left" if wraps or column == "format" else "right")
     for row in rows:
         grid.add_row(*(row[column] for column in widths))
-    console.print(f"{listing.image}  id {listing.id[:SHORT_DIGEST]}  digest {_short(listing.digest)}  "
-                  f"arch {listing.architecture or '-'}  source {listing.source}")
+    console.print(printable(f"{listing.image}  id {listing.id[:SHORT_DIGEST]}  digest {_short(listing.digest)}  "
+                            f"arch {listing.architecture or '-'}  source {listing.source}"))
     console.print(grid)
     if "layer" not in widths:
         console.print("layer and offset: see `cdisk ls --json`, or a wider terminal")
@@ -133,8 +121,8 @@ def table(listing: Listing, width: int | None = None) -> str:
         console.print(f"{NOT_JUDGED_MARK} not judged: cdisk copies at most {COPIES} candidates out of compressed "
                       "layers; convert --path reads any of them")
     for problem in listing.problems:
-        console.print(f"note: {problem}")
-    return _LaidOut("\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines()))
+        console.print(f"note: {printable(problem)}")
+    return LaidOut("\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines()))
 
 
 class Ls(ImageSwitches):

@@ -15,6 +15,34 @@ from plumbum import cli
 from cdisk.core.errors import EXIT_INTERNAL, EXIT_OK, CdiskError, Interrupted, ToolError
 from cdisk.core.progress import NoProgress, Progress
 
+# Characters a terminal acts on or that change how a line reads, besides the C0/C1 controls and DEL (category
+# Cc): bidi overrides, zero-width and other format characters (Cf), the Unicode line and paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on shown as an escape (\\x1b, \\u202e): what an image
+    names (a file, an annotation, an architecture) can neither move the cursor, set the title, clear the screen,
+    reverse the line nor start a line of its own."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(
+        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch
+        for ch in text)
+
+
+class LaidOut(str):
+    """Text already laid out in lines (a table), each of them printable already. `report` prints it as it is:
+    through rich on a terminal, as rich text (rich would read `[...]` in an image's file names as markup)."""
+
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        return Text(str(self))
+
 
 class OutputSwitches(cli.Application):
     """Switches every command shares."""
@@ -33,7 +61,7 @@ class LineProgress:
 
     def stage(self, name: str) -> None:
         self._decile = -1
-        print(f"cdisk: {name}", file=sys.stderr, flush=True)
+        print(f"cdisk: {printable(name)}", file=sys.stderr, flush=True)
 
     def update(self, done: float, total: float) -> None:
         decile = int(10 * done / total) if total else 0
@@ -49,7 +77,7 @@ class RichProgress:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                              TimeRemainingColumn(), console=Console(stderr=True), transient=True)
         self._task: Any = None
         self._verbose = verbose
@@ -64,8 +92,9 @@ class RichProgress:
     def stage(self, name: str) -> None:
         if self._task is not None:
             self._bar.remove_task(self._task)
+        name = printable(name)
         if self._verbose:
-            self._bar.console.log(name)
+            self._bar.console.log(name, markup=False, highlight=False, emoji=False)
         self._task = self._bar.add_task(name, total=None)
 
     def update(self, done: float, total: float) -> None:
@@ -89,6 +118,7 @@ def progress_for(switches: OutputSwitches) -> Iterator[Progress]:
 
 def error_line(message: str) -> None:
     """One line on stderr: red on a terminal."""
+    message = printable(message)
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.text import Text
@@ -133,6 +163,8 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
         print(json.dumps(asdict(result)), flush=True)
     elif not switches.quiet:
         text = summary(result)
+        if not isinstance(text, LaidOut):
+            text = printable(text)  # a summary is one line; any line break in it is a name's
         if sys.stdout.isatty():
             from rich.console import Console
 
