@@ -7,6 +7,7 @@ or byte by byte (`tar_member`, `pax_header`, … for the odd constructs no tar l
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -233,11 +234,23 @@ def tar_file(path: Path, members: list[tuple[str, bytes | str]]) -> Path:
     return path
 
 
+def _uncompressed(blob: bytes) -> bytes:
+    if blob.startswith(b"\x1f\x8b"):
+        return gzip.decompress(blob)
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):
+        from backports import zstd
+
+        return zstd.decompress(blob)
+    return blob
+
+
 def docker_archive(workdir: Path, tars: list[bytes], name: str) -> Path:
     """A docker-archive (what `docker save` writes up to Docker 24) of one image tagged `name`, with these
     layer tars: `manifest.json`, the config, and `<n>/layer.tar` each.
     """
-    diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]
+    # A diff ID is the digest of the uncompressed tar, whatever the archive holds (docker load and skopeo check
+    # a compressed layer's stream against it).
+    diff_ids = [f"sha256:{hashlib.sha256(_uncompressed(t)).hexdigest()}" for t in tars]
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"

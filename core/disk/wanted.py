@@ -23,20 +23,26 @@ HEAD = 1 << 20
 @dataclass(frozen=True)
 class Wanted:
     """Which members to copy out of a compressed layer: those whose cleaned path `path` accepts, and those whose
-    data start at one of `offsets`; at most `limit` bytes of each (None: whole).
+    data start at one of `offsets`; at most `limit` bytes of each (None: whole); at most `copies` files held at
+    once for the image (those asked for by offset aside).
     """
 
     path: Callable[[str], bool]
     limit: int | None = None
     offsets: frozenset[int] = frozenset()
+    copies: int = COPIES
 
     @classmethod
-    def disk(cls, explicit: str | None) -> Wanted:
-        """The disk convert looks for: `explicit` (--path), else any file directly under /disk/."""
+    def disk(cls, explicit: str | None, every: bool = False) -> Wanted:
+        """The disk convert looks for: `explicit` (--path), else the one file directly under /disk/ — copied
+        whole the first it is met; a second candidate is not copied (the image then holds several disks, which
+        convert refuses, unless a later layer removes one: then the one left is read in a second pass). `every`
+        (serve --all): each file directly under /disk/, up to COPIES.
+        """
         if explicit:
             wanted = go_clean("/" + explicit).lstrip("/")
-            return cls(lambda path: path == wanted)
-        return cls(_under_disk)
+            return cls(lambda path: path == wanted, copies=1)
+        return cls(_under_disk, copies=COPIES if every else 1)
 
     @classmethod
     def at(cls, offset: int, limit: int | None) -> Wanted:

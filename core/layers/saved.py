@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from cdisk.core.disk.wanted import COPIES, Wanted
+from cdisk.core.disk.wanted import Wanted
 from cdisk.core.errors import LayerRefused, UnsafeImageError
 from cdisk.core.layers.digests import BlobCheck
 from cdisk.core.layers.unpack import disk_layer, members_from_tar
@@ -94,7 +94,7 @@ class SavedLayers:
         self.progress.stage(f"decompressing layer {blob.short} ({kind}, {blob.size / (1 << 20):.0f} MiB)")
         held = sum(len(layer.copies) for layer in self.decompressed.values())
         return read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name,
-                               COPIES - held)
+                               wanted.copies - held)
 
     def _keep_referenced(self) -> None:
         """Close the copies of files no longer in the image (replaced or whited out by a later layer)."""

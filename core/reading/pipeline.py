@@ -93,7 +93,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
     (undone here if anything fails)."""
     with ExitStack() as stack:
         view = stack.enter_context(_view(engine, image, reading, read, target, progress,
-                                         Wanted.disk(read.disk_path)))
+                                         Wanted.disk(read.disk_path, every)))
         found = every_disk(view.tree) if every else [find_disk(view.tree, read.disk_path)]
         opened = []
         for path, member in found:
