@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cdisk.core.errors import UnsafeImageError
 from cdisk.core.layers.decompressor import Decompressed
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import NoProgress
@@ -51,3 +53,47 @@ def test_multi_member_gzip_reads_as_the_reference_reader(tmp_path: Path, members
     expected = gzip.decompress(data)
     for stream in _stream(tmp_path / "layer", data):
         assert _read_all(stream, size, len(expected)) == expected
+
+
+def _member(data: bytes, flags: int = 0, name: bytes = b"", comment: bytes = b"", hcrc: str = "") -> bytes:
+    """One gzip member written by hand, with the header fields zlib's own writer never sets."""
+    head = b"\x1f\x8b\x08" + bytes([flags]) + b"\0\0\0\0\0\xff"
+    fields = (name + b"\0" if name else b"") + (comment + b"\0" if comment else b"")
+    if hcrc == "go":  # what Go checks: the CRC of the first ten bytes only
+        fields += (zlib.crc32(head) & 0xFFFF).to_bytes(2, "little")
+    elif hcrc == "rfc":  # RFC 1952's: of the whole header
+        fields += (zlib.crc32(head + fields) & 0xFFFF).to_bytes(2, "little")
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = packer.compress(data) + packer.flush()
+    return head + fields + body + zlib.crc32(data).to_bytes(4, "little") + len(data).to_bytes(4, "little")
+
+
+DATA = bytes(range(256)) * 64
+NAME, COMMENT, HCRC = 0x08, 0x10, 0x02
+# What Go's compress/gzip reads (podman and docker unpack a layer with it), member headers alike.
+READ_AS_GO = {
+    "reserved-flag-bits": _member(DATA, flags=0xE0),
+    "comment-of-511-bytes": _member(DATA, flags=COMMENT, comment=b"c" * 511),
+    "name-and-go-header-crc": _member(DATA, flags=NAME | HCRC, name=b"disk.tar", hcrc="go"),
+}
+REFUSED_AS_GO = {
+    "comment-of-512-bytes": _member(DATA, flags=COMMENT, comment=b"c" * 512),
+    "name-of-600-bytes": _member(DATA, flags=NAME, name=b"n" * 600),
+    "name-and-rfc-header-crc": _member(DATA, flags=NAME | HCRC, name=b"disk.tar", hcrc="rfc"),
+    "wrong-data-crc": _member(DATA)[:-8] + b"\0\0\0\0" + len(DATA).to_bytes(4, "little"),
+    "wrong-length": _member(DATA)[:-4] + (len(DATA) + 1).to_bytes(4, "little"),
+    "garbage-after-a-member": _member(DATA) + b"garbage!!!",
+}
+
+
+@pytest.mark.parametrize("data", READ_AS_GO.values(), ids=READ_AS_GO.keys())
+def test_member_headers_go_reads_are_read(tmp_path: Path, data: bytes) -> None:
+    for stream in _stream(tmp_path / "layer", data + data):
+        assert _read_all(stream, 4096, 2 * len(DATA)) == DATA + DATA
+
+
+@pytest.mark.parametrize("data", REFUSED_AS_GO.values(), ids=REFUSED_AS_GO.keys())
+def test_member_headers_go_refuses_are_refused(tmp_path: Path, data: bytes) -> None:
+    for stream in _stream(tmp_path / "layer", data):
+        with pytest.raises(UnsafeImageError, match="stream is corrupt"):
+            _read_all(stream, 4096, 2 * len(DATA))

@@ -104,32 +104,83 @@ class _Frames:
 
 
 class _GzipMembers(_Frames):
-    """Go's gzip reader (multistream): each member checked against its CRC and length by zlib."""
+    """Go's gzip reader (compress/gzip, multistream), member by member: the header read as Go reads it (its
+    reserved flag bits ignored; a name or comment of at most 511 bytes; FHCRC checked against the CRC of the
+    first ten bytes alone, as Go checks it), the deflate stream inflated by zlib, the CRC-32 and length of the
+    data checked against the trailer. zlib's own gzip reader differs from Go's on each of those points.
+    """
+
+    _ID, _DEFLATE = b"\x1f\x8b", 8
+    _HCRC, _EXTRA, _NAME, _COMMENT = 1 << 1, 1 << 2, 1 << 3, 1 << 4
+    _STRING_MAX = 512  # Go's header buffer: a string and its NUL within it
 
     def __init__(self, source: _Input) -> None:
         super().__init__(source)
         self.decoder: zlib._Decompress | None = None
+        self.crc = self.size = 0
+
+    def _exactly(self, length: int) -> bytes:
+        data = self.source.take(length)
+        if len(data) != length:
+            raise EOFError
+        return data
+
+    def _string(self) -> None:
+        for _ in range(self._STRING_MAX):
+            if self._exactly(1) == b"\0":
+                return
+        raise ValueError("invalid gzip header (a name or comment over 511 bytes)")
+
+    def _header(self) -> bool:
+        """Read the next member's header; False at the end of the layer (no byte left)."""
+        head = self.source.take(10)
+        if not head and self.frames:
+            return False
+        if len(head) != 10:
+            raise EOFError
+        if head[:2] != self._ID or head[2] != self._DEFLATE:
+            raise ValueError("invalid gzip header")
+        self.started()
+        flags = head[3]
+        if flags & self._EXTRA:
+            self._exactly(int.from_bytes(self._exactly(2), "little"))
+        if flags & self._NAME:
+            self._string()
+        if flags & self._COMMENT:
+            self._string()
+        if flags & self._HCRC and int.from_bytes(self._exactly(2), "little") != zlib.crc32(head) & 0xFFFF:
+            raise ValueError("invalid gzip header (header checksum)")
+        self.decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.crc = self.size = 0
+        return True
+
+    def _trailer(self) -> None:
+        assert self.decoder is not None
+        self.source.give_back(len(self.decoder.unused_data))
+        trailer = self._exactly(8)
+        if int.from_bytes(trailer[:4], "little") != self.crc or \
+                int.from_bytes(trailer[4:], "little") != self.size & 0xFFFFFFFF:
+            raise ValueError("invalid checksum")
+        self.decoder = None
 
     def read(self, length: int) -> bytes:
         while True:
-            if self.decoder is None or self.decoder.eof:
-                if self.decoder is not None:
-                    self.source.give_back(len(self.decoder.unused_data))
-                if not self.source.ready():
-                    if self.decoder is None and self.frames == 0:
-                        raise EOFError
-                    return b""
-                self.started()
-                self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if self.decoder is not None and self.decoder.eof:
+                self._trailer()
+            if self.decoder is None and not self._header():
+                return b""
+            assert self.decoder is not None
             feed = self.source.feed()
             if not feed:
                 raise EOFError
             out = self.decoder.decompress(feed, length)
-            # At a member's end zlib may fill unconsumed_tail *and* unused_data with the same bytes (what
-            # follows the member): they are given back once, as unused_data, when the next member starts.
+            # At the deflate stream's end zlib may fill unconsumed_tail *and* unused_data with the same bytes
+            # (what follows it): they are given back once, as unused_data, by `_trailer`.
             if not self.decoder.eof:
                 self.source.give_back(len(self.decoder.unconsumed_tail))
             if out:
+                self.crc = zlib.crc32(out, self.crc)
+                self.size += len(out)
                 return out
 
 
