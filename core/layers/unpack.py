@@ -196,7 +196,14 @@ def members_from_tar(entries: Iterable[TarEntry], layer: int) -> list[LayerMembe
         LayerRefused: storage would refuse the layer, or its result depends on how podman is set up.
     """
     unpack = _LayerUnpack(layer, PathTree(), set())
+    # tar-split, with which podman and docker both store a layer, refuses a second entry of a name (every entry
+    # Go's reader returns, global headers included, its name as filepath.Clean leaves it: `d/` is `d`, `/d` not).
+    seen: set[str] = set()
     for entry in entries:
+        name = go_clean(entry.name)
+        if name in seen:
+            raise unpack.refuse("a second entry of the same path (podman and docker refuse duplicates)", entry)
+        seen.add(name)
         unpack.add(entry)
     return unpack.members()
 
