@@ -13,7 +13,6 @@ occurs twice is refused (readers differ on which one counts).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cdisk.core.errors import ImageError, LayerRefused
+from cdisk.core.oci import go_json
 from cdisk.core.oci.blob import LayerBlob, own_fd
 from cdisk.core.paths import PATH_MAX, go_clean
 from cdisk.core.tar_headers import REGULAR, SYMLINK, TarEntry, read_entries
@@ -70,7 +70,7 @@ def _parse(data: bytes, name: str, files: ImageFiles) -> Any:
     if match and hashlib.sha256(data).hexdigest() != match.group(1):
         raise ImageError(f"{name} of {files.what} does not match its digest; {files.fix}")
     try:
-        return json.loads(data)
+        return go_json.loads(data)
     except (ValueError, RecursionError) as error:
         raise ImageError(f"{name} of {files.what} is not JSON cdisk reads ({type(error).__name__}); "
                          f"{files.fix}") from None

@@ -99,7 +99,8 @@ def _manifest_entries(files: ImageFiles, index: Any) -> list[dict[str, Any]]:
 
 
 def _text(entry: dict[str, Any], key: str) -> dict[str, str]:
-    """A map of strings in an index entry (annotations, platform); anything else in it counts as absent."""
+    """A map of strings in an index entry (annotations: a Go map, its keys exact); anything else counts as
+    absent."""
     value = entry.get(key)
     return {str(k): v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
 
@@ -111,8 +112,14 @@ def _shown(names: set[str]) -> str:
 
 
 def _platform_of(entry: dict[str, Any]) -> str:
-    plat = _text(entry, "platform")
-    return platform_text(plat.get("os", "?"), plat.get("architecture", "?"), plat.get("variant", ""))
+    plat = entry.get("platform")  # a struct: its fields as Go matches them (`_text` is for maps)
+    plat = plat if isinstance(plat, dict) else {}
+
+    def field(name: str, default: str) -> str:
+        value = plat.get(name, default)
+        return value if isinstance(value, str) else default
+
+    return platform_text(field("os", "?"), field("architecture", "?"), field("variant", ""))
 
 
 def _fits(entry: dict[str, Any], wanted: str) -> bool:
