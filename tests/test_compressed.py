@@ -554,8 +554,8 @@ def test_a_signal_while_decompressing_leaves_nothing(tmp_path: Path, signum: int
 
 def test_several_candidates_are_counted_before_they_are_copied(tmp_path: Path,
                                                                 tmpfs: Callable[[str], Path]) -> None:
-    # Three disks of 3 MiB of data each in one compressed layer, a tmpdir with room for one: the pass copies the first only and
-    # convert says there are several (it used to copy every one whole, and run out of space first).
+    # Three disks of 3 MiB of data each in one compressed layer, a tmpdir with room for one: the pass copies the
+    # first only and convert says there are several (it used to copy every one whole, and run out of space first).
     disks = [raw_disk(tmp_path / f"d{n}.raw", "12M", 0x30 + n) for n in range(3)]
     entries = [Entry("disk/", directory=True)] + [Entry(f"disk/d{n}.raw", data=d.read_bytes())
                                                   for n, d in enumerate(disks)]

@@ -161,7 +161,8 @@ def test_hostile_layouts_and_archives(tmp_path: Path) -> None:
     layer = json.loads((layout / "blobs" / "sha256" / manifest).read_text())["layers"][0]["digest"][7:]
     (layout / "blobs" / "sha256" / layer).unlink()
     (layout / "blobs" / "sha256" / layer).symlink_to(secret)  # a blob that is a host file
-    _one_line(cdisk("convert", "-q", f"oci:{layout}", tmp_path / "a.raw"), 3, "is a symlink, which no file of a layout may be")
+    _one_line(cdisk("convert", "-q", f"oci:{layout}", tmp_path / "a.raw"), 3,
+              "is a symlink, which no file of a layout may be")
     # An archive whose manifest climbs out: the name is cleaned inside the archive, and is not there.
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:
