@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,3 +102,21 @@ def test_the_sandbox_holds_no_host_file_but_the_view(tmp_path: Path, secret: Pat
     assert etc.split() == ["ld.so.cache"]
     assert "Read-only file system" in run.stderr  # the read-only view cannot be written either
     assert shown.read_text() == "visible"
+
+
+def test_a_probe_left_running_at_exit_does_not_hold_cdisk(tmp_path: Path) -> None:
+    # A probe whose sandbox keeps its stderr open after it was killed (the sandbox's own init outlives it): the
+    # run still ends at once. (It waited for the pipe's end: 120 s, once, in a test.)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / sandbox.BWRAP
+    fake.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path / 'held'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    code = "import time; from cdisk.core.qemu import sandbox; sandbox.start_probe(); time.sleep(0.5)"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    try:
+        subprocess.run([sys.executable, "-c", code], env=env, timeout=20, check=True)
+    finally:
+        held = tmp_path / "held"
+        if held.exists():
+            os.kill(int(held.read_text()), signal.SIGKILL)
