@@ -25,6 +25,7 @@ import pytest
 from tests.helpers import (
     READINGS,
     REQUIRE_TOOLS,
+    SECRET,
     TAG_VARIABLE,
     TOOLS,
     Convert,
@@ -266,3 +267,12 @@ def remote(images: Images, registry: str) -> Iterator[Remote]:
     yield made
     for engine in dict.fromkeys((images.engine, "podman")):  # whatever pulled it
         sh(engine, "rmi", "-f", made.ref, check=False)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A host file no qemu-img may read (it holds `SECRET`)."""
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    return path
+

@@ -7,6 +7,8 @@ that rule to the tools cdisk itself runs.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import shutil
@@ -258,4 +260,31 @@ def wait_for(predicate: Callable[[], bool], seconds: float = 30) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def is_open(fd: int) -> bool:
+    """Whether descriptor `fd` is open in this process."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError as error:
+        assert error.errno == errno.EBADF
+        return False
+    return True
+
+
+class Stages:
+    """A `Progress` that keeps the stage lines it is told, for a test to read."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+
+    def stage(self, name: str) -> None:
+        self.stages.append(name)
+
+    def update(self, done: float, total: float) -> None:
+        pass
+
+
+# What a host file holds in the tests of the sandbox: no byte of it may reach a target or qemu-img's output.
+SECRET = b"HOST-SECRET-" * 400
 

@@ -18,15 +18,6 @@ from tests.helpers import Convert, Images, assert_one_line_error, cdisk, same_di
 from tests.images import Entry, build_context
 from tests.tool_fakes import QemuImgFakes
 
-SECRET = b"HOST-SECRET-" * 400
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    path = tmp_path / "secret"
-    path.write_bytes(SECRET)
-    return path
-
 
 def test_hostile_vmdk_in_an_image_is_refused(images: Images, tmp_path: Path, secret: Path, convert: Convert) -> None:
     name = images.layers([Entry("disk/disk.vmdk", hostile.capacity_zero_vmdk(str(secret)))])

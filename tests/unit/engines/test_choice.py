@@ -19,6 +19,7 @@ from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.request import ImageRequest, Pull
+from tests.helpers import Stages
 
 IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -27,15 +28,6 @@ def image(engine: str, reference: str = "quay.io/vm:1", architecture: str = "amd
     return Image(reference, id, "sha256:feed", architecture, 1 << 20, ("sha256:aa",), engine=engine)
 
 
-class Stages:
-    def __init__(self) -> None:
-        self.stages: list[str] = []
-
-    def stage(self, name: str) -> None:
-        self.stages.append(name)
-
-    def update(self, done: float, total: float) -> None:
-        pass
 
 
 @dataclass

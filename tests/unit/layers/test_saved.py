@@ -23,6 +23,7 @@ from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.sources.copied import CopiedFile
 from cdisk.core.sources.tar_member import TarMember
 from cdisk.core.tree.merged import DIR, FILE, LayerMember
+from tests.helpers import Stages
 from tests.images import TAR_END, Entry, layer_tar, tar_member
 
 DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -47,15 +48,6 @@ def padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % 512)
 
 
-class Stages:
-    def __init__(self) -> None:
-        self.stages: list[str] = []
-
-    def stage(self, name: str) -> None:
-        self.stages.append(name)
-
-    def update(self, done: float, total: float) -> None:
-        pass
 
 
 class Saved:

@@ -4,7 +4,6 @@ descriptors, which are never a standard stream and are closed together (pure, re
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import subprocess
@@ -16,18 +15,12 @@ import pytest
 
 from cdisk.core.errors import ImageError
 from cdisk.core.oci.blob import LayerBlob, all_or_none, close_blobs, compression_of, own_fd, read_head
+from tests.helpers import is_open
 from tests.images import layer_tar
 
 DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
-def is_open(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, fcntl.F_GETFD)
-    except OSError as error:
-        assert error.errno == errno.EBADF
-        return False
-    return True
 
 
 def held(path: Path, offset: int = 0, size: int | None = None) -> LayerBlob:

@@ -19,19 +19,12 @@ from cdisk.core.errors import ToolError, UnsafeImageError
 from cdisk.core.progress import NoProgress
 from cdisk.core.qemu import qemu_img, sandbox
 from tests import hostile
+from tests.helpers import SECRET
 from tests.images import sh
 
 # qemu-img runs as cdisk runs it: inside bwrap.
 pytestmark = pytest.mark.needs("qemu-img", "bwrap")
 
-SECRET = b"HOST-SECRET-" * 400
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    path = tmp_path / "secret"
-    path.write_bytes(SECRET)
-    return path
 
 
 def _vmdk(path: Path, data: bytes) -> str:

@@ -4,8 +4,6 @@ refused (pure, real files).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from pathlib import Path
 
@@ -13,17 +11,11 @@ import pytest
 
 from cdisk.core.errors import UnsafeImageError
 from cdisk.core.tree.pinned import changed, same_file
+from tests.helpers import is_open
 
 REFUSAL = "/disk/disk.img changed while cdisk looked at it; run cdisk again"
 
 
-def is_open(fd: int) -> bool:
-    try:
-        fcntl.fcntl(fd, fcntl.F_GETFD)
-    except OSError as error:
-        assert error.errno == errno.EBADF
-        return False
-    return True
 
 
 def refused_and_closed(fd: int, expected: os.stat_result | None) -> None:
