@@ -220,6 +220,17 @@ def oci_layout(workdir: Path, tars: list[bytes]) -> tuple[Path, str]:
     return layout, str(manifest["config"]["digest"]).removeprefix("sha256:")  # type: ignore[index]
 
 
+def one_disk_layout(workdir: Path) -> tuple[Path, Path, Path]:
+    """An OCI layout of one image whose one layer holds /disk/vm.img (4 KiB): its dir, its manifest blob and
+    its layer blob.
+    """
+    layout, _ = oci_layout(workdir, [layer_tar([Entry("disk/vm.img", data=b"x" * 4096)])])
+    blobs = layout / "blobs" / "sha256"
+    manifest = blobs / json.loads((layout / "index.json").read_text())["manifests"][0]["digest"][7:]
+    layer = blobs / json.loads(manifest.read_text())["layers"][0]["digest"][7:]
+    return layout, manifest, layer
+
+
 def tar_file(path: Path, members: list[tuple[str, bytes | str]]) -> Path:
     """A tar of these members, in this order (a str is a symlink's target; a name may come twice)."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:

@@ -56,7 +56,8 @@ def _transport(request: ImageRequest) -> ImageRequest:
 def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` (or IMAGE's transport) names and the image in its store, pulled as asked, for
     `request.platform`: an image in the store for another platform is pulled again for this one (unless
-    `--pull never` or an ID says it must be that image).
+    `--pull never` or an ID says it must be that image, or it is an image file, which is what it is). An image
+    that names no architecture is taken for the platform asked, before a pull as after one.
 
     Raises:
         UsageError: a malformed --platform, or a transport that contradicts --engine.
@@ -72,14 +73,14 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     wanted = str(request.platform).split("/")
     if not image.architecture or architecture(image.architecture) == wanted[1]:
         return engine, replace(image, platform=str(request.platform))
-    fixed = request.pull is Pull.NEVER or looks_like_id(request.reference) or engine.name == "file"
+    fixed = request.pull is Pull.NEVER or looks_like_id(request.reference) or not engine.stores
     if not fixed:
         progress.stage(f"{request.reference} in {engine.name}'s store is for {image.architecture}: pulling it for "
                        f"{request.platform}")
         image = engine.find_image(replace(request, engine=engine.name, pull=Pull.ALWAYS), progress)
-        if architecture(image.architecture) == wanted[1]:
+        if not image.architecture or architecture(image.architecture) == wanted[1]:
             return engine, replace(image, platform=str(request.platform))
-    if request.pull is Pull.NEVER and engine.name != "file":
+    if request.pull is Pull.NEVER and engine.stores:
         advice = "drop --pull never to pull it for that platform"
     elif fixed:
         advice = "name the image for that platform"

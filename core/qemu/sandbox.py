@@ -123,11 +123,21 @@ def start_probe() -> None:
         atexit.register(_reap_probe)
 
 
+def _stop(probe: subprocess.Popen[bytes]) -> None:
+    """Kill and reap the probe without reading its stderr to the end: the sandbox's own init (pid 1 of its pid
+    namespace, outside our reach once its parent is gone) may hold the pipe open for a while, and cdisk must not
+    wait on it at exit (it did, until a test's 120 s ran out)."""
+    probe.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        probe.wait(timeout=5)
+    if probe.stderr is not None:
+        probe.stderr.close()
+
+
 def _reap_probe() -> None:
     for probe in _started:
         if probe.returncode is None:
-            probe.kill()
-            probe.communicate()
+            _stop(probe)
 
 
 @functools.cache
@@ -142,8 +152,7 @@ def unavailable() -> str | None:
     try:
         _, err = probe.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        probe.kill()
-        probe.communicate()
+        _stop(probe)
         return "bwrap cannot run (its probe ran past 30 s)"
     if probe.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()

@@ -1,0 +1,134 @@
+"""`cdisk ls`: every candidate with its format, sizes, layer and offset, and refusals, on real images; judged
+with a bounded number of qemu-img runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cdisk.cli.ls import COLUMNS
+from cdisk.core.commands.ls import QEMU_IMG_JUDGED
+from tests.helpers import Images, cdisk
+from tests.images import Entry, sh
+from tests.tool_fakes import QemuImgFakes
+
+
+def listing(name: str) -> dict:  # type: ignore[type-arg]
+    result = cdisk("ls", "--json", name)
+    assert result.code == 0, result.err
+    return json.loads(result.out)  # type: ignore[no-any-return]
+
+
+def test_ls_describes_the_disk(images: Images) -> None:
+    disk = images.disk(size="8M")
+    name = images.build({"disk.qcow2": disk})
+    data = listing(name)
+    inspect = json.loads(sh("podman", "image", "inspect", name).stdout)[0]
+    assert (data["id"], data["digest"], data["architecture"]) == (inspect["Id"], inspect["Digest"], "amd64")
+    [entry] = data["disks"]
+    assert entry["path"] == "/disk/disk.qcow2"
+    assert (entry["format"], entry["virtual_size"], entry["file_size"]) == ("qcow2", 8 << 20, disk.stat().st_size)
+    # One layer holding /disk and its file: the data follows the directory's header and the file's.
+    assert (entry["layer"], entry["offset"], entry["refused"], entry["judged_by"]) == (0, 1024, "", "qemu-img")
+    assert entry["layer_digest"] == inspect["RootFS"]["Layers"][0]
+    assert data["problems"] == []
+
+
+def test_ls_judges_hostile_images_without_failing(images: Images, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", evil, "8M")
+    good = images.disk()
+    name = images.layers(
+        [Entry("disk/a.qcow2", good.read_bytes()), Entry("disk/evil.qcow2", evil.read_bytes()),
+         Entry("disk/link.qcow2", symlink="/etc/passwd"), Entry("disk/up.qcow2", symlink="../../etc/passwd")]
+    )
+    data = listing(name)
+    by_path = {d["path"]: d for d in data["disks"]}
+    assert sorted(by_path) == ["/disk/a.qcow2", "/disk/evil.qcow2", "/disk/link.qcow2", "/disk/up.qcow2"]
+    assert by_path["/disk/a.qcow2"]["refused"] == "" and by_path["/disk/a.qcow2"]["format"] == "qcow2"
+    assert "backing file ('/etc/shadow')" in by_path["/disk/evil.qcow2"]["refused"]
+    assert "points to /etc/passwd, which is not in the image" in by_path["/disk/link.qcow2"]["refused"]
+    assert "out of the image" in by_path["/disk/up.qcow2"]["refused"]
+    assert by_path["/disk/link.qcow2"]["offset"] is None
+    judged_by = {path: d["judged_by"] for path, d in by_path.items()}
+    assert judged_by == {"/disk/a.qcow2": "qemu-img", "/disk/evil.qcow2": "header", "/disk/link.qcow2": "metadata",
+                         "/disk/up.qcow2": "metadata"}
+    assert data["problems"] == ["4 candidate disks: convert needs --path to choose one"]
+
+
+def plain_rows(out: str) -> dict[str, list[str]]:
+    """The rows of `cdisk ls`'s plain table (off a terminal), by path: each a list of its cells.
+
+    Cells are apart by two spaces or more, and a size holds one ("8.0 MiB"); empty cells at the end are left out.
+    """
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("path "))
+    assert re.split(r" {2,}", lines[header].strip()) == list(COLUMNS), lines[header]
+    rows = [re.split(r" {2,}", line.strip()) for line in lines[header + 1:] if line.startswith("/")]
+    return {row[0]: row for row in rows}
+
+
+def test_ls_table_and_missing_image(images: Images) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    result = cdisk("ls", name)
+    assert result.code == 0, result.err
+    [row] = plain_rows(result.out).values()
+    # path, format, virtual size, file size (the qcow2 holds under 1 MiB), layer, offset, and no refusal.
+    file_size = f"{disk.stat().st_size / 1024:.1f} KiB"
+    assert row == ["/disk/disk.qcow2", "qcow2", "8.0 MiB", file_size, "0", "1024"], row
+    missing = cdisk("ls", "-q", "--pull", "never", "localhost/cdisk-test-absent")
+    assert missing.code == 3 and "not in the local store" in missing.err, missing.err
+
+
+def test_ls_judges_the_data_of_many_hard_links_once(images: Images, tmp_path: Path) -> None:
+    disk = images.disk(size="4M")
+    links = [Entry(f"disk/l{i:04}", hardlink="disk/a.qcow2") for i in range(2000)]
+    name = images.layers([Entry("disk/a.qcow2", disk.read_bytes()), *links, Entry("disk/s.qcow2", symlink="a.qcow2")])
+    runs = QemuImgFakes(tmp_path / "bin")
+    result = cdisk("ls", "--json", name, env=runs.env)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert len(data["disks"]) == 2002
+    # One place of data, so one judgement: qemu-img info and check once, not 2002 times.
+    assert runs.subcommands() == ["info", "check"]
+    judged = {(d["format"], d["virtual_size"], d["offset"], d["refused"], d["judged_by"]) for d in data["disks"]}
+    assert judged == {("qcow2", 4 << 20, data["disks"][0]["offset"], "", "qemu-img")}
+    assert data["problems"] == ["2002 candidate disks: convert needs --path to choose one"]
+
+
+def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", evil, "8M")
+    entries = [Entry("disk/0-evil.qcow2", evil.read_bytes())]
+    sizes = {}
+    for i in range(QEMU_IMG_JUDGED + 4):
+        path = tmp_path / f"d{i}.qcow2"
+        sh("qemu-img", "create", "-q", "-f", "qcow2", path, f"{i + 1}M")
+        entries.append(Entry(f"disk/d{i:02}.qcow2", path.read_bytes()))
+        sizes[f"/disk/d{i:02}.qcow2"] = (i + 1) << 20
+    raw = tmp_path / "tail.raw"
+    raw.write_bytes(b"\x5a" * 1000)  # not a whole sector: qemu-img rounds it up, the header reading too
+    entries.append(Entry("disk/z.raw", raw.read_bytes()))
+    name = images.layers(entries)
+    runs = QemuImgFakes(tmp_path / "bin")
+    result = cdisk("ls", "--json", name, env=runs.env)
+    assert result.code == 0, result.err
+    by_path = {d["path"]: d for d in json.loads(result.out)["disks"]}
+    # The header refuses the backing file without qemu-img; of the rest, only the first few are opened.
+    assert runs.subcommands() == ["info", "check"] * QEMU_IMG_JUDGED
+    assert by_path["/disk/0-evil.qcow2"]["judged_by"] == "header"
+    assert "backing file ('/etc/shadow')" in by_path["/disk/0-evil.qcow2"]["refused"]
+    judged = [by_path[p]["judged_by"] for p in sorted(sizes)]
+    assert judged == ["qemu-img"] * QEMU_IMG_JUDGED + ["header"] * 4
+    assert {p: by_path[p]["virtual_size"] for p in sizes} == sizes
+    assert (by_path["/disk/z.raw"]["format"], by_path["/disk/z.raw"]["virtual_size"]) == ("raw", 1024)
+    assert by_path["/disk/z.raw"]["judged_by"] == "header"
+    table = cdisk("ls", name, env=runs.env)
+    assert table.code == 0
+    assert f"* judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} distinct disks" in table.out
+    formats = {path: row[1] for path, row in plain_rows(table.out).items()}
+    assert formats == {"/disk/0-evil.qcow2": "-"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
+                                                        for p, judged_by in zip(sorted(sizes), judged, strict=True)} \
+        | {"/disk/z.raw": "raw*"}, formats

@@ -1,0 +1,85 @@
+"""`cdisk ls`'s table: fitted to the terminal, one row a line off it, and printed as it is (pure)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from cdisk.cli.ls import COLUMNS, table
+from cdisk.core.commands.ls import QEMU_IMG_JUDGED, ListedDisk, Listing
+
+D = "sha256:" + "e9553d567f15" + "ab" * 26
+LONG_REFUSAL = ("the disk is a qcow2 with a backing file ('/etc/shadow'); cdisk refuses it because qemu-img would "
+                "open files outside the image; rebuild the image with a self-contained disk (e.g. `qemu-img "
+                "convert -O qcow2`)")
+
+
+def _listing(*disks: ListedDisk) -> Listing:
+    return Listing("quay.io/containerdisks/fedora:40", "podman", "podman", "875cc1902158" + "0" * 52, D, "amd64",
+                   list(disks), [])
+
+
+def _rows() -> list[ListedDisk]:
+    return [
+        ListedDisk("/disk/disk.qcow2", "qcow2", 8 << 20, 196608, 0, D, 1024, "", "qemu-img"),
+        ListedDisk("/disk/evil.qcow2", None, None, 196608, 0, D, 197632, LONG_REFUSAL, "header"),
+        ListedDisk("/disk/big.qcow2", "qcow2", 1 << 40, (1 << 30) - 1, 12, D, 1073741824, "", "qemu-img"),
+    ]
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_table_fits_the_terminal(width: int) -> None:
+    text = table(_listing(*_rows()), width=width)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width, text
+    [header] = [line for line in lines if line.startswith("path ")]
+    shown = COLUMNS if width >= 120 else tuple(c for c in COLUMNS if c not in ("layer", "offset"))
+    # Every header on the one header line, in order, and the rule right under it: nothing wrapped.
+    assert header.split() == " ".join(shown).split(), text
+    assert set(lines[lines.index(header) + 1]) == {"─"}
+    assert ("layers: 0 sha256:e9553d567f15, 12 sha256:e9553d567f15" in lines) == (width >= 120)
+    assert ("layer and offset: see `cdisk ls --json`, or a wider terminal" in lines) == (width < 120)
+    # The long refusal wraps inside its own column: each of its lines starts there, and they read back whole.
+    column = header.index("refused because")
+    first = next(i for i, line in enumerate(lines) if line.startswith("/disk/evil.qcow2"))
+    last = next(i for i, line in enumerate(lines) if line.startswith("/disk/big.qcow2"))
+    assert last - first > 1
+    assert all(not line[:column].strip() for line in lines[first + 1:last])
+    assert " ".join(line[column:].strip() for line in lines[first:last]) == LONG_REFUSAL
+    assert "digest sha256:e9553d567f15 " in lines[0] + " " and D not in text
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_table_prints_unchanged_through_a_console_of_its_width(width: int) -> None:
+    """`report` prints the text again through rich on a terminal: nothing in it may make rich rewrap it."""
+    text = table(_listing(*_rows()), width=width)
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True, highlight=False).print(text)
+    assert [line.rstrip() for line in out.getvalue().splitlines()] == text.splitlines()
+
+
+def test_table_marks_disks_judged_by_header_only() -> None:
+    disks = [ListedDisk("/disk/a", "qcow2", 1 << 20, 512, 0, D, 1024, "", "header"),
+             ListedDisk("/disk/b", None, None, 512, 0, D, 2048, "the disk is LUKS-encrypted", "header")]
+    lines = table(_listing(*disks), width=120).splitlines()
+    assert lines[3].split()[:2] == ["/disk/a", "qcow2*"] and lines[4].split()[:2] == ["/disk/b", "-"]
+    assert f"* judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} distinct disks of plain " \
+           "layers; convert checks the whole disk" in lines
+    assert not [line for line in table(_listing(*_rows()), width=120).splitlines() if line.startswith("*")]
+
+
+def test_plain_table_keeps_one_row_a_line() -> None:
+    lines = table(_listing(*_rows())).splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["/disk/disk.qcow2", "/disk/evil.qcow2", "/disk/big.qcow2"]
+    assert LONG_REFUSAL in lines[3]
+
+
+def test_table_shows_names_that_look_like_markup_as_they_are() -> None:
+    disks = [ListedDisk("/disk/[/x]:cd:[bold].qcow2", "qcow2", 1 << 20, 512, 0, D, 1024, "", "qemu-img")]
+    text = table(_listing(*disks), width=120)
+    out = io.StringIO()
+    Console(file=out, width=120, force_terminal=True, highlight=False).print(text)  # as `report` does on a TTY
+    assert "/disk/[/x]:cd:[bold].qcow2" in out.getvalue()
+    assert [line.rstrip() for line in out.getvalue().splitlines()] == text.splitlines()

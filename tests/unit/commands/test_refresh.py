@@ -1,0 +1,54 @@
+"""refresh's record and lock, planted by whoever can write beside TARGET: a record is small, a regular file and
+of the right shape, or it is none (and says why); the lock is never followed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.commands.refresh import read_record, target_lock
+from cdisk.core.errors import TargetError
+
+GOOD = {"image": "oci:/x", "image_id": "ab", "digest": "", "disk": "/disk/disk.img", "source_format": "raw",
+        "target_format": "raw", "compressed": False, "size": 1, "mtime_ns": 2}
+
+
+def test_a_fifo_as_refresh_record_is_no_record(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "vm.raw.cdisk.json")
+    assert read_record(str(tmp_path / "vm.raw")) == (None, "it is not a regular file")
+
+
+@pytest.mark.parametrize(("planted", "why"), [
+    (lambda p: p.symlink_to("/dev/zero"), "it is a symlink"),
+    (lambda p: p.write_bytes(b" " * (65 << 10)), "it is larger than 65536 bytes"),
+    (lambda p: p.write_text(json.dumps({**GOOD, "platform": 123})), "its 'platform' is not a string"),
+    (lambda p: p.write_text(json.dumps({**GOOD, "size": True})), "its 'size' is not a whole number"),
+    (lambda p: p.write_text(json.dumps({**GOOD, "compressed": 0})), "its 'compressed' is not true or false"),
+    (lambda p: p.write_text(json.dumps([GOOD])), "it is not a JSON object"),
+    (lambda p: p.write_text("{"), "it is not JSON"),
+    (lambda p: p.write_text(json.dumps({k: v for k, v in GOOD.items() if k != "disk"})), "it lacks 'disk'"),
+], ids=["symlink-to-dev-zero", "200-kib", "platform-a-number", "size-a-bool", "compressed-a-number", "a-list",
+        "not-json", "no-disk"])
+def test_a_record_that_is_not_one_counts_as_none_and_says_why(tmp_path: Path, planted: object, why: str) -> None:
+    planted(tmp_path / "vm.raw.cdisk.json")  # type: ignore[operator]
+    assert read_record(str(tmp_path / "vm.raw")) == (None, why)
+
+
+def test_records_of_earlier_and_later_versions_are_read(tmp_path: Path) -> None:
+    (tmp_path / "vm.raw.cdisk.json").write_text(json.dumps(GOOD))  # no engine, platform, disktype, source
+    record, why = read_record(str(tmp_path / "vm.raw"))
+    assert why == "" and record is not None and record.engine == "" and record.disk == "/disk/disk.img"
+    (tmp_path / "vm.raw.cdisk.json").write_text(json.dumps({**GOOD, "a_later_field": [1]}))
+    assert read_record(str(tmp_path / "vm.raw"))[0] == record
+
+
+def test_a_lock_planted_as_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / ".vm.raw.cdisk.lock").symlink_to(elsewhere)  # dangling: O_CREAT would make it
+    with pytest.raises(TargetError, match="is a symlink, which refresh never follows"), \
+            target_lock(str(tmp_path / "vm.raw"), wait=False):
+        pass
+    assert not elsewhere.exists()

@@ -1,0 +1,21 @@
+"""The blockdev options `serve --all` gives qemu-storage-daemon for a disk's `json:` spec (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from cdisk.core.commands.serve import blockdev
+from cdisk.core.qemu import qemu_img
+
+
+def test_blockdev_of_a_spec() -> None:
+    qcow2 = qemu_img.image_spec("qcow2", qemu_img.file_node("/dev/fd/3"))
+    assert blockdev(qcow2, "disk0") == {"driver": "qcow2", "backing": None, "file": {"driver": "file",
+                                        "filename": "/dev/fd/3"}, "node-name": "disk0", "read-only": True}
+    # A raw slice: blockdev's raw driver has no "backing" (qemu-img's json: ignores it).
+    raw = qemu_img.image_spec("raw", qemu_img.slice_node("/tmp/layer.tar", 1536, 1000))
+    assert json.loads(raw[5:])["backing"] is None
+    assert blockdev(raw, "disk1") == {"driver": "raw", "offset": 1536, "size": 1024, "file": {
+        "driver": "file", "filename": "/tmp/layer.tar"}, "node-name": "disk1", "read-only": True}
+    vpc = qemu_img.image_spec("vpc", qemu_img.file_node("/dev/fd/4"))
+    assert "backing" not in blockdev(vpc, "disk2")

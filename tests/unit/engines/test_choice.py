@@ -1,0 +1,385 @@
+"""Which engine serves IMAGE: its transport mapped to an engine, `--engine auto` asking each engine in turn
+(fake engines that implement the seam, so that no podman or docker runs), and an image for another platform
+pulled again for the one asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from cdisk.core.engines import choice
+from cdisk.core.engines.choice import _find, _transport, find, settled
+from cdisk.core.engines.seam import Engine, Image
+from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.oci.blob import LayerBlob
+from cdisk.core.request import ImageRequest, Pull
+from tests.helpers import Stages
+
+IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+def image(engine: str, reference: str = "quay.io/vm:1", architecture: str = "amd64", id: str = IMAGE_ID) -> Image:
+    return Image(reference, id, "sha256:feed", architecture, 1 << 20, ("sha256:aa",), engine=engine)
+
+
+
+
+@dataclass
+class FakeEngine:
+    """An engine of the seam that runs nothing: it answers as told and logs what it was asked, in `log`."""
+
+    name: str
+    log: list[str]
+    answers: bool = True
+    holds: Image | None = None
+    fails: ToolError | None = None
+    pulls: list[Image] = field(default_factory=list)
+    asked: list[ImageRequest] = field(default_factory=list)
+    mounts: bool = True
+    copies: bool = True
+    stores: bool = True
+    cannot_mount: str = ""
+
+    def available(self) -> bool:
+        self.log.append(f"{self.name} available")
+        return self.answers
+
+    def lookup(self, reference: str, progress: Any) -> Image | None:
+        self.log.append(f"{self.name} lookup {reference}")
+        if self.fails is not None:
+            raise self.fails
+        return self.holds
+
+    def find_image(self, request: ImageRequest, progress: Any) -> Image:
+        self.log.append(f"{self.name} find_image {request.reference}")
+        self.asked.append(request)
+        if self.pulls:
+            return self.pulls.pop(0)
+        return self.holds or image(self.name, request.reference)
+
+    def mount(self, image: Image) -> AbstractContextManager[str]:
+        raise AssertionError("not asked here")
+
+    def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
+        raise AssertionError("not asked here")
+
+    def in_user_namespace(self, argv: Sequence[str], stdout: int, stderr: IO[Any] | int,
+                          ) -> AbstractContextManager[Any]:
+        raise AssertionError("not asked here")
+
+    def load(self, archive: Path) -> None:
+        raise AssertionError("not asked here")
+
+    def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
+        raise AssertionError("not asked here")
+
+
+@pytest.fixture
+def log() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def engines(log: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeEngine]:
+    """podman, docker and the image files, each a fake: what `choice.named` hands out."""
+    made = {name: FakeEngine(name, log) for name in ("podman", "docker", "file")}
+    made["file"].mounts = made["file"].copies = made["file"].stores = False
+
+    def named(name: str) -> Engine:
+        return made[name]
+
+    monkeypatch.setattr(choice, "named", named)
+    return made
+
+
+# --- IMAGE's transport ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("reference", "engine", "resolved"),
+    [
+        ("containers-storage:localhost/vm:1", "auto", ("localhost/vm:1", "podman")),
+        ("containers-storage:localhost/vm:1", "podman", ("localhost/vm:1", "podman")),
+        ("docker-daemon:vm:1", "auto", ("vm:1", "docker")),
+        ("docker-daemon:vm:1", "docker", ("vm:1", "docker")),
+        ("docker://quay.io/vm:1", "auto", ("quay.io/vm:1", "auto")),
+        ("docker://quay.io/vm:1", "podman", ("quay.io/vm:1", "podman")),
+        ("docker://quay.io/vm:1", "docker", ("quay.io/vm:1", "docker")),
+        ("oci:/srv/layout:vm", "auto", ("oci:/srv/layout:vm", "file")),
+        ("oci:/srv/layout:vm", "docker", ("oci:/srv/layout:vm", "file")),
+        ("oci-archive:/srv/vm.tar", "podman", ("oci-archive:/srv/vm.tar", "file")),
+        ("docker-archive:/srv/vm.tar", "auto", ("docker-archive:/srv/vm.tar", "file")),
+        ("quay.io/vm:1", "auto", ("quay.io/vm:1", "auto")),
+        ("quay.io/vm:1", "docker", ("quay.io/vm:1", "docker")),
+        (IMAGE_ID[:12], "podman", (IMAGE_ID[:12], "podman")),
+    ],
+)
+def test_transport_resolves_into_the_engine_that_serves_it(reference: str, engine: str,
+                                                           resolved: tuple[str, str]) -> None:
+    request = ImageRequest(reference, Pull.NEWER, False, engine, "linux/arm64", "applehv")
+    assert _transport(request) == ImageRequest(resolved[0], Pull.NEWER, False, resolved[1], "linux/arm64", "applehv")
+
+
+@pytest.mark.parametrize(
+    ("reference", "engine", "store"),
+    [
+        ("containers-storage:localhost/vm:1", "docker", "podman"),
+        ("docker-daemon:vm:1", "podman", "docker"),
+    ],
+)
+def test_a_transport_that_contradicts_engine_is_refused(reference: str, engine: str, store: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        _transport(ImageRequest(reference, engine=engine))
+    assert refused.value.message == (f"{reference} names {store}'s store but --engine says {engine}; "
+                                     "drop one of them")
+    assert refused.value.exit_code == 2
+
+
+def test_find_refuses_a_contradiction_before_any_engine_is_asked(engines: dict[str, FakeEngine],
+                                                                 log: list[str]) -> None:
+    with pytest.raises(UsageError):
+        find(ImageRequest("docker-daemon:vm:1", engine="podman"), Stages())
+    assert log == []
+
+
+def test_a_transport_names_the_engine_find_asks(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engine, found = find(ImageRequest("docker-daemon:vm:1"), Stages())
+    assert engine is engines["docker"] and found.reference == "vm:1"
+    assert log == ["docker find_image vm:1"]
+    assert engines["docker"].asked == [ImageRequest("vm:1", engine="docker")]
+
+
+# --- settled ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("asked", "recorded", "engine"),
+    [
+        ("auto", "docker", "docker"),
+        ("auto", "podman", "podman"),
+        ("auto", "", "auto"),
+        ("podman", "docker", "podman"),
+        ("docker", "podman", "docker"),
+    ],
+)
+def test_settled_keeps_an_engine_asked_by_name(asked: str, recorded: str, engine: str) -> None:
+    request = ImageRequest("quay.io/vm:1", Pull.ALWAYS, True, asked, "linux/arm64")
+    assert settled(request, recorded) == replace(request, engine=engine)
+
+
+# --- --engine auto ------------------------------------------------------------------------------------------------
+
+def test_auto_takes_podmans_image_without_asking_docker(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["podman"].holds = local = image("podman")
+    engines["docker"].holds = image("docker")
+    assert _find(ImageRequest("quay.io/vm:1"), Stages()) == (engines["podman"], local)
+    assert log == ["podman available", "podman lookup quay.io/vm:1"]
+
+
+def test_auto_takes_the_store_that_holds_the_image(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["docker"].holds = local = image("docker")
+    assert _find(ImageRequest("quay.io/vm:1"), Stages()) == (engines["docker"], local)
+    assert log == ["podman available", "podman lookup quay.io/vm:1", "docker available", "docker lookup quay.io/vm:1"]
+
+
+def test_auto_pulls_with_the_first_engine_answering_when_no_store_holds_it(engines: dict[str, FakeEngine],
+                                                                          log: list[str]) -> None:
+    engine, found = _find(ImageRequest("quay.io/vm:1", Pull.MISSING, True), Stages())
+    assert engine is engines["podman"] and found == image("podman")
+    assert log[-1] == "podman find_image quay.io/vm:1"
+    assert engines["podman"].asked == [ImageRequest("quay.io/vm:1", Pull.MISSING, True, "podman")]
+    assert engines["docker"].asked == []
+
+
+def test_auto_passes_over_an_engine_not_installed(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["podman"].answers = False
+    engine, _ = _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert engine is engines["docker"]
+    assert log == ["podman available", "docker available", "docker lookup quay.io/vm:1",
+                   "docker find_image quay.io/vm:1"]
+
+
+def test_auto_passes_over_an_engine_that_fails_to_answer(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["podman"].fails = ToolError("podman stopped answering", ["podman", "images"], 125, "boom")
+    engines["docker"].holds = local = image("docker")
+    progress = Stages()
+    assert _find(ImageRequest("quay.io/vm:1"), progress) == (engines["docker"], local)
+    assert progress.stages == ["podman could not look quay.io/vm:1 up: podman stopped answering"]
+
+
+def test_a_failing_engine_is_not_the_one_that_pulls(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["podman"].fails = ToolError("podman stopped answering")
+    engine, _ = _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert engine is engines["docker"] and engines["podman"].asked == []
+
+
+def test_the_failure_is_the_answer_when_no_engine_could_take_the_image(engines: dict[str, FakeEngine]) -> None:
+    failure = ToolError("podman stopped answering", ["podman", "images"], 125, "boom")
+    engines["podman"].fails = failure
+    engines["docker"].answers = False
+    with pytest.raises(ToolError) as raised:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert raised.value is failure
+
+
+def test_the_first_failure_is_the_answer_when_every_engine_fails(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].fails = first = ToolError("podman stopped answering")
+    engines["docker"].fails = ToolError("docker stopped answering")
+    with pytest.raises(ToolError) as raised:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert raised.value is first
+
+
+def test_no_engine_answering_is_a_tool_error(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["podman"].answers = engines["docker"].answers = False
+    with pytest.raises(ToolError) as raised:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert raised.value.message == (
+        "neither podman nor docker is installed and answering here; install one (Debian/Ubuntu: apt-get install "
+        "podman), or start the docker daemon and check that DOCKER_HOST (if set) names its local unix socket and "
+        "that you may use it")
+    assert raised.value.exit_code == 7
+    assert log == ["podman available", "docker available"]
+
+
+@pytest.mark.parametrize("pull", [Pull.ALWAYS, Pull.NEWER])
+def test_auto_pulls_again_in_the_store_that_holds_it_when_asked(engines: dict[str, FakeEngine], pull: Pull) -> None:
+    engines["docker"].holds = image("docker", architecture="old")
+    engines["docker"].pulls = [pulled := image("docker", architecture="new")]
+    assert _find(ImageRequest("quay.io/vm:1", pull), Stages()) == (engines["docker"], pulled)
+    assert engines["docker"].asked == [ImageRequest("quay.io/vm:1", pull, engine="docker")]
+    assert engines["podman"].asked == []
+
+
+@pytest.mark.parametrize("pull", [Pull.MISSING, Pull.NEVER])
+def test_auto_takes_the_local_image_when_no_pull_is_due(engines: dict[str, FakeEngine], pull: Pull) -> None:
+    engines["podman"].holds = local = image("podman")
+    assert _find(ImageRequest("quay.io/vm:1", pull), Stages()) == (engines["podman"], local)
+    assert engines["podman"].asked == []
+
+
+@pytest.mark.parametrize("reference", [IMAGE_ID, IMAGE_ID[:12], f"sha256:{IMAGE_ID}"],
+                         ids=["full-id", "short-id", "digest-id"])
+def test_an_image_id_is_never_pulled(engines: dict[str, FakeEngine], reference: str) -> None:
+    engines["podman"].holds = local = image("podman", reference)
+    assert _find(ImageRequest(reference, Pull.ALWAYS), Stages()) == (engines["podman"], local)
+    assert engines["podman"].asked == []
+
+
+def test_an_engine_named_is_asked_alone(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["docker"].answers = False  # not asked: the operator named it
+    engine, _ = _find(ImageRequest("quay.io/vm:1", Pull.NEVER, engine="docker"), Stages())
+    assert engine is engines["docker"]
+    assert log == ["docker find_image quay.io/vm:1"]
+    assert engines["docker"].asked == [ImageRequest("quay.io/vm:1", Pull.NEVER, engine="docker")]
+
+
+# --- --platform ---------------------------------------------------------------------------------------------------
+
+def test_an_image_of_the_platform_asked_is_taken_with_the_platform_recorded(engines: dict[str, FakeEngine],
+                                                                             log: list[str]) -> None:
+    engines["podman"].holds = image("podman", architecture="arm64")
+    engine, found = find(ImageRequest("quay.io/vm:1", platform="Linux/AArch64"), Stages())
+    assert engine is engines["podman"] and found == replace(image("podman", architecture="arm64"),
+                                                            platform="linux/arm64")
+    assert log == ["podman available", "podman lookup quay.io/vm:1"]
+
+
+def test_an_architecture_named_as_uname_names_it_fits(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="x86_64")
+    _, found = find(ImageRequest("quay.io/vm:1", platform="linux/amd64"), Stages())
+    assert found.platform == "linux/amd64"
+
+
+def test_an_image_that_says_no_architecture_is_taken(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="")
+    _, found = find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), Stages())
+    assert found == replace(image("podman", architecture=""), platform="linux/arm64")
+
+
+def test_the_engine_named_is_asked_for_the_normal_platform(engines: dict[str, FakeEngine]) -> None:
+    engines["docker"].holds = image("docker", architecture="arm64")
+    find(ImageRequest("quay.io/vm:1", engine="docker", platform="linux/aarch64"), Stages())
+    assert engines["docker"].asked == [ImageRequest("quay.io/vm:1", engine="docker", platform="linux/arm64")]
+
+
+def test_an_image_for_another_platform_is_pulled_again_for_the_one_asked(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64")
+    engines["podman"].pulls = [image("podman", architecture="arm64", id="arm")]
+    progress = Stages()
+    engine, found = find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), progress)
+    assert engine is engines["podman"]
+    assert found == replace(image("podman", architecture="arm64", id="arm"), platform="linux/arm64")
+    assert engines["podman"].asked == [ImageRequest("quay.io/vm:1", Pull.ALWAYS, engine="podman",
+                                                    platform="linux/arm64")]
+    assert progress.stages == ["quay.io/vm:1 in podman's store is for amd64: pulling it for linux/arm64"]
+
+
+def test_an_image_pulled_for_the_platform_that_says_no_architecture_is_taken(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64")
+    engines["podman"].pulls = [image("podman", architecture="", id="pulled")]
+    _, found = find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), Stages())
+    assert found == replace(image("podman", architecture="", id="pulled"), platform="linux/arm64")
+
+
+def test_a_registry_without_the_platform_is_an_image_error(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64")
+    engines["podman"].pulls = [image("podman", architecture="amd64")]
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), Stages())
+    assert refused.value.message == ("quay.io/vm:1 is for amd64, not linux/arm64; the registry has it for no such "
+                                     "platform; check the name and --platform")
+    assert refused.value.exit_code == 3
+
+
+def test_pull_never_refuses_an_image_for_another_platform(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64")
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest("quay.io/vm:1", Pull.NEVER, platform="linux/arm64"), Stages())
+    assert refused.value.message == ("quay.io/vm:1 is for amd64, not linux/arm64; drop --pull never to pull it for "
+                                     "that platform")
+    assert engines["podman"].asked == []
+
+
+def test_an_image_id_for_another_platform_is_refused_unpulled(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", IMAGE_ID[:12], architecture="amd64")
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest(IMAGE_ID[:12], Pull.ALWAYS, platform="linux/arm64"), Stages())
+    assert refused.value.message == (f"{IMAGE_ID[:12]} is for amd64, not linux/arm64; name the image for that "
+                                     "platform")
+    assert engines["podman"].asked == []
+
+
+@pytest.mark.parametrize("pull", [Pull.MISSING, Pull.NEVER])
+def test_an_image_file_for_another_platform_is_refused_unpulled(engines: dict[str, FakeEngine], pull: Pull) -> None:
+    engines["file"].holds = image("file", "oci:/srv/layout", architecture="amd64")
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest("oci:/srv/layout", pull, platform="linux/arm64"), Stages())
+    assert refused.value.message == "oci:/srv/layout is for amd64, not linux/arm64; name the image for that platform"
+    assert len(engines["file"].asked) == 1
+
+
+def test_a_malformed_platform_is_refused_before_any_engine_is_asked(engines: dict[str, FakeEngine],
+                                                                   log: list[str]) -> None:
+    with pytest.raises(UsageError, match=r"^--platform 'arm64' is not OS/ARCH\[/VARIANT\]"):
+        find(ImageRequest("quay.io/vm:1", platform="arm64"), Stages())
+    assert log == []
+
+
+def test_no_platform_asked_takes_the_image_as_it_is(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = local = image("podman", architecture="s390x")
+    assert find(ImageRequest("quay.io/vm:1"), Stages()) == (engines["podman"], local)
+
+
+# --- the real engines, by name ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "engine"), [("podman", "podman"), ("docker", "docker"), ("file", "file"),
+                                              ("unknown", "podman")])
+def test_named_hands_out_the_one_instance_of_each_engine(name: str, engine: str) -> None:
+    assert choice.named(name).name == engine
+    assert choice.named(name) is choice.named(engine)
+    assert choice.of(image(name)) is choice.named(engine)

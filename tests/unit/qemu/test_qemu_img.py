@@ -1,0 +1,79 @@
+"""`json:` specs, progress parsing and convert arguments (pure), and the specs on a real qemu-img."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.qemu import qemu_img
+from cdisk.core.qemu.qemu_img import ConvertOptions, convert_argv, file_node, image_spec, parse_progress, slice_node
+from tests.images import sh
+
+
+def test_slice_rounds_size_up_to_a_sector() -> None:
+    assert slice_node("/l", 1536, 196616) == {
+        "driver": "raw",
+        "offset": 1536,
+        "size": 197120,
+        "file": {"driver": "file", "filename": "/l"},
+    }
+    assert slice_node("/l", 512, 1024)["size"] == 1024
+
+
+def test_specs_are_json_with_explicit_driver_and_no_backing() -> None:
+    name = '/a "b" \\c,d:e €'
+    spec = image_spec("qcow2", file_node(name))
+    assert spec.startswith("json:")
+    assert json.loads(spec[5:]) == {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": name}}
+    raw = image_spec("raw", slice_node(name, 512, 512))
+    assert json.loads(raw[5:]) == {
+        "driver": "raw",
+        "offset": 512,
+        "size": 512,
+        "backing": None,
+        "file": {"driver": "file", "filename": name},
+    }
+
+
+def test_parse_progress() -> None:
+    assert parse_progress(b"    (0.00/100%)\r    (12.50/100%)\r    (100.00/100%)\r\n") == [0.0, 12.5, 100.0]
+    assert parse_progress(b"garbage (3/100%) (x/100%)") == [3.0]
+    assert parse_progress(b"") == []
+
+
+def test_convert_argv() -> None:
+    assert convert_argv("json:{}", "/t", ConvertOptions("raw")) == ["convert", "-p", "-O", "raw", "-W", "json:{}", "/t"]
+    assert convert_argv("json:{}", "/t", ConvertOptions("qcow2", compressed=True)) == [
+        "convert",
+        "-p",
+        "-O",
+        "qcow2",
+        "-c",
+        "json:{}",
+        "/t",
+    ]
+    assert convert_argv("json:{}", "/dev/x", ConvertOptions("raw", existing_target=True, target_is_zero=True)) == [
+        "convert",
+        "-p",
+        "-O",
+        "raw",
+        "-W",
+        "-n",
+        "--target-is-zero",
+        "json:{}",
+        "/dev/x",
+    ]
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_slice_spec_reads_a_member_of_a_real_tar(tmp_path: Path) -> None:
+    # A qcow2 inside a file at offset 1536, its length not a sector multiple: info must see the disk.
+    disk = tmp_path / "d.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", disk, "3M")
+    data = disk.read_bytes()
+    container = tmp_path / 'odd "name", with: all €'
+    container.write_bytes(b"\xee" * 1536 + data + b"\0" * (-len(data) % 512))
+    info = qemu_img.info(image_spec("qcow2", slice_node(str(container), 1536, len(data))))
+    assert (info.format, info.virtual_size, info.backing) == ("qcow2", 3 << 20, None)
