@@ -20,6 +20,11 @@ the decompressor alone on the same blob (`gzip -dc`/`zstd -dc` to /dev/null); be
 writing the layer to a file (zstd sparse, as it does by default), the decompressor piped into `tar -xO` (the
 disk extracted), bare qemu-img convert of the uncompressed disk file, and `cdisk convert oci:LAYOUT`.
 
+File sources read in place (cases layout-raw, layout-qcow2; not run unless named in --cases): the raw and qcow2
+containerDisks saved by podman as uncompressed OCI layouts; `cdisk convert oci:LAYOUT` (its layer blob checked
+against its digest beside qemu-img's reading) against bare qemu-img of the disk file, and `sha256sum` of the
+blob: one read, what the check costs where nothing else reads the blob (a clone, serve's start).
+
 Serving (cases serve-raw, serve-qcow2; not run unless named in --cases): `cdisk serve` of the raw (4 GiB) or
 qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, beside the same command reading
 the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). `first-byte`: from
@@ -320,6 +325,36 @@ def run_compressed(name: str, fs: Path, rounds: int) -> dict[str, object]:
     return _interleaved(commands, rounds, target)
 
 
+LAYOUT_CASES = {"layout-raw": "raw", "layout-qcow2": "qcow2"}
+
+
+def run_layout(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | None) -> dict[str, object]:
+    """A file source whose layer qemu-img reads in place (`podman save --uncompressed --format oci-dir` of the
+    case's containerDisk): cdisk against bare qemu-img of the disk file, beside `sha256sum` of the layer blob (what
+    checking it against its digest costs where nothing else reads it: the clone rows, serve's start)."""
+    fmt = LAYOUT_CASES[name]
+    image, disk = build_case(fmt, fs)
+    layout = CACHE / "layouts" / name
+    if not layout.exists():
+        layout.parent.mkdir(exist_ok=True)
+        print(f"bench: saving {image} as an uncompressed OCI layout", file=sys.stderr)
+        sh("podman", "save", "-q", "--uncompressed", "--format", "oci-dir", "-o", layout.with_suffix(".tmp"), image)
+        layout.with_suffix(".tmp").rename(layout)
+    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda path: path.stat().st_size)
+    target = CACHE / "out" / f"{name}.raw"
+    target.parent.mkdir(exist_ok=True)
+    floor = disk.with_name(f"floor.{fmt}")
+    commands = {
+        "floor": ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(floor), str(target)],
+        "cdisk oci:": [CDISK, "convert", "-q", "--force", f"oci:{layout}", str(target)],
+        "sha256sum layer": ["sha256sum", str(blob)],
+    }
+    if baseline:
+        label, old = baseline
+        commands[f"cdisk oci:@{label}"] = [old, *commands["cdisk oci:"][1:]]
+    return _interleaved(commands, rounds, target)
+
+
 SERVE_CASES = {"serve-raw": "raw", "serve-qcow2": "qcow2"}
 
 
@@ -551,6 +586,9 @@ def main() -> None:
                 continue
             if name in SERVE_CASES:
                 results["cases"][name] = run_serve(name, fs, args.rounds)  # type: ignore[index]
+                continue
+            if name in LAYOUT_CASES:
+                results["cases"][name] = run_layout(name, fs, args.rounds, baseline)  # type: ignore[index]
                 continue
             if name == "reflink-xfs":
                 results["cases"][name] = run_reflink(fs, args.rounds)  # type: ignore[index]
