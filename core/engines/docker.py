@@ -278,10 +278,8 @@ class Docker:
     cannot_mount = "docker cannot mount an image; use --method layers (as root) or --method save"
 
     def available(self) -> bool:
-        try:
-            return installed("docker") and answers(default_socket())
-        except ImageError:
-            return False
+        socket = default_socket()  # a remote DOCKER_HOST is refused whether or not docker is installed
+        return installed("docker") and answers(socket)
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
         found = _inspect(default_socket(), reference)
@@ -326,15 +324,15 @@ def push(name: str, ref: str, tls_verify: bool | None) -> None:
     another image is refused rather than moved.
     """
     socket = default_socket()
-    wanted = _docker(socket, ["image", "inspect", "--format", "{{.Id}}", name], "image inspect").strip()
-    code, out, _ = processes.run(_cli(socket), ["image", "inspect", "--format", "{{.Id}}", ref])
+    wanted = _docker(socket, ["image", "inspect", "--format", "{{.Id}}", "--", name], "image inspect").strip()
+    code, out, _ = processes.run(_cli(socket), ["image", "inspect", "--format", "{{.Id}}", "--", ref])
     if code == 0 and out.strip() != wanted:
         raise UsageError(f"--push {ref}: that name is another local image of docker's; remove it or push to "
                          "another REF")
     if code != 0:
-        _docker(socket, ["tag", name, ref], "tag")
+        _docker(socket, ["tag", "--", name, ref], "tag")
     try:
-        _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
+        _docker(socket, ["push", "--quiet", "--", ref], f"push to {ref}")
     finally:
         if code != 0:
-            processes.run(_cli(socket), ["rmi", "--no-prune", ref])
+            processes.run(_cli(socket), ["rmi", "--no-prune", "--", ref])

@@ -321,9 +321,7 @@ class Podman:
     cannot_mount = ""
 
     def available(self) -> bool:
-        # A remote CONTAINER_HOST is refused whether or not podman is here: cdisk must not quietly read
-        # another store than the one the operator's podman would talk to.
-        default_socket()
+        default_socket()  # a remote CONTAINER_HOST is refused whether or not podman is installed
         return installed("podman")
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
@@ -360,7 +358,6 @@ class Podman:
 PODMAN = Podman()
 
 
-
 def load_archive(archive: str) -> None:
     """Load a docker archive into podman's store (`podman load`); the archive names the image."""
     argv = ["load", "--quiet", "--input", archive]
@@ -374,7 +371,7 @@ def load_archive(archive: str) -> None:
 def push(name: str, ref: str, tls_verify: bool | None) -> None:
     """`podman push NAME REF`; `tls_verify` None leaves it to registries.conf."""
     argv = ["push", "--quiet", *([f"--tls-verify={str(tls_verify).lower()}"] if tls_verify is not None else []),
-            name, ref]
+            "--", name, ref]
     with local_store():
         code, _, err = processes.run(podman_cli(), argv)
     if code != 0:

@@ -64,7 +64,12 @@ class Engine(Protocol):
 
     def available(self) -> bool:
         """Whether the engine is installed and its store can be asked here (cheap: no import, no API call
-        beyond a ping)."""
+        beyond a ping).
+
+        Raises:
+            ImageError: the engine is pointed at a store cdisk refuses to read (a remote CONTAINER_HOST or
+            DOCKER_HOST), whether or not it is installed; `--engine auto` then asks the next one.
+        """
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
         """The image in the local store, or None; never pulls."""
