@@ -18,15 +18,17 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
 from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
+
+if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PULL_TIMEOUT = 600

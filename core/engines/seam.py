@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
+
+if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 # In the order `--engine auto` asks them.
 NAMES = ("podman", "docker")

@@ -17,17 +17,19 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from cdisk.core.disk.wanted import Wanted
 from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError, UsageError
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import Method, Reading
 from cdisk.core.sources import DiskSource
 from cdisk.core.target import free_bytes
 from cdisk.core.tree.merged import ImageTree, LayerMember
+
+if TYPE_CHECKING:  # the save method's modules only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 T = TypeVar("T")
 
