@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from cdisk.core.commands.verify import Verdict
 
 
-
 def summary(verdict: Verdict) -> str:
     if verdict.identical:
         return f"{verdict.target} holds exactly {verdict.disk} of {verdict.image}"

@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: an exception no class here describes
 EXIT_DIFFERENT = 8  # verify: TARGET differs from the image's disk (a finding, not an error)
 
+
 class CdiskError(Exception):
     """An error a user can act on: the message says what is wrong and what to do."""
 

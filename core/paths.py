@@ -8,6 +8,7 @@ from __future__ import annotations
 # Linux's NAME_MAX and PATH_MAX (with its NUL): longer names fail to unpack in storage.
 NAME_MAX, PATH_MAX = 255, 4095
 
+
 def go_clean(path: str) -> str:
     """Go's `filepath.Clean` on Linux: lexical, '..' at a rooted start dropped, "" is "."."""
     rooted = path.startswith("/")

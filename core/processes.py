@@ -24,6 +24,8 @@ STDERR_TAIL = 64 * 1024
 # What a JSON answer of qemu-img or podman needs, with a wide margin.
 STDOUT_LIMIT = 16 * 1024 * 1024
 _CHUNK = 64 * 1024
+
+
 def command(name: str, package: str) -> Any:
     """The plumbum command `name`, or a clear error naming the package that provides it."""
     from plumbum import local

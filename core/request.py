@@ -1,6 +1,7 @@
 """What an operator asks of cdisk, as three small values for three concerns: which image and how to get it,
 how to read its disk, how to write the target. The CLI builds them from its switches; every command of
-core takes the ones it needs, and the allowed values live here alone.
+core takes the ones it needs, and the allowed values live here alone — with `Reading`, what a `Method` comes to
+once resolved for this process (`reading.methods.choose_reading`), which the user-namespace child is handed.
 """
 
 from __future__ import annotations

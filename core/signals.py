@@ -1,6 +1,6 @@
 """This process stopped by a signal as cleanly as by Ctrl-C: cdisk and its child in a user namespace alike.
 
-A leaf of its own: the CLI installs it before anything else is imported (start-up stays cheap).
+A leaf of its own, so that the CLI installs it at start without importing anything heavy.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def named(name: str) -> Engine:
     # Each engine's module is imported only when it is named: docker's (and its SDK) only where podman lacks
     # the image (tests/e2e/test_startup.py and the benchmark's fixed cost watch this).
     if name == "file":
-        from cdisk.core.engines.files import FILES
+        from cdisk.core.engines.file import FILES
 
         return FILES
     if name == "docker":
@@ -93,21 +93,27 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` names and the image in its store, pulled as asked.
 
     `auto`: the engine whose store already holds the image (podman first when both do), else the first one
-    installed and answering (podman first), which then pulls it. An engine that fails to answer a lookup is
-    passed over; its error is the answer only when no engine could take the image.
+    installed and answering (podman first), which then pulls it. An engine that fails to answer a lookup, or is
+    pointed at a store cdisk refuses to read (a remote CONTAINER_HOST), is passed over; why is the answer only
+    when no engine could take the image.
 
     Raises:
         ToolError: no engine is installed and answering (or the one named is not).
-        ImageError: as `Engine.find_image`.
+        ImageError: as `Engine.find_image`; or the only engines are pointed at remote stores.
     """
     if request.engine != AUTO:
         engine = named(request.engine)
         return engine, engine.find_image(request, progress)
     failed: list[ToolError] = []
+    refused: list[ImageError] = []
     answering = []
     # One engine at a time: where podman holds the image, docker's module is never even imported.
     for engine in (named(name) for name in NAMES):
-        if not engine.available():
+        try:
+            if not engine.available():
+                continue
+        except ImageError as error:  # pointed at a remote store: another engine may still serve
+            refused.append(error)
             continue
         try:
             local = engine.lookup(request.reference, progress)
@@ -122,6 +128,8 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
             return engine, local
         return engine, engine.find_image(replace(request, engine=engine.name), progress)
     if not answering:
+        if refused:
+            raise refused[0]
         if failed:
             raise failed[0]
         raise ToolError("neither podman nor docker is installed and answering here; install one "

@@ -18,15 +18,17 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
 from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
+
+if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 PULL_TIMEOUT = 600
@@ -278,10 +280,8 @@ class Docker:
     cannot_mount = "docker cannot mount an image; use --method layers (as root) or --method save"
 
     def available(self) -> bool:
-        try:
-            return installed("docker") and answers(default_socket())
-        except ImageError:
-            return False
+        socket = default_socket()  # a remote DOCKER_HOST is refused whether or not docker is installed
+        return installed("docker") and answers(socket)
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
         found = _inspect(default_socket(), reference)
@@ -326,15 +326,15 @@ def push(name: str, ref: str, tls_verify: bool | None) -> None:
     another image is refused rather than moved.
     """
     socket = default_socket()
-    wanted = _docker(socket, ["image", "inspect", "--format", "{{.Id}}", name], "image inspect").strip()
-    code, out, _ = processes.run(_cli(socket), ["image", "inspect", "--format", "{{.Id}}", ref])
+    wanted = _docker(socket, ["image", "inspect", "--format", "{{.Id}}", "--", name], "image inspect").strip()
+    code, out, _ = processes.run(_cli(socket), ["image", "inspect", "--format", "{{.Id}}", "--", ref])
     if code == 0 and out.strip() != wanted:
         raise UsageError(f"--push {ref}: that name is another local image of docker's; remove it or push to "
                          "another REF")
     if code != 0:
-        _docker(socket, ["tag", name, ref], "tag")
+        _docker(socket, ["tag", "--", name, ref], "tag")
     try:
-        _docker(socket, ["push", "--quiet", ref], f"push to {ref}")
+        _docker(socket, ["push", "--quiet", "--", ref], f"push to {ref}")
     finally:
         if code != 0:
-            processes.run(_cli(socket), ["rmi", "--no-prune", ref])
+            processes.run(_cli(socket), ["rmi", "--no-prune", "--", ref])

@@ -20,15 +20,17 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
 from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, Interrupted, ToolError
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
+
+if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -321,9 +323,7 @@ class Podman:
     cannot_mount = ""
 
     def available(self) -> bool:
-        # A remote CONTAINER_HOST is refused whether or not podman is here: cdisk must not quietly read
-        # another store than the one the operator's podman would talk to.
-        default_socket()
+        default_socket()  # a remote CONTAINER_HOST is refused whether or not podman is installed
         return installed("podman")
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
@@ -360,7 +360,6 @@ class Podman:
 PODMAN = Podman()
 
 
-
 def load_archive(archive: str) -> None:
     """Load a docker archive into podman's store (`podman load`); the archive names the image."""
     argv = ["load", "--quiet", "--input", archive]
@@ -374,7 +373,7 @@ def load_archive(archive: str) -> None:
 def push(name: str, ref: str, tls_verify: bool | None) -> None:
     """`podman push NAME REF`; `tls_verify` None leaves it to registries.conf."""
     argv = ["push", "--quiet", *([f"--tls-verify={str(tls_verify).lower()}"] if tls_verify is not None else []),
-            name, ref]
+            "--", name, ref]
     with local_store():
         code, _, err = processes.run(podman_cli(), argv)
     if code != 0:

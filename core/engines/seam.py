@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
+
+if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
 
 # In the order `--engine auto` asks them.
 NAMES = ("podman", "docker")
@@ -64,7 +66,12 @@ class Engine(Protocol):
 
     def available(self) -> bool:
         """Whether the engine is installed and its store can be asked here (cheap: no import, no API call
-        beyond a ping)."""
+        beyond a ping).
+
+        Raises:
+            ImageError: the engine is pointed at a store cdisk refuses to read (a remote CONTAINER_HOST or
+            DOCKER_HOST), whether or not it is installed; `--engine auto` then asks the next one.
+        """
 
     def lookup(self, reference: str, progress: Progress) -> Image | None:
         """The image in the local store, or None; never pulls."""

@@ -1,5 +1,6 @@
-"""Layers an engine saved (a blob file of an OCI layout, or a member of a docker-archive), read as the engine
-unpacks them, in place: a layer is a byte range of a file, never extracted.
+"""An image's layers as blobs (a blob file of an OCI layout, a member of an archive: what an engine saved, or
+an image file's own, held open where it lies), read as the engine unpacks them, in place: a layer is a byte
+range of a file, never extracted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cdisk.core.tree.merged import FILE, LayerMember, MergedTree
 
 if TYPE_CHECKING:  # the compressed reader (and its zstd binding) is imported only by a run that meets one
     from cdisk.core.layers.compressed import DecompressedLayer
+
 
 class _Window:
     """`size` bytes at `offset` of an open file, seen as a file of their own (for the tar reader)."""

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdisk.core.errors import ImageError
-from cdisk.core.tar_headers import BLOCK
 
 # The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
 # deflate method byte): a compressed blob has no stable offsets, anything else is read as a tar.
+# What `read_head` reads: one tar block, enough for every magic number above and for a tar's first header.
+HEAD = 512
 COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 
@@ -77,10 +78,10 @@ def read_head(blob: LayerBlob) -> bytes:
     """The blob's first block (fewer bytes when it is shorter)."""
     try:
         if blob.fd is not None:
-            return os.pread(blob.fd, min(BLOCK, blob.size), blob.offset)
+            return os.pread(blob.fd, min(HEAD, blob.size), blob.offset)
         with blob.path.open("rb") as f:
             f.seek(blob.offset)
-            return f.read(min(BLOCK, blob.size))
+            return f.read(min(HEAD, blob.size))
     except OSError as error:
         raise unreadable(blob, error) from None
 

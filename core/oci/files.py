@@ -160,7 +160,6 @@ class DirectoryFiles:
             self._root_fd = None
 
 
-
 @dataclass
 class TarFiles:
     """The members of one tar, opened once and read where they lie, with Go's reader."""

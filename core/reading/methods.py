@@ -17,22 +17,24 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from cdisk.core.disk.wanted import Wanted
 from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import LayerDirsUnusable, TargetError, UsageError
-from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.progress import Progress
 from cdisk.core.request import Method, Reading
 from cdisk.core.sources import DiskSource
 from cdisk.core.target import free_bytes
 from cdisk.core.tree.merged import ImageTree, LayerMember
 
+if TYPE_CHECKING:  # the save method's modules only for a run that saves: start-up stays cheap
+    from cdisk.core.oci.blob import LayerBlob
+
 T = TypeVar("T")
 
-# Each reading method's modules (its tree, its source) are imported by the function that reads by it: a run pays
-# only for the method it uses.
+# Each reading method's tree is imported by the function that reads by it: a run pays only for the tree of the
+# method it uses.
 
 
 def choose_reading(method: Method, writes: bool, euid: int | None = None, image: Image | None = None,
@@ -63,7 +65,7 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None, image:
 def _layers_readable(engine: Engine | None, image: Image) -> bool:
     from cdisk.core.tree.layer_dirs import unusable
 
-    return unusable(image, engine is None or engine.stores) is None
+    return unusable(image, stored=engine is None or engine.stores) is None
 
 
 def falling_back(method: Method, reading: Reading, attempt: Callable[[Reading], T], writes: bool, engine: Engine,
@@ -173,7 +175,7 @@ def layers_view(engine: Engine, image: Image) -> AbstractContextManager[ImageVie
     """
     from cdisk.core.tree import layer_dirs
 
-    why = layer_dirs.unusable(image, engine.stores)
+    why = layer_dirs.unusable(image, stored=engine.stores)
     if why:
         raise LayerDirsUnusable(why)
     return _pinned_view(layer_dirs.LayerDirsTree(list(image.layer_dirs)))

@@ -182,7 +182,7 @@ class LayerDirsTree:
         return fd
 
 
-def unusable(image: Image, stored: bool = True) -> str | None:
+def unusable(image: Image, *, stored: bool) -> str | None:
     """Why the image's layers cannot be read as directories here, or None when they can: an overlay store
     whose every layer directory this process may read (root's store is closed to other users). An image not
     `stored` in an engine's store is an image file.

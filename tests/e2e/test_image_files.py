@@ -158,7 +158,6 @@ def test_hostile_layouts_and_archives(tmp_path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
 
-
             tar.addfile(info, io.BytesIO(data))
     assert_one_line_error(cdisk("convert", "-q", f"docker-archive:{archive}", tmp_path / "b.raw"), 3,
                           "no file '../../../etc/x'")

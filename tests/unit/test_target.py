@@ -19,21 +19,15 @@ def test_temp_prefix_keeps_the_temp_name_legal(tmp_path: Path, name: str, kept: 
     assert len(os.fsencode(prefix)) + 8 + len(".cdisk-part") <= 255
 
 
-def test_one_temp_dir_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMPDIR", "/scratch")
-    assert temp_parent("/given", Target("/vms/vm.raw", is_block=False)) == "/given"
-    assert temp_parent(None, Target("/vms/vm.raw", is_block=False)) == "/vms"
-    assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/scratch"
-    assert temp_parent(None, None) == "/scratch"
-    monkeypatch.delenv("TMPDIR")
-    assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/var/tmp"
-
-
-def test_temp_parent_is_one_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_temp_dir_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     assert temp_parent("/given", Target("/vms/a.raw", is_block=False)) == "/given"
     assert temp_parent(None, Target("/vms/a.raw", is_block=False)) == "/vms"
+    # build's --output (an oci: layout is a directory, an archive a file): the directory that will hold it
+    assert temp_parent(None, Target("/out/layout", is_block=False)) == "/out"
     assert temp_parent(None, Target("/dev/sdz", is_block=True)) == str(tmp_path)
     assert temp_parent(None, None) == str(tmp_path)
     monkeypatch.setenv("TMPDIR", "")
     assert temp_parent(None, None) == "/var/tmp"
+    monkeypatch.delenv("TMPDIR")
+    assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/var/tmp"

@@ -19,7 +19,7 @@ from pathlib import Path
 from cdisk.core.commands.build import image, layer
 from cdisk.core.disk.inspection import inspect_disk
 from cdisk.core.engines import choice
-from cdisk.core.engines.files import FILES
+from cdisk.core.engines.file import FILES
 from cdisk.core.engines.seam import Engine
 from cdisk.core.errors import TargetError, UsageError
 from cdisk.core.oci.media_types import LAYER_TYPES
@@ -177,6 +177,11 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
     if output is not None and not os.path.isdir(os.path.dirname(output[1])):
         raise TargetError(f"{os.path.dirname(output[1])} does not exist; create it or choose another --output")
     parent = temp_parent(request.tmpdir, Target(output[1], is_block=False) if output else None)
+    by_skopeo = output is not None or len(set(request.platforms or ())) > 1  # no engine's store to push from
+    if request.push is not None and by_skopeo and ":" in os.path.abspath(parent):
+        # skopeo reads the push's layout as oci:PATH:NAME, split at the first colon
+        raise UsageError(f"--push needs a work directory whose path has no ':', and {parent} has one; pass "
+                         "--tmpdir with another")
     with ExitStack() as stack:
         work = stack.enter_context(_work_dir(parent))
         source = stack.enter_context(_opened(request.disk))
@@ -217,7 +222,6 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
                        written.size, written.diff_id, tuple(str(b.platform) for b in builts), request.push)
 
 
-
 def _push(builts: list[image.Built], name: str, ref: str, loaded: Engine | None, tls_verify: bool | None,
           work: str) -> None:
     """Push to `ref`: an image loaded into an engine's store by that engine; files and image indexes as an OCI
@@ -225,8 +229,8 @@ def _push(builts: list[image.Built], name: str, ref: str, loaded: Engine | None,
     if loaded is not None:
         loaded.push(name, ref, tls_verify)
         return
-    # A layout of its own (the layer hard-linked, not copied): an --output path may hold a colon skopeo would
-    # split at.
+    # A layout of its own (the layer hard-linked, not copied) in the work dir, whose path skopeo must read whole:
+    # it splits oci:PATH:NAME at the first colon.
     layout = os.path.join(work, "push")
     image.write_layout(builts, name, layout)
     FILES.push(f"oci:{layout}:{name}", ref, tls_verify)

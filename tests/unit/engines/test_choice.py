@@ -28,8 +28,6 @@ def image(engine: str, reference: str = "quay.io/vm:1", architecture: str = "amd
     return Image(reference, id, "sha256:feed", architecture, 1 << 20, ("sha256:aa",), engine=engine)
 
 
-
-
 @dataclass
 class FakeEngine:
     """An engine of the seam that runs nothing: it answers as told and logs what it was asked, in `log`."""
@@ -37,6 +35,7 @@ class FakeEngine:
     name: str
     log: list[str]
     answers: bool = True
+    remote: ImageError | None = None  # what available() raises: pointed at a store cdisk refuses to read
     holds: Image | None = None
     fails: ToolError | None = None
     pulls: list[Image] = field(default_factory=list)
@@ -48,6 +47,8 @@ class FakeEngine:
 
     def available(self) -> bool:
         self.log.append(f"{self.name} available")
+        if self.remote is not None:
+            raise self.remote
         return self.answers
 
     def lookup(self, reference: str, progress: Any) -> Image | None:
@@ -209,6 +210,20 @@ def test_auto_passes_over_an_engine_that_fails_to_answer(engines: dict[str, Fake
     progress = Stages()
     assert _find(ImageRequest("quay.io/vm:1"), progress) == (engines["docker"], local)
     assert progress.stages == ["podman could not look quay.io/vm:1 up: podman stopped answering"]
+
+
+def test_auto_passes_over_an_engine_pointed_at_a_remote_store(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].remote = ImageError("CONTAINER_HOST=tcp://10.0.0.1:1 is not a local unix socket")
+    engines["docker"].holds = local = image("docker")
+    assert _find(ImageRequest("quay.io/vm:1"), Stages()) == (engines["docker"], local)
+
+
+def test_a_remote_store_is_the_answer_when_no_engine_can_take_the_image(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].remote = refused = ImageError("CONTAINER_HOST=tcp://10.0.0.1:1 is not a local unix socket")
+    engines["docker"].answers = False
+    with pytest.raises(ImageError) as raised:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert raised.value is refused
 
 
 def test_a_failing_engine_is_not_the_one_that_pulls(engines: dict[str, FakeEngine], log: list[str]) -> None:

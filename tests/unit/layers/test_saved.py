@@ -48,8 +48,6 @@ def padded(data: bytes) -> bytes:
     return data + bytes(-len(data) % 512)
 
 
-
-
 class Saved:
     """Layer blobs written into files with other bytes around them (as members of an archive), held by a
     descriptor or named by path; and the layers opened from them, copies in `directory`."""

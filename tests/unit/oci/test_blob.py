@@ -21,8 +21,6 @@ from tests.images import layer_tar
 DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
-
-
 def held(path: Path, offset: int = 0, size: int | None = None) -> LayerBlob:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     return LayerBlob(Path(f"/dev/fd/{fd}"), offset, os.path.getsize(path) - offset if size is None else size,

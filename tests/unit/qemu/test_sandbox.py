@@ -26,7 +26,6 @@ from tests.images import sh
 pytestmark = pytest.mark.needs("qemu-img", "bwrap")
 
 
-
 def _vmdk(path: Path, data: bytes) -> str:
     path.write_bytes(data)
     return qemu_img.image_spec("vmdk", qemu_img.file_node(str(path)))

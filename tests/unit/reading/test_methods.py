@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdisk.core.errors import UsageError
 from cdisk.core.reading.methods import choose_reading
 from cdisk.core.request import Method, Reading
 
@@ -33,3 +34,19 @@ def test_choose_reading(method: Method, writes: bool, euid: int, reading: Readin
 
 def test_a_mount_in_the_user_namespace_is_a_mount_to_the_operator() -> None:
     assert [r.method for r in Reading] == ["mount", "mount", "save", "layers"]
+
+
+class _NoMount:
+    """An engine of the seam that cannot mount (docker, image files): only what choose_reading asks."""
+
+    name, mounts, copies, stores = "nomount", False, True, True
+    cannot_mount = "nomount cannot mount an image; use --method save"
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_an_engine_that_cannot_mount_saves_and_refuses_a_mount_in_its_own_words(euid: int) -> None:
+    engine = _NoMount()
+    assert choose_reading(Method.AUTO, True, euid, engine=engine) is Reading.SAVE  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"^nomount cannot mount an image; use --method save$"):
+        choose_reading(Method.MOUNT, True, euid, engine=engine)  # type: ignore[arg-type]
+

@@ -16,8 +16,6 @@ from tests.helpers import is_open
 REFUSAL = "/disk/disk.img changed while cdisk looked at it; run cdisk again"
 
 
-
-
 def refused_and_closed(fd: int, expected: os.stat_result | None) -> None:
     with pytest.raises(UnsafeImageError) as refused:
         same_file(fd, expected, "disk/disk.img")

@@ -1,7 +1,8 @@
-"""Images that are files, read with no engine at all: an OCI layout directory (`oci:DIR[:NAME]`), an
-oci-archive (`oci-archive:FILE[:NAME]`) or a docker-archive (`docker-archive:FILE[:NAME:TAG|:@N]`), named as
-skopeo and podman name them. Their layers are read where they lie: a blob of the directory, or a member of the
-archive at its offset — nothing is copied, not even to a temp dir.
+"""The `file` engine: images that are files, read with no engine at all — an OCI layout directory
+(`oci:DIR[:NAME]`), an oci-archive (`oci-archive:FILE[:NAME]`) or a docker-archive
+(`docker-archive:FILE[:NAME:TAG|:@N]`), named as skopeo and podman name them. Their layers are read where they
+lie: a blob of the directory, or a member of the archive at its offset — nothing is copied, not even to a temp
+dir. The only module that runs skopeo (a push of an image file, for `cdisk build`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import IO, Any
 from cdisk.core import processes
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError, UsageError
-from cdisk.core.oci.blob import LayerBlob
+from cdisk.core.oci.blob import LayerBlob, close_blobs
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
 
@@ -61,7 +62,6 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
           ) -> tuple[Image, list[LayerBlob]]:
     """The image the reference names, and (`with_layers`) its layers held open — the caller closes them."""
     from cdisk.core.oci import docker_archive, layout
-    from cdisk.core.oci.blob import close_blobs
     from cdisk.core.oci.files import field_of, need
 
     transport, files, name = _open(reference)
@@ -122,8 +122,6 @@ class Files:
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         """The layers where they lie, held open: the image found before, unless the file changed meanwhile."""
-        from cdisk.core.oci.blob import close_blobs
-
         now, layers = _read(image.reference, with_layers=True, platform=image.platform or None,
                             disktype=image.disktype or None)
         if now.id != image.id:
@@ -143,7 +141,7 @@ class Files:
         argv = ["copy", "--quiet", "--all"]
         if tls_verify is not None:
             argv.append(f"--dest-tls-verify={'true' if tls_verify else 'false'}")
-        argv += [source, f"docker://{ref}"]
+        argv += ["--", source, f"docker://{ref}"]  # never read as switches, whatever they hold
         code, _, err = processes.run(processes.command("skopeo", "skopeo"), argv)
         if code != 0:
             raise ToolError(f"skopeo copy to {ref} failed: {processes.last_line(err, code)}; check the registry "

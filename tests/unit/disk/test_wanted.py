@@ -1,0 +1,26 @@
+"""Which files a compressed layer's one pass copies out, before the image's tree is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdisk.core.disk.wanted import HEAD, Wanted
+
+
+@pytest.mark.parametrize("asked", ["/disk/vm.img", "disk/vm.img", "/x/../disk/./vm.img", "../../disk/vm.img"])
+def test_path_is_the_one_file_it_names_cleaned_as_go_cleans_it(asked: str) -> None:
+    wanted = Wanted.disk(asked)
+    assert wanted.path("disk/vm.img") and not wanted.path("disk/other.img") and not wanted.path("vm.img")
+    assert wanted.limit is None
+
+
+def test_without_a_path_every_file_directly_under_disk_ls_their_heads() -> None:
+    convert, heads = Wanted.disk(None), Wanted.heads()
+    for wanted in (convert, heads):
+        assert wanted.path("disk/a.img") and not wanted.path("disk/sub/a.img") and not wanted.path("a.img")
+    assert (convert.limit, heads.limit) == (None, HEAD)
+
+
+def test_a_second_pass_asks_by_offset_alone() -> None:
+    again = Wanted.at(4096, HEAD)
+    assert again.offsets == frozenset({4096}) and again.limit == HEAD and not again.path("disk/a.img")
