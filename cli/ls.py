@@ -113,7 +113,8 @@ def table(listing: Listing, width: int | None = None) -> str:
     if "layer" not in widths:
         console.print("layer and offset: see `cdisk ls --json`, or a wider terminal")
     elif layers:
-        console.print("layers: " + ", ".join(f"{index} {digest}" for index, digest in sorted(layers.items())))
+        listed = ", ".join(f"{index} {digest}" for index, digest in sorted(layers.items()))
+        console.print(printable(f"layers: {listed}"))
     if header_only:
         console.print(f"{HEADER_ONLY_MARK} judged by header only: qemu-img judges the first {QEMU_IMG_JUDGED} "
                       "distinct disks of plain layers; convert checks the whole disk")

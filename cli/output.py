@@ -16,8 +16,9 @@ from cdisk.core.errors import EXIT_INTERNAL, EXIT_OK, CdiskError, Interrupted, T
 from cdisk.core.progress import NoProgress, Progress
 
 # Characters a terminal acts on or that change how a line reads, besides the C0/C1 controls and DEL (category
-# Cc): bidi overrides, zero-width and other format characters (Cf), the Unicode line and paragraph separators.
-_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Cc): bidi overrides, zero-width and other format characters (Cf), the Unicode line and paragraph separators;
+# and the lone surrogates a name's undecodable bytes become (Cs), shown as those bytes (0x9b is a CSI).
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def printable(text: str) -> str:
@@ -28,10 +29,13 @@ def printable(text: str) -> str:
 
     if text.isprintable():
         return text
-    return "".join(
-        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch
-        for ch in text)
+    def shown(ch: str) -> str:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's byte
+            code -= 0xDC00
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return "".join(shown(ch) if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text)
 
 
 class LaidOut(str):
@@ -134,10 +138,14 @@ def failed(switches: OutputSwitches, error: Exception) -> int:
     """The one place where an error becomes one clear line (with --debug, the traceback and the tool's own
     words too); its exit code."""
     if switches.debug:
-        traceback.print_exc()
+        # Line by line through `printable`: a traceback and a tool's words may quote what an image names.
+        for line in traceback.format_exc().splitlines():
+            print(printable(line), file=sys.stderr)
         if isinstance(error, ToolError) and error.stderr:
             # The tool's own words (a child's traceback, qemu-img's whole complaint), not just its last line.
-            print(f"{' '.join(error.argv)} said:\n{error.stderr.rstrip()}", file=sys.stderr)
+            print(printable(f"{' '.join(error.argv)} said:"), file=sys.stderr)
+            for line in error.stderr.rstrip().splitlines():
+                print(printable(line), file=sys.stderr)
     if isinstance(error, CdiskError):
         error_line(error.message)
         return error.exit_code

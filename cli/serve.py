@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from plumbum import cli
 
-from cdisk.cli.output import failed, progress_for
+from cdisk.cli.output import failed, printable, progress_for
 from cdisk.cli.switches import DiskSwitches
 from cdisk.core.errors import EXIT_OK, Interrupted, UsageError
 
@@ -80,6 +80,7 @@ class Serve(DiskSwitches):
         except Exception as error:
             code = failed(self, error)
             if serves:
-                daemon.log_error(str(getattr(error, "message", error)))  # a detached server's stderr goes nowhere
+                # A detached server's stderr goes nowhere: its last error goes to syslog, escaped as on a terminal.
+                daemon.log_error(printable(str(getattr(error, "message", error))))
             return code
         return EXIT_OK

@@ -144,6 +144,8 @@ def list_image(image: ImageRequest, read: ReadRequest, progress: Progress) -> Li
                                     member.layer, saved.blobs[member.layer].digest, member.offset,
                                     refused, judgement.judged_by))
             progress.update(done + 1, len(candidates))
+        # What is listed came from the bytes: a file source's are vouched for first (one read of each blob).
+        saved.vouch()
     problems = []
     if not disks:
         problems.append("no disk file directly under /disk/: convert needs --path")

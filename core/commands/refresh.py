@@ -148,7 +148,7 @@ def read_record(target_path: str) -> tuple[Record | None, str]:
         os.close(fd)
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "it is not JSON"
     return _record_of(document)
 

@@ -56,6 +56,7 @@ class DecompressedLayer:
 
     members: list[LayerMember]
     copies: dict[int, Copy] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)  # the cleaned path of each copy, by data offset
 
     def close(self) -> None:
         for copy in self.copies.values():
@@ -64,9 +65,11 @@ class DecompressedLayer:
 
 
 def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, directory: str,
-                    progress: Progress, disk_name: str | None = None, room: int = COPIES) -> DecompressedLayer:
+                    progress: Progress, disk_name: str | None = None, room: int = COPIES,
+                    replaces: frozenset[str] = frozenset()) -> DecompressedLayer:
     """Read the layer once, to its stream's end, copying the `wanted` members into anonymous files in
-    `directory` — at most `room` of them at a time (a later file of the same path replaces its copy). The
+    `directory` — at most `room` of them at a time, besides those of a path in `replaces` (an earlier layer's
+    copy, which this one's replaces; a later file of the same path in this layer replaces its copy too). The
     copies belong to the caller (`DecompressedLayer.close`).
 
     `disk_name`: the layer is a disk artifact's, which is the disk itself unless it starts as a tar does; then it
@@ -105,9 +108,10 @@ def read_compressed(blob: LayerBlob, layer: int, kind: str, wanted: Wanted, dire
             if replaced is not None and replaced not in wanted.offsets:
                 os.close(read.copies.pop(replaced).fd)  # a later entry replaces it in this layer
             # Past `room`, a file that is the disk after all is read in a second pass (which asks by offset).
-            if entry.data_offset in wanted.offsets or len(read.copies) < room:
+            if entry.data_offset in wanted.offsets or len(read.copies) < room or path in replaces:
                 read.copies[entry.data_offset] = _copy(stream, entry.size, wanted.limit, directory, blob)[0]
                 by_path[path] = entry.data_offset
+                read.paths[entry.data_offset] = path
 
     try:
         read.members = members_from_tar(copying(), layer)

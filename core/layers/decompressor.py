@@ -126,10 +126,14 @@ class _GzipMembers(_Frames):
         return data
 
     def _string(self) -> None:
-        for _ in range(self._STRING_MAX):
-            if self._exactly(1) == b"\0":
-                return
-        raise ValueError("invalid gzip header (a name or comment over 511 bytes)")
+        source = self.source
+        source.ready(self._STRING_MAX)  # as many as there are: a NUL within them, or a refusal
+        end = bytes(source.buffer[source.at:source.at + self._STRING_MAX]).find(b"\0")
+        if end < 0:
+            if len(source.buffer) - source.at < self._STRING_MAX:
+                raise EOFError  # cut inside the name or comment (Go ends a later member's stream there: refused)
+            raise ValueError("invalid gzip header (a name or comment over 511 bytes)")
+        source.take(end + 1)
 
     def _header(self) -> bool:
         """Read the next member's header; False at the end of the layer (no byte left)."""
@@ -280,7 +284,9 @@ class Decompressed:
             ImageError: it does not hash to its digest.
         """
         if self._stored is not None:
-            assert self._source.done == self.blob.size, "the blob is hashed whole"
+            if self._source.done != self.blob.size:  # its stream ended before its bytes did
+                raise ImageError(f"layer {self.blob.short} holds bytes past its compressed stream's end; save or "
+                                 "pull the image again")
             digests.check(self.blob, self._stored.hexdigest())
         if self._tar is not None:
             digests.check(self.blob, self._tar.hexdigest())

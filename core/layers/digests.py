@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 
 from cdisk.core.errors import ImageError
 from cdisk.core.oci.blob import LayerBlob
 
 # What a hashing thread reads at once: large enough that the calls cost nothing, small enough to stop quickly.
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 _SHA256 = "sha256:"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def hasher(blob: LayerBlob) -> hashlib._Hash:
@@ -27,8 +29,8 @@ def hasher(blob: LayerBlob) -> hashlib._Hash:
     Raises:
         ImageError: a digest of another algorithm (cdisk checks sha256, as every engine writes).
     """
-    if not blob.digest.startswith(_SHA256) or len(blob.digest) != len(_SHA256) + 64:
-        raise ImageError(f"layer {blob.short} is named by {blob.digest[:80]!r}, not a sha256 digest cdisk can check;"
+    if not _DIGEST.fullmatch(blob.digest):
+        raise ImageError(f"a layer is named by {blob.digest[:80]!r}, not a sha256 digest cdisk can check;"
                          " save the image again")
     return hashlib.sha256()
 
@@ -45,47 +47,75 @@ def check(blob: LayerBlob, found: str) -> None:
                          "pull the image again")
 
 
-class BlobCheck:
-    """The blob hashed by a thread of its own from the moment it is made; `verify` waits for it. `stop` ends it
-    early (the command ended first); the blob's descriptor must outlive it."""
+class BlobChecks:
+    """The blobs hashed one after another by one thread of its own from the moment they are given (each distinct
+    byte range once: a manifest may name one blob 500 times); `verify` waits for it, compares, and checks that no
+    file changed meanwhile (a layout's owner may still write a blob it owns: what was hashed must be what qemu-img
+    read). `stop` ends it early (the command ended first); the blobs' descriptors must outlive it.
+    """
 
-    def __init__(self, blob: LayerBlob) -> None:
-        assert blob.fd is not None, "a blob from outside is held open"
-        self.blob, self._hash = blob, hasher(blob)
+    def __init__(self, blobs: list[LayerBlob]) -> None:
+        self._blobs = blobs
+        self._ranges: dict[tuple[int, int, int, int], LayerBlob] = {}
+        for blob in blobs:
+            assert blob.fd is not None, "a blob from outside is held open"
+            hasher(blob)  # a digest cdisk cannot check is refused before any byte is read
+            st = os.fstat(blob.fd)
+            self._ranges.setdefault((st.st_dev, st.st_ino, blob.offset, blob.size), blob)
+        self._before = {key: _state(blob.fd) for key, blob in self._ranges.items()}  # type: ignore[arg-type]
+        self._found: dict[tuple[int, int, int, int], str] = {}
         self._stopping = threading.Event()
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name=f"hash {blob.short}", daemon=True)
+        self._error: BaseException | None = None
+        self._failed: LayerBlob | None = None
+        self._thread = threading.Thread(target=self._run, name="hash layers", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        blob, done = self.blob, 0
-        assert blob.fd is not None
-        try:
-            while done < blob.size and not self._stopping.is_set():
-                data = os.pread(blob.fd, min(CHUNK, blob.size - done), blob.offset + done)
-                if not data:
-                    break
-                self._hash.update(data)
-                done += len(data)
-        except OSError as error:
-            self._error = error
-        self._done = done
+        for key, blob in self._ranges.items():
+            assert blob.fd is not None
+            digest, done = hasher(blob), 0
+            try:
+                while done < blob.size:
+                    if self._stopping.is_set():
+                        return
+                    data = os.pread(blob.fd, min(CHUNK, blob.size - done), blob.offset + done)
+                    if not data:
+                        break
+                    digest.update(data)
+                    done += len(data)
+            except BaseException as error:  # told by `verify`, in the command's thread
+                self._error, self._failed = error, blob
+                return
+            self._found[key] = digest.hexdigest() if done == blob.size else ""
 
     def verify(self) -> None:
-        """Wait for the whole blob to be hashed, and compare.
+        """Wait for every blob to be hashed, and compare; call it once what read the blobs (qemu-img) is done.
 
         Raises:
-            ImageError: the blob cannot be read whole, or does not hash to its digest.
+            ImageError: a blob cannot be read whole, changed while it was read, or does not hash to its digest.
         """
         self._thread.join()
+        if isinstance(self._error, OSError):
+            short = self._failed.short if self._failed else "?"
+            raise ImageError(f"cannot read layer {short} to check it: {self._error.strerror}; save or pull the "
+                             "image again")
         if self._error is not None:
-            raise ImageError(f"cannot read layer {self.blob.short} to check it: {self._error.strerror}; save or "
-                             "pull the image again")
-        if self._done != self.blob.size:
-            raise ImageError(f"layer {self.blob.short} is shorter than the image says ({self._done} of "
-                             f"{self.blob.size} bytes); save or pull the image again")
-        check(self.blob, self._hash.hexdigest())
+            raise self._error
+        for key, blob in self._ranges.items():
+            if not self._found.get(key):
+                raise ImageError(f"layer {blob.short} is shorter than the image says; save or pull the image again")
+            if _state(blob.fd) != self._before[key]:  # type: ignore[arg-type]
+                raise ImageError(f"layer {blob.short} changed while cdisk read it; run cdisk again")
+        for blob in self._blobs:
+            st = os.fstat(blob.fd)  # type: ignore[arg-type]
+            check(blob, self._found[(st.st_dev, st.st_ino, blob.offset, blob.size)])
 
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join()
+
+
+def _state(fd: int) -> tuple[int, int, int]:
+    """What a write to the file changes: its size, mtime and ctime."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns

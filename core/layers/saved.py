@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from cdisk.core.disk.wanted import Wanted
-from cdisk.core.errors import LayerRefused, UnsafeImageError
-from cdisk.core.layers.digests import BlobCheck
+from cdisk.core.errors import CdiskError, LayerRefused, UnsafeImageError
+from cdisk.core.layers.digests import BlobChecks
 from cdisk.core.layers.unpack import disk_layer, members_from_tar
 from cdisk.core.oci.blob import LayerBlob, compression_of, read_head, unreadable
 from cdisk.core.progress import Progress
@@ -67,14 +67,20 @@ class SavedLayers:
         self.decompressed: dict[int, DecompressedLayer] = {}
         heads = [read_head(blob) for blob in self.blobs]
         self.kinds = [compression_of(head) for head in heads]
-        # A plain blob from outside is hashed beside the work from now on (a compressed one in its pass).
-        self.checks: list[BlobCheck] = []
+        # The plain blobs from outside are hashed beside the work from now on (a compressed one in its pass).
+        self.checks: BlobChecks | None = None
         try:
-            for blob, kind in zip(self.blobs, self.kinds, strict=True):
-                if blob.outside and kind is None:
-                    self.checks.append(BlobCheck(blob))
+            plain = [blob for blob, kind in zip(self.blobs, self.kinds, strict=True) if blob.outside and kind is None]
+            if plain:
+                self.checks = BlobChecks(plain)
             self.tree = MergedTree([self._members(index, heads[index]) for index in range(len(self.blobs))])
             self._keep_referenced()
+        except CdiskError:
+            try:
+                self._vouch_after_refusal()
+            finally:
+                self.close()
+            raise
         except BaseException:
             self.close()
             raise
@@ -95,8 +101,16 @@ class SavedLayers:
         assert kind is not None
         self.progress.stage(f"decompressing layer {blob.short} ({kind}, {blob.size / (1 << 20):.0f} MiB)")
         held = sum(len(layer.copies) for layer in self.decompressed.values())
-        return read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name,
-                               wanted.copies - held)
+        # Copies of lower layers, by path: this layer may copy such a path again without room (its copy replaces
+        # theirs in the tree), and theirs is closed then, keeping the bound.
+        lower = {path: (layer, offset) for layer, read in sorted(self.decompressed.items()) if layer < index
+                 for offset, path in read.paths.items() if offset in read.copies}
+        read = read_compressed(blob, index, kind, wanted, self.directory, self.progress, blob.disk_name,
+                               wanted.copies - held, frozenset(lower))
+        for path in set(read.paths.values()) & set(lower):
+            layer, offset = lower[path]
+            os.close(self.decompressed[layer].copies.pop(offset).fd)
+        return read
 
     def _keep_referenced(self) -> None:
         """Close the copies of files no longer in the image (replaced or whited out by a later layer)."""
@@ -139,13 +153,23 @@ class SavedLayers:
         Raises:
             ImageError: a blob does not hash to its digest.
         """
-        for check in self.checks:
-            check.verify()
+        if self.checks is not None:
+            self.checks.verify()
+
+    def _vouch_after_refusal(self) -> None:
+        """A layer refused for what its bytes say is told only once they are vouched for: the plain blobs' checks
+        are waited for, a compressed blob whose pass stopped is hashed whole (one more read; a docker-archive's
+        compressed layer, named by its tar's digest, cannot be without its stream and is not)."""
+        self.vouch()
+        compressed = [blob for blob, kind in zip(self.blobs, self.kinds, strict=True)
+                      if blob.outside and kind is not None and not blob.tar_digest]
+        if compressed:
+            BlobChecks(compressed).verify()
 
     def close(self) -> None:
-        for check in self.checks:
-            check.stop()
-        self.checks.clear()
+        if self.checks is not None:
+            self.checks.stop()
+            self.checks = None
         for layer in self.decompressed.values():
             layer.close()
         self.decompressed.clear()

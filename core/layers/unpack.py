@@ -202,7 +202,8 @@ def members_from_tar(entries: Iterable[TarEntry], layer: int) -> list[LayerMembe
     for entry in entries:
         name = go_clean(entry.name)
         if name in seen:
-            raise unpack.refuse("a second entry of the same path (podman and docker refuse duplicates)", entry)
+            raise unpack.refuse("a second entry of the same path (tar-split, podman's and docker's graph-driver "
+                                "layer store, refuses it)", entry)
         seen.add(name)
         unpack.add(entry)
     return unpack.members()

@@ -23,7 +23,16 @@ class GoObject(dict[str, Any]):
 
     def __init__(self, pairs: list[tuple[str, Any]]) -> None:
         super().__init__(pairs)
-        self._fields = {_fold(key): value for key, value in pairs}
+        self._fields: dict[str, Any] = {}
+        for key, value in pairs:
+            folded = _fold(key)
+            if folded in self._fields:
+                earlier = self._fields[folded]
+                # Go leaves a scalar or struct field as it was for a null, clears a slice, map or pointer, and
+                # merges a second object into the first: cdisk cannot tell which from the name, so it refuses.
+                if value is None or earlier is None or (isinstance(value, dict) and isinstance(earlier, dict)):
+                    raise ValueError(f"the key {key!r} comes twice (in any case) with a null or an object")
+            self._fields[folded] = value
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._fields.get(_fold(key), default)
@@ -35,11 +44,18 @@ class GoObject(dict[str, Any]):
         return isinstance(key, str) and _fold(key) in self._fields
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads(data: bytes) -> Any:
-    """`data` parsed with every object a `GoObject`.
+    """`data` parsed with every object a `GoObject`, as strictly as Go parses: UTF-8 only (no BOM, no UTF-16),
+    no NaN or Infinity.
 
     Raises:
-        ValueError: not JSON.
+        ValueError: not JSON Go reads.
         RecursionError: nested beyond Python's limit.
     """
-    return json.loads(data, object_pairs_hook=GoObject)
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ValueError("a byte-order mark")
+    return json.loads(data.decode("utf-8"), object_pairs_hook=GoObject, parse_constant=_no_constant)

@@ -38,9 +38,9 @@ class Endpoint:
     def uri(self, export: str) -> str:
         """The NBD URI of `export` here (the URI's path is the export name)."""
         if self.socket is not None:
-            return f"nbd+unix:///{quote(export)}?socket={quote(self.socket)}"
+            return f"nbd+unix:///{_quoted(export)}?socket={_quoted(self.socket)}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"nbd://{host}:{self.port}/{quote(export)}"
+        return f"nbd://{host}:{self.port}/{_quoted(export)}"
 
     def where(self) -> str:
         """The endpoint as an operator names it."""
@@ -59,6 +59,11 @@ class Endpoint:
             return conn
         assert self.host is not None
         return net.create_connection((self.host, self.port), timeout)
+
+
+def _quoted(text: str) -> str:
+    """`text` percent-encoded as its bytes (a name's undecodable bytes, kept as surrogates, included)."""
+    return quote(text.encode("utf-8", "surrogateescape"))
 
 
 def parse_listen(text: str) -> Endpoint:
@@ -83,9 +88,11 @@ def parse_listen(text: str) -> Endpoint:
         raise _bad_listen(text)
     if ":" in host or text.startswith("["):
         try:
-            ipaddress.IPv6Address(host)
+            address = ipaddress.IPv6Address(host)
         except ValueError:
             raise _bad_listen(text) from None
+        if address.ipv4_mapped is not None:  # [::ffff:0.0.0.0] is every IPv4 interface in disguise
+            raise _bad_listen(text)
     elif not _plain_host(host):
         raise _bad_listen(text)
     return Endpoint(host=host, port=int(port))

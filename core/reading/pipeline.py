@@ -73,8 +73,19 @@ def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target 
     """
     engine, found = resolve(image, progress, engine)
     chosen = reading or choose_reading(read.method, writes=False, image=found, engine=engine)
-    with _view(engine, found, chosen, read, target, progress, Wanted.heads()) as view:
+    with _view(engine, found, chosen, read, target, progress, Wanted.heads()) as view, vouched_first(view.vouch):
         yield OpenedImage(found, chosen, view)
+
+
+@contextmanager
+def vouched_first(vouch: Callable[[], None]) -> Iterator[None]:
+    """A refusal raised in the block, which bytes from outside (a file source's) may have caused and may quote, is
+    told only once those bytes are vouched for: a blob that fails its digest is the answer instead."""
+    try:
+        yield
+    except CdiskError:
+        vouch()
+        raise
 
 
 def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
@@ -94,6 +105,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
     with ExitStack() as stack:
         view = stack.enter_context(_view(engine, image, reading, read, target, progress,
                                          Wanted.disk(read.disk_path, every)))
+        stack.enter_context(vouched_first(view.vouch))
         found = every_disk(view.tree) if every else [find_disk(view.tree, read.disk_path)]
         opened = []
         for path, member in found:
@@ -147,5 +159,5 @@ def _opened(image: ImageRequest | Image, read: ReadRequest, target: Target | Non
     else:
         chosen = choose_reading(read.method, writes=False, image=found, engine=engine)
         held, disks = falling_back(read.method, chosen, attempt, False, engine, progress)
-    with held:
+    with held, vouched_first(disks[0].vouch):
         yield disks

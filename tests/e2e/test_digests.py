@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,22 @@ def test_refresh_verify_and_serve_refuse_it_too_and_touch_nothing(tmp_path: Path
     _refused(cdisk("verify", "-q", f"oci:{changed}", target), str(layer["digest"]))
     _refused(cdisk("serve", "-q", "--socket", tmp_path / "nbd.sock", f"oci:{changed}"), str(layer["digest"]))
     assert not (tmp_path / "nbd.sock").exists()
+
+
+def test_what_a_blob_that_fails_its_digest_holds_is_never_told(tmp_path: Path, raw: Path) -> None:
+    # The blob became a qcow2 naming a backing file: its header is refused for what it names, but the name must
+    # not be told (it came from a file the planter could not read) — the digest is the answer, in every command.
+    layout = oci_artifact_layout(tmp_path, [([(raw.read_bytes(), {})], {})])
+    [layer] = _layers(layout)
+    planted, backing = tmp_path / "planted.qcow2", tmp_path / "very-secret-name.img"
+    backing.write_bytes(b"\0" * 512)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(backing), str(planted), "4M"],
+                   check=True)
+    blob = _blob(layout, str(layer["digest"]))
+    blob.unlink()
+    os.link(planted, blob)
+    for command in (["convert", "-q", f"oci:{layout}", tmp_path / "out.raw"], ["ls", "-q", f"oci:{layout}"],
+                    ["ls", "-q", "--json", f"oci:{layout}"]):
+        result = cdisk(*command)
+        _refused(result, str(layer["digest"]))
+        assert "secret" not in result.err + result.out

@@ -30,8 +30,9 @@ def test_a_fifo_as_refresh_record_is_no_record(tmp_path: Path) -> None:
     (lambda p: p.write_text(json.dumps([GOOD])), "it is not a JSON object"),
     (lambda p: p.write_text("{"), "it is not JSON"),
     (lambda p: p.write_text(json.dumps({k: v for k, v in GOOD.items() if k != "disk"})), "it lacks 'disk'"),
+    (lambda p: p.write_text("[" * 60000), "it is not JSON"),
 ], ids=["symlink-to-dev-zero", "200-kib", "platform-a-number", "size-a-bool", "compressed-a-number", "a-list",
-        "not-json", "no-disk"])
+        "not-json", "no-disk", "nested-beyond-recursion"])
 def test_a_record_that_is_not_one_counts_as_none_and_says_why(tmp_path: Path, planted: object, why: str) -> None:
     planted(tmp_path / "vm.raw.cdisk.json")  # type: ignore[operator]
     assert read_record(str(tmp_path / "vm.raw")) == (None, why)

@@ -97,3 +97,20 @@ def test_member_headers_go_refuses_are_refused(tmp_path: Path, data: bytes) -> N
     for stream in _stream(tmp_path / "layer", data):
         with pytest.raises(UnsafeImageError, match="stream is corrupt"):
             _read_all(stream, 4096, 2 * len(DATA))
+
+
+# Cut short: in a member's header, in its name, in its trailer. (Go ends the stream cleanly when a *later*
+# member's name is cut — its readString hands back io.EOF — and reads the layer as shorter: cdisk refuses that.)
+CUT = {
+    "in-the-first-header": _member(DATA)[:6],
+    "in-a-later-header": _member(DATA) + _member(DATA)[:6],
+    "in-a-later-name": _member(DATA) + _member(DATA, flags=NAME, name=b"n" * 100)[:50],
+    "in-a-trailer": _member(DATA)[:-3],
+}
+
+
+@pytest.mark.parametrize("data", CUT.values(), ids=CUT.keys())
+def test_a_stream_cut_short_is_refused(tmp_path: Path, data: bytes) -> None:
+    for stream in _stream(tmp_path / "layer", data):
+        with pytest.raises(UnsafeImageError, match="cut short"):
+            _read_all(stream, 4096, 2 * len(DATA))

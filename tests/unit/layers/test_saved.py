@@ -277,3 +277,14 @@ def test_a_layer_refused_after_copies_were_made_leaves_none(saved: Saved) -> Non
     blobs = [saved.blob(good), saved.blob(bad, digest="sha256:" + "e" * 64)]
     with pytest.raises(UnsafeImageError, match=r"^layer eeeeeeeeeeee is refused: a name that climbs out"):
         saved.open(blobs)
+
+
+def test_convert_copies_one_candidate_and_a_later_layers_replacement_without_a_second_pass(saved: Saved) -> None:
+    lower = layer_tar([Entry("disk/a.img", data=DISK[:1000]), Entry("disk/b.img", data=DISK[:2000])])
+    upper = layer_tar([Entry("disk/a.img", data=DISK[:3000])])
+    layers = saved.open([saved.blob(gzip.compress(lower, mtime=0)), saved.blob(gzip.compress(upper, mtime=0))],
+                        Wanted.disk(None))
+    # The first candidate only (b.img is counted, not copied); the upper a.img replaces the lower one's copy.
+    assert layers.decompressed[0].copies == {}
+    assert list(layers.decompressed[1].copies) == [data_offsets(upper)["disk/a.img"]]
+    assert layers.copied(found(layers, "disk/a.img")) and not layers.copied(found(layers, "disk/b.img"))

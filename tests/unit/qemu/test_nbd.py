@@ -34,8 +34,13 @@ def test_uris() -> None:
     assert Endpoint(host="127.0.0.1").uri("disk/downloaded") == "nbd://127.0.0.1:10809/disk/downloaded"
 
 
-@pytest.mark.parametrize("text", ["0.0:10809", "*:10809", "0x0:10809", "0:10809", "127.1:10809", "1.2.3.4.5:1"])
+@pytest.mark.parametrize("text", ["0.0:10809", "*:10809", "0x0:10809", "0:10809", "127.1:10809", "1.2.3.4.5:1",
+                                  "[::ffff:0.0.0.0]:10809", "[::ffff:127.0.0.1]:10809"])
 def test_listen_takes_no_short_form_of_an_address(text: str) -> None:
     with pytest.raises(UsageError, match="--listen"):
         parse_listen(text)
+
+
+def test_a_uri_names_an_undecodable_name_by_its_bytes() -> None:
+    assert Endpoint(host="127.0.0.1").uri("disk/a\udc9b.img") == "nbd://127.0.0.1:10809/disk/a%9B.img"
 
