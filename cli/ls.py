@@ -11,7 +11,6 @@ from cdisk.cli.switches import ImageSwitches, size_text
 from cdisk.core.progress import Progress
 
 if TYPE_CHECKING:
-
     from cdisk.core.commands.ls import Listing
 
 # Off a terminal nothing is fitted: one row a line, for grep and logs.

@@ -29,13 +29,14 @@ def printable(text: str) -> str:
 
     if text.isprintable():
         return text
-    def shown(ch: str) -> str:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's byte
-            code -= 0xDC00
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return "".join(_escaped(ch) if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text)
 
-    return "".join(shown(ch) if unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text)
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for an undecodable byte: shown as that byte
+        code -= 0xDC00
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class LaidOut(str):

@@ -56,7 +56,8 @@ class Record:
     source: str = ""
 
 
-_FIELD_TYPES: dict[object, type] = {"str": str, "bool": bool, "int": int, str: str, bool: bool, int: int}
+# A Record field's JSON type by its annotation (a string: the module postpones annotations).
+_FIELD_TYPES: dict[object, type] = {"str": str, "bool": bool, "int": int}
 _JSON_KINDS = {str: "a string", bool: "true or false", int: "a whole number"}
 
 

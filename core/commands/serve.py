@@ -165,8 +165,12 @@ def shared(text: str) -> int:
         UsageError: anything else.
     """
     if not re.fullmatch(r"[0-9]{1,7}", text.strip()) or not 1 <= int(text) <= MAX_SHARED:
-        raise UsageError(f"--shared {text[:20]!r} is not a number of clients from 1 to {MAX_SHARED}; write e.g. 4")
+        raise _not_shared(text)
     return int(text)
+
+
+def _not_shared(text: str) -> UsageError:
+    return UsageError(f"--shared {text[:20]!r} is not a number of clients from 1 to {MAX_SHARED}; write e.g. 4")
 
 
 def _limits(connections: int) -> Callable[[], None]:
@@ -249,7 +253,8 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
         CdiskError: the switches do not fit, the socket or port is taken, the image or its disk is refused (as
         by convert), the server failed to start, or the overlay cannot be made.
     """
-    shared(str(asked.shared))
+    if not 1 <= asked.shared <= MAX_SHARED:
+        raise _not_shared(str(asked.shared))
     if asked.listen is not None and asked.socket is not None:
         raise UsageError("--listen and --socket both given; serve on one of them")
     if asked.every and read.disk_path:

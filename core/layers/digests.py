@@ -55,38 +55,39 @@ class BlobChecks:
     """
 
     def __init__(self, blobs: list[LayerBlob]) -> None:
-        self._blobs = blobs
-        self._ranges: dict[tuple[int, int, int, int], LayerBlob] = {}
+        self._keyed: list[tuple[LayerBlob, tuple[int, int, int, int]]] = []
+        self._ranges: dict[tuple[int, int, int, int], tuple[int, tuple[int, int, int]]] = {}  # (fd, its state)
         for blob in blobs:
             assert blob.fd is not None, "a blob from outside is held open"
             hasher(blob)  # a digest cdisk cannot check is refused before any byte is read
             st = os.fstat(blob.fd)
-            self._ranges.setdefault((st.st_dev, st.st_ino, blob.offset, blob.size), blob)
-        self._before = {key: _state(blob.fd) for key, blob in self._ranges.items()}  # type: ignore[arg-type]
+            key = (st.st_dev, st.st_ino, blob.offset, blob.size)
+            self._keyed.append((blob, key))
+            self._ranges.setdefault(key, (blob.fd, _state(blob.fd)))
         self._found: dict[tuple[int, int, int, int], str] = {}
         self._stopping = threading.Event()
         self._error: BaseException | None = None
-        self._failed: LayerBlob | None = None
+        self._failed: tuple[int, int, int, int] | None = None
         self._thread = threading.Thread(target=self._run, name="hash layers", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for key, blob in self._ranges.items():
-            assert blob.fd is not None
-            digest, done = hasher(blob), 0
+        for key, (fd, _) in self._ranges.items():
+            _, _, offset, size = key
+            digest, done = hashlib.sha256(), 0
             try:
-                while done < blob.size:
+                while done < size:
                     if self._stopping.is_set():
                         return
-                    data = os.pread(blob.fd, min(CHUNK, blob.size - done), blob.offset + done)
+                    data = os.pread(fd, min(CHUNK, size - done), offset + done)
                     if not data:
                         break
                     digest.update(data)
                     done += len(data)
             except BaseException as error:  # told by `verify`, in the command's thread
-                self._error, self._failed = error, blob
+                self._error, self._failed = error, key
                 return
-            self._found[key] = digest.hexdigest() if done == blob.size else ""
+            self._found[key] = digest.hexdigest() if done == size else ""
 
     def verify(self) -> None:
         """Wait for every blob to be hashed, and compare; call it once what read the blobs (qemu-img) is done.
@@ -96,19 +97,18 @@ class BlobChecks:
         """
         self._thread.join()
         if isinstance(self._error, OSError):
-            short = self._failed.short if self._failed else "?"
+            short = next(blob.short for blob, key in self._keyed if key == self._failed)
             raise ImageError(f"cannot read layer {short} to check it: {self._error.strerror}; save or pull the "
                              "image again")
         if self._error is not None:
             raise self._error
-        for key, blob in self._ranges.items():
+        for blob, key in self._keyed:
+            fd, before = self._ranges[key]
             if not self._found.get(key):
                 raise ImageError(f"layer {blob.short} is shorter than the image says; save or pull the image again")
-            if _state(blob.fd) != self._before[key]:  # type: ignore[arg-type]
+            if _state(fd) != before:
                 raise ImageError(f"layer {blob.short} changed while cdisk read it; run cdisk again")
-        for blob in self._blobs:
-            st = os.fstat(blob.fd)  # type: ignore[arg-type]
-            check(blob, self._found[(st.st_dev, st.st_ino, blob.offset, blob.size)])
+            check(blob, self._found[key])
 
     def stop(self) -> None:
         self._stopping.set()

@@ -158,11 +158,11 @@ class SavedLayers:
 
     def _vouch_after_refusal(self) -> None:
         """A layer refused for what its bytes say is told only once they are vouched for: the plain blobs' checks
-        are waited for, a compressed blob whose pass stopped is hashed whole (one more read; a docker-archive's
-        compressed layer, named by its tar's digest, cannot be without its stream and is not)."""
+        are waited for, a compressed blob whose pass did not end (so did not check it) is hashed whole (one more
+        read; a docker-archive's compressed layer, named by its tar's digest, cannot be without its stream)."""
         self.vouch()
-        compressed = [blob for blob, kind in zip(self.blobs, self.kinds, strict=True)
-                      if blob.outside and kind is not None and not blob.tar_digest]
+        compressed = [blob for index, (blob, kind) in enumerate(zip(self.blobs, self.kinds, strict=True))
+                      if blob.outside and kind is not None and not blob.tar_digest and index not in self.decompressed]
         if compressed:
             BlobChecks(compressed).verify()
 

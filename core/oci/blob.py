@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cdisk.core.errors import ImageError
 
+# What `read_head` reads: one tar block, enough for every magic number below and for a tar's first header.
+HEAD = 512
 # The magic numbers containers/storage's DetectCompression knows, as it knows them (gzip with its
 # deflate method byte): a compressed blob has no stable offsets, anything else is read as a tar.
-# What `read_head` reads: one tar block, enough for every magic number above and for a tar's first header.
-HEAD = 512
 COMPRESSED = {b"\x1f\x8b\x08": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 

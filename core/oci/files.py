@@ -29,7 +29,7 @@ from cdisk.core.tar_headers import REGULAR, SYMLINK, TarEntry, read_entries
 
 JSON_LIMIT = 4 << 20  # an index, a manifest, a config: a few KiB each
 LAYERS_LIMIT = 500  # overlay stacks at most ~500 layers; an engine would refuse more
-_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MEMBERS_LIMIT = 100_000  # an image archive holds a few files per layer
 SYMLINK_HOPS = 8
 _BLOB_NAME = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
@@ -130,12 +130,11 @@ class DirectoryFiles:
                 raise ImageError(f"{name} of {self.what} is a symlink, which no file of a layout may be; {self.fix}")
             if kind != stat.S_IFREG:
                 raise ImageError(f"{name} of {self.what} is not a regular file; {self.fix}")
-            leaf = os.open(f"/proc/self/fd/{found}", _OPEN & ~os.O_NOFOLLOW)
+            leaf = os.open(f"/proc/self/fd/{found}", _READ)  # the very file judged: no second look
         except OSError as error:
             raise ImageError(f"cannot open {name} of {self.what}: {error.strerror}; {self.fix}") from None
         finally:
             os.close(found)
-        _regular(leaf, name, self)
         return leaf
 
     def json(self, name: str) -> Any:

@@ -159,5 +159,5 @@ def _opened(image: ImageRequest | Image, read: ReadRequest, target: Target | Non
     else:
         chosen = choose_reading(read.method, writes=False, image=found, engine=engine)
         held, disks = falling_back(read.method, chosen, attempt, False, engine, progress)
-    with held, vouched_first(disks[0].vouch):
+    with held:  # it holds `vouched_first` too: a refusal in the block waits for the check
         yield disks

@@ -177,8 +177,9 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
     if output is not None and not os.path.isdir(os.path.dirname(output[1])):
         raise TargetError(f"{os.path.dirname(output[1])} does not exist; create it or choose another --output")
     parent = temp_parent(request.tmpdir, Target(output[1], is_block=False) if output else None)
-    by_skopeo = output is not None or len(set(request.platforms or ())) > 1  # no engine's store to push from
-    if request.push is not None and by_skopeo and ":" in os.path.abspath(parent):
+    # One platform and no --output: the image goes into an engine's store, and a push goes from there.
+    into_engine = output is None and len(specs) == 1
+    if request.push is not None and not into_engine and ":" in os.path.abspath(parent):
         # skopeo reads the push's layout as oci:PATH:NAME, split at the first colon
         raise UsageError(f"--push needs a work directory whose path has no ':', and {parent} has one; pass "
                          "--tmpdir with another")
@@ -213,7 +214,7 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
         for spec in specs:
             config = image.config(spec, written)
             builts.append(image.Built(config, image.manifest(config, written), written, blob_path, spec.platform))
-        loaded = choice.named(request.engine) if output is None and len(builts) == 1 else None
+        loaded = choice.named(request.engine) if into_engine else None
         destination = _deliver(builts, name, output, loaded, work, progress)
         if request.push is not None:
             progress.stage(f"pushing {request.push}")

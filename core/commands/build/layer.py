@@ -33,7 +33,6 @@ DATA_ALIGNMENT = 4096
 _COMMENT = "cdisk: the disk's data start on a 4 KiB block, so a file system can share them"
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
-
 _ZEROS = bytes(CHUNK)
 
 
