@@ -18,8 +18,9 @@ OUTPUTS = "oci:DIR, oci-archive:FILE or docker-archive:FILE"
 
 def summary(result: BuildResult) -> str:
     pushed = f"; pushed to {result.pushed}" if result.pushed else ""
+    iso = " (an ISO 9660 image: attach it to the VM as a cdrom disk)" if result.iso9660 else ""
     return (f"built {result.image} ({result.image_id[:12]}) into {result.destination}: {result.format} disk of "
-            f"{result.virtual_size} bytes, layer {result.layer_size} bytes ({result.layer_compression}) for "
+            f"{result.virtual_size} bytes{iso}, layer {result.layer_size} bytes ({result.layer_compression}) for "
             f"{', '.join(result.platforms)}{pushed}")
 
 
@@ -32,6 +33,8 @@ class Build(OutputSwitches):
     out_format = cli.SwitchAttr(["--format"], cli.Set("qcow2", "raw"), default=None,
                                 help="The disk's format in the image (default: as DISK is; raw and qcow2 stay, "
                                      "other formats become qcow2)")
+    raw = cli.Flag(["--raw"], help="DISK is a raw disk even if its first bytes look like a compressed file, an "
+                                   "archive or text (it must still be whole 512-byte sectors)")
     compress = cli.Flag(["-c", "--compress"], help="qcow2 with compressed clusters (as most containerDisks ship)")
     layer_compression = cli.SwitchAttr(["--layer-compression"], cli.Set("none", "gzip", "zstd"), default=None,
                                        help="How the layer is compressed (default: gzip for oci and oci-archive "
@@ -70,7 +73,7 @@ class Build(OutputSwitches):
                                    str(self.layer_compression) if self.layer_compression else None,
                                    tuple(self.platforms), tuple(labels), self.instancetype, self.preference,
                                    str(self.tmpdir) if self.tmpdir else None, self.push,
-                                   None if self.tls_verify is None else self.tls_verify == "true")
+                                   None if self.tls_verify is None else self.tls_verify == "true", bool(self.raw))
             return build(request, progress)
 
         return report(self, work, summary)

@@ -1,6 +1,6 @@
 """`cdisk build DISK NAME[:TAG]`: the disk judged as convert judges an image's disk (cdisk never builds an image
-it would refuse to convert), converted if asked, written as the one layer of a containerDisk, and loaded into an
-engine or written as a file.
+it would refuse to convert) and refused where it is plainly not a disk (`disk_check`), converted if asked,
+written as the one layer of a containerDisk, and loaded into an engine or written as a file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdisk.core.commands.build import image, layer
+from cdisk.core.commands.build import disk_check, image, layer
 from cdisk.core.disk.inspection import inspect_disk
 from cdisk.core.engines import choice
 from cdisk.core.engines.file import FILES
@@ -52,6 +52,7 @@ class BuildRequest:
     tmpdir: str | None = None
     push: str | None = None
     tls_verify: bool | None = None
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class BuildResult:
     diff_id: str
     platforms: tuple[str, ...]
     pushed: str | None
+    iso9660: bool = False
 
 
 # The reference grammar of docker and podman (distribution/reference): [DOMAIN/]PATH[:TAG], no digest.
@@ -184,10 +186,13 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
         raise UsageError(f"--push needs a work directory whose path has no ':', and {parent} has one; pass "
                          "--tmpdir with another")
     with ExitStack() as stack:
-        work = stack.enter_context(_work_dir(parent))
         source = stack.enter_context(_opened(request.disk))
         progress.stage(f"checking {request.disk}")
         judged = inspect_disk(source)
+        # What is plainly not a disk is refused before any work: no temp dir, no layer, no engine.
+        content = disk_check.check_disk(request.disk, source.read_at(0, disk_check.HEAD_BYTES), source.size,
+                                        judged.format, request.raw)
+        work = stack.enter_context(_work_dir(parent))
         wanted = request.out_format or judged.format
         if wanted not in FORMATS:
             wanted = "qcow2"  # a vmdk, vhdx, …: KubeVirt reads raw and qcow2
@@ -220,7 +225,8 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
             progress.stage(f"pushing {request.push}")
             _push(builts, name, request.push, loaded, request.tls_verify, work)
     return BuildResult(name, builts[0].image_id, destination, fmt, judged.virtual_size, compression, written.digest,
-                       written.size, written.diff_id, tuple(str(b.platform) for b in builts), request.push)
+                       written.size, written.diff_id, tuple(str(b.platform) for b in builts), request.push,
+                       content is disk_check.ISO9660)
 
 
 def _push(builts: list[image.Built], name: str, ref: str, loaded: Engine | None, tls_verify: bool | None,
