@@ -3,13 +3,18 @@ with qemu-img compare against the disk they were built from."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,11 @@ import pytest
 
 from tests.helpers import READINGS, assert_one_line_error, cdisk, same_disk
 from tests.images import make_disk, remove_image, sh
+
+try:
+    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    from backports import zstd  # type: ignore[no-redef,unused-ignore]
 
 pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "bwrap")
 
@@ -289,3 +299,125 @@ def test_build_of_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
                    timeout=30)
     assert result.code == 2 and "is not a regular file" in result.err and result.err.count("\n") == 1, result.err
 
+
+
+# --- what is plainly not a disk ----------------------------------------------------------------------------
+
+# kind: what the refusal calls it, and the fix it names
+NOT_DISKS = {"xz": ("xz-compressed", "xz -d"), "gzip": ("gzip-compressed", "gzip -d"),
+             "zstd": ("zstd-compressed", "zstd -d"), "bzip2": ("bzip2-compressed", "bzip2 -d"),
+             "lz4": ("lz4-compressed", "lz4 -d"), "tar": ("a tar archive", "tar -xf"),
+             "zip": ("a zip archive", "unzip"), "text": ("text", "give a disk image")}
+
+
+def _compressed_by_python(kind: str, data: bytes) -> bytes:
+    if kind == "lz4":  # no lz4 in Python: a frame's magic and descriptor, as `lz4` starts one
+        return b"\x04\x22\x4d\x18\x64\x40\xa7" + data
+    return {"xz": lzma.compress, "gzip": gzip.compress, "zstd": zstd.compress, "bzip2": bz2.compress}[kind](data)
+
+
+def _not_a_disk(kind: str, disk: Path) -> Path:
+    """DISK made into `kind` by the real tool (by Python's own writer of the format where the tool is missing)."""
+    out = disk.with_name(f"{disk.name}.{kind}")
+    if kind == "tar":
+        sh("tar", "-cf", out, "-C", disk.parent, disk.name)
+    elif kind == "zip":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(disk, disk.name)
+    elif kind == "text":
+        out.write_text("#version=RHEL9\ntext\nlang en_US.UTF-8\nrootpw --lock\n%packages\n@core\n%end\n")
+    elif shutil.which(kind):
+        with out.open("wb") as file:
+            subprocess.run([kind, "-c", disk], stdout=file, check=True)
+    else:
+        out.write_bytes(_compressed_by_python(kind, disk.read_bytes()))
+    return out
+
+
+def _exists(name: str, engine: str = "podman") -> bool:
+    return sh(engine, "image", "exists", name, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("kind", list(NOT_DISKS))
+def test_what_is_plainly_not_a_disk_is_refused_and_raw_builds_it(tmp_path: Path, names: list[tuple[str, str]],
+                                                                  kind: str) -> None:
+    disk = make_disk(tmp_path / "in.qcow2", "qcow2", "4M")
+    source = _not_a_disk(kind, disk)
+    name, work = _name(names), tmp_path / "work"
+    work.mkdir()
+    what, fix = NOT_DISKS[kind]
+    refused = cdisk("build", "-q", "--tmpdir", work, source, name)
+    assert_one_line_error(refused, 2, f"DISK {source} is {what}, not a disk; ")
+    assert fix in refused.err and "--raw" in refused.err, refused.err
+    assert not _exists(name), "nothing is loaded into the engine"
+    assert list(work.iterdir()) == [], "no temp dir is left"
+    # --raw: the operator says it is a raw disk; its size must still be whole sectors.
+    os.truncate(source, -(-source.stat().st_size // 512) * 512)
+    layout = tmp_path / "layout"
+    built = cdisk("build", "--json", "--raw", "--output", f"oci:{layout}", source, name)
+    assert built.code == 0, built.err
+    assert (_json(built)["format"], _json(built)["iso9660"]) == ("raw", False)
+    out = tmp_path / "out.raw"
+    assert cdisk("convert", "-q", f"oci:{layout}", out).code == 0
+    assert same_disk(source, "raw", out, "raw")
+
+
+def test_an_empty_disk_and_a_partial_sector_are_refused_even_with_raw(tmp_path: Path,
+                                                                       names: list[tuple[str, str]]) -> None:
+    empty, odd = tmp_path / "empty.raw", tmp_path / "odd sized.raw"
+    empty.touch()
+    sh("qemu-img", "create", "-q", "-f", "raw", odd, "1M")
+    sh("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64k", odd)
+    with odd.open("ab") as file:
+        file.write(b"\x5a" * 100)
+    name = _name(names)
+    for args in ([], ["--raw"]):
+        refused = cdisk("build", "-q", *args, empty, name)
+        assert_one_line_error(refused, 2, f"DISK {empty} is empty (0 bytes), not a disk; give a disk image")
+        refused = cdisk("build", "-q", *args, odd, name)
+        assert_one_line_error(refused, 2, f"DISK {odd} is {(1 << 20) + 100} bytes, not a multiple of 512 (qemu "
+                                          f"would read a partial sector); pad it with zeros first: truncate -s "
+                                          f"%512 '{odd}'")
+        assert not _exists(name)
+    sh("truncate", "-s", "%512", odd)  # the fix the refusal names
+    built = cdisk("build", "--json", odd, name)
+    assert built.code == 0, built.err
+    assert _exists(name) and _json(built)["virtual_size"] == (1 << 20) + 512
+    qcow2 = make_disk(tmp_path / "in.qcow2", "qcow2", "4M")
+    refused = cdisk("build", "-q", "--raw", qcow2, name)
+    assert_one_line_error(refused, 2, f"--raw: DISK {qcow2} is a qcow2 disk by its header, not raw; drop --raw")
+
+
+def test_an_iso_9660_image_is_built_as_raw(tmp_path: Path) -> None:
+    """An ISO is a raw image a VM boots as a CD-ROM (KubeVirt serves a containerDisk's ISO to a cdrom disk):
+    built, and the summary says to attach it as one."""
+    iso = tmp_path / "boot.iso"
+    sh("qemu-img", "create", "-q", "-f", "raw", iso, str(2048 * 512))
+    with iso.open("r+b") as file:  # the primary volume descriptor at sector 16, the set's terminator after it
+        file.seek(16 * 2048)
+        file.write(b"\x01CD001\x01\x00" + b"LINUX".ljust(32) + b"CDISK_TEST".ljust(32))
+        file.seek(17 * 2048)
+        file.write(b"\xffCD001\x01")
+    layout = tmp_path / "layout"
+    built = cdisk("build", "--output", f"oci:{layout}", iso, "localhost/iso:1")
+    assert built.code == 0, built.err
+    assert ": raw disk of 1048576 bytes (an ISO 9660 image: attach it to the VM as a cdrom disk)" in built.out
+    as_json = cdisk("build", "--json", "--output", f"oci:{tmp_path / 'again'}", iso, "localhost/iso:1")
+    assert (_json(as_json)["format"], _json(as_json)["iso9660"]) == ("raw", True)
+    out = tmp_path / "out.raw"
+    assert cdisk("convert", "-q", f"oci:{layout}", out).code == 0
+    assert same_disk(iso, "raw", out, "raw")
+
+
+def test_real_disks_still_build(tmp_path: Path, names: list[tuple[str, str]]) -> None:
+    raw = tmp_path / "in.raw"
+    sh("qemu-img", "create", "-q", "-f", "raw", raw, "1M")
+    sh("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4k", "-c", "write -P 0xa5 1020k 4k", raw)
+    for disk, fmt in ((raw, "raw"), (make_disk(tmp_path / "in.qcow2", "qcow2", "4M"), "qcow2")):
+        name = _name(names)
+        built = cdisk("build", "--json", disk, name)
+        assert built.code == 0, built.err
+        assert (_json(built)["format"], _json(built)["iso9660"]) == (fmt, False)
+        out = tmp_path / f"out-{fmt}.raw"
+        assert cdisk("convert", "-q", name, out).code == 0
+        assert same_disk(disk, fmt, out, "raw")

@@ -6,7 +6,9 @@ by its magic, the way file(1) and the decompressors themselves tell it, and refu
 
 - compressed: xz, gzip, zstd (also a skippable frame first), bzip2, lz4 (frame and legacy), lzip;
 - archives: tar (POSIX and GNU, "ustar" at 257), zip (also empty or spanned), 7z;
-- text: UTF-8 of printable characters and line breaks only, no NUL (a disk's first sectors are never that);
+- text: lines (at least one line feed) of UTF-8 printable characters and whitespace only, no NUL: a disk's
+  first sectors are never that (a run of one printable byte with no line feed, as a test pattern writes, is not
+  text);
 - an empty file, and a raw disk whose size is not a whole number of 512-byte sectors (qemu would read a
   partial last sector as if zeros followed it).
 
@@ -92,9 +94,9 @@ def identify(head: bytes) -> Content | None:
 
 
 def _is_text(head: bytes) -> bool:
-    """UTF-8 of printable characters and whitespace only (a multibyte character cut at the end of a full head
-    counts): a file nobody boots."""
-    if not head:
+    """Lines of UTF-8 printable characters and whitespace only (a multibyte character cut at the end of a full
+    head counts): a file nobody boots."""
+    if b"\n" not in head:
         return False
     try:
         text = head.decode()

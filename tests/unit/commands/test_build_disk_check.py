@@ -68,18 +68,19 @@ def test_each_magic_by_its_exact_bytes(head: bytes, name: str) -> None:
     _at(0x7FFF, b"CD001"), _at(0x9801, b"CD001"),
     b"QFI\xfb" + PAD,
     _at(510, b"\x55\xaa", 512),  # an MBR
-    b"text and a NUL\x00", b"text and an escape \x1b[0m", b"not UTF-8 \xe9t\xe9",
-    b"text cut inside a character \xe2\x82",  # the whole file: a cut character is not text
+    b"Z" * HEAD_BYTES, b"printable, but no line feed",  # a test pattern, not lines
+    b"text and a NUL\x00\n", b"text and an escape \x1b[0m\n", b"not UTF-8 \xe9t\xe9\n",
+    b"text cut inside a character\n\xe2\x82",  # the whole file: a cut character is not text
 ])
 def test_what_names_nothing(head: bytes) -> None:
     assert identify(head) is None
 
 
 def test_a_character_cut_by_the_end_of_a_full_head_is_still_text() -> None:
-    head = (b"\xe2\x82\xac" * (HEAD_BYTES // 3 - 1)).ljust(HEAD_BYTES - 2, b"a") + b"\xe2\x82"
+    head = (b"\xe2\x82\xac\n" * (HEAD_BYTES // 4 - 1)).ljust(HEAD_BYTES - 2, b"a") + b"\xe2\x82"
     assert len(head) == HEAD_BYTES
     assert identify(head) is TEXT
-    assert identify(head[:100] + b"\xe2" + head[101:]) is None  # one broken character inside
+    assert identify(head[:100] + b"\xff" + head[101:]) is None  # one broken character inside
 
 
 def _tar(fmt: int) -> bytes:
@@ -172,6 +173,6 @@ def test_what_is_built() -> None:
 def test_every_refused_kind_says_what_to_do() -> None:
     kinds = [identify(head) for head in (b"\xfd7zXZ\x00", b"\x1f\x8b\x08", b"\x28\xb5\x2f\xfd", b"BZh9",
                                          b"\x04\x22\x4d\x18", b"LZIP", b"7z\xbc\xaf\x27\x1c", b"PK\x03\x04",
-                                         _at(257, b"ustar", 512), b"text")]
+                                         _at(257, b"ustar", 512), b"text\n")]
     assert all(isinstance(kind, Content) and kind.fix for kind in kinds)
     assert not ISO9660.fix
