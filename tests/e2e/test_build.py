@@ -351,6 +351,11 @@ def test_what_is_plainly_not_a_disk_is_refused_and_raw_builds_it(tmp_path: Path,
     assert fix in refused.err and "--raw" in refused.err, refused.err
     assert not _exists(name), "nothing is loaded into the engine"
     assert list(work.iterdir()) == [], "no temp dir is left"
+    link = tmp_path / "disk.img"  # named as a disk, through a symlink: its bytes are what count
+    link.symlink_to(source)
+    assert_one_line_error(cdisk("build", "-q", "--output", f"oci:{tmp_path / 'o'}", link, name), 2,
+                          f"DISK {link} is {what}, not a disk; ")
+    assert not (tmp_path / "o").exists()
     # --raw: the operator says it is a raw disk; its size must still be whole sectors.
     os.truncate(source, -(-source.stat().st_size // 512) * 512)
     layout = tmp_path / "layout"
