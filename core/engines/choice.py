@@ -1,13 +1,17 @@
 """Which engine serves IMAGE: `--engine` (auto: the store that holds the image, podman first) and IMAGE's
 transport resolved into an engine, and the image found in its store, pulled as asked, for the platform asked.
+What went wrong is told here with what every store looked in said: an image in none of them, a pull that
+failed, a platform the image is not for, a path given where an image name goes.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import replace
 
-from cdisk.core.engines.common import looks_like_id
-from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image
+from cdisk.core.engines.common import is_reference, looks_like_id
+from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image, PullFailed
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
@@ -37,6 +41,8 @@ def of(image: Image) -> Engine:
 
 # Transports naming an engine's store, as skopeo names them; `docker://` pulls into the engine chosen.
 _STORES = {"containers-storage:": "podman", "docker-daemon:": "docker", "docker://": AUTO}
+# Those that name an image already in a store: skopeo never pulls for them, nor does cdisk.
+_LOCAL_STORES = ("containers-storage:", "docker-daemon:")
 
 
 def _transport(request: ImageRequest) -> ImageRequest:
@@ -55,55 +61,117 @@ def _transport(request: ImageRequest) -> ImageRequest:
 
 def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
     """The engine `request.engine` (or IMAGE's transport) names and the image in its store, pulled as asked, for
-    `request.platform`: an image in the store for another platform is pulled again for this one (unless
-    `--pull never` or an ID says it must be that image, or it is an image file, which is what it is). An image
-    that names no architecture is taken for the platform asked, before a pull as after one.
+    `request.platform`: an image in the store for another platform is pulled again for this one, as podman pulls
+    it (unless `--pull never`, an ID or a local store's transport says it must be that image, or it is an image
+    file, which is what it is). An image that names no architecture is taken for the platform asked, before a
+    pull as after one. `containers-storage:` and `docker-daemon:` name a local image: never pulled.
 
     Raises:
-        UsageError: a malformed --platform, or a transport that contradicts --engine.
-        ImageError: the image is for another platform and cannot be pulled for this one.
+        UsageError: a malformed --platform, a transport that contradicts --engine, `--pull always` with a local
+            store's transport, or a path where an image name goes.
+        ImageError: the image is in no store looked in and cannot be pulled, or is for another platform and
+            cannot be pulled for this one.
     """
+    local = next((prefix for prefix in _LOCAL_STORES if request.reference.startswith(prefix)), "")
+    bare = request.engine != "file" and not request.reference.startswith((*FILE_TRANSPORTS, *_STORES))
     request = _transport(request)
-    if not request.platform:
-        return _find(request, progress)
-    from cdisk.core.oci.platform import architecture, normal_platform  # only a run that names a platform
+    if local and request.pull is Pull.ALWAYS:
+        raise UsageError(f"{local}{request.reference} names an image in {request.engine}'s store, which cdisk never "
+                         f"pulls; drop --pull always, or write docker://{request.reference} to pull it")
+    if request.platform:
+        from cdisk.core.oci.platform import normal_platform  # only a run that names a platform
 
-    request = replace(request, platform=normal_platform(request.platform))
-    engine, image = _find(request, progress)
-    wanted = str(request.platform).split("/")
-    if not image.architecture or architecture(image.architecture) == wanted[1]:
-        return engine, replace(image, platform=str(request.platform))
-    fixed = request.pull is Pull.NEVER or looks_like_id(request.reference) or not engine.stores
-    if not fixed:
-        progress.stage(f"{request.reference} in {engine.name}'s store is for {image.architecture}: pulling it for "
-                       f"{request.platform}")
-        image = engine.find_image(replace(request, engine=engine.name, pull=Pull.ALWAYS), progress)
-        if not image.architecture or architecture(image.architecture) == wanted[1]:
-            return engine, replace(image, platform=str(request.platform))
-    if request.pull is Pull.NEVER and engine.stores:
-        advice = "drop --pull never to pull it for that platform"
-    elif fixed:
-        advice = "name the image for that platform"
+        request = replace(request, platform=normal_platform(request.platform))
+    no_name = bare and not is_reference(request.reference)
+    path = _path_given(request.reference, no_name) if bare else ""
+    if no_name:  # no store can hold it: told before any engine is asked
+        raise UsageError(path)
+    if local:
+        engine, image = _find_local(request, local, progress)
     else:
-        advice = "the registry has it for no such platform; check the name and --platform"
-    raise ImageError(f"{request.reference} is for {image.architecture}, not {request.platform}; {advice}")
+        engine, image = _find(request, progress, path)
+    if not request.platform:
+        return engine, image
+    if _serves(image, str(request.platform)):
+        return engine, replace(image, platform=str(request.platform))
+    have, wanted, reference = _platform_of(image), str(request.platform), request.reference
+    if not engine.stores or looks_like_id(reference):
+        raise ImageError(f"{reference} is {have}, --platform asks {wanted}; name the image for that platform, or "
+                         "drop --platform")
+    if request.pull is Pull.NEVER or local:
+        raise ImageError(f"{reference} is {have}, --platform asks {wanted}; pull that platform (`{engine.name} pull "
+                         f"--platform {wanted} {reference}`) or drop --platform")
+    progress.stage(f"{reference} in {engine.name}'s store is for {have}: pulling it for {wanted}")
+    try:
+        image = engine.find_image(replace(request, engine=engine.name, pull=Pull.ALWAYS), progress)
+    except PullFailed as failed:
+        raise ImageError(f"{reference} in {engine.name}'s store is {have}, --platform asks {wanted}, and pulling "
+                         f"that platform failed: {failed.reason}; check the name and --platform, or drop --platform "
+                         "to use the local image") from None
+    if _serves(image, wanted):
+        return engine, replace(image, platform=wanted)
+    raise ImageError(f"{reference} in the registry is {_platform_of(image)}, not {wanted} as --platform asks; check "
+                     "the name and --platform")
 
 
-def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
+def _serves(image: Image, wanted: str) -> bool:
+    """Whether `image` serves the platform `wanted`: its architecture, and its OS and variant where it names them
+    (an image that names no architecture serves any)."""
+    from cdisk.core.oci.platform import architecture, same_variant
+
+    os_name, arch, *variant = wanted.split("/")
+    if not image.architecture:
+        return True
+    if architecture(image.architecture) != arch or (image.os and image.os != os_name):
+        return False
+    return not (variant and image.variant) or same_variant(arch, image.variant, variant[0])
+
+
+def _platform_of(image: Image) -> str:
+    from cdisk.core.oci.platform import architecture
+
+    return "/".join(part for part in (image.os, architecture(image.architecture), image.variant) if part)
+
+
+def _find_local(request: ImageRequest, transport: str, progress: Progress) -> tuple[Engine, Image]:
+    """The image a local store's transport names, looked up in that store only: never pulled, whatever --pull says
+    (`--pull always` was refused before)."""
+    engine = named(request.engine)
+    if not engine.available():  # not installed, or its daemon not answering: the engine's own words say so
+        return engine, engine.find_image(replace(request, pull=Pull.NEVER), progress)
+    image = engine.lookup(request.reference, progress)
+    if image is None:
+        reference = request.reference
+        raise ImageError(f"{reference} is not in {engine.name}'s store, and {transport} names a local image, which "
+                         f"cdisk does not pull; check the name (`{engine.name} images`), or pull it (`{engine.name} "
+                         f"pull {reference}`)")
+    return engine, image
+
+
+def _find(request: ImageRequest, progress: Progress, path: str = "") -> tuple[Engine, Image]:
     """The engine `request.engine` names and the image in its store, pulled as asked.
 
     `auto`: the engine whose store already holds the image (podman first when both do), else the first one
     installed and answering (podman first), which then pulls it. An engine that fails to answer a lookup, or is
     pointed at a store cdisk refuses to read (a remote CONTAINER_HOST), is passed over; why is the answer only
-    when no engine could take the image.
+    when no engine could take the image. `path`: the usage error for an IMAGE that names an image file here,
+    raised where no store holds an image of that name, before any pull.
 
     Raises:
         ToolError: no engine is installed and answering (or the one named is not).
-        ImageError: as `Engine.find_image`; or the only engines are pointed at remote stores.
+        ImageError: the image is in no store looked in and cannot be pulled (its message names the stores); or
+            the only engines are pointed at remote stores.
+        UsageError: `path`, where no store holds the image.
     """
     if request.engine != AUTO:
         engine = named(request.engine)
-        return engine, engine.find_image(request, progress)
+        if path and engine.lookup(request.reference, progress) is None:
+            raise UsageError(path)
+        try:
+            return engine, engine.find_image(request, progress)
+        except PullFailed as failure:
+            present = request.pull in (Pull.ALWAYS, Pull.NEWER) and engine.lookup(request.reference, progress)
+            raise _pull_failed(failure, request, [engine.name], present=bool(present)) from None
     failed: list[ToolError] = []
     refused: list[ImageError] = []
     answering = []
@@ -126,7 +194,10 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
             continue
         if request.pull in (Pull.MISSING, Pull.NEVER) or looks_like_id(request.reference):
             return engine, local
-        return engine, engine.find_image(replace(request, engine=engine.name), progress)
+        try:
+            return engine, engine.find_image(replace(request, engine=engine.name), progress)
+        except PullFailed as failure:
+            raise _pull_failed(failure, request, [engine.name], present=True) from None
     if not answering:
         if refused:
             raise refused[0]
@@ -135,8 +206,115 @@ def _find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
         raise ToolError("neither podman nor docker is installed and answering here; install one "
                         "(Debian/Ubuntu: apt-get install podman), or start the docker daemon and check that "
                         "DOCKER_HOST (if set) names its local unix socket and that you may use it")
+    if path:
+        raise UsageError(path)
+    looked_in = [engine.name for engine in answering]
+    if request.pull is Pull.NEVER or looks_like_id(request.reference):
+        raise ImageError(_absent(request.reference, looked_in))
     engine = answering[0]
-    return engine, engine.find_image(replace(request, engine=engine.name), progress)
+    try:
+        return engine, engine.find_image(replace(request, engine=engine.name), progress)
+    except PullFailed as failure:
+        raise _pull_failed(failure, request, looked_in, present=False) from None
+
+
+def _stores(names: list[str]) -> str:
+    """Where an image is not: "not in podman's store", "in neither podman's nor docker's store"."""
+    if len(names) == 1:
+        return f"not in {names[0]}'s store"
+    return "in neither " + " nor ".join(f"{name}'s" for name in names) + " store"
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(f"`{name} images`" for name in names)
+
+
+def _absent(reference: str, looked_in: list[str]) -> str:
+    which = looked_in[0] + "'s" if len(looked_in) == 1 else "neither " + " nor ".join(f"{n}'s" for n in looked_in)
+    if looks_like_id(reference):
+        return (f"no image with ID {reference} in the local store ({which}), and an ID cannot be pulled; check the "
+                f"ID ({_listed(looked_in)})")
+    return (f"image {reference} is not in the local store ({which}) and --pull never forbids pulling; check the name "
+            f"({_listed(looked_in)}), or pull it (`{looked_in[0]} pull {reference}`) or drop --pull never")
+
+
+def _pull_failed(failed: PullFailed, request: ImageRequest, looked_in: list[str], present: bool) -> ImageError:
+    """The one line for a pull that failed: where the image is not (or is), why the pull failed, what to do."""
+    reference, tool, reason = request.reference, failed.engine, failed.reason
+    lowered = reason.lower()
+    if "http response to https client" in lowered:
+        todo = "if the registry speaks plain HTTP, pass --tls-verify=false"
+    elif any(word in lowered for word in ("unauthorized", "denied", "authentication required")):
+        todo = f"check the name, or log in (`{tool} login`) and try again"
+    elif present:
+        todo = "check the registry, or use the local image (--pull missing)"
+    else:
+        todo = f"check the name ({_listed(looked_in)}), or pull it (`{tool} pull {reference}`)"
+    if present:
+        return ImageError(f"{reference} is in {tool}'s store, but pulling it again failed: {reason}; {todo}")
+    return ImageError(f"{reference} is {_stores(looked_in)}, and pulling it failed: {reason}; {todo}")
+
+
+# What a file's first bytes say it is, when it is no tar: a disk, or a compressed stream.
+_DISK_MAGIC = (b"QFI\xfb", b"KDMV", b"conectix", b"vhdxfile")
+
+
+def _path_given(reference: str, no_name: bool) -> str:
+    """The usage error for an IMAGE that is a path here rather than an image name ("" for none): what it holds
+    says which transport was meant. `no_name`: IMAGE cannot name an image at all (a leading `/` or `.`), so even a
+    path that holds no image, or none at all, is told; a valid name is told only where its path holds an image.
+    """
+    try:
+        mode = os.stat(reference).st_mode
+    except (OSError, ValueError):
+        if not no_name:
+            return ""
+        return (f"{reference[:200]} is no image name (name[:tag], name@digest or an ID) and no such path exists; "
+                "check it, or name an image file with its transport (oci:DIR, oci-archive:FILE, "
+                "docker-archive:FILE)")
+    looks = f"{reference} looks like a path, not an image name; did you mean"
+    if stat.S_ISDIR(mode):
+        if any(os.path.lexists(os.path.join(reference, name)) for name in ("oci-layout", "index.json")):
+            return f"{looks} oci:{reference} (an OCI layout)?"
+        return "" if not no_name else (f"{reference} is a directory without an OCI layout (no oci-layout, no "
+                                       "index.json), not an image name; name an image, or a layout as oci:DIR")
+    kinds = _file_kinds(reference) if stat.S_ISREG(mode) else set()
+    if "disk" in kinds:
+        return (f"{reference} is a disk image file, not a container image; convert it with qemu-img, or make a "
+                f"containerDisk of it (`cdisk build {reference} NAME`)")
+    meant = [f"{kind}:{reference}" for kind in ("oci-archive", "docker-archive") if kind in kinds]
+    if meant:
+        what = " and ".join(("an OCI archive" if m.startswith("oci") else "a docker archive") for m in meant)
+        return f"{looks} {' or '.join(meant)} ({'it is ' + what})?"
+    if not no_name:
+        return ""
+    return f"{looks} oci-archive:{reference} or docker-archive:{reference}?"
+
+
+def _file_kinds(path: str) -> set[str]:
+    """What the file at `path` is, from its first bytes and tar members: {"oci-archive", "docker-archive"} (both
+    for a docker save of docker 25+), {"disk"}, or none known."""
+    import tarfile
+
+    kinds: set[str] = set()
+    try:
+        with open(path, "rb") as file:
+            if file.read(8).startswith(_DISK_MAGIC):
+                return {"disk"}
+            file.seek(0)
+            with tarfile.open(fileobj=file, mode="r:") as archive:
+                for _ in range(1000):  # headers only: the data between them is skipped
+                    member = archive.next()
+                    if member is None:
+                        break
+                    name = member.name.removeprefix("./")
+                    if name in ("oci-layout", "index.json"):
+                        kinds.add("oci-archive")
+                    elif name == "manifest.json":
+                        kinds.add("docker-archive")
+    except (OSError, tarfile.TarError, ValueError):
+        pass
+    return kinds
 
 
 def settled(request: ImageRequest, engine: str) -> ImageRequest:

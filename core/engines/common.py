@@ -1,5 +1,5 @@
-"""What podman and docker share: an image ID told from a name, their API's ping, whose socket may be trusted,
-and the overlay layer directories their inspection names.
+"""What podman and docker share: an image ID and a name told apart, their API's ping, whose socket may be trusted,
+the overlay layer directories their inspection names, a registry's refusal cut to its cause, and a warning.
 """
 
 from __future__ import annotations
@@ -11,12 +11,61 @@ import socket as sock
 from pathlib import Path
 from typing import Any
 
+from cdisk.core.progress import Progress
+
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+# The reference grammar of docker and podman (distribution/reference): [DOMAIN/]PATH[:TAG][@DIGEST].
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+                        r"(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?")
+# What Go's and the engines' errors wrap a registry's answer in, outermost first: the cause follows them.
+_WRAPPERS = re.compile(
+    r"^(?:Error(?: response from daemon)?: |initializing source \S+: |pinging container registry \S+: |"
+    r"(?:Get|Head|Post|Put) \"[^\"]*\": |reading manifest \S+ in \S+: |copying system image from manifest list: |"
+    r"choosing an image from manifest list \S+: |unable to copy from source \S+: |"
+    r"(?:trying to pull|fetching) \S+: )")
+REASON_LIMIT = 300
 
 
 def looks_like_id(reference: str) -> bool:
     """Whether `reference` is an image ID (full or short) rather than a name."""
     return bool(_IMAGE_ID.match(reference))
+
+
+def is_reference(text: str) -> bool:
+    """Whether `text` can name an image in an engine's store (a name, a name with a digest, an ID): what can
+    not (a leading `/` or `.`, a capital in the path, a trailing `/`) is no image name at all."""
+    return looks_like_id(text) or (len(text) <= 255 and bool(_REFERENCE.fullmatch(text)))
+
+
+def has_registry(reference: str) -> bool:
+    """Whether `reference` names its registry (a first component with a `.` or `:`, or localhost): a short name
+    is resolved by the engine's own rules (podman's aliases and search registries), which only it applies."""
+    first, _, rest = reference.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+def pull_reason(text: str) -> str:
+    """A registry's refusal as an engine reports it, cut to its cause: the wrappers Go's errors put around it
+    (`initializing source …`, `pinging container registry …`, `Get "…"`) left out, a repeated part once, on one
+    line and at most REASON_LIMIT characters.
+    """
+    text = " ".join(text.split())
+    while (wrapper := _WRAPPERS.match(text)) and wrapper.end() < len(text):
+        text = text[wrapper.end():]
+    parts: list[str] = []
+    for part in text.split(": "):
+        if not parts or part != parts[-1]:
+            parts.append(part)
+    text = ": ".join(parts)
+    return text if len(text) <= REASON_LIMIT else text[:REASON_LIMIT - 1] + "…"
+
+
+def warn(progress: Progress, text: str) -> None:
+    """Tell the operator something went wrong that cdisk worked around (a registry that did not answer): through
+    the progress's `warn` where it has one, which shows even where stage lines do not, else as a stage."""
+    getattr(progress, "warn", progress.stage)(text)
 
 
 def installed(tool: str) -> bool:

@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
-from cdisk.core.engines.seam import Image
+from cdisk.core.engines.common import (
+    answers,
+    installed,
+    layer_dirs_of,
+    looks_like_id,
+    pull_reason,
+    socket_trusted,
+    warn,
+)
+from cdisk.core.engines.seam import Image, PullFailed
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
@@ -92,7 +100,10 @@ def _image(reference: str, attrs: dict[str, Any], trusted: bool) -> Image:
                  digest=digest_for(reference, [str(d) for d in attrs.get("RepoDigests") or []]),
                  architecture=attrs.get("Architecture") or "", size=int(attrs.get("Size") or 0),
                  layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()), store=str(driver.get("Name") or ""),
-                 layer_dirs=layer_dirs_of(attrs, trusted), engine="docker")
+                 layer_dirs=layer_dirs_of(attrs, trusted), engine="docker", os=str(attrs.get("Os") or ""),
+                 variant=str(attrs.get("Variant") or ""),
+                 digests=tuple(dict.fromkeys(str(d).rsplit("@", 1)[1] for d in attrs.get("RepoDigests") or []
+                                             if "@" in str(d))))
 
 
 def _inspect(socket: str, reference: str) -> tuple[Image, list[str]] | None:
@@ -200,13 +211,13 @@ def _pull(socket: str, reference: str, progress: Progress, platform: str | None 
         try:
             for event in client.pull(reference, stream=True, decode=True, platform=platform):
                 if event.get("error"):
-                    raise ImageError(f"cannot pull {reference}: {event['error']}; {_LOGIN}")
+                    raise PullFailed(reference, "docker", pull_reason(str(event["error"])), _LOGIN)
                 detail = event.get("progressDetail") or {}
                 if event.get("id") and detail.get("total") and event.get("status") == "Downloading":
                     layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
                     progress.update(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
         except APIError as error:
-            raise ImageError(f"cannot pull {reference}: {error.explanation or error}; {_LOGIN}") from None
+            raise PullFailed(reference, "docker", pull_reason(str(error.explanation or error)), _LOGIN) from None
 
 
 def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None,
@@ -237,7 +248,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
         if current is None:
             # As podman's `newer`: a registry that cannot answer (offline, or an image built here) leaves
             # the local image in use.
-            progress.stage(f"the registry did not answer for {reference} ({why}): using the local image")
+            warn(progress, f"the registry did not answer for {reference} ({pull_reason(why)}): using the local image")
             return local[0]
         if any(d.endswith("@" + current) for d in local[1]):
             return local[0]
@@ -251,8 +262,8 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
 def _absent(reference: str, by_id: bool) -> str:
     if by_id:
         return f"no image with ID {reference} in docker's store, and an ID cannot be pulled; check `docker images`"
-    return (f"image {reference} is not in the local store (docker's) and --pull never forbids pulling; pull it "
-            f"(`docker pull {reference}`) or drop --pull never")
+    return (f"image {reference} is not in the local store (docker's) and --pull never forbids pulling; check the "
+            f"name (`docker images`), or pull it (`docker pull {reference}`) or drop --pull never")
 
 
 def save(image: Image, workdir: Path) -> list[LayerBlob]:

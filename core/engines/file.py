@@ -2,7 +2,7 @@
 (`oci:DIR[:NAME]`), an oci-archive (`oci-archive:FILE[:NAME]`) or a docker-archive
 (`docker-archive:FILE[:NAME:TAG|:@N]`), named as skopeo and podman name them. Their layers are read where they
 lie: a blob of the directory, or a member of the archive at its offset — nothing is copied, not even to a temp
-dir. The only module that runs skopeo (a push of an image file, for `cdisk build`).
+dir. A push of an image file (for `cdisk build`) is skopeo's (`engines.skopeo`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from cdisk.core import processes
 from cdisk.core.engines.seam import Image
-from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.errors import ImageError, UsageError
 from cdisk.core.oci.blob import LayerBlob, close_blobs
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
@@ -93,7 +92,8 @@ def _read(reference: str, with_layers: bool, platform: str | None = None, diskty
     # Every blob of a file is checked against its digest before anything it held is published (`layers.digests`).
     layers = [replace(blob, outside=True, tar_digest=transport == "docker-archive") for blob in layers]
     image = Image(reference=reference, id=image_id, digest=digest, architecture=str(config.get("architecture", "")),
-                  size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype or "")
+                  size=0, layers=diff_ids, engine="file", platform=platform or "", disktype=disktype or "",
+                  os=str(config.get("os", "")), variant=str(config.get("variant", "")))
     return image, layers
 
 
@@ -138,14 +138,9 @@ class Files:
 
     def push(self, source: str, ref: str, tls_verify: bool | None) -> None:
         """`skopeo copy --all` of the image file `source` (every platform of an index) to `ref`."""
-        argv = ["copy", "--quiet", "--all"]
-        if tls_verify is not None:
-            argv.append(f"--dest-tls-verify={'true' if tls_verify else 'false'}")
-        argv += ["--", source, f"docker://{ref}"]  # never read as switches, whatever they hold
-        code, _, err = processes.run(processes.command("skopeo", "skopeo"), argv)
-        if code != 0:
-            raise ToolError(f"skopeo copy to {ref} failed: {processes.last_line(err, code)}; check the registry "
-                            "and your login (skopeo login)", ["skopeo", *argv], code, err)
+        from cdisk.core.engines.skopeo import copy_to_registry
+
+        copy_to_registry(source, ref, tls_verify)
 
 
 FILES = Files()

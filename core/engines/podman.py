@@ -3,8 +3,10 @@ through plumbum.
 
 The API serves lookups, inspection and pulls when the user's socket answers; without one, local
 lookups go through `podman image inspect` and only a pull starts a private `podman system service`,
-which lives exactly as long as the `connect()` block. The CLI serves what the API lacks: save,
-image mount/unmount, unshare.
+which lives exactly as long as the `connect()` block. Whether a tag moved (`--pull newer`) is asked of the
+registry by skopeo first where it is installed: an unchanged image then costs no service, and a registry that
+does not answer is told (podman's own `newer` keeps the local image without a word). The CLI serves what the
+API lacks: save, image mount/unmount, unshare.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import processes
-from cdisk.core.engines.common import answers, installed, layer_dirs_of, looks_like_id, socket_trusted
-from cdisk.core.engines.seam import Image
+from cdisk.core.engines.common import (
+    answers,
+    has_registry,
+    installed,
+    layer_dirs_of,
+    looks_like_id,
+    pull_reason,
+    socket_trusted,
+    warn,
+)
+from cdisk.core.engines.seam import Image, PullFailed
 from cdisk.core.errors import ImageError, Interrupted, ToolError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
@@ -34,6 +45,7 @@ if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stay
 
 SERVICE_START_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
+_LOGIN = "check the name, the registry and your login (`podman login`)"
 
 
 def default_socket() -> str:
@@ -162,15 +174,13 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, pro
                 continue
             event = json.loads(line)
             if event.get("error"):
-                raise ImageError(f"cannot pull {reference}: {event['error']}; check the name, the "
-                                 "registry and your login (`podman login`)")
+                raise PullFailed(reference, "podman", pull_reason(str(event["error"])), _LOGIN)
             detail = event.get("progressDetail") or {}
             if event.get("id") and detail.get("total"):
                 layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
                 progress.update(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
     except APIError as error:
-        raise ImageError(f"cannot pull {reference}: {error.explanation or error}; check the name, "
-                         "the registry and your login (`podman login`)") from None
+        raise PullFailed(reference, "podman", pull_reason(str(error.explanation or error)), _LOGIN) from None
 
 
 def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None,
@@ -180,23 +190,26 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     `tls_verify` None leaves HTTPS and certificate checks to registries.conf; True or False overrides it.
 
     The user's live podman API serves when there is one. When there is none and the local store can
-    answer (`never`, or `missing` with the image present), `podman image inspect` answers in ~40 ms
-    where a private service would cost ~0.3 s; a private service is started only to pull.
+    answer (`never`, `missing` with the image present, `newer` with the tag where it was), `podman image
+    inspect` answers in ~40 ms where a private service would cost ~0.3 s; a private service is started only to
+    pull (or, without skopeo, to let podman's own `newer` ask the registry).
 
     Raises:
-        ImageError: absent with `never`, the pull failed, or it is still absent after pulling.
+        ImageError: absent with `never`, or it is still absent after pulling.
+        PullFailed: the pull failed.
         ToolError: podman failed or the API stopped answering.
     """
     by_id = looks_like_id(reference)
-    asks_registry = pull in (Pull.ALWAYS, Pull.NEWER) and not by_id
+    looks_first = pull is not Pull.ALWAYS or by_id
     socket = default_socket()
     live = answers(socket)
-    if not live and not asks_registry:
+    if not live and looks_first:
         found = _inspect_cli(reference)
         if found is not None:
             progress.stage(f"found {reference} in the local store (podman CLI: no API at {socket})")
-            return found
-        if pull is Pull.NEVER or by_id:
+            if (kept := _kept(found, pull, by_id, tls_verify, platform, progress)) is not None:
+                return kept
+        elif pull is Pull.NEVER or by_id:
             raise ImageError(_absent(reference, by_id))
     import requests  # only on the API path: the CLI lookup above must not pay for it
 
@@ -205,10 +218,10 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     with connect(socket, live, progress) as client:
         try:
             # Without a live API the local store was asked above already.
-            local = _inspect(client, reference, trusted) if live and not asks_registry else None
-            if local is not None:
-                return local
-            if pull is Pull.NEVER or by_id:
+            local = _inspect(client, reference, trusted) if live and looks_first else None
+            if local is not None and (kept := _kept(local, pull, by_id, tls_verify, platform, progress)) is not None:
+                return kept
+            if local is None and (pull is Pull.NEVER or by_id):
                 raise ImageError(_absent(reference, by_id))
             # `newer` is podman's own policy: it asks the registry for the tag's digest and pulls only
             # when the tag moved; for `missing` we already know the image is absent.
@@ -222,12 +235,39 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     return pulled
 
 
+def _kept(local: Image, pull: Pull, by_id: bool, tls_verify: bool | None, platform: str | None,
+          progress: Progress) -> Image | None:
+    """The local image where no pull is due, or None: `never` and `missing` keep it; `newer` keeps it when the
+    registry says the tag is where it was (skopeo asks, one manifest request) or does not answer (said as a
+    warning, as docker's engine says it). None where a pull is due, or where skopeo is missing or the name is
+    short: podman's own `newer` decides then.
+    """
+    if pull in (Pull.NEVER, Pull.MISSING) or by_id or "@" in local.reference:  # a digest names one image
+        return local
+    if pull is not Pull.NEWER or not has_registry(local.reference):
+        return None
+    from cdisk.core.engines import skopeo
+
+    if not skopeo.installed():
+        return None
+    from cdisk.core.oci.platform import host_platform
+
+    progress.stage(f"asking the registry whether {local.reference} moved")
+    current, why = skopeo.tag_digests(local.reference, tls_verify, platform or host_platform())
+    if not current:
+        # As podman's `newer` does, silently: a registry that cannot answer leaves the local image in use.
+        warn(progress, f"the registry did not answer for {local.reference} ({pull_reason(why)}): using the "
+                       "local image")
+        return local
+    return local if current & set(local.digests) else None
+
+
 def _absent(reference: str, by_id: bool) -> str:
     if by_id:
-        return (f"no image with ID {reference} in the local store, and an ID cannot be pulled; "
+        return (f"no image with ID {reference} in the local store (podman's), and an ID cannot be pulled; "
                 "check `podman images`")
-    return (f"image {reference} is not in the local store and --pull never forbids pulling; "
-            f"pull it (`podman pull {reference}`) or drop --pull never")
+    return (f"image {reference} is not in the local store (podman's) and --pull never forbids pulling; "
+            f"check the name (`podman images`), or pull it (`podman pull {reference}`) or drop --pull never")
 
 
 def _image(reference: str, attrs: dict[str, Any], trusted: bool = True) -> Image:
@@ -235,7 +275,14 @@ def _image(reference: str, attrs: dict[str, Any], trusted: bool = True) -> Image
     return Image(reference=reference, id=str(attrs["Id"]).removeprefix("sha256:"),
                  digest=attrs.get("Digest") or "", architecture=attrs.get("Architecture") or "",
                  size=int(attrs.get("Size") or 0), layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
-                 store=str(driver.get("Name") or ""), layer_dirs=layer_dirs_of(attrs, trusted), engine="podman")
+                 store=str(driver.get("Name") or ""), layer_dirs=layer_dirs_of(attrs, trusted), engine="podman",
+                 os=str(attrs.get("Os") or ""), variant=str(attrs.get("Variant") or ""),
+                 digests=_digests(attrs))
+
+
+def _digests(attrs: dict[str, Any]) -> tuple[str, ...]:
+    named = [str(d).rsplit("@", 1)[1] for d in attrs.get("RepoDigests") or [] if "@" in str(d)]
+    return tuple(dict.fromkeys(d for d in (str(attrs.get("Digest") or ""), *named) if d))
 
 
 def _inspect_cli(reference: str) -> Image | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from cdisk.core.errors import ImageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
 
@@ -42,12 +43,27 @@ class Image:
     engine: str = "podman"
     platform: str = ""  # the platform asked for (--platform), "" for this host's
     disktype: str = ""  # the disk type asked for among podman machine's disk artifacts (--disktype), "": qemu
+    os: str = ""  # the image's own OS and variant, as its config says ("" where it says none)
+    variant: str = ""
+    digests: tuple[str, ...] = ()  # every manifest digest the store knows it by (its own, its repositories')
 
     @property
     def source(self) -> str:
         """What kind of source it came from: an engine's store (podman, docker) or a file's transport (oci,
         oci-archive, docker-archive)."""
         return self.reference.partition(":")[0] if self.engine == "file" else self.engine
+
+
+class PullFailed(ImageError):
+    """An engine could not pull `reference`: `reason` is the registry's answer cut to its cause (exit 3). The
+    engine's message stands alone; `engines.choice` words it again with what the stores looked in hold.
+    """
+
+    def __init__(self, reference: str, engine: str, reason: str, advice: str) -> None:
+        super().__init__(f"cannot pull {reference}: {reason}; {advice}")
+        self.reference = reference
+        self.engine = engine
+        self.reason = reason
 
 
 class Engine(Protocol):

@@ -1,6 +1,6 @@
 """Which engine serves IMAGE: its transport mapped to an engine, `--engine auto` asking each engine in turn
-(fake engines that implement the seam, so that no podman or docker runs), and an image for another platform
-pulled again for the one asked.
+(fake engines that implement the seam, so that no podman or docker runs), an image for another platform
+pulled again for the one asked, and the one line for an image no store holds, a failed pull, a path given as IMAGE.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from cdisk.core.engines import choice
 from cdisk.core.engines.choice import _find, _transport, find, settled
-from cdisk.core.engines.seam import Engine, Image
+from cdisk.core.engines.seam import Engine, Image, PullFailed
 from cdisk.core.errors import ImageError, ToolError, UsageError
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.request import ImageRequest, Pull
@@ -24,8 +24,14 @@ from tests.helpers import Stages
 IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
-def image(engine: str, reference: str = "quay.io/vm:1", architecture: str = "amd64", id: str = IMAGE_ID) -> Image:
-    return Image(reference, id, "sha256:feed", architecture, 1 << 20, ("sha256:aa",), engine=engine)
+def image(engine: str, reference: str = "quay.io/vm:1", architecture: str = "amd64", id: str = IMAGE_ID,
+          os: str = "", variant: str = "") -> Image:
+    return Image(reference, id, "sha256:feed", architecture, 1 << 20, ("sha256:aa",), engine=engine, os=os,
+                 variant=variant)
+
+
+def refused_pull(engine: str, reason: str = "dial tcp 127.0.0.1:443: connect: connection refused") -> PullFailed:
+    return PullFailed("quay.io/vm:1", engine, reason, f"check the name, the registry and your login (`{engine} login`)")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class FakeEngine:
     holds: Image | None = None
     fails: ToolError | None = None
     pulls: list[Image] = field(default_factory=list)
+    pull_fails: PullFailed | None = None  # what find_image raises when it would pull
     asked: list[ImageRequest] = field(default_factory=list)
     mounts: bool = True
     copies: bool = True
@@ -60,6 +67,8 @@ class FakeEngine:
     def find_image(self, request: ImageRequest, progress: Any) -> Image:
         self.log.append(f"{self.name} find_image {request.reference}")
         self.asked.append(request)
+        if self.pull_fails is not None and (request.pull is Pull.ALWAYS or self.holds is None):
+            raise self.pull_fails
         if self.pulls:
             return self.pulls.pop(0)
         return self.holds or image(self.name, request.reference)
@@ -149,10 +158,42 @@ def test_find_refuses_a_contradiction_before_any_engine_is_asked(engines: dict[s
 
 
 def test_a_transport_names_the_engine_find_asks(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["docker"].holds = local = image("docker", "vm:1")
     engine, found = find(ImageRequest("docker-daemon:vm:1"), Stages())
-    assert engine is engines["docker"] and found.reference == "vm:1"
-    assert log == ["docker find_image vm:1"]
-    assert engines["docker"].asked == [ImageRequest("vm:1", engine="docker")]
+    assert (engine, found) == (engines["docker"], local)
+    assert log == ["docker available", "docker lookup vm:1"]  # looked up, never find_image: that may pull
+
+
+@pytest.mark.parametrize(("reference", "store"), [("containers-storage:localhost/vm:1", "podman"),
+                                                  ("docker-daemon:localhost/vm:1", "docker")])
+@pytest.mark.parametrize("pull", [Pull.MISSING, Pull.NEWER, Pull.NEVER])
+def test_a_local_stores_transport_never_pulls(engines: dict[str, FakeEngine], log: list[str], reference: str,
+                                              store: str, pull: Pull) -> None:
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest(reference, pull), Stages())
+    transport = reference.split(":", 1)[0]
+    assert refused.value.message == (
+        f"localhost/vm:1 is not in {store}'s store, and {transport}: names a local image, which cdisk does not pull; "
+        f"check the name (`{store} images`), or pull it (`{store} pull localhost/vm:1`)")
+    assert refused.value.exit_code == 3
+    assert log == [f"{store} available", f"{store} lookup localhost/vm:1"]
+
+
+def test_a_local_stores_transport_with_pull_always_is_a_usage_error(engines: dict[str, FakeEngine],
+                                                                     log: list[str]) -> None:
+    with pytest.raises(UsageError) as refused:
+        find(ImageRequest("containers-storage:localhost/vm:1", Pull.ALWAYS), Stages())
+    assert refused.value.message == ("containers-storage:localhost/vm:1 names an image in podman's store, which cdisk "
+                                     "never pulls; drop --pull always, or write docker://localhost/vm:1 to pull it")
+    assert log == []
+
+
+def test_a_local_stores_engine_not_answering_says_so_in_its_own_words(engines: dict[str, FakeEngine],
+                                                                      log: list[str]) -> None:
+    engines["docker"].answers = False
+    find(ImageRequest("docker-daemon:vm:1"), Stages())
+    assert log == ["docker available", "docker find_image vm:1"]
+    assert engines["docker"].asked == [ImageRequest("vm:1", Pull.NEVER, engine="docker")]
 
 
 # --- settled ------------------------------------------------------------------------------------------------------
@@ -285,6 +326,79 @@ def test_an_image_id_is_never_pulled(engines: dict[str, FakeEngine], reference: 
     assert engines["podman"].asked == []
 
 
+def test_an_image_in_no_store_and_a_failed_pull_says_where_it_is_not_first(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].pull_fails = refused_pull("podman")
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert refused.value.message == (
+        "quay.io/vm:1 is in neither podman's nor docker's store, and pulling it failed: dial tcp 127.0.0.1:443: "
+        "connect: connection refused; check the name (`podman images`, `docker images`), or pull it (`podman pull "
+        "quay.io/vm:1`)")
+    assert refused.value.exit_code == 3
+    assert engines["docker"].asked == []  # one pull: podman's
+
+
+def test_a_failed_pull_names_only_the_stores_looked_in(engines: dict[str, FakeEngine]) -> None:
+    engines["docker"].answers = False
+    engines["podman"].pull_fails = refused_pull("podman")
+    with pytest.raises(ImageError, match=r"^quay.io/vm:1 is not in podman's store, and pulling it failed: dial tcp "
+                                         r"127.0.0.1:443: connect: connection refused; check the name \(`podman "
+                                         r"images`\), or pull it \(`podman pull quay.io/vm:1`\)$"):
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+
+
+@pytest.mark.parametrize(
+    ("reason", "todo"),
+    [("unauthorized: access to the requested resource is not authorized", "check the name, or log in (`podman "
+                                                                           "login`) and try again"),
+     ("http: server gave HTTP response to HTTPS client", "if the registry speaks plain HTTP, pass --tls-verify=false")],
+)
+def test_a_failed_pull_says_what_to_do_about_its_cause(engines: dict[str, FakeEngine], reason: str, todo: str) -> None:
+    engines["docker"].answers = False
+    engines["podman"].pull_fails = refused_pull("podman", reason)
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest("quay.io/vm:1"), Stages())
+    assert refused.value.message == (f"quay.io/vm:1 is not in podman's store, and pulling it failed: {reason}; {todo}")
+
+
+def test_a_failed_pull_of_an_engine_named_names_its_store(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    engines["docker"].pull_fails = refused_pull("docker")
+    with pytest.raises(ImageError, match=r"^quay.io/vm:1 is not in docker's store, and pulling it failed: "):
+        _find(ImageRequest("quay.io/vm:1", engine="docker"), Stages())
+    assert log == ["docker find_image quay.io/vm:1"]
+
+
+@pytest.mark.parametrize("engine", ["auto", "podman"])
+def test_a_failed_pull_of_an_image_in_the_store_says_it_is_there(engines: dict[str, FakeEngine], engine: str) -> None:
+    engines["podman"].holds = image("podman")
+    engines["podman"].pull_fails = refused_pull("podman")
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest("quay.io/vm:1", Pull.ALWAYS, engine=engine), Stages())
+    assert refused.value.message == (
+        "quay.io/vm:1 is in podman's store, but pulling it again failed: dial tcp 127.0.0.1:443: connect: connection "
+        "refused; check the registry, or use the local image (--pull missing)")
+
+
+def test_pull_never_names_every_store_looked_in_and_asks_none_to_pull(engines: dict[str, FakeEngine],
+                                                                      log: list[str]) -> None:
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest("quay.io/vm:1", Pull.NEVER), Stages())
+    assert refused.value.message == (
+        "image quay.io/vm:1 is not in the local store (neither podman's nor docker's) and --pull never forbids "
+        "pulling; check the name (`podman images`, `docker images`), or pull it (`podman pull quay.io/vm:1`) or drop "
+        "--pull never")
+    assert engines["podman"].asked == engines["docker"].asked == []
+
+
+def test_an_image_id_in_no_store_is_not_pulled(engines: dict[str, FakeEngine]) -> None:
+    engines["docker"].answers = False
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest(IMAGE_ID[:12]), Stages())
+    assert refused.value.message == (f"no image with ID {IMAGE_ID[:12]} in the local store (podman's), and an ID "
+                                     "cannot be pulled; check the ID (`podman images`)")
+    assert engines["podman"].asked == []
+
+
 def test_an_engine_named_is_asked_alone(engines: dict[str, FakeEngine], log: list[str]) -> None:
     engines["docker"].answers = False  # not asked: the operator named it
     engine, _ = _find(ImageRequest("quay.io/vm:1", Pull.NEVER, engine="docker"), Stages())
@@ -346,8 +460,8 @@ def test_a_registry_without_the_platform_is_an_image_error(engines: dict[str, Fa
     engines["podman"].pulls = [image("podman", architecture="amd64")]
     with pytest.raises(ImageError) as refused:
         find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), Stages())
-    assert refused.value.message == ("quay.io/vm:1 is for amd64, not linux/arm64; the registry has it for no such "
-                                     "platform; check the name and --platform")
+    assert refused.value.message == ("quay.io/vm:1 in the registry is amd64, not linux/arm64 as --platform asks; "
+                                     "check the name and --platform")
     assert refused.value.exit_code == 3
 
 
@@ -355,17 +469,61 @@ def test_pull_never_refuses_an_image_for_another_platform(engines: dict[str, Fak
     engines["podman"].holds = image("podman", architecture="amd64")
     with pytest.raises(ImageError) as refused:
         find(ImageRequest("quay.io/vm:1", Pull.NEVER, platform="linux/arm64"), Stages())
-    assert refused.value.message == ("quay.io/vm:1 is for amd64, not linux/arm64; drop --pull never to pull it for "
-                                     "that platform")
+    assert refused.value.message == ("quay.io/vm:1 is amd64, --platform asks linux/arm64; pull that platform "
+                                     "(`podman pull --platform linux/arm64 quay.io/vm:1`) or drop --platform")
     assert engines["podman"].asked == []
+
+
+def test_a_local_image_for_another_platform_tells_both_platforms(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64", os="linux")
+    with pytest.raises(ImageError, match=r"^quay.io/vm:1 is linux/amd64, --platform asks linux/arm64; pull that "):
+        find(ImageRequest("quay.io/vm:1", Pull.NEVER, platform="linux/arm64"), Stages())
+
+
+def test_a_local_store_transport_for_another_platform_is_refused_unpulled(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", "vm:1", architecture="amd64", os="linux")
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest("containers-storage:vm:1", Pull.MISSING, platform="linux/arm64"), Stages())
+    assert refused.value.message == ("vm:1 is linux/amd64, --platform asks linux/arm64; pull that platform (`podman "
+                                     "pull --platform linux/arm64 vm:1`) or drop --platform")
+    assert engines["podman"].asked == []
+
+
+def test_a_failed_pull_for_the_platform_says_what_the_store_holds(engines: dict[str, FakeEngine]) -> None:
+    engines["podman"].holds = image("podman", architecture="amd64", os="linux")
+    engines["podman"].pull_fails = refused_pull("podman")
+    with pytest.raises(ImageError) as refused:
+        find(ImageRequest("quay.io/vm:1", platform="linux/arm64"), Stages())
+    assert refused.value.message == (
+        "quay.io/vm:1 in podman's store is linux/amd64, --platform asks linux/arm64, and pulling that platform failed: "
+        "dial tcp 127.0.0.1:443: connect: connection refused; check the name and --platform, or drop --platform to use "
+        "the local image")
+
+
+@pytest.mark.parametrize(("have", "wanted", "serves"), [
+    (("linux", "arm64", "v8"), "linux/arm64", True),
+    (("linux", "arm64", ""), "linux/arm64/v8", True),
+    (("linux", "arm", "v6"), "linux/arm/v7", False),
+    (("", "arm", ""), "linux/arm/v6", True),  # podman 4.3 tells no variant: the architecture decides
+    (("windows", "amd64", ""), "linux/amd64", False),
+])
+def test_os_and_variant_count_where_the_image_tells_them(engines: dict[str, FakeEngine], have: tuple[str, str, str],
+                                                         wanted: str, serves: bool) -> None:
+    os_name, arch, variant = have
+    engines["podman"].holds = image("podman", architecture=arch, os=os_name, variant=variant)
+    if serves:
+        assert find(ImageRequest("quay.io/vm:1", Pull.NEVER, platform=wanted), Stages())[1].platform == wanted
+    else:
+        with pytest.raises(ImageError, match=f"--platform asks {wanted}; pull that platform"):
+            find(ImageRequest("quay.io/vm:1", Pull.NEVER, platform=wanted), Stages())
 
 
 def test_an_image_id_for_another_platform_is_refused_unpulled(engines: dict[str, FakeEngine]) -> None:
     engines["podman"].holds = image("podman", IMAGE_ID[:12], architecture="amd64")
     with pytest.raises(ImageError) as refused:
         find(ImageRequest(IMAGE_ID[:12], Pull.ALWAYS, platform="linux/arm64"), Stages())
-    assert refused.value.message == (f"{IMAGE_ID[:12]} is for amd64, not linux/arm64; name the image for that "
-                                     "platform")
+    assert refused.value.message == (f"{IMAGE_ID[:12]} is amd64, --platform asks linux/arm64; name the image for "
+                                     "that platform, or drop --platform")
     assert engines["podman"].asked == []
 
 
@@ -374,7 +532,8 @@ def test_an_image_file_for_another_platform_is_refused_unpulled(engines: dict[st
     engines["file"].holds = image("file", "oci:/srv/layout", architecture="amd64")
     with pytest.raises(ImageError) as refused:
         find(ImageRequest("oci:/srv/layout", pull, platform="linux/arm64"), Stages())
-    assert refused.value.message == "oci:/srv/layout is for amd64, not linux/arm64; name the image for that platform"
+    assert refused.value.message == ("oci:/srv/layout is amd64, --platform asks linux/arm64; name the image for that "
+                                     "platform, or drop --platform")
     assert len(engines["file"].asked) == 1
 
 
@@ -382,6 +541,13 @@ def test_a_malformed_platform_is_refused_before_any_engine_is_asked(engines: dic
                                                                    log: list[str]) -> None:
     with pytest.raises(UsageError, match=r"^--platform 'arm64' is not OS/ARCH\[/VARIANT\]"):
         find(ImageRequest("quay.io/vm:1", platform="arm64"), Stages())
+    assert log == []
+
+
+def test_a_variant_the_architecture_lacks_is_refused_before_any_engine_is_asked(engines: dict[str, FakeEngine],
+                                                                                  log: list[str]) -> None:
+    with pytest.raises(UsageError, match=r"^--platform 'linux/amd64/v9': amd64 has no variant v9 \(it has v1, v2, "):
+        find(ImageRequest("quay.io/vm:1", platform="linux/amd64/v9"), Stages())
     assert log == []
 
 
@@ -398,3 +564,88 @@ def test_named_hands_out_the_one_instance_of_each_engine(name: str, engine: str)
     assert choice.named(name).name == engine
     assert choice.named(name) is choice.named(engine)
     assert choice.of(image(name)) is choice.named(engine)
+
+
+# --- a path given as IMAGE ----------------------------------------------------------------------------------------
+
+def _layout(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (directory / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("members", "meant"),
+    [
+        ([("oci-layout", b"{}"), ("index.json", b"{}")], "oci-archive:{p} (it is an OCI archive)"),
+        ([("layer.tar", b""), ("manifest.json", b"[]")], "docker-archive:{p} (it is a docker archive)"),
+        ([("blobs/sha256/aa", b""), ("index.json", b"{}"), ("manifest.json", b"[]"), ("oci-layout", b"{}")],
+         "oci-archive:{p} or docker-archive:{p} (it is an OCI archive and a docker archive)"),
+    ],
+)
+def test_an_archive_given_as_image_names_its_transport(engines: dict[str, FakeEngine], log: list[str], tmp_path: Path,
+                                                        members: list[tuple[str, bytes]], meant: str) -> None:
+    from tests.images import tar_file
+
+    path = str(tar_file(tmp_path / "vm.tar", members))
+    with pytest.raises(UsageError) as refused:
+        find(ImageRequest(path), Stages())
+    assert refused.value.message == f"{path} looks like a path, not an image name; did you mean {meant.format(p=path)}?"
+    assert refused.value.exit_code == 2
+    assert log == []  # no engine asked: a name cannot begin with /
+
+
+def test_a_layout_directory_given_as_image_is_oci(engines: dict[str, FakeEngine], log: list[str],
+                                                  tmp_path: Path) -> None:
+    path = str(_layout(tmp_path / "layout"))
+    with pytest.raises(UsageError) as refused:
+        find(ImageRequest(path, platform="linux/arm64"), Stages())
+    assert refused.value.message == (f"{path} looks like a path, not an image name; did you mean oci:{path} (an OCI "
+                                     "layout)?")
+    assert log == []
+
+
+def test_a_disk_given_as_image_is_told_to_build(engines: dict[str, FakeEngine], tmp_path: Path) -> None:
+    path = tmp_path / "vm.qcow2"
+    path.write_bytes(b"QFI\xfb\x00\x00\x00\x03" + bytes(504))
+    with pytest.raises(UsageError) as refused:
+        find(ImageRequest(str(path)), Stages())
+    assert refused.value.message == (f"{path} is a disk image file, not a container image; convert it with qemu-img, "
+                                     f"or make a containerDisk of it (`cdisk build {path} NAME`)")
+
+
+@pytest.mark.parametrize("relative", ["./nowhere", "/nowhere/at/all", "../up"])
+def test_a_path_that_is_not_there_is_no_image_name(engines: dict[str, FakeEngine], log: list[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, relative: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"is no image name \(name\[:tag\], name@digest or an ID\) and no such path "):
+        find(ImageRequest(relative), Stages())
+    assert log == []
+
+
+def test_a_name_that_is_also_a_path_is_an_image_where_a_store_holds_it(engines: dict[str, FakeEngine], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _layout(tmp_path / "vm")
+    engines["docker"].holds = local = image("docker", "vm")
+    assert find(ImageRequest("vm"), Stages()) == (engines["docker"], local)
+
+
+@pytest.mark.parametrize("engine", ["auto", "podman"])
+def test_a_name_that_is_also_a_layout_is_refused_before_a_pull(engines: dict[str, FakeEngine], log: list[str],
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               engine: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    _layout(tmp_path / "vm")
+    with pytest.raises(UsageError, match=r"^vm looks like a path, not an image name; did you mean oci:vm "):
+        find(ImageRequest("vm", engine=engine), Stages())
+    assert engines["podman"].asked == engines["docker"].asked == []
+
+
+def test_a_plain_directory_named_like_an_image_is_left_to_the_stores(engines: dict[str, FakeEngine], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vm").mkdir()
+    engine, _ = find(ImageRequest("vm"), Stages())
+    assert engine is engines["podman"] and engines["podman"].asked == [ImageRequest("vm", engine="podman")]

@@ -1,16 +1,27 @@
-"""The private podman service cdisk starts dies with the process that started it, even one killed outright."""
+"""The private podman service cdisk starts dies with the process that started it, even one killed outright; and
+`--pull newer` keeps the local image without one when the registry (asked by a fake skopeo) says the tag did not
+move, or does not answer (told as a warning)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from plumbum import local
 
-from tests.helpers import private_services, wait_for
+from cdisk.core.engines.podman import _kept
+from cdisk.core.engines.seam import Image
+from cdisk.core.request import Pull
+from tests.helpers import Stages, private_services, wait_for
 from tests.images import sh
+from tests.unit.engines.test_common import Warned
+from tests.unit.engines.test_skopeo import fake_skopeo
 
 
 def _gone(pid: int) -> bool:
@@ -38,3 +49,74 @@ def test_private_service_dies_with_a_killed_cdisk() -> None:
     # Only the dir (in this test's own TMPDIR) is left to a SIGKILL; not a process.
     for leftover in Path(os.environ["TMPDIR"]).glob("cdisk-podman-*"):
         sh("rm", "-rf", leftover)
+
+
+# --- --pull newer: the registry asked by skopeo, no service ----------------------------------------------------
+
+LOCAL_DIGEST = "sha256:" + "1" * 64
+
+
+def _local(reference: str = "quay.io/vm:1") -> Image:
+    return Image(reference, "0" * 64, LOCAL_DIGEST, "amd64", 1, (), digests=(LOCAL_DIGEST, "sha256:" + "2" * 64))
+
+
+@pytest.fixture
+def skopeo_answers(tmp_path: Path) -> Iterator[Callable[[bytes | None, str], Path]]:
+    """Put a fake skopeo first on PATH, answering as told."""
+    bin_dir = tmp_path / "bin"
+
+    def answer(raw: bytes | None, said: str = "") -> Path:
+        return fake_skopeo(bin_dir, raw, said)
+
+    with local.env(PATH=f"{bin_dir}:{local.env['PATH']}"):
+        yield answer
+
+
+def test_newer_keeps_the_local_image_when_the_tag_is_where_it_was(skopeo_answers: Callable[..., Path]) -> None:
+    raw = b'{"schemaVersion": 2}'
+    local_image = replace(_local(), digests=("sha256:" + hashlib.sha256(raw).hexdigest(),))
+    argv = skopeo_answers(raw)
+    progress = Stages()
+    assert _kept(local_image, Pull.NEWER, False, None, None, progress) is local_image
+    assert progress.stages == ["asking the registry whether quay.io/vm:1 moved"]
+    assert argv.read_text().splitlines()[-1] == "docker://quay.io/vm:1"
+
+
+def test_newer_leaves_a_moved_tag_to_the_pull(skopeo_answers: Callable[..., Path]) -> None:
+    skopeo_answers(b'{"schemaVersion": 2, "moved": true}')
+    assert _kept(_local(), Pull.NEWER, False, None, None, Stages()) is None
+
+
+def test_newer_warns_when_the_registry_does_not_answer(skopeo_answers: Callable[..., Path]) -> None:
+    skopeo_answers(None, 'pinging container registry quay.io: Get \\"https://quay.io/v2/\\": dial tcp: connection '
+                         'refused')
+    progress = Warned()
+    assert _kept(_local(), Pull.NEWER, False, None, None, progress) == _local()
+    assert progress.warnings == ["the registry did not answer for quay.io/vm:1 (dial tcp: connection refused): using "
+                                 "the local image"]
+
+
+def test_newer_of_a_short_name_is_podmans_to_resolve(skopeo_answers: Callable[..., Path]) -> None:
+    argv = skopeo_answers(b"{}")
+    assert _kept(_local("fedora"), Pull.NEWER, False, None, None, Stages()) is None
+    assert not argv.exists()
+
+
+def test_newer_without_skopeo_is_podmans_own(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with local.env(PATH=str(tmp_path / "empty")):
+        assert _kept(_local(), Pull.NEWER, False, None, None, Stages()) is None
+
+
+@pytest.mark.parametrize(("pull", "reference", "by_id"), [(Pull.MISSING, "quay.io/vm:1", False),
+                                                          (Pull.NEVER, "quay.io/vm:1", False),
+                                                          (Pull.NEWER, f"quay.io/vm@{LOCAL_DIGEST}", False),
+                                                          (Pull.ALWAYS, "0" * 12, True)])
+def test_what_needs_no_registry_keeps_the_local_image(tmp_path: Path, pull: Pull, reference: str, by_id: bool) -> None:
+    (tmp_path / "empty").mkdir()
+    with local.env(PATH=str(tmp_path / "empty")):  # no skopeo, no podman: nothing is run
+        assert _kept(_local(reference), pull, by_id, None, None, Stages()) == _local(reference)
+
+
+def test_always_keeps_nothing() -> None:
+    assert _kept(_local(), Pull.ALWAYS, False, None, None, Stages()) is None
