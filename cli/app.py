@@ -1,42 +1,77 @@
-"""`cdisk`: the top-level application. Subcommands are imported only when named, so --help stays quick."""
+"""`cdisk`: the top-level application. Subcommands are imported only when named, so --help and --version stay
+quick; a usage error of any command ends here as one line on stderr (exit 2)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from plumbum import cli
 
 from cdisk import __version__
+from cdisk.cli.help import Command
 from cdisk.core import signals
+from cdisk.core.errors import UsageError
+
+# Each command, the module and class that run it, and its line in `cdisk --help`.
+COMMANDS = {
+    "convert": ("cdisk.cli.convert.Convert", "Write the image's disk to TARGET (a file or a block device)"),
+    "ls": ("cdisk.cli.ls.Ls", "Show what the image holds, without converting"),
+    "verify": ("cdisk.cli.verify.Verify", "Check that TARGET holds exactly the image's disk"),
+    "refresh": ("cdisk.cli.refresh.Refresh", "Make TARGET current (for cron and systemd timers)"),
+    "serve": ("cdisk.cli.serve.Serve", "Serve the disk as a read-only NBD export, no conversion"),
+    "build": ("cdisk.cli.build.Build", "Build a containerDisk from a disk file, without a Containerfile"),
+}
 
 
-class CDisk(cli.Application):
-    """Turn a containerDisk image from podman's cache into a disk file or block device, in place."""
+class CDisk(Command):
+    """The top level: a command, or --version."""
 
     PROGNAME = "cdisk"
     VERSION = __version__
-    DESCRIPTION = ("Turn a KubeVirt containerDisk image from podman's cache into a disk file or block device, "
-                   "reading the disk where it lies in the image (nothing is extracted).")
+    DESCRIPTION = ("Turn a KubeVirt containerDisk image from podman's or docker's cache, an image archive or an "
+                   "OCI layout into a disk file or block device, reading the disk where it lies in the image "
+                   "(nothing is extracted).")
+    SYNOPSIS = ("COMMAND [SWITCHES] ARGUMENTS", "--version [--verbose]")
+    COMMAND_SUMMARIES: ClassVar[Mapping[str, str]] = {name: summary for name, (_, summary) in COMMANDS.items()}
+    HELP_FOOTER = "See `cdisk COMMAND --help` for a command's switches and arguments."
+
+    # `-v` is --verbose here too (as in every command and in qemu-img), never the version: `cdisk -v convert …`
+    # converts, verbosely. plumbum's own -v/--version is replaced, so that --version can see --verbose.
+    verbose = cli.Flag(["-v", "--verbose"], help="Say what is done at each step (in the command that follows); "
+                                                 "with --version, the versions of the tools cdisk runs")
+    show_version = cli.Flag(["--version"], help="Print cdisk's version and exit")
 
     def main(self, *args: str) -> int:
+        if self.show_version:
+            self.nested_command = None  # `cdisk --version convert …` prints the version only, as podman does
+            print(f"cdisk {__version__}", flush=True)
+            if self.verbose:
+                from cdisk.cli.output import diagnostics_lines
+                from cdisk.core.diagnostics import diagnose
+
+                print("\n".join(diagnostics_lines(diagnose())), flush=True)
+            return 0
         if args:
-            print(f"cdisk: unknown command {args[0]!r}; run `cdisk --help` for the commands", file=sys.stderr)
-            return 2
+            self.usage_error(f"unknown command {args[0]!r}", f"the commands are {', '.join(COMMANDS)}; "
+                                                              "see `cdisk --help`")
         if not self.nested_command:
-            self.help()
-            return 2
+            self.usage_error("no command given", f"give one of {', '.join(COMMANDS)}; see `cdisk --help`")
         return 0
 
 
-CDisk.subcommand("convert", "cdisk.cli.convert.Convert")
-CDisk.subcommand("ls", "cdisk.cli.ls.Ls")
-CDisk.subcommand("verify", "cdisk.cli.verify.Verify")
-CDisk.subcommand("refresh", "cdisk.cli.refresh.Refresh")
-CDisk.subcommand("serve", "cdisk.cli.serve.Serve")
-CDisk.subcommand("build", "cdisk.cli.build.Build")
+for _name, (_where, _) in COMMANDS.items():
+    CDisk.subcommand(_name, _where)
 
 
-def main() -> None:
-    """Console-script entry point."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: `argv` as sys.argv has it (the program first)."""
     signals.stop_on_signals()
-    CDisk.run()
+    try:
+        CDisk.run(list(argv) if argv is not None else None)
+    except UsageError as error:
+        from cdisk.cli.output import error_line
+
+        error_line(error.message)
+        sys.exit(error.exit_code)

@@ -8,12 +8,16 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plumbum import cli
 
+from cdisk.cli.help import Command
 from cdisk.core.errors import EXIT_INTERNAL, EXIT_OK, CdiskError, Interrupted, ToolError
 from cdisk.core.progress import NoProgress, Progress
+
+if TYPE_CHECKING:
+    from cdisk.core.diagnostics import Diagnostics
 
 # Characters a terminal acts on or that change how a line reads, besides the C0/C1 controls and DEL (category
 # Cc): bidi overrides, zero-width and other format characters (Cf), the Unicode line and paragraph separators;
@@ -49,34 +53,54 @@ class LaidOut(str):
         return Text(str(self))
 
 
-class OutputSwitches(cli.Application):
+class OutputSwitches(Command):
     """Switches every command shares."""
 
-    quiet = cli.Flag(["-q", "--quiet"], help="Print nothing but errors")
+    quiet = cli.Flag(["-q", "--quiet"], help="Print nothing but errors: no progress, no warnings, no result line")
     as_json = cli.Flag(["--json"], help="Print the result as one JSON object on stdout")
-    verbose = cli.Flag(["-v", "--verbose"], help="Say what is done at each step")
+    verbose = cli.Flag(["-v", "--verbose"], help="Say what is done at each step (off a terminal: with the "
+                                                 "progress every 10 %)")
     debug = cli.Flag(["--debug"], help="Show a traceback with errors")
+
+    def is_verbose(self) -> bool:
+        """--verbose, given to this command or before it (`cdisk -v convert …`)."""
+        return bool(self.verbose) or bool(getattr(self.parent, "verbose", False))
+
+
+# A command's version is cdisk's: `cdisk --version` alone says it (plumbum gives every command a --version).
+OutputSwitches.unbind_switches("--version")
+
+
+WARNING = "cdisk: warning:"
 
 
 class LineProgress:
-    """Progress as plain log lines on stderr: one per step and one per 10 % (journald-friendly)."""
+    """Progress as plain log lines on stderr (journald-friendly). With `steps`, one line per step and one per
+    10 %; without, only warnings — as qemu-img says nothing but errors without -p."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: bool = True) -> None:
         self._decile = -1
+        self._steps = steps
 
     def stage(self, name: str) -> None:
         self._decile = -1
-        print(f"cdisk: {printable(name)}", file=sys.stderr, flush=True)
+        if self._steps:
+            print(f"cdisk: {printable(name)}", file=sys.stderr, flush=True)
 
     def update(self, done: float, total: float) -> None:
         decile = int(10 * done / total) if total else 0
         if decile > self._decile:
             self._decile = decile
-            print(f"cdisk: {10 * decile}%", file=sys.stderr, flush=True)
+            if self._steps:
+                print(f"cdisk: {10 * decile}%", file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"{WARNING} {printable(message)}", file=sys.stderr, flush=True)
 
 
 class RichProgress:
-    """A rich progress bar on the terminal's stderr, one bar per step."""
+    """A rich progress bar on the terminal's stderr, one bar per step; the steps (with `verbose`) and warnings
+    printed above it as plain lines (no time, no source location)."""
 
     def __init__(self, verbose: bool) -> None:
         from rich.console import Console
@@ -94,31 +118,38 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self._bar.stop()
 
+    def _line(self, *parts: str | tuple[str, str]) -> None:
+        from rich.text import Text
+
+        self._bar.console.print(Text.assemble(*parts), soft_wrap=True, highlight=False, emoji=False)
+
     def stage(self, name: str) -> None:
         if self._task is not None:
             self._bar.remove_task(self._task)
         name = printable(name)
         if self._verbose:
-            self._bar.console.log(name, markup=False, highlight=False, emoji=False)
+            self._line(f"cdisk: {name}")
         self._task = self._bar.add_task(name, total=None)
 
     def update(self, done: float, total: float) -> None:
         if self._task is not None:
             self._bar.update(self._task, completed=done, total=total)
 
+    def warn(self, message: str) -> None:
+        self._line((WARNING, "bold yellow"), " ", printable(message))
+
 
 @contextmanager
 def progress_for(switches: OutputSwitches) -> Iterator[Progress]:
-    """The progress display that suits where output goes."""
+    """The progress display that suits where output goes: a bar on a terminal; off one, the steps only with
+    --verbose (warnings always); nothing at all with --quiet."""
     if switches.quiet:
         yield NoProgress()
     elif sys.stderr.isatty():
-        with RichProgress(switches.verbose) as bar:
+        with RichProgress(switches.is_verbose()) as bar:
             yield bar
-    elif switches.as_json and not switches.verbose:
-        yield NoProgress()
     else:
-        yield LineProgress()
+        yield LineProgress(steps=switches.is_verbose())
 
 
 def error_line(message: str) -> None:
@@ -177,7 +208,21 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
         if sys.stdout.isatty():
             from rich.console import Console
 
-            Console(highlight=False).print(text, markup=False, emoji=False)
+            # soft_wrap: a line longer than the terminal is wrapped by the terminal, never broken by rich, so
+            # that it copies and pastes whole.
+            Console(highlight=False).print(text, markup=False, emoji=False, soft_wrap=True)
         else:
             print(text, flush=True)
     return exit_code(result)
+
+
+def diagnostics_lines(found: Diagnostics) -> list[str]:
+    """What `cdisk --version --verbose` adds to the version: each tool's version or why there is none, and
+    whether qemu-img runs in a sandbox here (what a bug report needs)."""
+    lines = [f"python {found.python}"]
+    for tool in found.tools:
+        said = tool.version if tool.version is not None else tool.note
+        extra = f" ({tool.note})" if tool.version is not None and tool.note else ""
+        lines.append(printable(f"{tool.name}: {said}{extra}"))
+    lines.append(printable(f"sandbox: {'works' if found.sandbox is None else 'none: ' + found.sandbox}"))
+    return lines

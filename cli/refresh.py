@@ -27,9 +27,10 @@ class Refresh(WriteSwitches):
     """Make TARGET hold the current disk of IMAGE: convert only when the image or TARGET changed."""
 
     pull = cli.SwitchAttr(["--pull"], cli.Set(*values(Pull)), default=Pull.NEWER.value,
-                          help="When to pull IMAGE: newer asks the registry whether the tag moved; never "
-                               "checks the local cache only")
-    keep = cli.SwitchAttr(["--keep"], cli.Range(0, 99), default=0, help="Keep N previous versions (TARGET.1, …)")
+                          help="When to pull IMAGE: newer (default) asks the registry whether the tag moved; "
+                               "never checks the local store only; missing and always as podman's --pull")
+    keep = cli.SwitchAttr(["--keep"], cli.Range(0, 99), default=0, argname="N",
+                          help="Keep N previous versions (TARGET.1, …), 0 to 99 (default: 0)")
     no_wait = cli.Flag(["--no-wait"], help="Exit 9 at once when another refresh of TARGET runs, instead of waiting")
     force = cli.Flag(["-f", "--force"], help="Replace a TARGET that no refresh wrote (a file; refresh refuses block "
                                              "devices)")

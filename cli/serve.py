@@ -18,24 +18,26 @@ class Serve(DiskSwitches):
     """Serve the disk of IMAGE read-only over NBD until SIGINT or SIGTERM, reading it in place; or stop one
     (--stop SOCKET)."""
 
-    socket = cli.SwitchAttr(["--socket"], str, default=None,
+    SYNOPSIS = ("IMAGE", "--stop SOCKET")
+
+    socket = cli.SwitchAttr(["--socket"], str, default=None, argname="PATH",
                             help="The Unix socket to listen on (default: a private directory under "
                                  "$XDG_RUNTIME_DIR, or /run/cdisk as root)")
-    socket_mode = cli.SwitchAttr(["--socket-mode"], str, default="600",
-                                 help="Who may connect to the socket, as an octal mode: 600 (default) its owner, "
-                                      "660 its group too")
-    listen = cli.SwitchAttr(["--listen"], str, default=None,
+    socket_mode = cli.SwitchAttr(["--socket-mode"], str, default="600", argname="MODE",
+                                 help="Who may connect to the socket, as an octal mode: 0600 (default) its owner, "
+                                      "0660 its group too")
+    listen = cli.SwitchAttr(["--listen"], str, default=None, argname="ADDR:PORT",
                             help="Listen on TCP at ADDR:PORT instead (no TLS: anyone who reaches it reads the disk)")
-    shared = cli.SwitchAttr(["--shared"], str, default="1",
-                            help="How many clients may connect at once (per disk; 1 to 1000)")
+    shared = cli.SwitchAttr(["--shared"], str, default="1", argname="N",
+                            help="How many clients may connect at once, per disk: 1 (default) to 1000")
     every = cli.Flag(["--all"], help="Serve every disk under /disk/, each as its own export")
-    overlay = cli.SwitchAttr(["--overlay"], str, default=None,
+    overlay = cli.SwitchAttr(["--overlay"], str, default=None, argname="FILE",
                              help="Also create this qcow2 overlay backed by the export (a VM writes only there)")
     detach = cli.Flag(["--detach"], help="Go to the background once serving (stop it with --stop SOCKET)")
-    pid_file = cli.SwitchAttr(["--pid-file"], str, default=None,
+    pid_file = cli.SwitchAttr(["--pid-file"], str, default=None, argname="FILE",
                               help="Write the serving process's pid here once serving")
-    stop = cli.SwitchAttr(["--stop"], str, default=None,
-                          help="Stop the cdisk serve that serves on this socket, and wait until it has cleaned up")
+    stop = cli.SwitchAttr(["--stop"], str, default=None, argname="SOCKET",
+                          help="Stop the cdisk serve that serves on SOCKET, and wait until it has cleaned up")
 
     def main(self, image: str = "") -> int:
         from cdisk.core.commands import daemon
