@@ -40,7 +40,8 @@ from tests.images import (
 TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
          "qemu-storage-daemon": "qemu-system-common", "nbdinfo": "libnbd-bin",
          "bwrap": "bubblewrap",
-         "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo"}
+         "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo",
+         "go-md2man": "go-md2man", "zsh": "zsh", "fish": "fish"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
 REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
 
