@@ -102,12 +102,12 @@ class RichProgress:
     """A rich progress bar on the terminal's stderr, one bar per step; the steps (with `verbose`) and warnings
     printed above it as plain lines (no time, no source location)."""
 
-    def __init__(self, verbose: bool) -> None:
+    def __init__(self, verbose: bool, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
-                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                             TimeRemainingColumn(), console=console or Console(stderr=True), transient=True)
         self._task: Any = None
         self._verbose = verbose
 

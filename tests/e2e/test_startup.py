@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-HEAVY = ("podman", "rich", "requests", "tarfile", "cdisk.core.commands.convert")
+HEAVY = ("podman", "rich", "requests", "tarfile", "cdisk.core.commands.convert", "cdisk.core.diagnostics",
+         "concurrent")
 
 
 def imported(*argv: str) -> set[str]:
@@ -28,7 +29,18 @@ def test_version_prints_the_version() -> None:
     import cdisk
 
     proc = subprocess.run([sys.executable, "-m", "cdisk", "--version"], capture_output=True, text=True)
-    assert proc.returncode == 0 and cdisk.__version__ in proc.stdout
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"cdisk {cdisk.__version__}\n", "")
+
+
+def test_bare_version_imports_no_more_than_help() -> None:
+    """The benchmark times `cdisk --version` as the floor of every run: it must stay as cheap as --help."""
+    assert imported("--version") <= imported("--help")
+
+
+def test_v_is_not_the_version() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cdisk", "-v"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("cdisk: error: no command given; ")
 
 
 def test_every_subpackage_is_shipped() -> None:

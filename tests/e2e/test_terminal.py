@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,11 @@ from tests.helpers import Images, cdisk
 from tests.images import Entry, layer_tar, oci_artifact_layout, oci_layout
 
 
-def on_a_terminal(*args: str | Path) -> tuple[int, str]:
+def on_a_terminal(*args: str | Path, columns: int = 200) -> tuple[int, str]:
     """Run the real cdisk with stdout and stderr on a pseudo-terminal; its exit code and what the terminal got."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "cdisk", *map(str, args)], stdin=subprocess.DEVNULL,
-                            stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "200"})
+                            stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": str(columns)})
     os.close(follower)
     seen = bytearray()
     while True:
@@ -97,3 +98,40 @@ def test_on_a_terminal_a_name_can_neither_set_the_title_nor_clear_the_screen(tmp
     assert "\x1b]0;owned" not in seen and "\x1b[2J" not in seen and "\u202e" not in seen and "\x9b" not in seen
     assert "\\x1b]0;owned" in seen
 
+
+
+def _raw_layout(tmp_path: Path) -> tuple[str, bytes]:
+    disk = bytes(range(256)) * 64
+    layout, _ = oci_layout(tmp_path, [layer_tar([Entry("disk/a-rather-long-name-for-a-disk.img", disk)])])
+    return f"oci:{layout}", disk
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_the_summary_is_never_broken_by_the_terminal_width(tmp_path: Path) -> None:
+    image, _ = _raw_layout(tmp_path)
+    code, seen = on_a_terminal("convert", image, tmp_path / "out.raw", columns=50)
+    assert code == 0, seen
+    # One line, however narrow the terminal: the terminal may fold it on screen, a copy and paste gets it whole.
+    assert re.search(r"/disk/a-rather-long-name-for-a-disk\.img \(raw, [^\r\n]*-> [^\r\n]*out\.raw \(raw\) in "
+                     r"[0-9.]+ s \[save\]", seen), seen
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_verbose_on_a_terminal_says_each_step_without_a_source_location(tmp_path: Path) -> None:
+    image, _ = _raw_layout(tmp_path)
+    code, seen = on_a_terminal("convert", "-v", image, tmp_path / "out.raw")
+    assert code == 0, seen
+    assert "cdisk: converting" in seen
+    assert "output.py" not in seen and not re.search(r"\.py:\d", seen)
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_off_a_terminal_only_the_result_shows_unless_verbose(tmp_path: Path) -> None:
+    image, _ = _raw_layout(tmp_path)
+    plain = cdisk("convert", image, tmp_path / "plain.raw")
+    assert plain.code == 0 and plain.err == "", plain.err
+    assert plain.out.count("\n") == 1 and "-> " in plain.out
+    verbose = cdisk("convert", "-v", image, tmp_path / "verbose.raw")
+    assert verbose.code == 0 and "cdisk: converting\n" in verbose.err and "cdisk: 100%\n" in verbose.err
+    quiet = cdisk("convert", "-q", image, tmp_path / "quiet.raw")
+    assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
