@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cdisk.core import processes
@@ -91,10 +90,9 @@ def _docker_daemon() -> str:
 
 
 def diagnose() -> Diagnostics:
-    """This host's tools and sandbox, each asked at once (a report waits for the slowest, not for their sum)."""
+    """This host's tools and sandbox (the sandbox probe runs while the tools are asked, one after the other)."""
     from cdisk.core.qemu import qemu_img
 
     qemu_img.start_sandbox_probe()
-    with ThreadPoolExecutor(max_workers=len(TOOLS)) as pool:
-        tools = tuple(pool.map(lambda tool: _tool(*tool), TOOLS))
+    tools = tuple(_tool(name, package) for name, package in TOOLS)
     return Diagnostics(platform.python_version(), tools, qemu_img.unconfined_reason())
