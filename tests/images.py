@@ -35,6 +35,43 @@ def make_disk(path: Path, fmt: str = "qcow2", size: str = "8M", pattern: int = 0
     return path
 
 
+def big_disk(path: Path, fmt: str = "qcow2", pattern: int = 0xAB) -> Path:
+    """A disk file of more than 1 MiB (the least a search outside /disk/ looks at): 8 MiB, 2 MiB of it written."""
+    sh("qemu-img", "create", "-q", "-f", fmt, path, "8M")
+    sh("qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 2M", "-c", f"write -P {pattern + 1} 6M 64k", path)
+    return path
+
+
+def gpt_disk(path: Path, size: int = 2 * MiB) -> Path:
+    """A raw disk as `sgdisk -o` leaves it: a protective MBR (one partition of type 0xEE, 0x55AA) and a GPT
+    header ("EFI PART" at 512); a pattern further on, so a wrong offset cannot compare equal."""
+    data = bytearray(size)
+    data[446:462] = bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF]) + (1).to_bytes(4, "little") \
+        + (size // 512 - 1).to_bytes(4, "little")
+    data[510:512] = b"\x55\xaa"
+    data[512:520] = b"EFI PART"
+    data[MiB:MiB + 4096] = b"\x5a" * 4096
+    path.write_bytes(bytes(data))
+    return path
+
+
+def podvm_layers(disk: bytes, at: str = "image/podvm.qcow2", above: int = 1) -> list[list[Entry]]:
+    """The layers of an image laid out as confidential-containers' podvm images are: a busybox-ish base (/bin,
+    /etc, files of over 1 MiB that are no disks: an ELF of whole sectors, a run of zeros), the disk at `at` in a
+    layer of its own, and `above` small layers over it (one replaces /etc/hostname, one whites out a file)."""
+    elf = b"\x7fELF\x02\x01\x01" + bytes(MiB + 512 - 7)
+    base = [Entry("bin/", directory=True), Entry("bin/busybox", elf), Entry("bin/sh", symlink="busybox"),
+            Entry("etc/", directory=True), Entry("etc/hostname", b"base\n"), Entry("etc/motd", b"hi\n"),
+            Entry("usr/", directory=True), Entry("usr/share/", directory=True),
+            Entry("usr/share/zeros.bin", bytes(2 * MiB)), Entry("tmp/", directory=True)]
+    parent = at.rpartition("/")[0]
+    layers = [base, [*([Entry(f"{parent}/", directory=True)] if parent else []), Entry(at, disk)]]
+    for n in range(above):
+        layers.append([Entry("etc/", directory=True), Entry("etc/hostname", f"podvm-{n}\n".encode())]
+                      + ([Entry("etc/.wh.motd", b"")] if n == 0 else []))
+    return layers
+
+
 def unique_name(tag: str = "latest") -> str:
     return f"localhost/cdisk-test-{uuid.uuid4().hex[:12]}:{tag}"
 

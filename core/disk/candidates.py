@@ -1,9 +1,12 @@
-"""Which file of the image is the disk: the containerDisk and CDI conventions, and --path."""
+"""Which file of the image is the disk: the containerDisk and CDI conventions, and --path. A disk elsewhere is
+named by the error (`disk.anywhere`), never taken without --path."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
+from cdisk.core.disk.anywhere import Search, SniffMember, search
 from cdisk.core.disk.wanted import COPIES, DISK_DIR
 from cdisk.core.errors import CdiskError, DiskNotFoundError, UnsafeImageError
 from cdisk.core.tree.merged import DIR, FILE, SYMLINK, ImageTree, LayerMember, resolve
@@ -81,13 +84,30 @@ def _what_disk_holds(tree: ImageTree) -> str:
     return f"/{DISK_DIR} is a {entry.kind}, not a directory"
 
 
-def _no_disk(tree: ImageTree) -> DiskNotFoundError:
-    return DiskNotFoundError(f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)}); "
-                             "pass --path with the disk file's path in the image")
+def _no_disk(tree: ImageTree, sniff: SniffMember | None) -> DiskNotFoundError:
+    """No disk under /disk/: the error names what /disk holds and, when `sniff` can read headers, the disk-like
+    files elsewhere in the image (`anywhere.search`), none of which is taken without --path."""
+    nothing = f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)})"
+    found = search(tree, sniff) if sniff is not None else Search([])
+    stopped = f" ({found.stopped})" if found.stopped else ""
+    if not found.found:
+        if stopped:
+            nothing += f"; no disk-like file elsewhere either{stopped}"
+        return DiskNotFoundError(f"{nothing}; pass --path with the disk file's path in the image")
+    if len(found.found) == 1:
+        only = found.found[0]
+        return DiskNotFoundError(f"{nothing}; the image holds {only.describe()}{stopped}: pass --path "
+                                 f"{shlex.quote(only.path)}")
+    listed = ", ".join(disk.describe() for disk in found.found[:FOUND_SHOWN])
+    more = f", … {len(found.found) - FOUND_SHOWN} more" if len(found.found) > FOUND_SHOWN else ""
+    return DiskNotFoundError(f"{nothing}; several disk-like files: {listed}{more}{stopped}: pass --path with "
+                             "one of them")
 
 
-def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerMember]:
-    """The disk's path in the image and the member holding its data.
+def find_disk(tree: ImageTree, explicit: str | None = None, sniff: SniffMember | None = None,
+              ) -> tuple[str, LayerMember]:
+    """The disk's path in the image and the member holding its data. With no candidate, `sniff` (which reads a
+    file's header) lets the error name the disk-like files elsewhere in the image; none is taken by itself.
 
     Raises:
         DiskNotFoundError: no candidate, several, or `explicit` is not a regular file.
@@ -103,13 +123,13 @@ def find_disk(tree: ImageTree, explicit: str | None = None) -> tuple[str, LayerM
             raise UnsafeImageError(only.refusal)
         return only.path, only.member
     if not candidates:
-        raise _no_disk(tree)
+        raise _no_disk(tree, sniff)
     listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
     raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")
 
 
-def every_disk(tree: ImageTree) -> list[tuple[str, LayerMember]]:
-    """Every disk directly under /disk/ (`serve --all`), at most `COPIES`.
+def every_disk(tree: ImageTree, sniff: SniffMember | None = None) -> list[tuple[str, LayerMember]]:
+    """Every disk directly under /disk/ (`serve --all`), at most `COPIES`; `sniff` as for `find_disk`.
 
     Raises:
         DiskNotFoundError: no candidate, or more than `COPIES`.
@@ -117,7 +137,7 @@ def every_disk(tree: ImageTree) -> list[tuple[str, LayerMember]]:
     """
     candidates = list_candidates(tree)
     if not candidates:
-        raise _no_disk(tree)
+        raise _no_disk(tree, sniff)
     if len(candidates) > COPIES:
         raise DiskNotFoundError(f"{len(candidates)} files under /{DISK_DIR}/, more than the {COPIES} --all serves; "
                                 "choose one with --path")

@@ -50,8 +50,12 @@ class Wanted:
         return cls(lambda path: False, limit, frozenset({offset}))
 
     @classmethod
-    def heads(cls) -> Wanted:
-        """Every candidate's head, enough to judge it by its header (`ls`)."""
+    def heads(cls, explicit: str | None = None) -> Wanted:
+        """Every candidate's head, enough to judge it by its header (`ls`): those directly under /disk/, or the one
+        `explicit` names (`ls --path`)."""
+        if explicit:
+            wanted = go_clean("/" + explicit).lstrip("/")
+            return cls(lambda path: path == wanted, HEAD, copies=1)
         return cls(_under_disk, HEAD)
 
 

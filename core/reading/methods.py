@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -29,6 +29,8 @@ from cdisk.core.target import free_bytes
 from cdisk.core.tree.merged import ImageTree, LayerMember
 
 if TYPE_CHECKING:  # the save method's modules only for a run that saves: start-up stays cheap
+    from cdisk.core.disk.anywhere import Sniffed
+    from cdisk.core.layers.saved import SavedLayers
     from cdisk.core.oci.blob import LayerBlob
 
 T = TypeVar("T")
@@ -100,6 +102,27 @@ class ImageView:
     partial: Callable[[LayerMember], bool] = lambda found: False
     copied: Callable[[LayerMember], bool] = lambda found: True
     vouch: Callable[[], None] = lambda: None
+    # A file's bytes for a block only (a file in place is closed when it ends, so that `ls` holds no descriptor
+    # per candidate); None: `open`, which costs nothing to hold.
+    lend: Callable[[str, LayerMember], AbstractContextManager[DiskSource]] | None = None
+    # What a file's header says it is (`disk.anywhere`), where the view knows it without reading it (a compressed
+    # layer's pass judged it); None: read through `borrowed`.
+    sniffed: Callable[[str, LayerMember], Sniffed | None] | None = None
+    # Where a file's data lie: two names with the same identity are one disk, judged once.
+    identity: Callable[[LayerMember], Hashable] = lambda found: (found.layer, found.offset, found.size)
+
+    def borrowed(self, image_path: str, found: LayerMember) -> AbstractContextManager[DiskSource]:
+        """The bytes of the regular file `found`, for the block only."""
+        return self.lend(image_path, found) if self.lend is not None else nullcontext(self.open(image_path, found))
+
+    def sniff(self, image_path: str, found: LayerMember) -> Sniffed | None:
+        """What the header of the regular file `found` says it is, when a disk (`disk.anywhere.sniff`)."""
+        if self.sniffed is not None:
+            return self.sniffed(image_path, found)
+        from cdisk.core.disk.anywhere import sniff
+
+        with self.borrowed(image_path, found) as source:
+            return sniff(source.read_at, source.size)
 
 
 @contextmanager
@@ -119,7 +142,49 @@ def saved_view(engine: Engine, image: Image, tmp_parent: str, wanted: Wanted, pr
         stack.callback(close_blobs, blobs)
         layers = SavedLayers(blobs, wanted, tmp_parent, progress)
         stack.callback(layers.close)
-        yield ImageView(layers.tree, layers.source, blobs, layers.partial, layers.copied, layers.vouch)
+        yield ImageView(layers.tree, layers.source, blobs, layers.partial, layers.copied, layers.vouch,
+                        sniffed=_saved_sniff(layers, progress))
+
+
+def _saved_sniff(layers: SavedLayers, progress: Progress) -> Callable[[str, LayerMember], Sniffed | None]:
+    """What a saved file's header says it is (`disk.anywhere.sniff`): read at its offset in a plain layer; of a
+    compressed layer, judged in one more pass over it, which judges all its files at once (only when /disk/
+    holds no disk, for the files of that layer the search reaches).
+    """
+    from cdisk.core.disk.anywhere import sniff
+
+    passes: dict[int, dict[int, Sniffed | None]] = {}
+
+    def sniffed(image_path: str, found: LayerMember) -> Sniffed | None:
+        kind = layers.kinds[found.layer]
+        if kind is None:
+            return sniff(layers.source(image_path, found).read_at, found.size)
+        if found.layer not in passes:
+            passes[found.layer] = _sniffing_pass(layers.blobs[found.layer], kind, progress)
+        return passes[found.layer].get(found.offset)
+
+    return sniffed
+
+
+def _sniffing_pass(blob: LayerBlob, kind: str, progress: Progress) -> dict[int, Sniffed | None]:
+    """What the header of each file of the compressed layer `blob` the search looks at says, by data offset.
+
+    A second pass over the layer: its first (`layers.compressed.read_compressed`) copies only the files it was
+    asked for; judging the headers there, as they go by, would spare this one.
+    """
+    from cdisk.core.disk.anywhere import MIN_SIZE, SNIFF_BYTES, in_bytes, sniff
+    from cdisk.core.layers.decompressor import Decompressed
+    from cdisk.core.tar_headers import BLOCK, REGULAR, read_entries, starts_a_tar
+
+    progress.stage(f"looking for disks in layer {blob.short} ({kind}, read once more)")
+    stream = Decompressed(blob, kind, progress)
+    found: dict[int, Sniffed | None] = {}
+    if not starts_a_tar(stream.peek(BLOCK)):
+        return found  # a disk artifact's layer: its one file is /disk/NAME
+    for entry in read_entries(stream, None):
+        if entry.type == REGULAR and not entry.sparse and entry.size >= MIN_SIZE:
+            found[entry.data_offset] = sniff(in_bytes(stream.peek(min(entry.size, SNIFF_BYTES))), entry.size)
+    return found
 
 
 @contextmanager
@@ -143,10 +208,13 @@ def _save_dir(image: Image, tmp_parent: str) -> Iterator[Path]:
 class _PinningTree(ImageTree, Protocol):
     def open_disk(self, member: LayerMember) -> int: ...
 
+    def identity(self, member: LayerMember) -> tuple[int, int] | None: ...
+
 
 @contextmanager
 def _pinned_view(tree: _PinningTree) -> Iterator[ImageView]:
-    """A view over files in place: every disk opened from `tree` is held open until the block ends."""
+    """A view over files in place: every disk opened from `tree` is held open until the block ends (a file lent
+    only until its block ends)."""
     from cdisk.core.sources.in_place import InPlaceFile
 
     with ExitStack() as stack:
@@ -155,7 +223,18 @@ def _pinned_view(tree: _PinningTree) -> Iterator[ImageView]:
             stack.callback(os.close, fd)
             return InPlaceFile(image_path, fd, found.size)
 
-        yield ImageView(tree, pinned)
+        @contextmanager
+        def lent(image_path: str, found: LayerMember) -> Iterator[DiskSource]:
+            fd = tree.open_disk(found)
+            try:
+                yield InPlaceFile(image_path, fd, found.size)
+            finally:
+                os.close(fd)
+
+        def identity(found: LayerMember) -> Hashable:
+            return tree.identity(found) or (found.layer, found.path)
+
+        yield ImageView(tree, pinned, lend=lent, identity=identity)
 
 
 @contextmanager

@@ -3,7 +3,7 @@ temp dir once, open the image, find the disk, judge it, and hand it over — the
 command's block ends.
 
 A command is: plan its target cheaply (so that a wrong TARGET costs no pull), enter `opened_disk` (or
-`opened_image`, for `ls`, which looks at every candidate), do its one action.
+`read_image`, for `ls`, which looks at every candidate), do its one action.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cdisk.core.disk.candidates import every_disk, find_disk
 from cdisk.core.disk.inspection import inspect_disk
@@ -24,6 +25,8 @@ from cdisk.core.reading.methods import ImageView, choose_reading, falling_back, 
 from cdisk.core.request import ImageRequest, Reading, ReadRequest
 from cdisk.core.sources import DiskSource
 from cdisk.core.target import Target, temp_parent
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,22 @@ def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | No
     return (choice.of(image), image) if isinstance(image, Image) else choice.find(image, progress)
 
 
-@contextmanager
-def opened_image(image: ImageRequest | Image, read: ReadRequest, target: Target | None, progress: Progress,
-                 reading: Reading | None = None, engine: Engine | None = None) -> Iterator[OpenedImage]:
-    """The image resolved and opened by `reading` (default: the one `read.method` gives a reader); of a
-    compressed layer, only the heads of the candidate disks are copied out (enough to judge them by header).
+def read_image(image: ImageRequest | Image, read: ReadRequest, progress: Progress, work: Callable[[OpenedImage], T],
+               engine: Engine | None = None) -> T:
+    """`work` done on the image opened by the method `read.method` gives a reader, in place where it can be, as
+    `opened_disk` opens it (and by another method when `auto`'s layer directories prove unusable only once read,
+    so `work` may run twice); of a compressed layer, only the heads of the candidate disks are copied out
+    (enough to judge them by header), or of the file `read.disk_path` names (`ls`).
     """
     engine, found = resolve(image, progress, engine)
-    chosen = reading or choose_reading(read.method, writes=False, image=found, engine=engine)
-    with _view(engine, found, chosen, read, target, progress, Wanted.heads()) as view, vouched_first(view.vouch):
-        yield OpenedImage(found, chosen, view)
+
+    def attempt(chosen: Reading) -> T:
+        with _view(engine, found, chosen, read, None, progress, Wanted.heads(read.disk_path), "the image") as view, \
+                vouched_first(view.vouch):
+            return work(OpenedImage(found, chosen, view))
+
+    chosen = choose_reading(read.method, writes=False, image=found, engine=engine)
+    return falling_back(read.method, chosen, attempt, False, engine, progress)
 
 
 @contextmanager
@@ -89,9 +98,9 @@ def vouched_first(vouch: Callable[[], None]) -> Iterator[None]:
 
 
 def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, target: Target | None,
-          progress: Progress, wanted: Wanted) -> AbstractContextManager[ImageView]:
+          progress: Progress, wanted: Wanted, what: str = "the disk") -> AbstractContextManager[ImageView]:
     where = f"{engine.name}'s store" if engine.stores else image.reference
-    progress.stage(f"reading the disk in place from {where} ({reading.value} method)")
+    progress.stage(f"reading {what} in place from {where} ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
         progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
@@ -106,7 +115,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         view = stack.enter_context(_view(engine, image, reading, read, target, progress,
                                          Wanted.disk(read.disk_path, every)))
         stack.enter_context(vouched_first(view.vouch))
-        found = every_disk(view.tree) if every else [find_disk(view.tree, read.disk_path)]
+        found = every_disk(view.tree, view.sniff) if every else [find_disk(view.tree, read.disk_path, view.sniff)]
         opened = []
         for path, member in found:
             try:

@@ -158,6 +158,38 @@ class LayerDirsTree:
                 os.close(fd)
         return sorted(names)
 
+    def members(self, path: str) -> list[LayerMember]:
+        parts = split_path(path)
+        directories = self._directories(parts)
+        found: dict[str, LayerMember] = {}
+        hidden: set[str] = set()
+        try:
+            for layer, fd in directories:
+                for name in os.listdir(fd):
+                    if name.startswith(WHITEOUT_PREFIX):
+                        raise LayerDirsUnusable(f"/{'/'.join([*parts, name])} is an AUFS-style whiteout")
+                    if name in found or name in hidden:
+                        continue
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if _is_whiteout(st):
+                        hidden.add(name)
+                        continue
+                    child = "/".join([*parts, name])
+                    link = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""
+                    self.seen[child] = (layer, st)
+                    found[name] = member_from_stat(child, st, link, layer)
+        except OSError as error:
+            raise self._unreadable("/".join(parts), error) from None
+        finally:
+            for _, fd in directories:
+                os.close(fd)
+        return [found[name] for name in sorted(found)]
+
+    def identity(self, member: LayerMember) -> tuple[int, int] | None:
+        """The file `member` was found as (device, inode): two names of one file are one disk."""
+        seen = self.seen.get(member.path)
+        return None if seen is None else (seen[1].st_dev, seen[1].st_ino)
+
     def open_disk(self, member: LayerMember) -> int:
         """Open the disk found at `member` in its layer and check it is the very file that was resolved."""
         parts = split_path(member.path)

@@ -52,6 +52,10 @@ class ImageTree(Protocol):
     def children(self, path: str) -> list[str]:
         """The names directly inside directory `path`."""
 
+    def members(self, path: str) -> list[LayerMember]:
+        """The entries directly inside directory `path`, by name, links not followed (a walk's one call for a
+        directory, where `children` and a `lookup` of each would open the directory again for each)."""
+
 
 def member_from_stat(path: str, st: os.stat_result, linkname: str = "", layer: int = 0) -> LayerMember:
     """The member a file on the host stands for (not followed: a link is a link, with its target)."""
@@ -170,6 +174,10 @@ class MergedTree:
 
     def children(self, path: str) -> list[str]:
         return sorted(self._tree.kids.get(path, ()))
+
+    def members(self, path: str) -> list[LayerMember]:
+        nodes = self._tree.nodes
+        return [nodes[f"{path}/{name}" if path else name] for name in self.children(path)]
 
 
 def resolve(tree: ImageTree, path: str) -> LayerMember:

@@ -95,6 +95,30 @@ class MountedTree:
         finally:
             os.close(fd)
 
+    def members(self, path: str) -> list[LayerMember]:
+        parts = split_path(path)
+        fd = self._open_directory(parts)
+        if fd is None:
+            return []
+        found = []
+        try:
+            for name in sorted(os.listdir(fd)):
+                child = "/".join([*parts, name])
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                link = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""
+                self.seen[child] = st
+                found.append(member_from_stat(child, st, link))
+        except OSError as error:
+            raise self._unreadable("/".join(parts), error) from None
+        finally:
+            os.close(fd)
+        return found
+
+    def identity(self, member: LayerMember) -> tuple[int, int] | None:
+        """The file `member` was found as (device, inode): two names of one file are one disk."""
+        seen = self.seen.get(member.path)
+        return None if seen is None else (seen.st_dev, seen.st_ino)
+
     def open_disk(self, member: LayerMember) -> int:
         """Open the disk found at `member` and check it is the very file that was resolved.
 

@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from cdisk.cli.ls import COLUMNS
 from cdisk.core.commands.ls import QEMU_IMG_JUDGED
 from tests.helpers import Images, cdisk
@@ -14,8 +16,8 @@ from tests.images import Entry, sh
 from tests.tool_fakes import QemuImgFakes
 
 
-def listing(name: str) -> dict:  # type: ignore[type-arg]
-    result = cdisk("ls", "--json", name)
+def listing(*args: str) -> dict:  # type: ignore[type-arg]
+    result = cdisk("ls", "--json", *args)
     assert result.code == 0, result.err
     return json.loads(result.out)  # type: ignore[no-any-return]
 
@@ -23,9 +25,11 @@ def listing(name: str) -> dict:  # type: ignore[type-arg]
 def test_ls_describes_the_disk(images: Images) -> None:
     disk = images.disk(size="8M")
     name = images.build({"disk.qcow2": disk})
-    data = listing(name)
+    data = listing("--method", "save", name)
     inspect = json.loads(sh("podman", "image", "inspect", name).stdout)[0]
-    assert (data["id"], data["digest"], data["architecture"]) == (inspect["Id"], inspect["Digest"], "amd64")
+    # `image_id`, as every other command's JSON names it.
+    assert "id" not in data and data["method"] == "save"
+    assert (data["image_id"], data["digest"], data["architecture"]) == (inspect["Id"], inspect["Digest"], "amd64")
     [entry] = data["disks"]
     assert entry["path"] == "/disk/disk.qcow2"
     assert (entry["format"], entry["virtual_size"], entry["file_size"]) == ("qcow2", 8 << 20, disk.stat().st_size)
@@ -64,7 +68,9 @@ def plain_rows(out: str) -> dict[str, list[str]]:
     """
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("path "))
-    assert re.split(r" {2,}", lines[header].strip()) == list(COLUMNS), lines[header]
+    # Layer and offset only where the disk is read at an offset of a layer tar.
+    in_place = [c for c in COLUMNS if c not in ("layer", "offset")]
+    assert re.split(r" {2,}", lines[header].strip()) in (list(COLUMNS), in_place), lines[header]
     rows = [re.split(r" {2,}", line.strip()) for line in lines[header + 1:] if line.startswith("/")]
     return {row[0]: row for row in rows}
 
@@ -72,12 +78,16 @@ def plain_rows(out: str) -> dict[str, list[str]]:
 def test_ls_table_and_missing_image(images: Images) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
-    result = cdisk("ls", name)
+    result = cdisk("ls", "--method", "save", name)
     assert result.code == 0, result.err
     [row] = plain_rows(result.out).values()
     # path, format, virtual size, file size (the qcow2 holds under 1 MiB), layer, offset, and no refusal.
     file_size = f"{disk.stat().st_size / 1024:.1f} KiB"
     assert row == ["/disk/disk.qcow2", "qcow2", "8.0 MiB", file_size, "0", "1024"], row
+    # Read in place (the default here: the store's layer directories), a file has no offset to show.
+    in_place = cdisk("ls", name)
+    assert plain_rows(in_place.out) == {"/disk/disk.qcow2": ["/disk/disk.qcow2", "qcow2", "8.0 MiB", file_size]}
+    assert "method layers" in in_place.out.splitlines()[0]
     missing = cdisk("ls", "-q", "--pull", "never", "localhost/cdisk-test-absent")
     assert missing.code == 3 and "not in the local store" in missing.err, missing.err
 
@@ -132,3 +142,59 @@ def test_ls_runs_qemu_img_on_a_bounded_number_of_distinct_disks(images: Images, 
     assert formats == {"/disk/0-evil.qcow2": "-"} | {p: "qcow2" if judged_by == "qemu-img" else "qcow2*"
                                                         for p, judged_by in zip(sorted(sizes), judged, strict=True)} \
         | {"/disk/z.raw": "raw*"}, formats
+
+
+def test_ls_reads_in_place_by_every_method(images: Images, reading: tuple[str, str]) -> None:
+    engine, method = reading
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    result = cdisk("ls", "--json", "-v", "--engine", engine, "--method", method, name)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    [entry] = data["disks"]
+    assert (entry["path"], entry["format"], entry["refused"], entry["judged_by"]) == \
+        ("/disk/disk.qcow2", "qcow2", "", "qemu-img")
+    assert data["method"] == method and f"({method} method)" in result.err
+    # An offset where the disk is a byte range of a layer tar; in place, none.
+    assert (entry["offset"] is not None, entry["layer"] is not None) == (method == "save",) * 2
+
+
+def test_ls_needs_no_room_for_a_copy(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    mounted = sh("mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", readonly, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        result = cdisk("ls", "--json", "--tmpdir", readonly, name)
+        saved = cdisk("ls", "--json", "--tmpdir", readonly, "--method", "save", name)
+    finally:
+        sh("umount", readonly)
+    assert result.code == 0, result.err
+    assert [d["path"] for d in json.loads(result.out)["disks"]] == ["/disk/disk.qcow2"]
+    assert saved.code == 6 and "pass --tmpdir" in saved.err  # the save method's copy does need it
+
+
+def test_ls_path_lists_the_one_file_it_names(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.layers([Entry("disk/a.qcow2", disk.read_bytes()), Entry("data/b.qcow2", disk.read_bytes()),
+                          Entry("disk/out", symlink="/etc/passwd")])
+    data = listing("--path", "/data/b.qcow2", name)
+    assert [(d["path"], d["format"], d["found_by"]) for d in data["disks"]] == [("/data/b.qcow2", "qcow2", "path")]
+    assert data["problems"] == []
+    refused = listing("--path", "/disk/out", name)
+    assert [d["judged_by"] for d in refused["disks"]] == ["metadata"]
+    assert "not in the image" in refused["disks"][0]["refused"]
+    missing = cdisk("ls", "--path", "/disk/nope", name)
+    assert missing.code == 4 and "/disk/nope does not exist in the image" in missing.err
+
+
+def test_ls_table_breaks_no_name(images: Images) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    long_tag = name.rpartition(":")[0] + ":v0.13.0-rc1-" + "x" * 60
+    sh("podman", "tag", name, long_tag)
+    images.names.append(long_tag)
+    # Off a terminal, nothing wraps, however long a line.
+    lines = cdisk("ls", long_tag).out.splitlines()
+    assert lines[0].startswith(f"{long_tag}  id ") and lines[0].endswith("method layers")

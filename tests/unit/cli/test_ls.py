@@ -18,7 +18,7 @@ LONG_REFUSAL = ("the disk is a qcow2 with a backing file ('/etc/shadow'); cdisk 
 
 def _listing(*disks: ListedDisk) -> Listing:
     return Listing("quay.io/containerdisks/fedora:40", "podman", "podman", "875cc1902158" + "0" * 52, D, "amd64",
-                   list(disks), [])
+                   "save", list(disks), [])
 
 
 def _rows() -> list[ListedDisk]:
@@ -83,3 +83,37 @@ def test_table_shows_names_that_look_like_markup_as_they_are() -> None:
     Console(file=out, width=120, force_terminal=True, highlight=False).print(text)  # as `report` does on a TTY
     assert "/disk/[/x]:cd:[bold].qcow2" in out.getvalue()
     assert [line.rstrip() for line in out.getvalue().splitlines()] == text.splitlines()
+
+
+PODVM = "registry.example.com:5000/confidential-containers/podvm-generic-ubuntu-amd64:v0.13.0-rc1"
+
+
+def _podvm(*disks: ListedDisk) -> Listing:
+    return Listing(PODVM, "podman", "podman", "875cc1902158" + "0" * 52, D, "amd64", "layers", list(disks), [])
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_a_narrow_terminal_breaks_no_name_inside(width: int) -> None:
+    path = "/image/podvm-generic-ubuntu-amd64/disk-image-of-the-pod.qcow2"
+    disks = [ListedDisk(path, "qcow2", 6 << 30, 800 << 20, None, None, None, "", "qemu-img", "search"),
+             ListedDisk("/rootfs.qcow2", None, None, 1 << 30, None, None, None, LONG_REFUSAL, "header", "search")]
+    text = table(_podvm(*disks), width=width)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width, text
+    # The tag, each piece of a path: whole on one line, never cut.
+    for piece in (":v0.13.0-rc1", "/podvm-generic-ubuntu-amd64", "/disk-image-of-the-pod.qcow2", "/rootfs.qcow2",
+                  "registry.example.com", "/confidential-containers"):
+        assert any(piece in line for line in lines), (piece, text)
+    # Read in place: no layer, no offset, and nothing said about them.
+    [header] = [line for line in lines if line.startswith("path ")]
+    assert "layer" not in header and "offset" not in header and "layer and offset" not in text
+
+
+def test_plain_table_never_wraps() -> None:
+    path = "/image/" + "/".join(f"level-{n:02}" for n in range(30)) + "/podvm.qcow2"
+    refusal = LONG_REFUSAL + " " + LONG_REFUSAL
+    disks = [ListedDisk(path, "qcow2", 1 << 30, 1 << 20, 0, D, 1024, refusal, "header", "search")]
+    lines = table(_podvm(*disks)).splitlines()
+    assert lines[0].startswith(f"{PODVM}  id 875cc1902158  digest sha256:e9553d567f15  ")
+    [row] = [line for line in lines if line.startswith("/image/")]
+    assert row.startswith(path + "  ") and row.endswith(refusal) and len(row) > 500

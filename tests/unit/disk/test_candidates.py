@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from cdisk.core.disk.candidates import DiskCandidate, find_disk, list_candidates
+from cdisk.core.disk import anywhere
+from cdisk.core.disk.anywhere import Sniffed
+from cdisk.core.disk.candidates import FOUND_SHOWN, DiskCandidate, every_disk, find_disk, list_candidates
 from cdisk.core.errors import DiskNotFoundError, UnsafeImageError
 from cdisk.core.tree.merged import DIR, FILE, OTHER, SYMLINK, LayerMember, MergedTree
 
 
-def f(path: str, sparse: bool = False) -> LayerMember:
-    return LayerMember(path, FILE, 0, offset=1024, size=10, sparse=sparse)
+def f(path: str, sparse: bool = False, size: int = 10) -> LayerMember:
+    return LayerMember(path, FILE, 0, offset=1024, size=size, sparse=sparse)
 
 
 def test_the_one_file_under_disk() -> None:
@@ -71,3 +75,51 @@ def test_no_disk_says_what_the_resolved_disk_dir_holds() -> None:
             find_disk(out)
     with pytest.raises(DiskNotFoundError, match=r"under /disk/ \(/disk is a file, not a directory\)"):
         find_disk(MergedTree([[f("disk")]]))
+
+
+def _told(formats: dict[str, Sniffed]) -> Callable[[str, LayerMember], Sniffed | None]:
+    return lambda path, member: formats.get(path)
+
+
+def _refusal(tree: MergedTree, formats: dict[str, Sniffed], every: bool = False) -> str:
+    with pytest.raises(DiskNotFoundError) as refused:
+        every_disk(tree, _told(formats)) if every else find_disk(tree, None, _told(formats))
+    return refused.value.message
+
+
+def test_a_disk_elsewhere_is_named_never_taken() -> None:
+    podvm = LayerMember("image/podvm.qcow2", FILE, 1, 1024, 6 << 30)
+    tree = MergedTree([[f("bin/busybox", size=2 << 20)], [podvm]])
+    expected = ("no disk file directly under /disk/ (found: nothing); the image holds /image/podvm.qcow2 (qcow2, "
+                "6.0 GiB): pass --path /image/podvm.qcow2")
+    assert _refusal(tree, {"/image/podvm.qcow2": Sniffed("qcow2")}) == expected
+    # serve --all says the same; and the path to pass is quoted for a shell when it needs to be.
+    assert _refusal(tree, {"/image/podvm.qcow2": Sniffed("qcow2")}, every=True) == expected
+    spaced = MergedTree([[LayerMember("my disks/vm.img", FILE, 0, 512, 2 << 20)]])
+    assert _refusal(spaced, {"/my disks/vm.img": Sniffed("raw", "GPT")}).endswith(
+        "the image holds /my disks/vm.img (raw GPT, 2.0 MiB): pass --path '/my disks/vm.img'")
+
+
+def test_several_disks_elsewhere_are_named_and_bounded() -> None:
+    names = [f"d{n:02}.img" for n in range(FOUND_SHOWN + 2)]
+    tree = MergedTree([[f(name, size=1 << 20) for name in names]])
+    message = _refusal(tree, {f"/{name}": Sniffed("raw", "MBR") for name in names})
+    assert message.startswith("no disk file directly under /disk/ (found: nothing); several disk-like files: "
+                              "/d00.img (raw MBR, 1.0 MiB), /d01.img (raw MBR, 1.0 MiB), ")
+    assert message.endswith("/d09.img (raw MBR, 1.0 MiB), … 2 more: pass --path with one of them")
+
+
+def test_nothing_disk_like_says_as_before_and_a_cut_search_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = MergedTree([[f("a.bin", size=2 << 20), f("b.bin", size=2 << 20)]])
+    assert _refusal(tree, {}) == ("no disk file directly under /disk/ (found: nothing); pass --path with the disk "
+                                  "file's path in the image")
+    monkeypatch.setattr(anywhere, "MAX_HEADERS", 1)
+    assert _refusal(tree, {}) == ("no disk file directly under /disk/ (found: nothing); no disk-like file elsewhere "
+                                  "either (the search stops after 1 files of 1.0 MiB or more); pass --path with the "
+                                  "disk file's path in the image")
+
+
+def test_a_disk_under_disk_is_taken_whatever_lies_elsewhere() -> None:
+    tree = MergedTree([[f("disk/vm.qcow2"), f("image/other.qcow2", size=2 << 20)]])
+    assert find_disk(tree, None, _told({"/image/other.qcow2": Sniffed("qcow2")})) == ("/disk/vm.qcow2",
+                                                                                      f("disk/vm.qcow2"))

@@ -109,3 +109,29 @@ def test_a_disk_swapped_after_it_was_looked_at_is_refused(store: LayerDirsTree, 
     os.replace(tmp_path / "upper" / "disk" / "new", tmp_path / "upper" / "disk" / "b.qcow2")
     with pytest.raises(UnsafeImageError, match="changed while cdisk looked at it"):
         store.open_disk(member)
+
+
+def test_members_are_the_merged_view_each_as_lookup_finds_it(store: LayerDirsTree) -> None:
+    # One call a directory (the search for disks walks the image by it): what children and lookup say.
+    for directory in ("", "disk", "opaque", "merged"):
+        members = store.members(directory)
+        assert [m.path.rpartition("/")[2] for m in members] == store.children(directory)
+        assert members == [store.lookup(m.path) for m in members]
+    assert store.identity(store.members("disk")[0]) is not None
+
+
+def test_a_member_found_by_members_opens(store: LayerDirsTree) -> None:
+    [member] = [m for m in store.members("disk") if m.path == "disk/b.qcow2"]
+    fresh = LayerDirsTree(store.dirs)  # nothing looked up but through members
+    [member] = [m for m in fresh.members("disk") if m.path == "disk/b.qcow2"]
+    fd = fresh.open_disk(member)
+    try:
+        assert os.pread(fd, 100, 0) == b"upper b"
+    finally:
+        os.close(fd)
+
+
+def test_an_aufs_whiteout_met_by_members_is_handed_to_the_mount(tmp_path: Path) -> None:
+    _file(tmp_path / "top" / "etc" / ".wh.motd", b"")
+    with pytest.raises(LayerDirsUnusable, match="AUFS-style whiteout"):
+        LayerDirsTree([str(tmp_path / "top")]).members("etc")

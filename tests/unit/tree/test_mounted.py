@@ -159,3 +159,15 @@ def test_open_disk_gives_the_resolved_file(tmp_path: Path) -> None:
         assert os.pread(fd, 4, 0) == b"QFI\xfb"
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_members_are_what_layer_metadata_holds(tmp_path: Path, case: str) -> None:
+    mounted, merged = trees(tmp_path / "root", CASES[case])
+    pending = [""]
+    while pending:  # the walk the search for disks makes: the same entries, kinds and links, by name
+        directory = pending.pop()
+        seen = [(m.path, m.kind, m.linkname) for m in mounted.members(directory)]
+        assert seen == [(m.path, m.kind, m.linkname) for m in merged.members(directory)], directory
+        pending += [path for path, kind, _ in seen if kind == DIR]
+    assert mounted.members("disk/../..") == [] and mounted.members("nowhere") == []

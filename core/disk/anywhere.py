@@ -1,0 +1,149 @@
+"""Disks outside /disk/: when /disk/ holds none, a bounded search of the whole image for files whose header says
+they are disks, so that the error names them (`candidates.find_disk`) and `ls` lists them.
+
+A file is looked at only when it is a regular file of at least `MIN_SIZE` bytes; it is disk-like when its header
+is an image format's (qcow2, vmdk, vdi, vhdx, vpc, qed, luks) or, for a file whose length is a whole number of
+sectors, a raw disk's (a GPT, an MBR partition table, an ext2/3/4 or XFS superblock, an ISO 9660 volume). The
+walk goes breadth first (the image's top directories first, names in order), follows no symlink (a link's target
+is met at its own path) and stops after `MAX_VISITED` entries or `MAX_HEADERS` headers read, saying so: the same
+image gives the same answer by every reading method and on every machine (no time bound).
+
+Nothing found here is ever taken without `--path`: /disk/ is KubeVirt's contract, anything else a guess, and a
+cron job must not start reading another file because an image changed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cdisk.core.disk.formats import QCOW2_MAGIC, VDI_SIGNATURE, VMDK_SPARSE_MAGIC, ReadAt
+from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember
+
+MIN_SIZE = 1 << 20
+MAX_HEADERS = 256
+MAX_VISITED = 100_000
+SECTOR = 512
+# What a header is judged by: the first 4 KiB (every magic but ISO 9660's), and ISO 9660's volume descriptor.
+HEAD_BYTES = 4096
+ISO_MAGIC_AT, ISO_MAGIC = 0x8001, b"CD001"
+SNIFF_BYTES = ISO_MAGIC_AT + len(ISO_MAGIC)
+
+_IMAGE_MAGICS = ((QCOW2_MAGIC, "qcow2"), (VMDK_SPARSE_MAGIC, "vmdk"), (b"vhdxfile", "vhdx"), (b"conectix", "vpc"),
+                 (b"QED\0", "qed"), (b"LUKS\xba\xbe", "luks"))
+_EXT_MAGIC_AT, _EXT_MAGIC = 1024 + 56, b"\x53\xef"
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What a header says a file is: `format` as qemu names it, and for raw what the disk holds (`layout`)."""
+
+    format: str
+    layout: str = ""
+
+    def describe(self, size: int) -> str:
+        """`qcow2, 6.0 GiB`, `raw GPT, 2.0 GiB`: the format and the file's size in the image."""
+        what = f"{self.format} {self.layout}" if self.layout else self.format
+        return f"{what}, {size_text(size)}"
+
+
+def size_text(n: int) -> str:
+    """Bytes as an operator reads them: 8.0 MiB (as the CLI writes sizes)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _mbr(head: bytes) -> bool:
+    """A DOS partition table: the boot signature, every entry's boot flag 0x00 or 0x80, and one used entry."""
+    if len(head) < SECTOR or head[510:512] != b"\x55\xaa":
+        return False
+    entries = [head[446 + 16 * i:462 + 16 * i] for i in range(4)]
+    if any(entry[0] not in (0x00, 0x80) for entry in entries):
+        return False  # boot code where the table should be: a file system's boot sector, not a partition table
+    return any(entry[4] != 0 and struct.unpack_from("<I", entry, 12)[0] != 0 for entry in entries)
+
+
+def sniff(read_at: ReadAt, size: int) -> Sniffed | None:
+    """What the file of `size` bytes read by `read_at` is, when its header says it is a disk; else None."""
+    if size < MIN_SIZE:
+        return None
+    head = read_at(0, HEAD_BYTES)
+    for magic, fmt in _IMAGE_MAGICS:
+        if head.startswith(magic):
+            return Sniffed(fmt)
+    if len(head) >= 68 and struct.unpack_from("<I", head, 64)[0] == VDI_SIGNATURE:
+        return Sniffed("vdi")
+    if size % SECTOR:
+        return None  # a raw disk is whole sectors
+    if head[512:520] == b"EFI PART":
+        return Sniffed("raw", "GPT")
+    if _mbr(head):
+        return Sniffed("raw", "MBR")
+    if head[_EXT_MAGIC_AT:_EXT_MAGIC_AT + 2] == _EXT_MAGIC:
+        return Sniffed("raw", "ext2/3/4")
+    if head.startswith(b"XFSB"):
+        return Sniffed("raw", "XFS")
+    if read_at(ISO_MAGIC_AT, len(ISO_MAGIC)) == ISO_MAGIC:
+        return Sniffed("raw", "ISO 9660")
+    return None
+
+
+def in_bytes(data: bytes) -> ReadAt:
+    """A `ReadAt` over bytes held in memory (a compressed layer's head, peeked as it goes by)."""
+    return lambda offset, length: data[offset:offset + length]
+
+
+SniffMember = Callable[[str, LayerMember], Sniffed | None]
+"""sniff_member(image_path, member) -> what the regular file `member` found at `image_path` is, or None."""
+
+
+@dataclass(frozen=True)
+class DiskLike:
+    """A disk-like file found by the search: its path in the image (`/image/podvm.qcow2`) and what it is."""
+
+    path: str
+    member: LayerMember
+    sniffed: Sniffed
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.sniffed.describe(self.member.size)})"
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the search found, in the order it met them; `stopped` says where a bound cut it short ("": it
+    looked at the whole image)."""
+
+    found: list[DiskLike]
+    stopped: str = ""
+
+
+def search(tree: ImageTree, sniff_member: SniffMember) -> Search:
+    """The disk-like files of the image, within the bounds of the module docstring."""
+    found: list[DiskLike] = []
+    pending: deque[str] = deque([""])
+    visited = headers = 0
+    while pending:
+        directory = pending.popleft()
+        for member in tree.members(directory):
+            visited += 1
+            if visited > MAX_VISITED:
+                return Search(found, f"the search stops after {MAX_VISITED} entries")
+            if member.kind == DIR:
+                pending.append(member.path)
+            elif member.kind == FILE and member.size >= MIN_SIZE and not member.sparse:
+                headers += 1
+                if headers > MAX_HEADERS:
+                    return Search(found, f"the search stops after {MAX_HEADERS} files of {size_text(MIN_SIZE)} or "
+                                         "more")
+                path = f"/{member.path}"
+                sniffed = sniff_member(path, member)
+                if sniffed is not None:
+                    found.append(DiskLike(path, member, sniffed))
+    return Search(found)
