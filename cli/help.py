@@ -242,7 +242,8 @@ class Command(cli.Application):
     # --- plumbum's parsing, its errors told as cdisk's ------------------------------------------------------
 
     def normalised(self, argv: Sequence[str]) -> list[str]:
-        """`argv` with each bare switch of BARE_VALUES given its value (`--tls-verify` → `--tls-verify=true`).
+        """`argv` with each bare switch of BARE_VALUES given its value (`--tls-verify` → `--tls-verify=true`);
+        a flag given a value (`--quiet=1`) is refused here, the same under every plumbum.
 
         Only this command's own switches are looked at: the words a switch takes as its value, everything
         after `--` and everything from a subcommand's name on are left as they are.
@@ -253,7 +254,11 @@ class Command(cli.Application):
             word = words[i]
             if word == "--" or word in self._subcommands:
                 break
-            if word.startswith("--") and "=" not in word:
+            if word.startswith("--") and "=" in word:
+                info = self._switches_by_name.get(word[2:word.index("=")])
+                if info is not None and info.argtype is None:  # plumbum 1.8 would take `=VALUE` as an argument
+                    self.usage_error(f"{word[:word.index('=')]} takes no value")
+            elif word.startswith("--"):
                 name = word[2:]
                 info = self._switches_by_name.get(name)
                 bare = self.BARE_VALUES.get(name)

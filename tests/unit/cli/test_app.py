@@ -111,11 +111,16 @@ def test_everything_after_a_double_dash_is_an_argument() -> None:
     assert Convert("cdisk convert").normalised(["--", "--tls-verify", "T"]) == ["--", "--tls-verify", "T"]
 
 
-def test_v_before_the_command_is_verbose_not_the_version(capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+class _Top(CDisk):
+    """cdisk, its convert recorded."""
+
+
+_Top.subcommand("convert", _Recorded)
+
+
+def test_v_before_the_command_is_verbose_not_the_version(capsys: pytest.CaptureFixture[str]) -> None:
     _Recorded.seen.clear()
-    monkeypatch.setattr(CDisk, "_subcommand_convert", cli.application.Subcommand("convert", _Recorded))
-    _, code = CDisk.run(["cdisk", "-v", "convert", "IMG", "T"], exit=False)
+    _, code = _Top.run(["cdisk", "-v", "convert", "IMG", "T"], exit=False)
     assert code == 0 and _Recorded.seen == [(None, "IMG", "T", True)]
     assert "0.1.0" not in capsys.readouterr().out
 
