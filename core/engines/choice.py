@@ -72,20 +72,7 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
         ImageError: the image is in no store looked in and cannot be pulled, or is for another platform and
             cannot be pulled for this one.
     """
-    local = next((prefix for prefix in _LOCAL_STORES if request.reference.startswith(prefix)), "")
-    bare = request.engine != "file" and not request.reference.startswith((*FILE_TRANSPORTS, *_STORES))
-    request = _transport(request)
-    if local and request.pull is Pull.ALWAYS:
-        raise UsageError(f"{local}{request.reference} names an image in {request.engine}'s store, which cdisk never "
-                         f"pulls; drop --pull always, or write docker://{request.reference} to pull it")
-    if request.platform:
-        from cdisk.core.oci.platform import normal_platform  # only a run that names a platform
-
-        request = replace(request, platform=normal_platform(request.platform))
-    no_name = bare and not is_reference(request.reference)
-    path = _path_given(request.reference, no_name) if bare else ""
-    if no_name:  # no store can hold it: told before any engine is asked
-        raise UsageError(path)
+    request, local, path = _prepared(request)
     if local:
         engine, image = _find_local(request, local, progress)
     else:
@@ -112,6 +99,37 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
         return engine, replace(image, platform=wanted)
     raise ImageError(f"{reference} in the registry is {_platform_of(image)}, not {wanted} as --platform asks; check "
                      "the name and --platform")
+
+
+def check(request: ImageRequest) -> None:
+    """Refuse what no engine could take, before any engine or tool starts (`find` checks it too): a transport
+    that contradicts --engine, `--pull always` with a local store's transport, a malformed --platform, an IMAGE
+    that can be no image name (a path). Nothing runs; a path IMAGE is looked at.
+
+    Raises:
+        UsageError: as `find`.
+    """
+    _prepared(request)
+
+
+def _prepared(request: ImageRequest) -> tuple[ImageRequest, str, str]:
+    """The request with its transport resolved and its platform normal; the local store's transport it names
+    ("" for none); and the usage error for a path IMAGE to raise where no store holds an image of its name ("")."""
+    local = next((prefix for prefix in _LOCAL_STORES if request.reference.startswith(prefix)), "")
+    bare = request.engine != "file" and not request.reference.startswith((*FILE_TRANSPORTS, *_STORES))
+    request = _transport(request)
+    if local and request.pull is Pull.ALWAYS:
+        raise UsageError(f"{local}{request.reference} names an image in {request.engine}'s store, which cdisk never "
+                         f"pulls; drop --pull always, or write docker://{request.reference} to pull it")
+    if request.platform:
+        from cdisk.core.oci.platform import normal_platform  # only a run that names a platform
+
+        request = replace(request, platform=normal_platform(request.platform))
+    no_name = bare and not is_reference(request.reference)
+    path = _path_given(request.reference, no_name) if bare else ""
+    if no_name:  # no store can hold it: told before any engine is asked
+        raise UsageError(path)
+    return request, local, path
 
 
 def _serves(image: Image, wanted: str) -> bool:

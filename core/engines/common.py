@@ -21,7 +21,8 @@ _REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w]
                         r"(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?")
 # What Go's and the engines' errors wrap a registry's answer in, outermost first: the cause follows them.
 _WRAPPERS = re.compile(
-    r"^(?:Error(?: response from daemon)?: |initializing source \S+: |pinging container registry \S+: |"
+    r"^(?:Error(?: response from daemon)?: |(?:Error )?initializing source \S+: |pinging container registry \S+: |"
+    r"Error parsing image name \"[^\"]*\": |"
     r"(?:Get|Head|Post|Put) \"[^\"]*\": |reading manifest \S+ in \S+: |copying system image from manifest list: |"
     r"choosing an image from manifest list \S+: |unable to copy from source \S+: |"
     r"(?:trying to pull|fetching) \S+: )")

@@ -59,8 +59,9 @@ def test_pull_progress_and_a_failed_pull(remote: Remote, tmp_path: Path) -> None
     assert f"pulling {remote.ref}" in result.err
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
     absent = cdisk("convert", "-q", "--engine", "docker", remote.ref + "-absent", tmp_path / "no.raw")
-    assert_one_line_error(absent, 3)
-    assert absent.err.startswith("cdisk: error: cannot pull")
+    assert_one_line_error(absent, 3, f"{remote.ref}-absent is not in docker's store, and pulling it failed: manifest "
+                                     f"for {remote.ref}-absent not found: manifest unknown; check the name (`docker "
+                                     "images`)")
     assert not (tmp_path / "no.raw").exists()
 
 

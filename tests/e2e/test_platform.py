@@ -62,7 +62,8 @@ def test_podman_pulls_the_platform_asked_for_and_refresh_keeps_it(multi: tuple[s
     assert result.code == 0, result.err
     assert same_disk(amd, "qcow2", tmp_path / "amd.raw", "raw")
     never = cdisk("convert", "-q", *tls, "--pull", "never", "--platform", "linux/arm64", reference, tmp_path / "n.raw")
-    assert_one_line_error(never, 3, "is for amd64, not linux/arm64")
+    assert_one_line_error(never, 3, f"{reference} is linux/amd64, --platform asks linux/arm64; pull that platform "
+                                    f"(`podman pull --platform linux/arm64 {reference}`) or drop --platform")
     bad = cdisk("convert", "-q", "--platform", "arm64", reference, tmp_path / "b.raw")
     assert bad.code == 2 and "OS/ARCH" in bad.err
 
@@ -78,3 +79,26 @@ def test_docker_pulls_the_platform_asked_for(multi: tuple[str, Path, Path], dock
         assert same_disk(arm, "qcow2", tmp_path / "arm.raw", "raw")
     finally:
         sh("docker", "rmi", "-f", reference, check=False)
+
+
+def test_a_local_image_of_another_platform_is_told_with_both(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    never = cdisk("convert", "--pull", "never", "--platform", "linux/arm64", name, tmp_path / "out.raw")
+    assert_one_line_error(never, 3, f"{name} is linux/amd64, --platform asks linux/arm64; pull that platform (`podman "
+                                    f"pull --platform linux/arm64 {name}`) or drop --platform")
+    # As podman does, --pull missing pulls the platform asked; a registry that does not answer is told as such.
+    unanswered = f"127.0.0.1:1/cdisk/{uuid.uuid4().hex[:8]}:1"
+    sh("podman", "tag", name, unanswered)
+    images.names.append(unanswered)
+    missing = cdisk("convert", "--engine", "podman", "--platform", "linux/arm64", unanswered, tmp_path / "out.raw")
+    assert_one_line_error(missing, 3, f"{unanswered} in podman's store is linux/amd64, --platform asks linux/arm64, "
+                                      "and pulling that platform failed: dial tcp 127.0.0.1:1: connect: connection "
+                                      "refused; check the name and --platform, or drop --platform to use the local "
+                                      "image")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_variant_the_architecture_lacks_is_a_usage_error(tmp_path: Path) -> None:
+    result = cdisk("convert", "--platform", "linux/amd64/v9", "localhost/vm:1", tmp_path / "out.raw")
+    assert_one_line_error(result, 2, "--platform 'linux/amd64/v9': amd64 has no variant v9 (it has v1, v2, v3, v4); "
+                                     "name one of those, or leave the variant out (linux/amd64)")

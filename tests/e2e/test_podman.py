@@ -97,8 +97,10 @@ def test_pull_from_a_registry(images: Images, tmp_path: Path, registry: str) -> 
 
 
 def test_pull_over_tls_from_a_plain_http_registry_fails_clearly(tmp_path: Path, registry: str) -> None:
-    result = cdisk("convert", "-q", f"{registry}/cdisk/none:1", tmp_path / "out.raw")
-    assert result.code == 3 and result.err.startswith("cdisk: error: cannot pull")
+    result = cdisk("convert", "-q", "--engine", "podman", f"{registry}/cdisk/none:1", tmp_path / "out.raw")
+    assert_one_line_error(result, 3, f"{registry}/cdisk/none:1 is not in podman's store, and pulling it failed: http: "
+                                     "server gave HTTP response to HTTPS client; if the registry speaks plain HTTP, "
+                                     "pass --tls-verify=false")
 
 
 @contextmanager
@@ -152,8 +154,8 @@ def test_tls_verify_true_overrides_registries_conf(pushed: tuple[str, Path], reg
     remote, _ = pushed
     with insecure_registry(registry):
         result = cdisk(command, "-q", "--tls-verify", "true", remote, tmp_path / "out.raw", env=_private(tmp_path))
-    assert result.code == 3 and result.err.startswith("cdisk: error: cannot pull"), result.err
-    assert "HTTP response to HTTPS client" in result.err
+    assert_one_line_error(result, 3, "is not in podman's store, and pulling it failed: http: server gave HTTP "
+                                     "response to HTTPS client")
     assert not (tmp_path / "out.raw").exists()
 
 
@@ -162,3 +164,38 @@ def test_tls_verify_false_overrides_registries_conf(pushed: tuple[str, Path], tm
     result = cdisk("convert", "-q", "--tls-verify", "false", remote, tmp_path / "out.raw", env=_private(tmp_path))
     assert result.code == 0, result.err
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+
+
+# --- refresh: --pull newer asks the registry with skopeo, and says when it cannot -------------------------------
+
+@pytest.mark.needs("skopeo")
+def test_an_unchanged_refresh_starts_no_service(pushed: tuple[str, Path], tmp_path: Path) -> None:
+    remote, disk = pushed
+    target = tmp_path / "vm.raw"
+    first = cdisk("refresh", "--json", "--tls-verify", "false", remote, target, env=_private(tmp_path))
+    assert first.code == 0 and json.loads(first.out)["action"] == "updated", first.err
+    podman = RecordingEngine(tmp_path / "bin")
+    again = cdisk("refresh", "-v", "--json", "--tls-verify", "false", remote, target,
+                  env={**_private(tmp_path), **podman.env})
+    assert again.code == 0 and json.loads(again.out)["action"] == "unchanged", again.err
+    assert f"asking the registry whether {remote} moved" in again.err
+    assert "private podman service" not in again.err and podman.services() == []
+    assert same_disk(disk, "qcow2", target, "raw")
+
+
+@pytest.mark.needs("skopeo")
+def test_refresh_warns_when_the_registry_does_not_answer(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    local = images.build({"disk.qcow2": disk})
+    unanswered = f"127.0.0.1:1/cdisk/{uuid.uuid4().hex[:8]}:1"  # nothing listens on port 1
+    sh("podman", "tag", local, unanswered)
+    images.names.append(unanswered)
+    target = tmp_path / "vm.raw"
+    podman = RecordingEngine(tmp_path / "bin")
+    for action in ("updated", "unchanged"):
+        result = cdisk("refresh", "-v", "--json", unanswered, target, env={**_private(tmp_path), **podman.env})
+        assert result.code == 0 and json.loads(result.out)["action"] == action, result.err
+        assert (f"the registry did not answer for {unanswered} (dial tcp 127.0.0.1:1: connect: connection refused): "
+                "using the local image") in result.err
+    assert podman.services() == []
+    assert same_disk(disk, "qcow2", target, "raw")

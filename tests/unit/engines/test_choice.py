@@ -649,3 +649,19 @@ def test_a_plain_directory_named_like_an_image_is_left_to_the_stores(engines: di
     (tmp_path / "vm").mkdir()
     engine, _ = find(ImageRequest("vm"), Stages())
     assert engine is engines["podman"] and engines["podman"].asked == [ImageRequest("vm", engine="podman")]
+
+
+@pytest.mark.parametrize("request_", [ImageRequest("/nowhere/vm.tar"), ImageRequest("quay.io/vm:1", platform="x/y"),
+                                      ImageRequest("containers-storage:vm:1", Pull.ALWAYS),
+                                      ImageRequest("docker-daemon:vm:1", engine="podman")],
+                         ids=["path", "platform", "local-always", "contradiction"])
+def test_check_refuses_before_anything_runs(engines: dict[str, FakeEngine], log: list[str],
+                                            request_: ImageRequest) -> None:
+    with pytest.raises(UsageError):
+        choice.check(request_)
+    assert log == []
+
+
+def test_check_lets_a_sound_request_through(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    choice.check(ImageRequest("containers-storage:vm:1", Pull.NEWER, platform="linux/arm64/v8"))
+    assert log == []

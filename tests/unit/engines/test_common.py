@@ -31,10 +31,13 @@ IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
          '"/etc/containers/registries.conf"',
          'short-name "fedoraa" did not resolve to an alias and no unqualified-search registries are defined in '
          '"/etc/containers/registries.conf"'),
+        ('Error parsing image name "docker://127.0.0.1:1/vm:1": pinging container registry 127.0.0.1:1: Get '
+         '"https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused',
+         "dial tcp 127.0.0.1:1: connect: connection refused"),  # skopeo's
         ("2 errors occurred:\n\t* one\n\t* two", "2 errors occurred: * one * two"),
         ("initializing source docker://x:1: ", "initializing source docker://x:1:"),  # nothing after: kept whole
     ],
-    ids=["refused", "manifest-unknown", "plain-http", "no-such-host", "docker-denied", "short-name", "lines",
+    ids=["refused", "manifest-unknown", "plain-http", "no-such-host", "docker-denied", "short-name", "skopeo", "lines",
          "wrapper-only"],
 )
 def test_pull_reason_is_the_cause_on_one_line(said: str, reason: str) -> None:
