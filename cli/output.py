@@ -219,7 +219,7 @@ def report(switches: OutputSwitches, work: Callable[[Progress], Any], summary: C
 def diagnostics_lines(found: Diagnostics) -> list[str]:
     """What `cdisk --version --verbose` adds to the version: each tool's version or why there is none, and
     whether qemu-img runs in a sandbox here (what a bug report needs)."""
-    lines = [f"python {found.python}"]
+    lines = [printable(f"system: {found.system}"), f"python: {found.python}"]
     for tool in found.tools:
         said = tool.version if tool.version is not None else tool.note
         extra = f" ({tool.note})" if tool.version is not None and tool.note else ""

@@ -35,6 +35,7 @@ class Diagnostics:
     """The host as a bug report needs it. `sandbox` is None where qemu-img runs confined, else why not."""
 
     python: str
+    system: str  # the distribution and the kernel: user namespaces, overlay and reflinks depend on both
     tools: tuple[ToolVersion, ...]
     sandbox: str | None
 
@@ -89,10 +90,20 @@ def _docker_daemon() -> str:
     return f"daemon {line} at {socket}" if line else why
 
 
+def system() -> str:
+    """`Debian GNU/Linux 12 (bookworm), Linux 6.1.0-28-amd64 x86_64`, as os-release and uname say."""
+    try:
+        distribution = platform.freedesktop_os_release().get("PRETTY_NAME", "")
+    except OSError:
+        distribution = ""
+    kernel = f"{platform.system()} {platform.release()} {platform.machine()}"
+    return f"{distribution}, {kernel}" if distribution else kernel
+
+
 def diagnose() -> Diagnostics:
     """This host's tools and sandbox (the sandbox probe runs while the tools are asked, one after the other)."""
     from cdisk.core.qemu import qemu_img
 
     qemu_img.start_sandbox_probe()
     tools = tuple(_tool(name, package) for name, package in TOOLS)
-    return Diagnostics(platform.python_version(), tools, qemu_img.unconfined_reason())
+    return Diagnostics(platform.python_version(), system(), tools, qemu_img.unconfined_reason())

@@ -80,6 +80,7 @@ def test_version_verbose_names_each_tool_and_the_sandbox(no_engines: dict[str, s
     assert result.code == 0 and result.err == "", result.err
     lines = result.out.splitlines()
     assert lines[0] == "cdisk 0.1.0"
+    assert lines[1].startswith("system: ") and lines[2].startswith("python: 3.")
     assert f"qemu-img: {_version_of('qemu-img')}" in lines
     assert "podman: podman is not installed; install it (Debian/Ubuntu: apt-get install podman)" in lines
     assert lines[-1] == "sandbox: works"

@@ -3,6 +3,7 @@ sandbox's state — from the real tools on this host."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def test_a_host_without_engines(tmp_path: Path) -> None:
         "podman", None, "podman is not installed; install it (Debian/Ubuntu: apt-get install podman)")
     assert tools["docker"].version is None and "docker.io" in tools["docker"].note
     assert found.sandbox is None
+    assert found.system.endswith(f"Linux {os.uname().release} {os.uname().machine}")
 
 
 def test_a_tool_that_fails_is_told_with_its_words(tmp_path: Path) -> None:
