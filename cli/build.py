@@ -27,9 +27,11 @@ def summary(result: BuildResult) -> str:
 class Build(OutputSwitches):
     """Build a containerDisk from DISK (raw, qcow2, …): /disk/disk.img owned 107:107, the KubeVirt convention."""
 
+    SYNOPSIS = ("DISK NAME[:TAG]",)
+
     engine = cli.SwitchAttr(["--engine"], cli.Set(*NAMES), default=NAMES[0],
                             help="The engine to load the image into (unless --output)")
-    output = cli.SwitchAttr(["--output"], str, default=None, help=f"Write the image to {OUTPUTS} instead")
+    output = cli.SwitchAttr(["--output"], str, default=None, argname="DEST", help=f"Write the image to DEST: {OUTPUTS}, instead of an engine")
     out_format = cli.SwitchAttr(["--format"], cli.Set("qcow2", "raw"), default=None,
                                 help="The disk's format in the image (default: as DISK is; raw and qcow2 stay, "
                                      "other formats become qcow2)")
@@ -40,20 +42,20 @@ class Build(OutputSwitches):
                                        help="How the layer is compressed (default: gzip for oci and oci-archive "
                                             "outputs; none for an engine, which stores layers uncompressed, and "
                                             "for docker-archive)")
-    platforms = cli.SwitchAttr(["--platform"], str, list=True,
+    platforms = cli.SwitchAttr(["--platform"], str, list=True, argname="OS/ARCH[/VARIANT]",
                                help="OS/ARCH[/VARIANT] the image says it is for (default: this host's); several make "
                                     "an image index (with --push, or an oci/oci-archive --output)")
-    push = cli.SwitchAttr(["--push"], str, default=None,
+    push = cli.SwitchAttr(["--push"], str, default=None, argname="REF",
                           help="Also push to REF: by the engine it was loaded into, else by skopeo")
     tls_verify = cli.SwitchAttr(["--tls-verify"], cli.Set("true", "false"), default=None,
                                 help="Require HTTPS and a valid certificate when pushing (default: as "
                                      "registries.conf says for the registry, like podman push)")
-    labels = cli.SwitchAttr(["--label"], str, list=True, help="A label KEY=VALUE (repeatable)")
-    instancetype = cli.SwitchAttr(["--instancetype"], str, default=None,
+    labels = cli.SwitchAttr(["--label"], str, list=True, argname="KEY=VALUE", help="A label KEY=VALUE (repeatable)")
+    instancetype = cli.SwitchAttr(["--instancetype"], str, default=None, argname="NAME",
                                   help="KubeVirt's default instancetype for VMs of this disk (e.g. u1.medium)")
-    preference = cli.SwitchAttr(["--preference"], str, default=None,
+    preference = cli.SwitchAttr(["--preference"], str, default=None, argname="NAME",
                                 help="KubeVirt's default preference for VMs of this disk (e.g. fedora)")
-    tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None,
+    tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None, argname="DIR",
                             help="Where the layer is written before it goes out (default: beside --output, else "
                                  "$TMPDIR or /var/tmp)")
 

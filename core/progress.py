@@ -14,6 +14,9 @@ class Progress(Protocol):
     def update(self, done: float, total: float) -> None:
         """The current step has done `done` of `total` units."""
 
+    def warn(self, message: str) -> None:
+        """Something the operator must hear even where steps are not shown (a registry that did not answer)."""
+
 
 class NoProgress:
     """Progress that goes nowhere: for quiet runs and for tests."""
@@ -22,4 +25,7 @@ class NoProgress:
         pass
 
     def update(self, done: float, total: float) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
         pass
