@@ -25,3 +25,9 @@ def test_convert_copies_one_candidate_serve_all_every_one_ls_their_heads() -> No
 def test_a_second_pass_asks_by_offset_alone() -> None:
     again = Wanted.at(4096, HEAD)
     assert again.offsets == frozenset({4096}) and again.limit == HEAD and not again.path("disk/a.img")
+
+
+def test_ls_path_copies_the_head_of_the_one_file_it_names() -> None:
+    wanted = Wanted.heads("/image/../data/vm.img")
+    assert wanted.path("data/vm.img") and not wanted.path("disk/a.img")
+    assert (wanted.limit, wanted.copies) == (HEAD, 1)
