@@ -103,7 +103,7 @@ def _view(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
     progress.stage(f"reading {what} in place from {where} ({reading.value} method)")
     unconfined = qemu_img.unconfined_reason()
     if unconfined:
-        progress.stage(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
+        progress.warn(f"qemu-img runs without a sandbox: {unconfined}; only raw and qcow2 disks are read")
     return image_view(engine, image, reading, temp_parent(read.tmpdir, target), wanted, progress)
 
 

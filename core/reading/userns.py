@@ -52,6 +52,8 @@ def run(engine: Engine, function: str, job: dict[str, Any], progress: Progress) 
                 progress.stage(event["stage"])
             elif "update" in event:
                 progress.update(*event["update"])
+            elif "warn" in event:
+                progress.warn(event["warn"])
             elif "result" in event:
                 result = event["result"]
             elif "error" in event:
@@ -85,6 +87,9 @@ class _JsonLines:
 
     def update(self, done: float, total: float) -> None:
         _emit({"update": [done, total]})
+
+    def warn(self, message: str) -> None:
+        _emit({"warn": message})
 
 
 def _emit(event: dict[str, Any]) -> None:

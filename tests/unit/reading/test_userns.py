@@ -41,6 +41,7 @@ def reports(job: dict[str, Any], progress: Any) -> dict[str, Any]:
     progress.update(1, 4)
     print("a stray line of a tool", flush=True)
     print("[1, 2]", flush=True)
+    progress.warn("qemu-img runs without a sandbox")
     progress.update(4, 4)
     return {"echo": job, "done": True}
 
@@ -97,7 +98,7 @@ def test_main_relays_progress_and_the_result(handlers: None, capsys: pytest.Capt
     out = capsys.readouterr().out.splitlines()
     assert out[2:4] == ["a stray line of a tool", "[1, 2]"]
     assert lines("\n".join(out[:2] + out[4:])) == [
-        {"stage": "mounting"}, {"update": [1, 4]}, {"update": [4, 4]},
+        {"stage": "mounting"}, {"update": [1, 4]}, {"warn": "qemu-img runs without a sandbox"}, {"update": [4, 4]},
         {"result": {"echo": {"target": "/srv/vm.raw"}, "done": True}},
     ]
 
@@ -142,6 +143,9 @@ class Recorded:
 
     def update(self, done: float, total: float) -> None:
         self.events.append(("update", done, total))
+
+    def warn(self, message: str) -> None:
+        self.events.append(("warn", message))
 
 
 class PlainEngine:
@@ -197,7 +201,8 @@ def test_run_relays_progress_and_returns_the_result() -> None:
     engine, progress = PlainEngine(), Recorded()
     result = userns.run(engine, f"{HERE}:reports", {"target": "/srv/vm.raw", "size": 3}, progress)
     assert result == {"echo": {"target": "/srv/vm.raw", "size": 3}, "done": True}
-    assert progress.events == [("stage", "mounting"), ("update", 1, 4), ("update", 4, 4)]
+    assert progress.events == [("stage", "mounting"), ("update", 1, 4),
+                               ("warn", "qemu-img runs without a sandbox"), ("update", 4, 4)]
     argv = engine.children[0].args
     assert isinstance(argv, list) and argv[:2] == [sys.executable, "-c"]
     assert engine.children[0].returncode == 0
