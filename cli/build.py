@@ -31,7 +31,8 @@ class Build(OutputSwitches):
 
     engine = cli.SwitchAttr(["--engine"], cli.Set(*NAMES), default=NAMES[0],
                             help="The engine to load the image into (unless --output)")
-    output = cli.SwitchAttr(["--output"], str, default=None, argname="DEST", help=f"Write the image to DEST: {OUTPUTS}, instead of an engine")
+    output = cli.SwitchAttr(["--output"], str, default=None, argname="DEST",
+                            help=f"Write the image to DEST: {OUTPUTS}, instead of an engine")
     out_format = cli.SwitchAttr(["--format"], cli.Set("qcow2", "raw"), default=None,
                                 help="The disk's format in the image (default: as DISK is; raw and qcow2 stay, "
                                      "other formats become qcow2)")

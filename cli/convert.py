@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from plumbum import cli
 
 from cdisk.cli.output import report
-from cdisk.cli.switches import WriteSwitches, size_text
+from cdisk.cli.switches import WriteSwitches
 from cdisk.core.progress import Progress
+from cdisk.core.sizes import size_text
 
 if TYPE_CHECKING:
     from cdisk.core.commands.convert import ConvertResult

@@ -8,8 +8,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from cdisk.cli.output import LaidOut, printable, report
-from cdisk.cli.switches import DiskSwitches, size_text
+from cdisk.cli.switches import DiskSwitches
 from cdisk.core.progress import Progress
+from cdisk.core.sizes import size_text
 
 if TYPE_CHECKING:
     from cdisk.core.commands.ls import Listing

@@ -82,15 +82,3 @@ class WriteSwitches(DiskSwitches):
         """How these switches ask to write TARGET."""
         return WriteRequest(target, self.out_format, bool(self.compress), bool(self.force), keep, target_is_zero,
                             durable, not self.no_reflink)
-
-
-def size_text(n: int | None) -> str:
-    """Bytes as an operator reads them: 8.0 MiB."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cdisk.core.disk.formats import QCOW2_MAGIC, VDI_SIGNATURE, VMDK_SPARSE_MAGIC, ReadAt
+from cdisk.core.sizes import size_text
 from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember
 
 MIN_SIZE = 1 << 20
@@ -47,16 +48,6 @@ class Sniffed:
         """`qcow2, 6.0 GiB`, `raw GPT, 2.0 GiB`: the format and the file's size in the image."""
         what = f"{self.format} {self.layout}" if self.layout else self.format
         return f"{what}, {size_text(size)}"
-
-
-def size_text(n: int) -> str:
-    """Bytes as an operator reads them: 8.0 MiB (as the CLI writes sizes)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _mbr(head: bytes) -> bool:
