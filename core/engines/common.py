@@ -1,5 +1,5 @@
 """What podman and docker share: an image ID and a name told apart, their API's ping, whose socket may be trusted,
-the overlay layer directories their inspection names, a registry's refusal cut to its cause, and a warning.
+the overlay layer directories their inspection names, and a registry's refusal cut to its cause.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import shutil
 import socket as sock
 from pathlib import Path
 from typing import Any
-
-from cdisk.core.progress import Progress
 
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
 # The reference grammar of docker and podman (distribution/reference): [DOMAIN/]PATH[:TAG][@DIGEST].
@@ -61,12 +59,6 @@ def pull_reason(text: str) -> str:
             parts.append(part)
     text = ": ".join(parts)
     return text if len(text) <= REASON_LIMIT else text[:REASON_LIMIT - 1] + "…"
-
-
-def warn(progress: Progress, text: str) -> None:
-    """Tell the operator something went wrong that cdisk worked around (a registry that did not answer): through
-    the progress's `warn` where it has one, which shows even where stage lines do not, else as a stage."""
-    getattr(progress, "warn", progress.stage)(text)
 
 
 def installed(tool: str) -> bool:

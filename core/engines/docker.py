@@ -28,7 +28,6 @@ from cdisk.core.engines.common import (
     looks_like_id,
     pull_reason,
     socket_trusted,
-    warn,
 )
 from cdisk.core.engines.seam import Image, PullFailed
 from cdisk.core.errors import ImageError, ToolError, UsageError
@@ -248,7 +247,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
         if current is None:
             # As podman's `newer`: a registry that cannot answer (offline, or an image built here) leaves
             # the local image in use.
-            warn(progress, f"the registry did not answer for {reference} ({pull_reason(why)}): using the local image")
+            progress.warn(f"the registry did not answer for {reference} ({pull_reason(why)}): using the local image")
             return local[0]
         if any(d.endswith("@" + current) for d in local[1]):
             return local[0]

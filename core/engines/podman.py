@@ -33,7 +33,6 @@ from cdisk.core.engines.common import (
     looks_like_id,
     pull_reason,
     socket_trusted,
-    warn,
 )
 from cdisk.core.engines.seam import Image, PullFailed
 from cdisk.core.errors import ImageError, Interrupted, ToolError
@@ -256,7 +255,7 @@ def _kept(local: Image, pull: Pull, by_id: bool, tls_verify: bool | None, platfo
     current, why = skopeo.tag_digests(local.reference, tls_verify, platform or host_platform())
     if not current:
         # As podman's `newer` does, silently: a registry that cannot answer leaves the local image in use.
-        warn(progress, f"the registry did not answer for {local.reference} ({pull_reason(why)}): using the "
+        progress.warn(f"the registry did not answer for {local.reference} ({pull_reason(why)}): using the "
                        "local image")
         return local
     return local if current & set(local.digests) else None

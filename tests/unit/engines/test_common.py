@@ -1,12 +1,10 @@
-"""What podman and docker share: a name told from a path, a registry's refusal cut to its cause, and a warning
-that reaches the operator (pure)."""
+"""What podman and docker share: a name told from a path, and a registry's refusal cut to its cause (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cdisk.core.engines.common import has_registry, is_reference, pull_reason, warn
-from tests.helpers import Stages
+from cdisk.core.engines.common import has_registry, is_reference, pull_reason
 
 IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -67,24 +65,3 @@ def test_is_reference_tells_a_name_from_what_can_name_no_image(text: str, name: 
 )
 def test_has_registry(reference: str, qualified: bool) -> None:
     assert has_registry(reference) is qualified
-
-
-class Warned(Stages):
-    def __init__(self) -> None:
-        super().__init__()
-        self.warnings: list[str] = []
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
-
-
-def test_a_warning_goes_to_warn_where_the_progress_has_it() -> None:
-    progress = Warned()
-    warn(progress, "the registry did not answer")
-    assert (progress.warnings, progress.stages) == (["the registry did not answer"], [])
-
-
-def test_a_warning_is_a_stage_where_the_progress_has_no_warn() -> None:
-    progress = Stages()
-    warn(progress, "the registry did not answer")
-    assert progress.stages == ["the registry did not answer"]

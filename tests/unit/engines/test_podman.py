@@ -20,7 +20,6 @@ from cdisk.core.engines.seam import Image
 from cdisk.core.request import Pull
 from tests.helpers import Stages, private_services, wait_for
 from tests.images import sh
-from tests.unit.engines.test_common import Warned
 from tests.unit.engines.test_skopeo import fake_skopeo
 
 
@@ -54,6 +53,17 @@ def test_private_service_dies_with_a_killed_cdisk() -> None:
 # --- --pull newer: the registry asked by skopeo, no service ----------------------------------------------------
 
 LOCAL_DIGEST = "sha256:" + "1" * 64
+
+
+class Warned(Stages):
+    """Stages that keep the warnings too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
 
 def _local(reference: str = "quay.io/vm:1") -> Image:
