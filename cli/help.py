@@ -31,7 +31,7 @@ from plumbum.cli.switches import (
     UnknownSwitch,
 )
 
-from cdisk.core.errors import UsageError
+from cdisk.core.errors import BadValue, UsageError
 
 # A switch plumbum handles itself: the help, version and completion requests it raises as errors.
 _META_NAMES = ("ShowHelp", "ShowHelpAll", "ShowVersion", "ShowCompletion")
@@ -194,14 +194,6 @@ def help_text(app: cli.Application, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
-class BadValue(Exception):
-    """A switch's value that its type refused: told as a usage error once the command's name is known."""
-
-    def __init__(self, name: str, value: str, argtype: Any, why: str) -> None:
-        super().__init__(why)
-        self.name, self.value, self.argtype, self.why = name, value, argtype, why
-
-
 def _what_is_wanted(argtype: Any, why: str) -> str:
     """Why a value was refused, in cdisk's words where plumbum's would be in the locale's."""
     values = getattr(argtype, "values", None)
@@ -304,13 +296,13 @@ class Command(cli.Application):
         try:
             return argtype(val)
         except (TypeError, ValueError) as error:
-            raise BadValue(name, val, argtype, str(error)) from None
+            raise BadValue(name, val, _what_is_wanted(argtype, str(error))) from None
 
     def _bad_value(self, bad: BadValue) -> NoReturn:
         if bad.name in self._switches_by_name:
-            what = f"{_shown(bad.name)} {bad.value!r}: {_what_is_wanted(bad.argtype, bad.why)}"
+            what = f"{_shown(bad.name)} {bad.value!r}: {bad.wanted}"
         else:  # a positional argument
-            what = f"{bad.name.upper()} {bad.value!r}: {_what_is_wanted(bad.argtype, bad.why)}"
+            what = f"{bad.name.upper()} {bad.value!r}: {bad.wanted}"
         self.usage_error(what)
 
     def _switch_named_in(self, error: SwitchError) -> str | None:

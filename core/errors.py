@@ -27,6 +27,15 @@ class UsageError(CdiskError):
     exit_code = 2
 
 
+class BadValue(UsageError):
+    """A switch's or an argument's value its type refused (exit 2): worded again by the CLI, which knows the
+    command and the switch's shown name."""
+
+    def __init__(self, name: str, value: str, wanted: str) -> None:
+        super().__init__(f"{name} {value!r}: {wanted}")
+        self.name, self.value, self.wanted = name, value, wanted
+
+
 class DiskChanged(UsageError):
     """`cdisk build`: DISK is not the size it was when the build started: something writes to it (exit 2)."""
 
@@ -39,6 +48,18 @@ class ImageError(CdiskError):
     """The image cannot be found, pulled or read (exit 3)."""
 
     exit_code = 3
+
+
+class PullFailed(ImageError):
+    """An engine could not pull `reference`: `reason` is the registry's answer cut to its cause (exit 3). The
+    engine's message stands alone; `engines.choice` words it again with what the stores looked in hold.
+    """
+
+    def __init__(self, reference: str, engine: str, reason: str, advice: str) -> None:
+        super().__init__(f"cannot pull {reference}: {reason}; {advice}")
+        self.reference = reference
+        self.engine = engine
+        self.reason = reason
 
 
 class DiskNotFoundError(CdiskError):

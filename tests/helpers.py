@@ -274,16 +274,20 @@ def is_open(fd: int) -> bool:
 
 
 class Stages:
-    """A `Progress` that keeps the stage lines it is told, for a test to read."""
+    """A `Progress` that keeps the stage lines and the warnings it is told, for a test to read."""
 
     def __init__(self) -> None:
         self.stages: list[str] = []
+        self.warnings: list[str] = []
 
     def stage(self, name: str) -> None:
         self.stages.append(name)
 
     def update(self, done: float, total: float) -> None:
         pass
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
 
 # What a host file holds in the tests of the sandbox: no byte of it may reach a target or qemu-img's output.

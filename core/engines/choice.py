@@ -11,8 +11,8 @@ import stat
 from dataclasses import replace
 
 from cdisk.core.engines.common import is_reference, looks_like_id
-from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image, PullFailed
-from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image
+from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 

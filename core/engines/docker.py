@@ -29,8 +29,8 @@ from cdisk.core.engines.common import (
     pull_reason,
     socket_trusted,
 )
-from cdisk.core.engines.seam import Image, PullFailed
-from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.engines.seam import Image
+from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 

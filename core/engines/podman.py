@@ -34,8 +34,8 @@ from cdisk.core.engines.common import (
     pull_reason,
     socket_trusted,
 )
-from cdisk.core.engines.seam import Image, PullFailed
-from cdisk.core.errors import ImageError, Interrupted, ToolError
+from cdisk.core.engines.seam import Image
+from cdisk.core.errors import ImageError, Interrupted, PullFailed, ToolError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 

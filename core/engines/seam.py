@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cdisk.core.errors import ImageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest
 
@@ -52,18 +51,6 @@ class Image:
         """What kind of source it came from: an engine's store (podman, docker) or a file's transport (oci,
         oci-archive, docker-archive)."""
         return self.reference.partition(":")[0] if self.engine == "file" else self.engine
-
-
-class PullFailed(ImageError):
-    """An engine could not pull `reference`: `reason` is the registry's answer cut to its cause (exit 3). The
-    engine's message stands alone; `engines.choice` words it again with what the stores looked in hold.
-    """
-
-    def __init__(self, reference: str, engine: str, reason: str, advice: str) -> None:
-        super().__init__(f"cannot pull {reference}: {reason}; {advice}")
-        self.reference = reference
-        self.engine = engine
-        self.reason = reason
 
 
 class Engine(Protocol):

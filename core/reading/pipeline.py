@@ -60,8 +60,11 @@ def resolve(image: ImageRequest | Image, progress: Progress, engine: Engine | No
     """The image in its engine's store (found, or pulled as asked), and that engine; an `Image` is already
     resolved. `engine` replaces the one the request or the image names (a test's own engine).
 
-    The sandbox probe starts first, so that it runs while the engine looks the image up.
+    The sandbox probe starts first, so that it runs while the engine looks the image up — once the request is
+    known to be one an engine can take (a usage error ends the run before any probe is left to reap).
     """
+    if isinstance(image, ImageRequest):
+        choice.check(image)
     qemu_img.start_sandbox_probe()
     if engine is not None:
         return engine, image if isinstance(image, Image) else engine.find_image(image, progress)

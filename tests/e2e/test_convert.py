@@ -97,7 +97,9 @@ def test_pull_never_refuses_a_missing_image(convert: Convert, tmp_path: Path) ->
 def test_failed_pull_is_one_clear_line(convert: Convert, tmp_path: Path, reference: str) -> None:
     result = convert("-q", reference, tmp_path / "out.raw")
     assert_one_line_error(result, 3)
-    assert result.err.startswith("cdisk: error: cannot pull")
+    # Where it was looked for comes first, then why the pull failed.
+    assert result.err.startswith(f"cdisk: error: {reference} is "), result.err
+    assert ", and pulling it failed: " in result.err
     assert "Traceback" not in result.err
     assert list(tmp_path.iterdir()) == []
 

@@ -15,8 +15,8 @@ import pytest
 
 from cdisk.core.engines import choice
 from cdisk.core.engines.choice import _find, _transport, find, settled
-from cdisk.core.engines.seam import Engine, Image, PullFailed
-from cdisk.core.errors import ImageError, ToolError, UsageError
+from cdisk.core.engines.seam import Engine, Image
+from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.request import ImageRequest, Pull
 from tests.helpers import Stages

@@ -55,17 +55,6 @@ def test_private_service_dies_with_a_killed_cdisk() -> None:
 LOCAL_DIGEST = "sha256:" + "1" * 64
 
 
-class Warned(Stages):
-    """Stages that keep the warnings too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.warnings: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-
 def _local(reference: str = "quay.io/vm:1") -> Image:
     return Image(reference, "0" * 64, LOCAL_DIGEST, "amd64", 1, (), digests=(LOCAL_DIGEST, "sha256:" + "2" * 64))
 
@@ -100,7 +89,7 @@ def test_newer_leaves_a_moved_tag_to_the_pull(skopeo_answers: Callable[..., Path
 def test_newer_warns_when_the_registry_does_not_answer(skopeo_answers: Callable[..., Path]) -> None:
     skopeo_answers(None, 'pinging container registry quay.io: Get \\"https://quay.io/v2/\\": dial tcp: connection '
                          'refused')
-    progress = Warned()
+    progress = Stages()
     assert _kept(_local(), Pull.NEWER, False, None, None, progress) == _local()
     assert progress.warnings == ["the registry did not answer for quay.io/vm:1 (dial tcp: connection refused): using "
                                  "the local image"]
