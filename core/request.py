@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cdisk.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from cdisk.core.qemu.output_formats import OutputFormat
 
 
 class Pull(enum.Enum):
@@ -79,6 +85,30 @@ class WriteRequest:
     target_is_zero: bool = False
     durable: bool = False
     reflink: bool = True
+
+
+def check_write(image: str, write: WriteRequest) -> OutputFormat:
+    """The format `write` asks for, checked first, before any pull or work (convert and refresh call it).
+
+    qemu-img's users type `-f FMT` for the source's format; cdisk's -f is --force. With --force given and IMAGE or
+    TARGET a bare format's name, that is what happened: refused, rather than a pull of an image named `qcow2` or
+    a file named so. A file of that name is written as ./qcow2.
+
+    Raises:
+        UsageError: a format cdisk does not write, `-c` where it cannot compress, or -f taken for a format.
+    """
+    # Here, not at the top: every command's start-up (--help included) imports this module, and the table's
+    # dataclasses cost ~2.5 ms to build.
+    from cdisk.core.qemu.output_formats import is_format_name, output_format
+
+    if write.force:
+        for what, word in (("IMAGE", image), ("TARGET", write.target)):
+            if is_format_name(word):
+                way_out = "" if what == "IMAGE" else f", or give ./{word} for a file of that name"
+                raise UsageError(f"{what} is {word!r}, a format's name after -f, but cdisk's -f is --force (the "
+                                 f"disk's own format is read from the image; the output format is -O FMT); drop -f "
+                                 f"{word}{way_out}")
+    return output_format(write.out_format, write.compressed)
 
 
 def values(kind: type[enum.Enum]) -> list[str]:

@@ -17,10 +17,11 @@ from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import TargetError, ToolError, UserNamespaceUnavailable
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import qemu_img
+from cdisk.core.qemu.output_formats import FORMATS, data_bound
 from cdisk.core.reading import userns
 from cdisk.core.reading.methods import choose_reading, falling_back
 from cdisk.core.reading.pipeline import OpenedDisk, opened_disk, resolve
-from cdisk.core.request import ImageRequest, Method, Reading, ReadRequest, WriteRequest
+from cdisk.core.request import ImageRequest, Method, Reading, ReadRequest, WriteRequest, check_write
 from cdisk.core.sources import DiskSource
 from cdisk.core.sources.copied import CopiedFile
 from cdisk.core.sources.in_place import InPlaceFile
@@ -64,6 +65,7 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
         CdiskError: any problem the operator can fix; nothing is left at the target path.
     """
     started = time.monotonic()
+    check_write(image.reference, write)  # a format qemu-img cannot write costs no pull either
     planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
     found = resolve(image, progress)[1]
     written = write_disk(found, read, write, planned, progress)
@@ -137,27 +139,54 @@ def _raw_data_bound(disk: OpenedDisk, block: int) -> int:
     return min(disk.virtual_size, clusters * max(cluster_size, block, 4096) + (1 << 20))
 
 
-def _room_needed(disk: OpenedDisk, out_format: str, planned: target.Target) -> tuple[target.Measure, int]:
+def _room_needed(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> tuple[target.Measure, int]:
     """What the target will take on disk, and the length of the file qemu-img will write."""
     if planned.is_block:
         return target.Measure(0, 0), 0
+    out_format = write.out_format
     if out_format == "raw":
         # A raw file is as long as the disk but sparse: when the whole length fits, so does the data; and
         # when what qemu-img check counted allocated fits, so does the data too. Only then is qemu-img
         # measure (one more sandboxed run that reads all allocation metadata) not worth running.
-        with target.os_errors(planned.directory):
-            free = target.free_bytes(planned.directory)
-            block = os.statvfs(planned.directory).f_bsize
+        free, block = _free_space(planned)
         if free >= _raw_data_bound(disk, block):
             return target.Measure(0, 0), disk.virtual_size
         # measure reports a raw file's whole length; the qcow2 measure is what its data takes.
         return qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds), disk.virtual_size
-    needed = qemu_img.measure(disk.spec, out_format, disk.source.pass_fds)
-    return needed, needed.required
+    chosen = FORMATS[out_format]
+    if chosen.measurable:
+        needed = qemu_img.measure(disk.spec, out_format, disk.source.pass_fds)
+        return needed, needed.required
+    return _estimated(disk, write, planned)
+
+
+def _free_space(planned: target.Target) -> tuple[int, int]:
+    with target.os_errors(planned.directory):
+        return target.free_bytes(planned.directory), os.statvfs(planned.directory).f_bsize
+
+
+def _estimated(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> tuple[target.Measure, int]:
+    """The room of a format qemu-img cannot measure (vmdk, vhdx, vpc, vdi, qed, parallels): its `Layout` over the
+    disk's data, counted in the format's units. First from what qemu-img check counted allocated (a raw disk: all
+    of it); where that does not fit, also from a qcow2 measure whose clusters are the format's units (its own
+    metadata, a few clusters, counted as data: a bound too, tighter where small clusters share a unit).
+
+    The file's length is taken as the room: a sparse format's file may be longer, which only a filesystem's
+    limit on a file's length (the probe in `check_room`) would mind.
+    """
+    layout = FORMATS[write.out_format].layout_of(write.compressed)
+    size = disk.virtual_size
+    cheap = layout.room(size, data_bound(size, layout.unit, disk.allocation))
+    if _free_space(planned)[0] >= cheap:
+        return target.Measure(cheap, layout.room(size, size)), cheap
+    # qcow2's clusters: 512 bytes to 2 MiB, as every unit of the table is. Both are bounds: the lesser holds.
+    data = qemu_img.measure(disk.spec, "qcow2", disk.source.pass_fds, (f"cluster_size={layout.unit}",)).required
+    needed = min(cheap, layout.room(size, data))
+    return target.Measure(needed, layout.room(size, size)), needed
 
 
 def _check_room(disk: OpenedDisk, write: WriteRequest, planned: target.Target) -> None:
-    needed, length = _room_needed(disk, write.out_format, planned)
+    needed, length = _room_needed(disk, write, planned)
     target.check_room(planned, disk.virtual_size, needed, length)
 
 

@@ -24,7 +24,7 @@ from cdisk.core.engines import choice
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import BusyError, TargetError
 from cdisk.core.progress import Progress
-from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest
+from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest, check_write
 
 RECORD_SUFFIX = ".cdisk.json"
 LOCK_SUFFIX = ".cdisk.lock"
@@ -223,6 +223,7 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         CdiskError: anything else; the previous target and its record are then untouched.
     """
     started = time.monotonic()
+    check_write(image.reference, write)  # before the target, the lock or any lookup: as convert does
     _refuse_device(write.target)
     planned = target.plan_target(write.target, True, write.out_format)  # replacing is what refresh is for
     path = planned.path

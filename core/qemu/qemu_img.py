@@ -16,6 +16,7 @@ from cdisk.core import processes
 from cdisk.core.errors import LimitExceeded, ToolError, UnsafeImageError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import sandbox
+from cdisk.core.qemu.output_formats import FORMATS
 from cdisk.core.target import Measure
 
 SECTOR = 512
@@ -223,9 +224,13 @@ def check(spec: str, pass_fds: Sequence[int] = ()) -> int | None:
                            "may be damaged: rebuild or re-pull it")
 
 
-def measure(spec: str, out_format: str, pass_fds: Sequence[int] = ()) -> Measure:
-    """`qemu-img measure` of the disk converted to `out_format` (uncompressed: a safe upper bound)."""
-    code, out, err, ran = _inspect("measure", ["measure", "--output=json", "-O", out_format, spec], spec, pass_fds)
+def measure(spec: str, out_format: str, pass_fds: Sequence[int] = (), options: Sequence[str] = ()) -> Measure:
+    """`qemu-img measure` of the disk converted to `out_format` with `-o options` (uncompressed: a safe upper bound).
+
+    Only raw, qcow2 and luks can be measured; `output_formats.Layout` bounds the others from a qcow2 measure.
+    """
+    argv = ["measure", "--output=json", "-O", out_format, *(["-o", ",".join(options)] if options else []), spec]
+    code, out, err, ran = _inspect("measure", argv, spec, pass_fds)
     if code != 0:
         raise _failure("measure", ran, code, err)
     try:
@@ -281,7 +286,8 @@ def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
 
     Measured on a 2-core machine, warm cache, 4 GiB ext4 disks (scripts/bench, qemu-img 7.2):
     - `-W` (out-of-order writes): 8-13 % faster on compressed qcow2, qcow2 and raw sources alike;
-      qemu-img forbids it with `-c`, where compressed clusters must be appended in order.
+      qemu-img forbids it with `-c`, where compressed clusters must be appended in order; and qed's
+      allocation asserts under it (qemu 7.2): qed is written in order.
     - `-m 16` instead of the default 8 coroutines: within noise (-7 % to +18 %): not used.
     - `-C` (copy offload): 1.1× to 5× slower here: not used.
     - `-T none` (O_DIRECT source): 1.3× to 4× slower on a warm cache: not used.
@@ -289,9 +295,18 @@ def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
       durability is bought once at the end instead (target.writing syncs for refresh).
     - `--target-is-zero` with `-n`: only when the operator says a block device reads as zeros
       (a fresh thin LV); qemu-img then skips writing the disk's unallocated areas.
+    - `-o`: the options a VM host expects of the format (`output_formats.FORMATS`); none with `-n`, where
+      qemu-img creates nothing (a block device: raw, which has none).
     """
     argv = ["convert", "-p", "-O", options.out_format]
-    argv.append("-c" if options.compressed else "-W")
+    chosen = FORMATS[options.out_format]
+    create = chosen.create_options(options.compressed) if not options.existing_target else ()
+    if create:
+        argv += ["-o", ",".join(create)]
+    if options.compressed:
+        argv.append("-c")
+    elif chosen.out_of_order:
+        argv.append("-W")
     if options.existing_target:
         # A block device is written in place: qemu-img must not try to create it.
         argv.append("-n")
