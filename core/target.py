@@ -108,9 +108,9 @@ def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = 
     """Check the target before any expensive work.
 
     Raises:
-        TargetError: its directory is missing or not writable, it is a directory, a dangling or looping
-            symlink, it exists without --force, or it is a block device asked to hold a format other
-            than raw.
+        TargetError: its directory is missing or not writable, it is a directory, a character device, FIFO or
+            socket (--force or not), a dangling or looping symlink, it exists without --force, or it is a block
+            device asked to hold a format other than raw.
     """
     absolute = os.path.abspath(path)
     with os_errors(absolute):
@@ -134,17 +134,31 @@ def _plan(absolute: str, force: bool, out_format: str, target_is_zero: bool) -> 
         return Target(resolved, is_block=False)
     if stat.S_ISDIR(mode):
         raise TargetError(f"{absolute} is a directory; give the path of the disk file to write")
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        # Refused at once, --force or not: no switch makes /dev/null, a FIFO or a socket a disk.
+        raise TargetError(f"{absolute} is {_kind(mode)}, not a disk target; write a file or a block device "
+                          "(to try a conversion, write a file and check it with `cdisk verify`)")
     if not force:
-        raise TargetError(f"{absolute} already exists; pass --force to replace it")
+        raise TargetError(f"{absolute} already exists; pass --force to replace it (cdisk's -f is --force; the "
+                          "output format is -O)")
     if stat.S_ISBLK(mode):
         if out_format != "raw":
             raise TargetError(f"{absolute} is a block device, which cdisk writes as raw only; drop -O "
                               f"{out_format} or write to a file")
         return Target(resolved, is_block=True)
-    if not stat.S_ISREG(mode):
-        raise TargetError(f"{absolute} is neither a regular file nor a block device; choose another target")
     _check_writable(os.path.dirname(resolved))
     return Target(resolved, is_block=False)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is neither a regular file, a directory nor a block device is, as `ls -l` tells it."""
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "neither a regular file nor a block device"
 
 
 def names_block_device(path: str) -> bool:

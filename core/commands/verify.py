@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from cdisk.core.disk import formats
+from cdisk.core.errors import UnsafeImageError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import qemu_img
 from cdisk.core.reading.pipeline import opened_disk
@@ -30,13 +32,36 @@ class Verdict:
     method: str
 
 
+# Formats cdisk writes (`-O`) that an image's disk may not be (`formats.detect_format` refuses QED there, and
+# takes a Parallels disk for raw): told apart here, on a target the operator wrote.
+_PARALLELS_MAGICS = (b"WithoutFreeSpace", b"WithouFreSpacExt")
+_QED_MAGIC = b"QED\0"
+_QED_BACKING_FILE = 1  # QED_F_BACKING_FILE in the header's features, at byte 16
+
+
+def _written_format(header: bytes) -> str | None:
+    """qed or parallels when the header is one of theirs (a QED that names a backing file is refused), else None."""
+    if header.startswith(_PARALLELS_MAGICS):
+        return "parallels"
+    if header.startswith(_QED_MAGIC) and len(header) >= 24:
+        if struct.unpack_from("<Q", header, 16)[0] & _QED_BACKING_FILE:
+            raise UnsafeImageError("the target is a QED with a backing file, which cdisk does not open; verify a "
+                                   "self-contained disk")
+        return "qed"
+    return None
+
+
 def _target_format(target: Target) -> str:
     # The target is told by its bytes too: a qcow2 there that names a backing file is refused.
     with os_errors(target.path):
         fd = os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.lseek(fd, 0, os.SEEK_END)
-            return formats.detect_format(lambda offset, length: read_span(fd, 0, size, offset, length))
+
+            def read_at(offset: int, length: int) -> bytes:
+                return read_span(fd, 0, size, offset, length)
+
+            return _written_format(read_at(0, 64)) or formats.detect_format(read_at)
         finally:
             os.close(fd)
 

@@ -112,6 +112,53 @@ def test_a_raw_target_longer_than_the_free_space_needs_room_for_its_data_only(
     assert list(small_fs.iterdir()) == []
 
 
+def test_formats_qemu_img_cannot_measure_are_bounded_before_writing(
+    images: Images, small_fs: Path, tmp_path: Path
+) -> None:
+    # vmdk, vdi, parallels have no qemu-img measure (it fails: exit 7 once): their room is bounded from the data.
+    # 64 MiB, 196 KiB of data: a vmdk fits the 3 MiB filesystem, by qemu-img check's count alone.
+    sparse = images.disk("sparse.qcow2", size="64M")
+    fakes = QemuImgFakes(tmp_path / "bin")
+    result = cdisk("convert", "-q", "-O", "vmdk", "--tmpdir", tmp_path, images.build({"sparse.qcow2": sparse}),
+                   small_fs / "out.vmdk", env=fakes.env)
+    assert result.code == 0, result.err
+    assert same_disk(sparse, "qcow2", small_fs / "out.vmdk", "vmdk")
+    assert "measure" not in fakes.subcommands()
+    (small_fs / "out.vmdk").unlink()
+
+    # 4 KiB in every 4 MiB: 64 KiB of data, but a vdi writes its 1 MiB blocks whole: 16 MiB cannot fit.
+    scattered = tmp_path / "scattered.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", scattered, "64M")
+    sh("qemu-io", "-f", "qcow2", *(a for n in range(16) for a in ("-c", f"write -P 0x55 {n << 22} 4k")), scattered)
+    name = images.build({"scattered.qcow2": scattered})
+    fakes = QemuImgFakes(tmp_path / "bin2")
+    result = cdisk("convert", "-q", "-O", "vdi", "--tmpdir", tmp_path, name, small_fs / "out.vdi", env=fakes.env)
+    assert_one_line_error(result, 6, "free")
+    assert "measure" in fakes.subcommands() and "convert" not in fakes.subcommands()
+    assert list(small_fs.iterdir()) == []
+    # The same data as a vmdk's 64 KiB grains fits.
+    result = cdisk("convert", "-q", "-O", "vmdk", "--tmpdir", tmp_path, name, small_fs / "out.vmdk")
+    assert result.code == 0, result.err
+    assert same_disk(scattered, "qcow2", small_fs / "out.vmdk", "vmdk")
+    (small_fs / "out.vmdk").unlink()
+
+    # parallels: qemu preallocates 128 MiB ahead while it writes (ENOSPC on 3 MiB): refused before it starts.
+    result = cdisk("convert", "-q", "-O", "parallels", "--tmpdir", tmp_path, name, small_fs / "out.hds")
+    assert_one_line_error(result, 6, "free")
+    assert list(small_fs.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "refresh"])
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+def test_dev_null_is_no_target(tmp_path: Path, command: str, force: list[str]) -> None:
+    # Refused at once, before any pull, without first asking for the --force it would then refuse.
+    (tmp_path / "null").symlink_to("/dev/null")
+    for target in ("/dev/null", tmp_path / "null"):
+        result = cdisk(command, *force, "localhost/cdisk-test-absent:1", target)
+        assert_one_line_error(result, 6, f"{target} is a character device, not a disk target; ")
+        assert "cdisk verify" in result.err and "--force" not in result.err
+
+
 def test_file_size_limit_is_refused(images: Images, tmp_path: Path) -> None:
     name = images.build({"disk.qcow2": images.disk(size="64M")})
 

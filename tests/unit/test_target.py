@@ -1,13 +1,15 @@
-"""The target's pure rules: a temp name beside it that stays a legal name, and the one temp-dir rule."""
+"""The target's rules: a temp name beside it that stays a legal name, the one temp-dir rule, and what is no target."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from cdisk.core.target import Target, temp_parent, temp_prefix
+from cdisk.core.errors import TargetError
+from cdisk.core.target import Target, plan_target, temp_parent, temp_prefix
 
 
 @pytest.mark.parametrize(("name", "kept"), [("vm.raw", "vm.raw"), ("x" * 234, "x" * 234), ("x" * 236, "x" * 234),
@@ -31,3 +33,27 @@ def test_one_temp_dir_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert temp_parent(None, None) == "/var/tmp"
     monkeypatch.delenv("TMPDIR")
     assert temp_parent(None, Target("/dev/loop7", is_block=True)) == "/var/tmp"
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_character_device_fifo_or_socket_is_no_target(tmp_path: Path, force: bool) -> None:
+    """/dev/null (or a link to it), a FIFO, a socket: refused at once, --force or not, and --force never offered."""
+    os.mkfifo(tmp_path / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        (tmp_path / "null-link").symlink_to("/dev/null")
+        for path, kind in [("/dev/null", "a character device"), (tmp_path / "null-link", "a character device"),
+                           (tmp_path / "fifo", "a FIFO"), (tmp_path / "sock", "a socket")]:
+            with pytest.raises(TargetError) as refused:
+                plan_target(str(path), force, "raw")
+            assert refused.value.message == (f"{path} is {kind}, not a disk target; write a file or a block device "
+                                             "(to try a conversion, write a file and check it with `cdisk verify`)")
+
+
+def test_an_existing_file_names_force_and_the_output_format(tmp_path: Path) -> None:
+    (tmp_path / "vm.qcow2").write_bytes(b"previous")
+    with pytest.raises(TargetError) as refused:
+        plan_target(str(tmp_path / "vm.qcow2"), False, "qcow2")
+    assert refused.value.message == (f"{tmp_path}/vm.qcow2 already exists; pass --force to replace it (cdisk's -f "
+                                     "is --force; the output format is -O)")
+    assert plan_target(str(tmp_path / "vm.qcow2"), True, "qcow2") == Target(str(tmp_path / "vm.qcow2"), False)
