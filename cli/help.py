@@ -208,6 +208,17 @@ def _what_is_wanted(argtype: Any, why: str) -> str:
     return why.splitlines()[0] if why else "not a valid value"
 
 
+def _format_after_force(swfuncs: Any, tailargs: Sequence[str]) -> str | None:
+    """`-f qcow2` where a qemu-img user typed qemu-img's -f FMT: cdisk's -f (--force) was given and an argument
+    is a format's name. Told with the error of the argument it left over."""
+    if not any(parsed.swname in ("-f", "--force") for parsed in swfuncs.values()):
+        return None
+    from cdisk.core.qemu.output_formats import is_format_name
+
+    named = [word for word in tailargs if is_format_name(word)]
+    return f"-f {named[0]}" if named else None
+
+
 class Command(cli.Application):
     """The base of every cdisk command: cdisk's help, and usage errors as `UsageError`s."""
 
@@ -331,6 +342,11 @@ class Command(cli.Application):
                 missing = " and ".join(required[len(tailargs):])
                 self.usage_error(f"{missing} missing", f"usage: {usage}")
             extra = tailargs[len(wanted):] if len(tailargs) > len(wanted) else tailargs
+            slip = _format_after_force(swfuncs, tailargs)
+            if extra and slip:
+                self.usage_error(f"too many arguments: {' '.join(map(repr, extra))}",
+                                 f"cdisk's -f is --force, not qemu-img's -f FMT (the disk's own format is read from "
+                                 f"the image; the output format is -O FMT): drop {slip}")
             self.usage_error(f"too many arguments: {' '.join(map(repr, extra))}" if extra else "wrong arguments",
                              f"usage: {usage}")
         given = {func: parsed.swname for func, parsed in swfuncs.items()}

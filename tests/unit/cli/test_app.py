@@ -34,6 +34,11 @@ def refused(*argv: str, app: type[cli.Application] = CDisk) -> str:
     (["convert", "IMG"], "TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["convert"], "IMAGE and TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["verify", "IMG", "T", "more"], "too many arguments: 'more'; usage: cdisk verify [SWITCHES] IMAGE TARGET"),
+    # qemu-img's habit `-f qcow2` meets cdisk's -f (--force): the left-over argument is told with the slip.
+    (["convert", "-f", "qcow2", "IMG", "T"],
+     "too many arguments: 'T'; cdisk's -f is --force, not qemu-img's -f FMT (the disk's own format is read from the "
+     "image; the output format is -O FMT): drop -f qcow2"),
+    (["convert", "-f", "IMG", "T", "U"], "too many arguments: 'U'; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["convert", "IMG", "T", "--pull"], "--pull needs a value; see `cdisk convert --help`"),
     (["convert", "--force", "-f", "IMG", "T"], "--force given twice; give it once"),
     (["convert", "--quiet=yes", "IMG", "T"], "--quiet takes no value; see `cdisk convert --help`"),
