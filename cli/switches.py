@@ -61,7 +61,15 @@ class DiskSwitches(ImageSwitches):
         return ReadRequest(Method(str(self.method)), self.disk_path, super().read_request().tmpdir)
 
 
-class WriteSwitches(DiskSwitches):
+class TargetSwitches(DiskSwitches):
+    """Switches of every command that reads the image's disk beside a TARGET (convert, refresh, verify)."""
+
+    tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None, argname="DIR",
+                            help="Where temporary copies go: the save method's layers, a compressed layer's "
+                                 "disk (default: beside a file TARGET, else $TMPDIR, else /var/tmp)")
+
+
+class WriteSwitches(TargetSwitches):
     """Switches of every command that writes TARGET."""
 
     out_format = cli.SwitchAttr(["-O", "--output-format"], str, default="raw",
@@ -73,9 +81,6 @@ class WriteSwitches(DiskSwitches):
 
     no_reflink = cli.Flag(["--no-reflink"], help="Never clone the store's file into TARGET (XFS, btrfs): always "
                                                  "convert with qemu-img")
-    tmpdir = cli.SwitchAttr(["--tmpdir"], cli.ExistingDirectory, default=None, argname="DIR",
-                            help="Where temporary copies go: the save method's layers, a compressed layer's "
-                                 "disk (default: beside a file TARGET, else $TMPDIR, else /var/tmp)")
 
     def write_request(self, target: str, keep: int = 0, durable: bool = False,
                       target_is_zero: bool = False) -> WriteRequest:

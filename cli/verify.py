@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cdisk.cli.output import report
-from cdisk.cli.switches import DiskSwitches
+from cdisk.cli.switches import TargetSwitches
 from cdisk.core.errors import EXIT_DIFFERENT, EXIT_OK
 from cdisk.core.progress import Progress
 
@@ -20,7 +20,7 @@ def summary(verdict: Verdict) -> str:
             f"from offset {verdict.first_difference}")
 
 
-class Verify(DiskSwitches):
+class Verify(TargetSwitches):
     """Check that TARGET holds exactly the disk of IMAGE (exit 0), or say where it first differs (exit 8)."""
 
     def main(self, image: str, target: str) -> int:

@@ -82,7 +82,12 @@ def test_defaults_and_metavars_read_as_an_operator_writes_them() -> None:
     convert = help_text(app("convert"), width=200)
     assert re.search(r"^  -O, --output-format FORMAT +Format of TARGET.*\(default: raw\)", convert, re.MULTILINE)
     assert re.search(r"^      --engine \{auto,podman,docker\}( |$)", convert, re.MULTILINE)
-    assert re.search(r"^      --tmpdir DIR +.*beside a file TARGET", convert, re.MULTILINE)
+    # Temporary copies go beside TARGET for the commands that have one (verify too), never for ls or serve.
+    for command in ("convert", "refresh", "verify"):
+        assert re.search(r"^      --tmpdir DIR +.*beside a file TARGET", help_text(app(command), width=200),
+                         re.MULTILINE), command
+    for command in ("ls", "serve"):
+        assert "beside a file TARGET" not in help_text(app(command), width=200), command
     assert re.search(r"^      --target-is-zero +.*\(with --force\)$", convert, re.MULTILINE)
 
 
