@@ -41,7 +41,7 @@ TOOLS = {"podman": "podman", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", 
          "qemu-storage-daemon": "qemu-system-common", "nbdinfo": "libnbd-bin",
          "bwrap": "bubblewrap",
          "docker-registry": "docker-registry", "docker": "docker.io", "dockerd": "docker.io", "skopeo": "skopeo",
-         "go-md2man": "go-md2man", "zsh": "zsh", "fish": "fish"}
+         "go-md2man": "go-md2man", "zsh": "zsh", "fish": "fish", "man": "man-db", "groff": "groff-base"}
 # Set (to anything but 0) by scripts/test: there a missing tool is a broken setup, never a reason to skip.
 REQUIRE_TOOLS = "CDISK_REQUIRE_TOOLS"
 
@@ -54,6 +54,16 @@ def missing_tools(tools: Iterable[str]) -> list[str]:
 def tools_required() -> bool:
     """Whether this run must have every tool (scripts/test), rather than skip the tests of a missing one."""
     return os.environ.get(REQUIRE_TOOLS, "") not in ("", "0")
+
+
+def tool_or_skip(tool: str) -> str:
+    """`tool`'s path; a missing one skips the test, or fails it under scripts/test (whose setup installs it)."""
+    path = shutil.which(tool)
+    if path is None:
+        if tools_required():
+            pytest.fail(f"{tool} is not installed: scripts/setup installs {TOOLS[tool]} with CDISK_SETUP_TEST=1")
+        pytest.skip(skip_reason([tool]))
+    return path
 
 
 def skip_reason(tools: list[str]) -> str:

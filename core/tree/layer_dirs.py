@@ -138,25 +138,7 @@ class LayerDirsTree:
         return member_from_stat(name, st, link, layer)
 
     def children(self, path: str) -> list[str]:
-        parts = split_path(path)
-        directories = self._directories(parts)
-        names: set[str] = set()
-        hidden: set[str] = set()
-        try:
-            for _, fd in directories:
-                for name in os.listdir(fd):
-                    if name.startswith(WHITEOUT_PREFIX):
-                        raise LayerDirsUnusable(f"/{'/'.join([*parts, name])} is an AUFS-style whiteout")
-                    if name in names or name in hidden:
-                        continue
-                    whiteout = _is_whiteout(os.stat(name, dir_fd=fd, follow_symlinks=False))
-                    (hidden if whiteout else names).add(name)
-        except OSError as error:
-            raise self._unreadable("/".join(parts), error) from None
-        finally:
-            for _, fd in directories:
-                os.close(fd)
-        return sorted(names)
+        return [member.path.rpartition("/")[2] for member in self.members(path)]
 
     def members(self, path: str) -> list[LayerMember]:
         parts = split_path(path)

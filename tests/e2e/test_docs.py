@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.docs import COMMANDS, MAN, ROOT
-from tests.helpers import tools_required
+from tests.helpers import tool_or_skip
 
 README = ROOT / "README.md"
-
-
-def tool_or_skip(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if tools_required():
-            pytest.fail(f"{tool} is not installed: scripts/setup installs {package}")
-        pytest.skip(f"{tool} not installed (apt-get install {package}, or run scripts/setup)")
-    return path
 
 
 def test_readme_is_a_front_page_of_at_most_200_lines() -> None:
@@ -57,8 +47,8 @@ def test_ci_runs_the_readme_test_command_unchanged() -> None:
 
 
 def test_man_pages_install_where_man_finds_them_from_path(tmp_path: Path) -> None:
-    tool_or_skip("go-md2man", "go-md2man")
-    man = tool_or_skip("man", "man-db")
+    tool_or_skip("go-md2man")
+    man = tool_or_skip("man")
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"  # this venv's, by a wrapper: a symlink would lose its pyvenv.cfg
@@ -85,8 +75,8 @@ def test_man_pages_install_where_man_finds_them_from_path(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("page", sorted(MAN.glob("*.md")), ids=lambda p: p.name)
 def test_man_page_renders_without_a_warning(page: Path) -> None:
-    converter = tool_or_skip("go-md2man", "go-md2man")
-    groff = tool_or_skip("groff", "groff-base")
+    converter = tool_or_skip("go-md2man")
+    groff = tool_or_skip("groff")
     roff = subprocess.run([converter, "-in", str(page)], capture_output=True, check=True).stdout
     rendered = subprocess.run([groff, "-k", "-man", "-Tutf8", "-ww", "-rLL=100n"], input=roff, capture_output=True,
                               check=True, env={**os.environ, "LC_ALL": "C.UTF-8"})

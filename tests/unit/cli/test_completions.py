@@ -3,7 +3,6 @@ completes what `cdisk X --help` shows, and completes subcommands, switches, choi
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from plumbum import cli
 
 from cdisk.cli import completions
 from tests.docs import COMMANDS, help_switches
-from tests.helpers import tools_required
+from tests.helpers import tool_or_skip, tools_required
 
 
 def generated(shell: str) -> str:
@@ -21,16 +20,6 @@ def generated(shell: str) -> str:
                             check=False)
     assert result.returncode == 0 and not result.stderr, result.stderr
     return result.stdout
-
-
-def shell_or_skip(shell: str) -> str:
-    """The shell's path; a missing shell skips the test (fails it under scripts/test, which installs it)."""
-    path = shutil.which(shell)
-    if path is None:
-        if tools_required():
-            pytest.fail(f"{shell} is not installed: scripts/setup installs it with CDISK_SETUP_TEST=1")
-        pytest.skip(f"{shell} not installed (apt-get install {shell}, or run scripts/test)")
-    return path
 
 
 def test_usage_error_without_a_known_shell() -> None:
@@ -119,7 +108,7 @@ def test_bash_completion_loads_from_where_setup_installs_it(tmp_path: Path) -> N
 
 
 def test_zsh_script_parses_and_registers_for_cdisk(tmp_path: Path) -> None:
-    zsh = shell_or_skip("zsh")
+    zsh = tool_or_skip("zsh")
     (tmp_path / "_cdisk").write_text(generated("zsh"))
     subprocess.run([zsh, "-n", str(tmp_path / "_cdisk")], check=True)
     program = (f"fpath=({tmp_path} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/dump; "
@@ -137,7 +126,7 @@ def _fish_completes(fish: str, script: Path, line: str) -> list[str]:
 
 
 def test_fish_completes_subcommands_switches_choices_and_paths(tmp_path: Path) -> None:
-    fish = shell_or_skip("fish")
+    fish = tool_or_skip("fish")
     script = tmp_path / "cdisk.fish"
     script.write_text(generated("fish"))
     subprocess.run([fish, "--no-execute", str(script)], check=True)
