@@ -528,7 +528,8 @@ def test_a_signal_while_decompressing_leaves_nothing(tmp_path: Path, signum: int
     source = image_file("oci", tmp_path, [b"".join(parts)])
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "convert", source, out / "vm.raw"],
+    # -v: the step lines (shown piped only with it) say when decompressing has begun
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "convert", "-v", source, out / "vm.raw"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
