@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -85,6 +86,17 @@ def _follow(link: str) -> tuple[str, int]:
     return os.path.realpath(link), mode
 
 
+# registry[:port]/repository:tag or @digest, the registry named as such (a dot, a port, or localhost): a path
+# of that shape is far likelier an image name than a file an operator means to write (`out.d/vm.raw`, with no
+# tag, is a path).
+_IMAGE_NAME = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)+(?::[0-9]+)?|[a-z0-9.-]+:[0-9]+|localhost)"
+                         r"/[a-z0-9._/-]+(?::[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})")
+
+
+def _names_an_image(path: str) -> bool:
+    return bool(_IMAGE_NAME.fullmatch(path))
+
+
 def _check_directory(directory: str) -> None:
     try:
         mode = os.stat(directory).st_mode
@@ -113,8 +125,16 @@ def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = 
             device asked to hold a format other than raw.
     """
     absolute = os.path.abspath(path)
-    with os_errors(absolute):
-        return _plan(absolute, force, out_format, target_is_zero)
+    try:
+        with os_errors(absolute):
+            return _plan(absolute, force, out_format, target_is_zero)
+    except TargetError:
+        directory = os.path.dirname(absolute)
+        if not os.path.isdir(directory) and _names_an_image(path):
+            # `cdisk convert fedora.raw quay.io/containerdisks/fedora:40`: the two arguments swapped.
+            raise TargetError(f"TARGET {path} reads as an image name, and {directory} does not exist; IMAGE "
+                              "comes first, then TARGET") from None
+        raise
 
 
 def _plan(absolute: str, force: bool, out_format: str, target_is_zero: bool) -> Target:

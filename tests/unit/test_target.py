@@ -57,3 +57,25 @@ def test_an_existing_file_names_force_and_the_output_format(tmp_path: Path) -> N
     assert refused.value.message == (f"{tmp_path}/vm.qcow2 already exists; pass --force to replace it (cdisk's -f "
                                      "is --force; the output format is -O)")
     assert plan_target(str(tmp_path / "vm.qcow2"), True, "qcow2") == Target(str(tmp_path / "vm.qcow2"), False)
+
+
+@pytest.mark.parametrize("name", ["quay.io/containerdisks/fedora:40", "localhost/vm:1", "127.0.0.1:5000/vm@sha256:"
+                                  + "a" * 64, "registry.example.com:443/a/b/c:v1.2"])
+def test_an_image_name_as_target_says_the_arguments_are_swapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TargetError) as refused:
+        plan_target(name, False, "raw")
+    directory = os.path.dirname(str(tmp_path / name))
+    assert refused.value.message == (f"TARGET {name} reads as an image name, and {directory} does not exist; IMAGE "
+                                     "comes first, then TARGET")
+
+
+@pytest.mark.parametrize("path", ["vms/fedora.raw", "out.d/vm.raw", "fedora/40:x", "quay.io/containerdisks/fedora"])
+def test_a_missing_directory_of_a_path_is_only_that(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    path: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TargetError) as refused:
+        plan_target(path, False, "raw")
+    assert refused.value.message == (f"{os.path.dirname(str(tmp_path / path))} does not exist; create it or choose "
+                                     "another target")
