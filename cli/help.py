@@ -325,6 +325,11 @@ class Command(cli.Application):
         if switch is None:  # no switch named: plumbum's own words are all there is (first line only)
             self.usage_error(str(error).splitlines()[0] if str(error) else "the switches are wrong")
         if isinstance(error, UnknownSwitch):
+            commands = getattr(self, "_subcommands", {})
+            command = next((word for word in given if word in commands), None)
+            if command is not None:  # `cdisk -q convert …`: a command's switch before the command
+                self.usage_error(f"unknown switch {switch} before the command",
+                                 f"a command's switches go after it: cdisk {command} {switch} …")
             self.usage_error(f"unknown switch {switch}")
         if isinstance(error, MissingArgument):
             self.usage_error(f"{switch} needs a value")
