@@ -208,6 +208,11 @@ def _what_is_wanted(argtype: Any, why: str) -> str:
     return why.splitlines()[0] if why else "not a valid value"
 
 
+def _takes(app: Any, switch: str) -> bool:
+    """Whether the application `app` has the switch `switch` (-q, --json)."""
+    return switch.lstrip("-") in getattr(app, "_switches_by_name", {})
+
+
 def _format_after_force(swfuncs: Any, tailargs: Sequence[str]) -> str | None:
     """`-f qcow2` where a qemu-img user typed qemu-img's -f FMT: cdisk's -f (--force) was given and an argument
     is a format's name. Told with the error of the argument it left over."""
@@ -327,7 +332,8 @@ class Command(cli.Application):
         if isinstance(error, UnknownSwitch):
             commands = getattr(self, "_subcommands", {})
             command = next((word for word in given if word in commands), None)
-            if command is not None:  # `cdisk -q convert …`: a command's switch before the command
+            if command is not None and _takes(commands[command].get()(f"cdisk {command}"), switch):
+                # `cdisk -q convert …`: a command's switch before the command
                 self.usage_error(f"unknown switch {switch} before the command",
                                  f"a command's switches go after it: cdisk {command} {switch} …")
             self.usage_error(f"unknown switch {switch}")

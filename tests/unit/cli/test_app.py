@@ -33,7 +33,6 @@ def refused(*argv: str, app: type[cli.Application] = CDisk) -> str:
     (["convert", "-x", "IMG", "T"], "unknown switch -x; see `cdisk convert --help`"),
     (["-q", "convert", "IMG", "T"],
      "unknown switch -q before the command; a command's switches go after it: cdisk convert -q …"),
-    (["--bogus"], "unknown switch --bogus; see `cdisk --help`"),
     (["convert", "IMG"], "TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["convert"], "IMAGE and TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["verify", "IMG", "T", "more"], "too many arguments: 'more'; usage: cdisk verify [SWITCHES] IMAGE TARGET"),
