@@ -71,6 +71,10 @@ def _switch(info: object, live: list[str]) -> Switch:
         value = ""
     elif isinstance(argtype, cli.Set):
         value, choices = "choice", tuple(str(v) for v in argtype.values if isinstance(v, str))
+    elif "--output-format" in names:  # a string to plumbum, so that core words a refusal (luks, qcow) by name
+        from cdisk.core.qemu.output_formats import FORMATS
+
+        value, choices = "choice", tuple(FORMATS)
     elif argtype in _DIRECTORY_TYPES:
         value = "directory"
     elif argtype in _FILE_TYPES or set(names) & HOST_FILES:

@@ -84,6 +84,7 @@ def test_bash_completes_subcommands_switches_choices_and_paths(tmp_path: Path) -
     assert _bash_completes(script, "cdisk", "convert", "--eng") == ["--engine"]
     assert _bash_completes(script, "cdisk", "convert", "--engine", "") == ["auto", "podman", "docker"]
     assert _bash_completes(script, "cdisk", "refresh", "--pull", "=", "ne") == ["never", "newer"]
+    assert _bash_completes(script, "cdisk", "convert", "-O", "v") == ["vmdk", "vhdx", "vpc", "vdi"]
     assert _bash_completes(script, "cdisk", "serve", "--socket-m") == ["--socket-mode"]
     assert _bash_completes(script, "cdisk", "convert", "IMAGE", f"{tmp_path}/di") == [f"{tmp_path}/dir",
                                                                                        f"{tmp_path}/disk.qcow2"]
