@@ -17,7 +17,7 @@ from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import TargetError, ToolError, UserNamespaceUnavailable
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import qemu_img
-from cdisk.core.qemu.output_formats import FORMATS, data_bound
+from cdisk.core.qemu.output_formats import FORMATS, data_bound, suffix_mismatch
 from cdisk.core.reading import userns
 from cdisk.core.reading.methods import choose_reading, falling_back
 from cdisk.core.reading.pipeline import OpenedDisk, opened_disk, resolve
@@ -66,6 +66,9 @@ def convert(image: ImageRequest, read: ReadRequest, write: WriteRequest, progres
     """
     started = time.monotonic()
     check_write(image.reference, write)  # a format qemu-img cannot write costs no pull either
+    mismatch = suffix_mismatch(write.target, write.out_format)
+    if mismatch:
+        progress.warn(mismatch)
     planned = target.plan_target(write.target, write.force, write.out_format, write.target_is_zero)
     found = resolve(image, progress)[1]
     written = write_disk(found, read, write, planned, progress)

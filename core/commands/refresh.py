@@ -24,6 +24,7 @@ from cdisk.core.engines import choice
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import BusyError, TargetError
 from cdisk.core.progress import Progress
+from cdisk.core.qemu.output_formats import suffix_mismatch
 from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest, check_write
 
 RECORD_SUFFIX = ".cdisk.json"
@@ -224,6 +225,9 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
     """
     started = time.monotonic()
     check_write(image.reference, write)  # before the target, the lock or any lookup: as convert does
+    mismatch = suffix_mismatch(write.target, write.out_format)
+    if mismatch:
+        progress.warn(mismatch)
     _refuse_device(write.target)
     planned = target.plan_target(write.target, True, write.out_format)  # replacing is what refresh is for
     path = planned.path

@@ -146,6 +146,22 @@ _NOT_FORMATS = frozenset({
 _COMPRESSIBLE = tuple(f.name for f in FORMATS.values() if f.compressed is not None)
 
 
+# What a file's suffix says its format is, as VM hosts name them (.vhd is qemu's vpc; .img says nothing).
+_SUFFIXES = {".raw": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhdx": "vhdx", ".vhd": "vpc", ".vdi": "vdi",
+             ".qed": "qed", ".hds": "parallels"}
+
+
+def suffix_mismatch(target: str, name: str) -> str | None:
+    """A warning when TARGET's suffix names another format than `-O name` writes (`vm.qcow2` written raw: -O
+    was forgotten); None where the suffix says nothing or agrees."""
+    suffix = target[target.rfind("."):].lower() if "." in target.rpartition("/")[2] else ""
+    named = _SUFFIXES.get(suffix)
+    if named is None or named == name:
+        return None
+    return (f"TARGET {target} is named {suffix}, but the output format is {name}: writing {name} (for {named}, "
+            f"pass -O {named})")
+
+
 def choices() -> str:
     """The formats cdisk writes, as a message lists them."""
     return ", ".join(NAMES)

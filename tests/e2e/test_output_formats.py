@@ -139,3 +139,14 @@ def test_a_file_named_like_a_format_is_written_as_dot_slash(image: tuple[str, Pa
     assert result.code == 0, result.err
     assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", disk, tmp_path / "qcow2",
               check=False).returncode == 0
+
+
+def test_a_target_named_for_another_format_is_written_as_asked_with_a_warning(image: tuple[str, Path],
+                                                                              tmp_path: Path) -> None:
+    name, disk = image
+    target = tmp_path / "vm.qcow2"
+    result = cdisk("convert", name, target)  # -O forgotten: raw, as qemu-img convert would write it
+    assert result.code == 0, result.err
+    assert result.err == (f"cdisk: warning: TARGET {target} is named .qcow2, but the output format is raw: writing "
+                          "raw (for qcow2, pass -O qcow2)\n")
+    assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0

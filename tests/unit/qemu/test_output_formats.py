@@ -132,3 +132,15 @@ def test_the_room_bound_holds_for_real_conversions(tmp_path: Path, pattern: str,
         assert taken <= cheap, (name, compress, taken, cheap)
         assert taken <= layout.room(size, measured), (name, compress, taken, measured)
         out.unlink()
+
+
+def test_a_target_named_for_another_format_is_warned_about() -> None:
+    from cdisk.core.qemu.output_formats import suffix_mismatch
+
+    assert suffix_mismatch("/srv/vm.qcow2", "raw") == ("TARGET /srv/vm.qcow2 is named .qcow2, but the output format "
+                                                       "is raw: writing raw (for qcow2, pass -O qcow2)")
+    assert suffix_mismatch("vm.VHD", "raw") == "TARGET vm.VHD is named .vhd, but the output format is raw: writing " \
+                                               "raw (for vpc, pass -O vpc)"
+    for target, name in [("vm.qcow2", "qcow2"), ("vm.img", "raw"), ("vm.img", "qcow2"), ("/dev/sdb", "raw"),
+                         ("/srv/vm.d/disk", "vmdk"), ("vm", "raw"), ("vm.vhd", "vpc"), ("vm.raw", "raw")]:
+        assert suffix_mismatch(target, name) is None, (target, name)
