@@ -355,6 +355,26 @@ def run_layout(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | Non
     return _interleaved(commands, rounds, target)
 
 
+LS_CASES = {"ls-raw": "raw", "ls-qcow2": "qcow2"}
+
+
+def run_ls(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | None) -> dict[str, object]:
+    """`cdisk ls` of the case's containerDisk, read in place, against the floor an operator has without it
+    (`podman image mount`, `find` of the big files, unmount) and against `--method save` (what ls did before it
+    read in place: a copy of every layer)."""
+    image, _ = build_case(LS_CASES[name], fs)
+    commands = {
+        "floor": ["bash", "-c", f'root=$(podman image mount {image}); find "$root" -type f -size +1M; '
+                                f"podman image unmount {image} >/dev/null"],
+        "cdisk ls": [CDISK, "ls", image],
+        "cdisk ls --method save": [CDISK, "ls", "--method", "save", image],
+    }
+    if baseline:
+        label, old = baseline
+        commands[f"cdisk ls@{label}"] = [old, *commands["cdisk ls"][1:]]
+    return _interleaved(commands, rounds, None)
+
+
 SERVE_CASES = {"serve-raw": "raw", "serve-qcow2": "qcow2"}
 
 
@@ -589,6 +609,9 @@ def main() -> None:
                 continue
             if name in LAYOUT_CASES:
                 results["cases"][name] = run_layout(name, fs, args.rounds, baseline)  # type: ignore[index]
+                continue
+            if name in LS_CASES:
+                results["cases"][name] = run_ls(name, fs, args.rounds, baseline)  # type: ignore[index]
                 continue
             if name == "reflink-xfs":
                 results["cases"][name] = run_reflink(fs, args.rounds)  # type: ignore[index]
