@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import replace
+from typing import BinaryIO
 
-from cdisk.core.engines.common import is_reference, looks_like_id
+from cdisk.core.engines.common import has_registry, is_reference, looks_like_id
 from cdisk.core.engines.seam import AUTO, FILE_TRANSPORTS, NAMES, Engine, Image
-from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
+from cdisk.core.errors import ImageError, LayerRefused, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -116,8 +117,14 @@ def _prepared(request: ImageRequest) -> tuple[ImageRequest, str, str]:
     """The request with its transport resolved and its platform normal; the local store's transport it names
     ("" for none); and the usage error for a path IMAGE to raise where no store holds an image of its name ("")."""
     local = next((prefix for prefix in _LOCAL_STORES if request.reference.startswith(prefix)), "")
+    store = next((prefix for prefix in _STORES if request.reference.startswith(prefix)), "")
     bare = request.engine != "file" and not request.reference.startswith((*FILE_TRANSPORTS, *_STORES))
+    if bare and not request.reference:
+        raise UsageError("IMAGE is empty; name an image (name[:tag], name@digest or an ID), or an image file with "
+                         "its transport (oci:DIR, oci-archive:FILE, docker-archive:FILE)")
     request = _transport(request)
+    if store:
+        _check_name(store, request.reference)
     if local and request.pull is Pull.ALWAYS:
         raise UsageError(f"{local}{request.reference} names an image in {request.engine}'s store, which cdisk never "
                          f"pulls; drop --pull always, or write docker://{request.reference} to pull it")
@@ -130,6 +137,16 @@ def _prepared(request: ImageRequest) -> tuple[ImageRequest, str, str]:
     if no_name:  # no store can hold it: told before any engine is asked
         raise UsageError(path)
     return request, local, path
+
+
+def _check_name(transport: str, name: str) -> None:
+    """Refuse what follows a store's transport unless it can name an image: the engines would read a name that
+    begins with `-` as an option, and nothing else they could take is no name either."""
+    if not name:
+        raise UsageError(f"{transport} names no image; write {transport}NAME[:TAG]")
+    if not is_reference(name):
+        raise UsageError(f"{name[:200]} (after {transport}) is no image name (name[:tag], name@digest or an ID); "
+                         "check it")
 
 
 def _serves(image: Image, wanted: str) -> bool:
@@ -266,6 +283,9 @@ def _pull_failed(failed: PullFailed, request: ImageRequest, looked_in: list[str]
         todo = f"check the name, or log in (`{tool} login`) and try again"
     elif present:
         todo = "check the registry, or use the local image (--pull missing)"
+    elif not has_registry(reference):  # a short name: `pull` of it resolves it as this pull did, and fails alike
+        todo = (f"check the name ({_listed(looked_in)}), or name it in full with its registry "
+                "(registry/repository:tag)")
     else:
         todo = f"check the name ({_listed(looked_in)}), or pull it (`{tool} pull {reference}`)"
     if present:
@@ -296,6 +316,13 @@ def _path_given(reference: str, no_name: bool) -> str:
             return f"{looks} oci:{reference} (an OCI layout)?"
         return "" if not no_name else (f"{reference} is a directory without an OCI layout (no oci-layout, no "
                                        "index.json), not an image name; name an image, or a layout as oci:DIR")
+    if no_name and stat.S_ISBLK(mode):
+        return (f"{reference} is a block device, not an image; cdisk reads container images: to make one of the "
+                "disk on it, copy it to a file (qemu-img convert) and run `cdisk build FILE NAME`")
+    if no_name and not stat.S_ISREG(mode):
+        kind = "character device" if stat.S_ISCHR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "socket"
+        return (f"{reference} is a {kind}, not an image; cdisk reads container images: name one (name[:tag]), or "
+                "an image file with its transport (oci:DIR, oci-archive:FILE, docker-archive:FILE)")
     kinds = _file_kinds(reference) if stat.S_ISREG(mode) else set()
     if "disk" in kinds:
         return (f"{reference} is a disk image file, not a container image; convert it with qemu-img, or make a "
@@ -309,10 +336,45 @@ def _path_given(reference: str, no_name: bool) -> str:
     return f"{looks} oci-archive:{reference} or docker-archive:{reference}?"
 
 
+# What a file given as IMAGE is read for, at most: headers (and the PAX and GNU long-name headers before them) up to
+# these bounds, never a member's data. A real archive names what it is within them (the old `docker save` of a
+# many-layer image puts manifest.json after four entries a layer); a crafted one costs no more than them.
+_KIND_HEADERS = 1000
+_KIND_BYTES = 4 << 20
+
+
+class _Heads:
+    """An image file read forward for its tar headers only (`tar_headers.Stream`): a member's data skipped by
+    seeking, and reads stopped once `_KIND_BYTES` are spent, which reads as the end of the file."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self.file, self.size, self.position, self.spent = file, size, 0, 0
+
+    def read(self, length: int) -> bytes:
+        if self.spent + length > _KIND_BYTES:
+            return b""
+        self.spent += length
+        data = self.file.read(length)
+        self.position += len(data)
+        return data
+
+    def skip_to(self, position: int) -> bool:
+        if position > self.size:
+            return False
+        if position != self.position:
+            self.file.seek(position)
+            self.position = position
+        return True
+
+    def at_end(self) -> bool:
+        return self.position >= self.size
+
+
 def _file_kinds(path: str) -> set[str]:
     """What the file at `path` is, from its first bytes and tar members: {"oci-archive", "docker-archive"} (both
-    for a docker save of docker 25+), {"disk"}, or none known."""
-    import tarfile
+    for a docker save of docker 25+), {"disk"}, or none known. Its headers are read as an image file's are
+    (`tar_headers.read_entries`), up to the first one that reader refuses: what came before it still counts."""
+    from cdisk.core.tar_headers import read_entries
 
     kinds: set[str] = set()
     try:
@@ -320,17 +382,14 @@ def _file_kinds(path: str) -> set[str]:
             if file.read(8).startswith(_DISK_MAGIC):
                 return {"disk"}
             file.seek(0)
-            with tarfile.open(fileobj=file, mode="r:") as archive:
-                for _ in range(1000):  # headers only: the data between them is skipped
-                    member = archive.next()
-                    if member is None:
-                        break
-                    name = member.name.removeprefix("./")
-                    if name in ("oci-layout", "index.json"):
-                        kinds.add("oci-archive")
-                    elif name == "manifest.json":
-                        kinds.add("docker-archive")
-    except (OSError, tarfile.TarError, ValueError):
+            entries = read_entries(_Heads(file, os.fstat(file.fileno()).st_size), None)
+            for _, entry in zip(range(_KIND_HEADERS), entries, strict=False):
+                name = entry.name.removeprefix("./")
+                if name in ("oci-layout", "index.json"):
+                    kinds.add("oci-archive")
+                elif name == "manifest.json":
+                    kinds.add("docker-archive")
+    except (OSError, ValueError, LayerRefused):
         pass
     return kinds
 

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.engine_fakes import RecordingEngine
-from tests.helpers import assert_one_line_error, cdisk, same_disk
-from tests.images import Entry, docker_archive, layer_tar, one_disk_layout, tar_file
+from tests.helpers import Run, assert_one_line_error, cdisk, same_disk
+from tests.images import Entry, docker_archive, layer_tar, one_disk_layout, tar_file, tar_header
 
 pytestmark = pytest.mark.needs("podman")
 
@@ -33,6 +35,20 @@ def test_a_name_in_no_store_says_so_before_why_the_pull_failed(tmp_path: Path, n
     assert_one_line_error(result, 3, f"{name} is not in podman's store, and pulling it failed: {REFUSED}; check the "
                                      f"name (`podman images`), or pull it (`podman pull {name}`)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_pull_of_a_short_name_asks_for_the_full_name(tmp_path: Path, no_docker: dict[str, str]) -> None:
+    # No unqualified-search registries (whatever this host's are): podman cannot resolve a short name, and
+    # `podman pull NAME` would fail the same way, so the way out is the full name.
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    name = f"cdisk-short-{uuid.uuid4().hex[:8]}"
+    result = cdisk("convert", name, tmp_path / "out.raw", env={**no_docker, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+    assert_one_line_error(result, 3, f"{name} is not in podman's store, and pulling it failed: short-name \"{name}\" "
+                                     "did not resolve to an alias and no unqualified-search registries are defined")
+    assert result.err.endswith("; check the name (`podman images`), or name it in full with its registry "
+                               "(registry/repository:tag)\n"), result.err
+    assert f"podman pull {name}" not in result.err
 
 
 @pytest.mark.needs("docker", "dockerd")
@@ -121,3 +137,47 @@ def test_a_disk_as_image_is_told_to_build(tmp_path: Path) -> None:
     result = cdisk("convert", disk, tmp_path / "out.raw")
     assert_one_line_error(result, 2, f"{disk} is a disk image file, not a container image; convert it with qemu-img, "
                                      f"or make a containerDisk of it (`cdisk build {disk} NAME`)")
+
+
+def test_an_empty_image_is_said_to_be_empty(tmp_path: Path) -> None:
+    podman = RecordingEngine(tmp_path / "bin")
+    result = cdisk("ls", "", env=podman.env)
+    assert_one_line_error(result, 2, "IMAGE is empty; name an image (name[:tag], name@digest or an ID), or an image "
+                                     "file with its transport (oci:DIR, oci-archive:FILE, docker-archive:FILE)")
+    assert podman.calls() == []
+
+
+@pytest.mark.parametrize(("transport", "name"), [("docker://", "--version"), ("containers-storage:", "--help"),
+                                              ("docker-daemon:", "-q"), ("docker://", "--pull=always")])
+def test_a_switch_behind_a_transport_never_reaches_an_engine(tmp_path: Path, transport: str, name: str) -> None:
+    # Once `podman image inspect --format json --version`, and a JSONDecodeError.
+    podman = RecordingEngine(tmp_path / "bin")
+    result = cdisk("ls", transport + name, env=podman.env)
+    assert_one_line_error(result, 2, f"{name} (after {transport}) is no image name (name[:tag], name@digest or an ID); "
+                                     "check it")
+    assert podman.calls() == []
+
+
+def test_a_device_as_image_is_said_to_be_a_device(tmp_path: Path) -> None:
+    result = cdisk("ls", "/dev/null")
+    assert_one_line_error(result, 2, "/dev/null is a character device, not an image; cdisk reads container images")
+    assert "oci-archive:/dev/null" not in result.err
+
+
+def _limited(*args: str | Path, kib: int) -> Run:
+    """cdisk with `ulimit -v kib` (its address space): what it reads must fit."""
+    argv = ["sh", "-c", f'ulimit -v {kib} && exec "$0" -m cdisk "$@"', sys.executable, *map(str, args)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120, stdin=subprocess.DEVNULL)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("special", [b"x", b"L"])
+def test_an_archive_claiming_a_huge_header_costs_no_memory(tmp_path: Path, special: bytes) -> None:
+    # A PAX (or GNU long-name) header claiming 1 GiB, in a sparse file: once read whole ("unexpected MemoryError").
+    evil = tmp_path / "evil.tar"
+    with evil.open("wb") as file:
+        file.write(tar_header(b"PaxHeaders/x" if special == b"x" else b"././@LongLink", special, 1 << 30))
+        file.truncate(512 + (1 << 30) + 1024)
+    result = _limited("ls", evil, kib=700_000)
+    assert_one_line_error(result, 2, f"{evil} looks like a path, not an image name; did you mean oci-archive:{evil} "
+                                     f"or docker-archive:{evil}?")

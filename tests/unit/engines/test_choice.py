@@ -5,6 +5,11 @@ pulled again for the one asked, and the one line for an image no store holds, a 
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
+import subprocess
+import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -20,6 +25,7 @@ from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
 from cdisk.core.oci.blob import LayerBlob
 from cdisk.core.request import ImageRequest, Pull
 from tests.helpers import Stages
+from tests.images import tar_header, tar_member
 
 IMAGE_ID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -665,3 +671,140 @@ def test_check_refuses_before_anything_runs(engines: dict[str, FakeEngine], log:
 def test_check_lets_a_sound_request_through(engines: dict[str, FakeEngine], log: list[str]) -> None:
     choice.check(ImageRequest("containers-storage:vm:1", Pull.NEWER, platform="linux/arm64/v8"))
     assert log == []
+
+
+# --- what can name no image, before any engine is asked ---------------------------------------------------------
+
+def test_an_empty_image_is_said_to_be_empty(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    with pytest.raises(UsageError) as refused:
+        choice.check(ImageRequest(""))
+    assert refused.value.message == ("IMAGE is empty; name an image (name[:tag], name@digest or an ID), or an image "
+                                     "file with its transport (oci:DIR, oci-archive:FILE, docker-archive:FILE)")
+    assert log == []
+
+
+@pytest.mark.parametrize("transport", ["docker://", "containers-storage:", "docker-daemon:"])
+@pytest.mark.parametrize("name", ["--version", "-q", "--help=x", "Quay.io/VM:1", "vm:1 --all", "[overlay@/s]vm"])
+def test_a_name_behind_a_stores_transport_must_be_an_image_name(engines: dict[str, FakeEngine], log: list[str],
+                                                                transport: str, name: str) -> None:
+    # podman and docker would read `--version` as their own switch: such a name never reaches them.
+    with pytest.raises(UsageError) as refused:
+        find(ImageRequest(transport + name), Stages())
+    assert refused.value.message == (f"{name} (after {transport}) is no image name (name[:tag], name@digest or an "
+                                     "ID); check it")
+    assert refused.value.exit_code == 2
+    assert log == []
+
+
+@pytest.mark.parametrize("transport", ["docker://", "containers-storage:", "docker-daemon:"])
+def test_a_stores_transport_naming_nothing_says_what_to_write(engines: dict[str, FakeEngine], log: list[str],
+                                                              transport: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        choice.check(ImageRequest(transport))
+    assert refused.value.message == f"{transport} names no image; write {transport}NAME[:TAG]"
+    assert log == []
+
+
+@pytest.mark.parametrize("reference", ["docker://quay.io/vm:1", "containers-storage:localhost/vm:1",
+                                       f"docker-daemon:sha256:{IMAGE_ID}", f"containers-storage:{IMAGE_ID[:12]}",
+                                       "docker://vm@sha256:" + "a" * 64])
+def test_a_name_behind_a_stores_transport_goes_through(engines: dict[str, FakeEngine], log: list[str],
+                                                       reference: str) -> None:
+    choice.check(ImageRequest(reference))
+    assert log == []
+
+
+def _block_device() -> str:
+    """A block device this machine has (a real one: cdisk only stats it), or skip."""
+    for entry in sorted(Path("/dev").iterdir()):
+        try:
+            if stat.S_ISBLK(entry.stat().st_mode):
+                return str(entry)
+        except OSError:
+            continue
+    pytest.skip("no block device in /dev")
+
+
+def test_a_block_device_as_image_is_no_archive(engines: dict[str, FakeEngine], log: list[str]) -> None:
+    device = _block_device()
+    with pytest.raises(UsageError) as refused:
+        choice.check(ImageRequest(device))
+    assert refused.value.message == (f"{device} is a block device, not an image; cdisk reads container images: to "
+                                     "make one of the disk on it, copy it to a file (qemu-img convert) and run "
+                                     "`cdisk build FILE NAME`")
+    assert log == []
+
+
+def test_a_character_device_fifo_or_socket_as_image_is_no_archive(engines: dict[str, FakeEngine], log: list[str],
+                                                                  tmp_path: Path) -> None:
+    fifo, sock = tmp_path / "fifo", tmp_path / "sock"
+    os.mkfifo(fifo)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(sock))
+        for path, kind in (("/dev/null", "character device"), (str(fifo), "FIFO"), (str(sock), "socket")):
+            with pytest.raises(UsageError) as refused:
+                choice.check(ImageRequest(path))  # a FIFO is never opened: this would hang
+            assert refused.value.message == (f"{path} is a {kind}, not an image; cdisk reads container images: name "
+                                             "one (name[:tag]), or an image file with its transport (oci:DIR, "
+                                             "oci-archive:FILE, docker-archive:FILE)")
+    assert log == []
+
+
+def _sparse_tar(path: Path, special: bytes, claimed: int, before: bytes = b"") -> Path:
+    """A tar of the members `before`, then a PAX or GNU long-name header claiming `claimed` bytes (a hole on disk)."""
+    with path.open("wb") as file:
+        file.write(before)
+        file.write(tar_header(b"././@LongLink" if special in (b"L", b"K") else b"PaxHeaders/x", special, claimed))
+        file.truncate(file.tell() + claimed + 1024)
+    return path
+
+
+@pytest.mark.parametrize("special", [b"x", b"L", b"K", b"g"])
+def test_an_archive_claiming_a_huge_header_is_not_read(engines: dict[str, FakeEngine], log: list[str],
+                                                       tmp_path: Path, special: bytes) -> None:
+    # Python's tarfile read such a header's body whole, whatever it claimed (a MemoryError with `ulimit -v`):
+    # that much is never read, and what came before the header still says what the file is.
+    path = _sparse_tar(tmp_path / "vm.tar", special, 1 << 31, tar_member("manifest.json", b"[]"))
+    with pytest.raises(UsageError) as refused:
+        choice.check(ImageRequest(str(path)))
+    assert refused.value.message == (f"{path} looks like a path, not an image name; did you mean "
+                                     f"docker-archive:{path} (it is a docker archive)?")
+    assert log == []
+
+
+def test_an_archive_read_under_a_memory_limit_is_told_as_an_archive(tmp_path: Path) -> None:
+    # The fault itself, in a child process with 512 MiB of address space: a 1 GiB PAX header is never read.
+    path = _sparse_tar(tmp_path / "evil.tar", b"x", 1 << 30)
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n"
+            "from cdisk.core.engines import choice\nfrom cdisk.core.errors import UsageError\n"
+            "from cdisk.core.request import ImageRequest\n"
+            "try:\n    choice.check(ImageRequest(sys.argv[1]))\nexcept UsageError as e:\n    print(e.message)\n")
+    result = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(path)], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (f"{path} looks like a path, not an image name; did you mean oci-archive:{path} or "
+                             f"docker-archive:{path}?\n")
+
+
+def test_an_archive_is_told_by_names_up_to_the_first_refused_header(engines: dict[str, FakeEngine],
+                                                                    tmp_path: Path) -> None:
+    broken = bytearray(tar_header("index.json", size=2))
+    broken[148:156] = b"0000000\x00"  # a checksum Go refuses: this header and all after it are not read
+    path = tmp_path / "vm.tar"
+    path.write_bytes(tar_member("blobs/sha256/aa") + tar_member("manifest.json", b"[]") + bytes(broken) +
+                     tar_member("oci-layout", b"{}") + bytes(1024))
+    with pytest.raises(UsageError, match=r"did you mean docker-archive:\S+ \(it is a docker archive\)\?$"):
+        choice.check(ImageRequest(str(path)))
+
+
+def test_a_failed_pull_of_a_short_name_asks_for_the_full_name(engines: dict[str, FakeEngine]) -> None:
+    # `podman pull vm:1` would resolve the short name as the failed pull did, and fail alike.
+    engines["docker"].answers = False
+    reason = ('short-name "vm:1" did not resolve to an alias and no unqualified-search registries are defined in '
+              '"/etc/containers/registries.conf"')
+    engines["podman"].pull_fails = PullFailed("vm:1", "podman", reason, "")
+    with pytest.raises(ImageError) as refused:
+        _find(ImageRequest("vm:1"), Stages())
+    assert refused.value.message == (f"vm:1 is not in podman's store, and pulling it failed: {reason}; check the name "
+                                     "(`podman images`), or name it in full with its registry "
+                                     "(registry/repository:tag)")
