@@ -107,7 +107,7 @@ def _image(reference: str, attrs: dict[str, Any], trusted: bool) -> Image:
 
 def _inspect(socket: str, reference: str) -> tuple[Image, list[str]] | None:
     """The image and its RepoDigests, or None when the store has no such image."""
-    argv = ["image", "inspect", "--format", "{{json .}}", reference]
+    argv = ["image", "inspect", "--format", "{{json .}}", "--", reference]
     code, out, err = processes.run(_cli(socket), argv)
     if code != 0:
         if "no such image" in err.lower():
@@ -270,7 +270,7 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
     from cdisk.core.oci import docker_archive
 
     archive = workdir / "image.tar"
-    argv = ["save", "-o", str(archive), image.id]
+    argv = ["save", "-o", str(archive), "--", image.id]
     code, _, err = processes.run(_cli(default_socket()), argv)
     if code != 0:
         last = processes.last_line(err, code)

@@ -286,7 +286,7 @@ def _digests(attrs: dict[str, Any]) -> tuple[str, ...]:
 
 def _inspect_cli(reference: str) -> Image | None:
     with local_store():
-        argv = ["image", "inspect", "--format", "json", reference]
+        argv = ["image", "inspect", "--format", "json", "--", reference]
         code, out, err = processes.run(podman_cli(), argv)
     if code != 0:
         if "image not known" in err or "no such" in err.lower():
@@ -299,7 +299,7 @@ def _inspect_cli(reference: str) -> Image | None:
 
 def save_oci_dir(image_id: str, destination: str) -> None:
     """`podman save --uncompressed --format oci-dir` of one image into `destination` (must not exist)."""
-    argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, image_id]
+    argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, "--", image_id]
     with local_store():
         code, _, err = processes.run(podman_cli(), argv)
     if code != 0:
@@ -318,7 +318,7 @@ def mount_image(image_id: str) -> Iterator[str]:
     commands run in a session of their own, so the Ctrl-C a terminal sends to our process group
     cannot cut them half-way; a mount that completes while we are being interrupted is given back.
     """
-    argv = ["image", "mount", image_id]
+    argv = ["image", "mount", "--", image_id]
     with local_store(), processes.running(podman_cli(), argv, group=True, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE) as proc:
         try:
@@ -340,12 +340,12 @@ def mount_image(image_id: str) -> Iterator[str]:
 
 def _unmount(image_id: str) -> None:
     with local_store():
-        code, _, err = processes.run(podman_cli(), ["image", "unmount", image_id], group=True)
+        code, _, err = processes.run(podman_cli(), ["image", "unmount", "--", image_id], group=True)
         # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
-        gone = code != 0 and processes.run(podman_cli(), ["image", "exists", image_id])[0] == 1
+        gone = code != 0 and processes.run(podman_cli(), ["image", "exists", "--", image_id])[0] == 1
     if code != 0 and not gone:
         raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
-                        f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", image_id],
+                        f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", "--", image_id],
                         code, err)
 
 

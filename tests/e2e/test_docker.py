@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_fakes import RecordingEngine
 from tests.helpers import Images, Remote, Run, assert_one_line_error, cdisk, path_without, same_disk
 from tests.images import sh
 
@@ -182,3 +183,17 @@ def test_the_recorded_engine_serves_only_the_image_it_recorded(images: Images, t
         assert same_disk(in_podman, "qcow2", target, "raw")
     finally:
         podman_images.remove()
+
+
+def test_every_docker_call_ends_its_switches_before_the_image(images: Images, tmp_path: Path) -> None:
+    # `--` before every image name or ID cdisk hands docker: none can be read as one of docker's switches.
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    docker = RecordingEngine(tmp_path / "bin", "docker")
+    result = cdisk("convert", "-q", "--engine", "docker", "--method", "save", name, tmp_path / "out.raw",
+                   env=docker.env)
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    naming = [call.argv for call in docker.calls() if call.argv[:2] == ["image", "inspect"] or call.argv[0] == "save"]
+    assert {argv[0] for argv in naming} == {"image", "save"}, docker.calls()
+    assert all(argv[-2] == "--" for argv in naming), naming

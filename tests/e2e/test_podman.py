@@ -51,6 +51,25 @@ def test_no_service_for_a_local_lookup(images: Images, tmp_path: Path) -> None:
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
 
 
+@pytest.mark.needs("qemu-img", "bwrap")
+@pytest.mark.parametrize("method", ["save", "mount"])
+def test_every_podman_call_ends_its_switches_before_the_image(images: Images, tmp_path: Path, method: str) -> None:
+    # `--` before every image name or ID cdisk hands podman: none can be read as one of podman's switches.
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    podman = RecordingEngine(tmp_path / "bin")
+    result = cdisk("convert", "-q", "--method", method, name, tmp_path / "out.raw",
+                   env={"CONTAINER_HOST": f"unix://{tmp_path / 'dead.sock'}", **podman.env})
+    assert result.code == 0, result.err
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    naming = [call.argv for call in podman.calls() if call.argv[:2] in (["image", "inspect"], ["image", "mount"],
+                                                                          ["image", "unmount"], ["image", "exists"])
+              or call.argv[:1] == ["save"]]
+    wanted = {"save": {"inspect", "save"}, "mount": {"inspect", "mount", "unmount"}}[method]
+    assert {argv[0] if argv[0] == "save" else argv[1] for argv in naming} >= wanted, podman.calls()
+    assert all(argv[-2] == "--" for argv in naming), naming
+
+
 def test_private_service_to_pull(images: Images, tmp_path: Path, registry: str) -> None:
     disk = images.disk()
     local = images.build({"disk.qcow2": disk})
