@@ -105,7 +105,8 @@ def find(request: ImageRequest, progress: Progress) -> tuple[Engine, Image]:
 def check(request: ImageRequest) -> None:
     """Refuse what no engine could take, before any engine or tool starts (`find` checks it too): a transport
     that contradicts --engine, `--pull always` with a local store's transport, a malformed --platform, an IMAGE
-    that can be no image name (a path). Nothing runs; a path IMAGE is looked at.
+    that can be no image name (empty, a path, or behind a store's transport anything but a name, such as one an
+    engine would read as its switch). Nothing runs; a path IMAGE is looked at.
 
     Raises:
         UsageError: as `find`.
