@@ -3,10 +3,18 @@ they are disks, so that the error names them (`candidates.find_disk`) and `ls` l
 
 A file is looked at only when it is a regular file of at least `MIN_SIZE` bytes; it is disk-like when its header
 is an image format's (qcow2, vmdk, vdi, vhdx, vpc, qed, luks) or, for a file whose length is a whole number of
-sectors, a raw disk's (a GPT, an MBR partition table, an ext2/3/4 or XFS superblock, an ISO 9660 volume). The
-walk goes breadth first (the image's top directories first, names in order), follows no symlink (a link's target
-is met at its own path) and stops after `MAX_VISITED` entries or `MAX_HEADERS` headers read, saying so: the same
-image gives the same answer by every reading method and on every machine (no time bound).
+sectors, a raw disk's (a GPT, an MBR partition table, an ext2/3/4 or XFS superblock, an ISO 9660 volume). qed and
+luks files are named as what cdisk does not read (`Sniffed.refused`), never as a --path to pass.
+
+The walk goes breadth first (the image's top directories first, names in order), follows no symlink (a link's
+target is met at its own path), and is bounded whatever the image, saying where a bound cut it: it looks no
+deeper than `MAX_DEPTH` levels (disks sit shallow: /disk/x, /image/podvm.qcow2), lists at most `MAX_DIRECTORIES`
+directories, reads at most `MAX_VISITED` entries (a directory and each name in it, as `ImageTree.read` counts
+them; a directory that would go past the bound is not listed at all, so that a huge one costs no more than the
+bound), reads at most `MAX_HEADERS` headers (the names of one file, hard links, cost one: by the tree's
+`identity`) and names at most `MAX_HEADERS` finds. The same image gives the same answer on every machine (no time
+bound) and, short of the entry bound, by every reading method: stacked from layer directories, a directory is
+read in each layer that holds it, and each of those readings counts.
 
 Nothing found here is ever taken without `--path`: /disk/ is KubeVirt's contract, anything else a guess, and a
 cron job must not start reading another file because an image changed.
@@ -16,16 +24,21 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from cdisk.core.disk.formats import QCOW2_MAGIC, VDI_SIGNATURE, VMDK_SPARSE_MAGIC, ReadAt
+from cdisk.core.shell import shell_word
 from cdisk.core.sizes import size_text
-from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember
+from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember, TooManyEntries
 
 MIN_SIZE = 1 << 20
 MAX_HEADERS = 256
 MAX_VISITED = 100_000
+MAX_DIRECTORIES = 10_000
+# Entries at most this many levels below the root are looked at (/a/…/o/disk.qcow2: 15 directories and a file);
+# PATH_MAX allows some 2,000.
+MAX_DEPTH = 16
 SECTOR = 512
 # What a header is judged by: the first 4 KiB (every magic but ISO 9660's), and ISO 9660's volume descriptor.
 HEAD_BYTES = 4096
@@ -37,6 +50,10 @@ _IMAGE_MAGICS = ((QCOW2_MAGIC, "qcow2"), (VMDK_SPARSE_MAGIC, "vmdk"), (b"vhdxfil
 _EXT_MAGIC_AT, _EXT_MAGIC = 1024 + 56, b"\x53\xef"
 
 
+# Formats the search tells but convert refuses (`formats.detect_format`): named, never offered as a --path.
+NOT_READ = {"qed": "cdisk does not read qed", "luks": "cdisk does not read an encrypted disk"}
+
+
 @dataclass(frozen=True)
 class Sniffed:
     """What a header says a file is: `format` as qemu names it, and for raw what the disk holds (`layout`)."""
@@ -44,10 +61,16 @@ class Sniffed:
     format: str
     layout: str = ""
 
+    @property
+    def refused(self) -> str:
+        """Why convert would refuse the file whatever else it holds (qed, luks); "" when it may read it."""
+        return NOT_READ.get(self.format, "")
+
     def describe(self, size: int) -> str:
-        """`qcow2, 6.0 GiB`, `raw GPT, 2.0 GiB`: the format and the file's size in the image."""
+        """`qcow2, 6.0 GiB`, `raw GPT, 2.0 GiB`, `qed, 1.0 GiB: cdisk does not read qed`: the format, the file's
+        size in the image, and why convert would refuse it."""
         what = f"{self.format} {self.layout}" if self.layout else self.format
-        return f"{what}, {size_text(size)}"
+        return f"{what}, {size_text(size)}" + (f": {self.refused}" if self.refused else "")
 
 
 def _mbr(head: bytes) -> bool:
@@ -103,7 +126,8 @@ class DiskLike:
     sniffed: Sniffed
 
     def describe(self) -> str:
-        return f"{self.path} ({self.sniffed.describe(self.member.size)})"
+        """`/image/podvm.qcow2 (qcow2, 6.0 GiB)`: the path as one shell word (`shell.shell_word`), what it is."""
+        return f"{shell_word(self.path)} ({self.sniffed.describe(self.member.size)})"
 
 
 @dataclass(frozen=True)
@@ -119,22 +143,42 @@ def search(tree: ImageTree, sniff_member: SniffMember) -> Search:
     """The disk-like files of the image, within the bounds of the module docstring."""
     found: list[DiskLike] = []
     pending: deque[str] = deque([""])
-    visited = headers = 0
+    headers = listed = 0
+    start = tree.read
+    too_deep = False
+    told: dict[Hashable, Sniffed | None] = {}  # what each file's header said, by the tree's identity
+
+    def stopped(after: str) -> Search:
+        deep = f"{MAX_DEPTH} levels" if too_deep else ""
+        return Search(found, "the search stops after " + " and ".join(filter(None, (deep, after))))
+
     while pending:
         directory = pending.popleft()
-        for member in tree.members(directory):
-            visited += 1
-            if visited > MAX_VISITED:
-                return Search(found, f"the search stops after {MAX_VISITED} entries")
+        listed += 1
+        if listed > MAX_DIRECTORIES:
+            return stopped(f"{MAX_DIRECTORIES} directories")
+        try:
+            members = tree.members(directory, MAX_VISITED - (tree.read - start))
+        except TooManyEntries:
+            return stopped(f"{MAX_VISITED} entries")
+        for member in members:
             if member.kind == DIR:
-                pending.append(member.path)
+                if member.path.count("/") + 1 < MAX_DEPTH:
+                    pending.append(member.path)
+                else:
+                    too_deep = True
             elif member.kind == FILE and member.size >= MIN_SIZE and not member.sparse:
-                headers += 1
-                if headers > MAX_HEADERS:
-                    return Search(found, f"the search stops after {MAX_HEADERS} files of {size_text(MIN_SIZE)} or "
-                                         "more")
                 path = f"/{member.path}"
-                sniffed = sniff_member(path, member)
+                identity = tree.identity(member)
+                key = ("path", member.path) if identity is None else identity
+                if key not in told:
+                    headers += 1
+                    if headers > MAX_HEADERS:
+                        return stopped(f"{MAX_HEADERS} files of {size_text(MIN_SIZE)} or more")
+                    told[key] = sniff_member(path, member)
+                sniffed = told[key]
                 if sniffed is not None:
+                    if len(found) == MAX_HEADERS:
+                        return stopped(f"{MAX_HEADERS} disk-like files")
                     found.append(DiskLike(path, member, sniffed))
-    return Search(found)
+    return stopped("") if too_deep else Search(found)

@@ -3,12 +3,12 @@ named by the error (`disk.anywhere`), never taken without --path."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from cdisk.core.disk.anywhere import Search, SniffMember, search
 from cdisk.core.disk.wanted import COPIES, DISK_DIR
 from cdisk.core.errors import CdiskError, DiskNotFoundError, UnsafeImageError
+from cdisk.core.shell import shell_word
 from cdisk.core.tree.merged import DIR, FILE, SYMLINK, ImageTree, LayerMember, resolve
 
 # The `found: …` of a "no disk" error names at most this many entries: /disk may hold thousands.
@@ -73,20 +73,21 @@ def _what_disk_holds(tree: ImageTree) -> str:
     root = _disk_dir(tree)
     if root is not None:
         names = tree.children(root.path)
-        shown = ", ".join(f"/{DISK_DIR}/{name}" for name in names[:FOUND_SHOWN])
+        shown = ", ".join(shell_word(f"/{DISK_DIR}/{name}") for name in names[:FOUND_SHOWN])
         more = f", … {len(names) - FOUND_SHOWN} more" if len(names) > FOUND_SHOWN else ""
         return f"found: {shown or 'nothing'}{more}"
     entry = tree.lookup(DISK_DIR)
     if entry is None:
         return "found: nothing"
     if entry.kind == SYMLINK:
-        return f"/{DISK_DIR} is a symlink to {entry.linkname}, which leads to no directory inside the image"
+        return f"/{DISK_DIR} is a symlink to {shell_word(entry.linkname)}, which leads to no directory inside the image"
     return f"/{DISK_DIR} is a {entry.kind}, not a directory"
 
 
 def _no_disk(tree: ImageTree, sniff: SniffMember | None) -> DiskNotFoundError:
     """No disk under /disk/: the error names what /disk holds and, when `sniff` can read headers, the disk-like
-    files elsewhere in the image (`anywhere.search`), none of which is taken without --path."""
+    files elsewhere in the image (`anywhere.search`), none of which is taken without --path. Every path is one
+    shell word (`shell.shell_word`); a file convert would refuse (qed, luks) is marked so and never offered."""
     nothing = f"no disk file directly under /{DISK_DIR}/ ({_what_disk_holds(tree)})"
     found = search(tree, sniff) if sniff is not None else Search([])
     stopped = f" ({found.stopped})" if found.stopped else ""
@@ -94,14 +95,18 @@ def _no_disk(tree: ImageTree, sniff: SniffMember | None) -> DiskNotFoundError:
         if stopped:
             nothing += f"; no disk-like file elsewhere either{stopped}"
         return DiskNotFoundError(f"{nothing}; pass --path with the disk file's path in the image")
-    if len(found.found) == 1:
-        only = found.found[0]
-        return DiskNotFoundError(f"{nothing}; the image holds {only.describe()}{stopped}: pass --path "
-                                 f"{shlex.quote(only.path)}")
+    readable = [disk for disk in found.found if not disk.sniffed.refused]
     listed = ", ".join(disk.describe() for disk in found.found[:FOUND_SHOWN])
     more = f", … {len(found.found) - FOUND_SHOWN} more" if len(found.found) > FOUND_SHOWN else ""
-    return DiskNotFoundError(f"{nothing}; several disk-like files: {listed}{more}{stopped}: pass --path with "
-                             "one of them")
+    if not readable:
+        return DiskNotFoundError(f"{nothing}; the image holds only disk-like files cdisk does not read: {listed}{more}"
+                                 f"{stopped}; rebuild the image with a raw or qcow2 disk under /{DISK_DIR}/")
+    if len(found.found) == 1:
+        return DiskNotFoundError(f"{nothing}; the image holds {listed}{stopped}: pass --path "
+                                 f"{shell_word(readable[0].path)}")
+    which = f"--path {shell_word(readable[0].path)}" if len(readable) == 1 else \
+        "--path with one of them" if len(readable) == len(found.found) else "--path with one of them cdisk reads"
+    return DiskNotFoundError(f"{nothing}; several disk-like files: {listed}{more}{stopped}: pass {which}")
 
 
 def find_disk(tree: ImageTree, explicit: str | None = None, sniff: SniffMember | None = None,
@@ -124,7 +129,7 @@ def find_disk(tree: ImageTree, explicit: str | None = None, sniff: SniffMember |
         return only.path, only.member
     if not candidates:
         raise _no_disk(tree, sniff)
-    listed = ", ".join(c.path + (" (refused)" if c.refusal else "") for c in candidates)
+    listed = ", ".join(shell_word(c.path) + (" (refused)" if c.refusal else "") for c in candidates)
     raise DiskNotFoundError(f"several disk files in the image: {listed}; choose one with --path")
 
 

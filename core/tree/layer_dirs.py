@@ -24,7 +24,7 @@ import stat
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, LayerDirsUnusable
 from cdisk.core.tree.merged import DIR, WHITEOUT_PREFIX, LayerMember, member_from_stat, split_path
-from cdisk.core.tree.pinned import changed, same_file
+from cdisk.core.tree.pinned import changed, names_in, same_file
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -32,6 +32,8 @@ _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.
 # Overlay features that put a file's data or a directory's content somewhere other than where it stands.
 _ELSEWHERE = ("trusted.overlay.redirect", "user.overlay.redirect", "trusted.overlay.metacopy",
               "user.overlay.metacopy")
+# Directories whose layers are remembered (`LayerDirsTree._layers`): a bound in memory for whatever walks.
+KNOWN_DIRECTORIES = 100_000
 
 
 def _xattr(fd: int, name: str) -> bytes | None:
@@ -44,8 +46,24 @@ def _xattr(fd: int, name: str) -> bytes | None:
         raise
 
 
+def _xattr_names(fd: int) -> set[str]:
+    """The names of the xattrs of `fd` this process can see (one call, where a getxattr per name would be seven;
+    a trusted.* name is listed to whom may read it, as getxattr answers)."""
+    try:
+        return set(os.listxattr(fd))
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return set()
+        raise
+
+
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _close(directories: list[tuple[int, int]]) -> None:
+    for _, fd in directories:
+        os.close(fd)
 
 
 class LayerDirsTree:
@@ -54,6 +72,11 @@ class LayerDirsTree:
     def __init__(self, dirs: list[str]) -> None:
         self.dirs = dirs
         self.seen: dict[str, tuple[int, os.stat_result]] = {}  # path -> (layer, stat) of what was found
+        # Merged directories walked through -> the layers that make them up, judged once (whiteouts, opaque
+        # directories, redirects): walking through one again is an open per layer, so that a walk that lists
+        # each directory from the layers' roots costs its depth in opens, not in stats and xattrs.
+        self._layers: dict[tuple[str, ...], frozenset[int]] = {}
+        self.read = 0
 
     def _unreadable(self, path: str, error: OSError) -> ImageError:
         return ImageError(f"cannot read /{path} in the image's layer directories ({error.strerror}); try again, "
@@ -61,46 +84,54 @@ class LayerDirsTree:
 
     def _check_dir(self, fd: int, path: str) -> bool:
         """Whether the directory at `fd` is opaque; refuse what this reading cannot vouch for."""
-        if any(_xattr(fd, name) is not None for name in _ELSEWHERE):
+        names = _xattr_names(fd)
+        if names.intersection(_ELSEWHERE):
             raise LayerDirsUnusable(f"/{path} uses overlay redirects or metacopy")
-        return any(_xattr(fd, name) == b"y" for name in _OPAQUE)
+        return any(_xattr(fd, name) == b"y" for name in names.intersection(_OPAQUE))
 
-    def _directories(self, parts: list[str]) -> list[tuple[int, int]]:
+    def _directories(self, parts: list[str], *, fresh: bool = False) -> list[tuple[int, int]]:
         """(layer, fd) of every layer's directory that makes up the merged directory `parts`, top first;
         empty when `parts` is no directory of the image. The caller closes the descriptors.
+
+        A directory walked through before is opened in the layers found then, with no stat or xattr again (so
+        a walk costs little more than its depth in opens); `fresh` judges every step anew.
         """
         current: list[tuple[int, int]] = []
+        below: list[tuple[int, int]] = []
         try:
             for layer, directory in enumerate(self.dirs):
                 current.append((layer, os.open(directory, _DIRECTORY)))
             for depth, part in enumerate(parts):
                 if part == ".." or part.startswith(WHITEOUT_PREFIX):
                     raise LayerDirsUnusable(f"a path with {part!r} cannot be looked up in layer directories")
-                below: list[tuple[int, int]] = []
+                key = tuple(parts[:depth + 1])
+                known = None if fresh else self._layers.get(key)
                 for layer, fd in current:
+                    if known is not None:
+                        if layer in known:
+                            below.append((layer, os.open(part, _DIRECTORY, dir_fd=fd)))
+                        continue
                     try:
                         st = os.stat(part, dir_fd=fd, follow_symlinks=False)
                     except FileNotFoundError:
                         continue
                     if not stat.S_ISDIR(st.st_mode):
                         break  # a whiteout, or a file or link that hides the directories below
-                    child = os.open(part, _DIRECTORY, dir_fd=fd)
-                    below.append((layer, child))
-                    if self._check_dir(child, "/".join(parts[:depth + 1])):
+                    below.append((layer, os.open(part, _DIRECTORY, dir_fd=fd)))
+                    if self._check_dir(below[-1][1], "/".join(key)):
                         break
-                for _, fd in current:
-                    os.close(fd)
-                current = below
+                if known is None and len(self._layers) < KNOWN_DIRECTORIES:
+                    self._layers[key] = frozenset(layer for layer, _ in below)
+                _close(current)
+                current, below = below, []
                 if not current:
                     return []
             return current
         except OSError as error:
-            for _, fd in current:
-                os.close(fd)
+            _close(current + below)
             raise self._unreadable("/".join(parts), error) from None
         except BaseException:
-            for _, fd in current:
-                os.close(fd)
+            _close(current + below)
             raise
 
     def _find(self, path: str) -> tuple[int, os.stat_result, str] | None:
@@ -140,14 +171,18 @@ class LayerDirsTree:
     def children(self, path: str) -> list[str]:
         return [member.path.rpartition("/")[2] for member in self.members(path)]
 
-    def members(self, path: str) -> list[LayerMember]:
+    def members(self, path: str, limit: int | None = None) -> list[LayerMember]:
         parts = split_path(path)
         directories = self._directories(parts)
         found: dict[str, LayerMember] = {}
         hidden: set[str] = set()
+        read = 0
         try:
             for layer, fd in directories:
-                for name in os.listdir(fd):
+                read += 1
+                names = names_in(fd, None if limit is None else limit - read, path)
+                read += len(names)
+                for name in names:
                     if name.startswith(WHITEOUT_PREFIX):
                         raise LayerDirsUnusable(f"/{'/'.join([*parts, name])} is an AUFS-style whiteout")
                     if name in found or name in hidden:
@@ -163,8 +198,8 @@ class LayerDirsTree:
         except OSError as error:
             raise self._unreadable("/".join(parts), error) from None
         finally:
-            for _, fd in directories:
-                os.close(fd)
+            _close(directories)
+        self.read += read
         return [found[name] for name in sorted(found)]
 
     def identity(self, member: LayerMember) -> tuple[int, int] | None:
@@ -179,7 +214,8 @@ class LayerDirsTree:
         if not parts or seen is None:
             raise changed(member.path)
         layer, expected = seen
-        parents = dict(self._directories(parts[:-1]))
+        # Every step judged anew: the disk is opened through nothing remembered of an earlier walk.
+        parents = dict(self._directories(parts[:-1], fresh=True))
         try:
             if layer not in parents:
                 raise changed(member.path)

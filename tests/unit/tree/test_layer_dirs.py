@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.disk.anywhere import MAX_DEPTH, Sniffed, search
 from cdisk.core.errors import LayerDirsUnusable
 from cdisk.core.tree.layer_dirs import LayerDirsTree
-from cdisk.core.tree.merged import DIR, FILE, SYMLINK, resolve
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, TooManyEntries, resolve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root to write")
 
@@ -135,3 +136,60 @@ def test_an_aufs_whiteout_met_by_members_is_handed_to_the_mount(tmp_path: Path) 
     _file(tmp_path / "top" / "etc" / ".wh.motd", b"")
     with pytest.raises(LayerDirsUnusable, match="AUFS-style whiteout"):
         LayerDirsTree([str(tmp_path / "top")]).members("etc")
+
+
+def _deep(top: Path, depth: int, name: str = "disk.qcow2", data: bytes = b"QFI\xfb" + bytes(2 << 20)) -> str:
+    """A file under `depth` directories a/a/…/a of the layer directory `top`; its path in the image."""
+    path = "/".join(["a"] * depth + [name])
+    _file(top / path, data)
+    return path
+
+
+def test_a_deep_chain_in_every_layer_stops_at_the_search_bound(tmp_path: Path) -> None:
+    # The review's crafted store: each layer a chain of directories far deeper than any disk sits (each listing
+    # walked from the layers' roots again made the search cost the square of the depth: 13.6 s for 3 layers of
+    # 600). A disk just inside the bound is found, one just past it and one at the bottom are not, and the
+    # answer says where the search stopped.
+    layers = [tmp_path / f"layer{n}" for n in range(3)]
+    for layer in layers:
+        _deep(layer, 600, "end", b"")
+    inside = _deep(layers[1], MAX_DEPTH - 1)
+    _deep(layers[2], MAX_DEPTH, "past.qcow2")
+    _deep(layers[0], 600, "bottom.qcow2")
+    tree = LayerDirsTree([str(layer) for layer in layers])
+    found = search(tree, lambda path, member: Sniffed("qcow2"))
+    assert [d.path for d in found.found] == [f"/{inside}"]
+    assert found.stopped == f"the search stops after {MAX_DEPTH} levels"
+    # Read: the root and MAX_DEPTH - 1 levels, each directory in each of the three layers, with one name in each
+    # (and the disk): nothing below the bound was listed.
+    assert tree.read == 3 * 2 * MAX_DEPTH + 1
+
+
+def test_a_huge_directory_is_not_listed_past_the_limit(tmp_path: Path) -> None:
+    for n in range(50):
+        _file(tmp_path / "top" / "many" / f"{n:02}")
+    _file(tmp_path / "low" / "many" / "zz")
+    tree = LayerDirsTree([str(tmp_path / "top"), str(tmp_path / "low")])
+    with pytest.raises(TooManyEntries):
+        tree.members("many", 40)  # the top layer's directory alone holds more: not one name stat'ed
+    assert tree.read == 0 and not tree.seen
+    with pytest.raises(TooManyEntries):
+        tree.members("many", 52)  # each layer's directory and its names: 51 + 2
+    assert len(tree.members("many", 53)) == 51 and tree.read == 53
+
+
+def test_hard_links_in_layer_directories_are_one_file(tmp_path: Path) -> None:
+    _file(tmp_path / "top" / "image" / "vm.qcow2", b"QFI\xfb" + bytes(2 << 20))
+    for n in range(3):
+        os.link(tmp_path / "top" / "image" / "vm.qcow2", tmp_path / "top" / "image" / f"link{n}.qcow2")
+    asked: list[str] = []
+    found = search(LayerDirsTree([str(tmp_path / "top")]),
+                   lambda path, member: asked.append(path) or Sniffed("qcow2"))  # type: ignore[func-returns-value]
+    assert len(asked) == 1 and len(found.found) == 4
+
+
+def test_a_directory_walked_through_again_keeps_what_was_judged(store: LayerDirsTree) -> None:
+    # The second walk opens the layers found the first time (no stat, no xattr): the same merged view.
+    first = [store.members(d) for d in ("", "disk", "opaque", "merged")]
+    assert [store.members(d) for d in ("", "disk", "opaque", "merged")] == first
+    assert [m.path for m in first[2]] == ["opaque/shown"]

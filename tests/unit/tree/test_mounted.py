@@ -13,7 +13,7 @@ import pytest
 
 from cdisk.core.disk.candidates import find_disk, list_candidates
 from cdisk.core.errors import CdiskError, UnsafeImageError
-from cdisk.core.tree.merged import DIR, FILE, SYMLINK, LayerMember, MergedTree
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, LayerMember, MergedTree, TooManyEntries
 from cdisk.core.tree.mounted import MountedTree
 
 # Names that exist on any Linux host, at the host's root and in its /etc: none may ever be reported.
@@ -171,3 +171,15 @@ def test_members_are_what_layer_metadata_holds(tmp_path: Path, case: str) -> Non
         assert seen == [(m.path, m.kind, m.linkname) for m in merged.members(directory)], directory
         pending += [path for path, kind, _ in seen if kind == DIR]
     assert mounted.members("disk/../..") == [] and mounted.members("nowhere") == []
+
+
+def test_a_huge_directory_is_not_read_past_the_limit(tmp_path: Path) -> None:
+    nodes = [Node("many", directory=True), *(Node(f"many/{n:02}") for n in range(30))]
+    mounted, merged = trees(tmp_path / "root", nodes)
+    for tree in (mounted, merged):
+        with pytest.raises(TooManyEntries):
+            tree.members("many", 30)  # the directory and its 30 names: 31
+        assert tree.read == 0
+    assert not mounted.seen  # nothing stat'ed by the refused listing
+    for tree in (mounted, merged):
+        assert len(tree.members("many", 31)) == 30 and tree.read == 31
