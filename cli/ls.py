@@ -113,6 +113,19 @@ def _header(fields: list[str], width: int | None) -> list[str]:
     return lines
 
 
+def _pasted(listing: Listing) -> list[str]:
+    """For each find of the search convert may read whose path, as the table shows it, would not paste as itself
+    (a space, a quote, `$(…)`, an escape shown for a newline): the --path to pass, as one shell word."""
+    from cdisk.core.commands.ls import FOUND_BY_SEARCH
+    from cdisk.core.disk.candidates import FOUND_SHOWN
+    from cdisk.core.shell import shell_word
+
+    words = [shell_word(disk.path) for disk in listing.disks
+             if disk.found_by == FOUND_BY_SEARCH and not disk.refused and shell_word(disk.path) != printable(disk.path)]
+    more = [f"  … {len(words) - FOUND_SHOWN} more: see `cdisk ls --json`"] if len(words) > FOUND_SHOWN else []
+    return [f"  --path {word}" for word in words[:FOUND_SHOWN]] + more
+
+
 def table(listing: Listing, width: int | None = None) -> str:
     """The listing as a table fitted to `width` columns, or to the terminal's; plain text off a terminal.
 
@@ -189,6 +202,7 @@ def table(listing: Listing, width: int | None = None) -> str:
                      "layers; convert --path reads any of them")
     if any(disk.found_by == FOUND_BY_SEARCH for disk in listing.disks):
         lines.append("found outside /disk/ by their headers: convert takes none of them without --path")
+        lines += _pasted(listing)
     lines += [f"note: {printable(problem)}" for problem in listing.problems]
     return LaidOut("\n".join(line.rstrip() for line in lines))
 

@@ -131,3 +131,58 @@ def test_file_sources_name_a_disk_elsewhere(tmp_path: Path, transport: str, no_e
     assert entry["judged_by"] == ("none" if transport == "oci-gzip" else "qemu-img")
     judged = json.loads(cdisk("ls", "--json", "--path", "/image/podvm.qcow2", source, env=no_engines).out)
     assert [(d["format"], d["virtual_size"], d["found_by"]) for d in judged["disks"]] == [("qcow2", 8 * MiB, "path")]
+
+
+def _chain(depth: int) -> list[Entry]:
+    """The directories a/, a/a/, … `depth` levels deep, as a layer tar holds them."""
+    return [Entry("/".join(["a"] * n) + "/", directory=True) for n in range(1, depth + 1)]
+
+
+@pytest.mark.parametrize("method", ["layers", "mount", "save"])
+def test_a_disk_deeper_than_the_search_goes_is_not_found_and_the_error_says_so(images: Images, tmp_path: Path,
+                                                                              method: str) -> None:
+    # Chains of directories in three layers (the review's crafted image, shallower): the search stops at its depth
+    # bound by every method, says so, and --path reads the disk all the same.
+    from cdisk.core.disk.anywhere import MAX_DEPTH
+
+    disk = big_disk(tmp_path / "deep.qcow2")
+    deep = "/".join(["a"] * MAX_DEPTH) + "/deep.qcow2"
+    name = images.layers(*([*_chain(MAX_DEPTH + 8), Entry("/".join(["a"] * (MAX_DEPTH + 8)) + f"/end{n}", b"")]
+                           for n in range(2)), [*_chain(MAX_DEPTH), Entry(deep, disk.read_bytes())])
+    refused = cdisk("convert", "--method", method, name, tmp_path / "out.raw")
+    assert_one_line_error(refused, 4, "no disk file directly under /disk/ (found: nothing); no disk-like file "
+                                      f"elsewhere either (the search stops after {MAX_DEPTH} levels); pass --path with "
+                                      "the disk file's path in the image")
+    table = cdisk("ls", "--method", method, name)
+    assert table.code == 0 and f"note: the search stops after {MAX_DEPTH} levels: other disks may lie past it" \
+        in table.out, table.out
+    converted(name, tmp_path / "out.raw", "--method", method, "--path", f"/{deep}")
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+
+
+def test_names_are_pasteable_words_and_qed_is_never_offered(images: Images, tmp_path: Path) -> None:
+    # A find named to run code, or to hold a newline, is named as one shell word that pastes as the very name; a
+    # qed file is named as what cdisk does not read, and the one disk it reads is the --path to pass.
+    raw = gpt_disk(tmp_path / "vm.raw").read_bytes()
+    evil, newline = "img/$(touch pwned)/vm.raw", "img/two\nlines.raw"
+    name = images.layers([Entry("img/", directory=True), Entry("img/$(touch pwned)/", directory=True),
+                          Entry(evil, raw), Entry(newline, raw), Entry("img/old.qed", b"QED\0" + bytes(2 * MiB))])
+    refused = cdisk("convert", name, tmp_path / "out.raw")
+    assert_one_line_error(refused, 4, "several disk-like files: /img/old.qed (qed, 2.0 MiB: cdisk does not read "
+                                      "qed), $'/img/two\\x0alines.raw' (raw GPT, 2.0 MiB), "
+                                      "'/img/$(touch pwned)/vm.raw' (raw GPT, 2.0 MiB): pass --path with one of them "
+                                      "cdisk reads")
+    # Pasted into bash as it is printed, the word is the very path: convert reads that file.
+    word = refused.err.split("), ")[1].split(" (")[0]
+    pasted = sh("bash", "-c", f"printf %s {word}").stdout
+    assert pasted == f"/{newline}"
+    converted(name, tmp_path / "out.raw", "--path", pasted)
+    assert same_disk(tmp_path / "vm.raw", "raw", tmp_path / "out.raw", "raw")
+    assert not (Path.cwd() / "pwned").exists()
+    # ls's table shows the newline escaped in its row, and under it the --path that pastes.
+    listed = cdisk("ls", name)
+    assert listed.code == 0 and "\n  --path $'/img/two\\x0alines.raw'\n" in listed.out, listed.out
+    only_qed = images.layers([Entry("img/", directory=True), Entry("img/old.qed", b"QED\0" + bytes(2 * MiB))])
+    assert_one_line_error(cdisk("convert", only_qed, tmp_path / "out2.raw"), 4,
+                          "the image holds only disk-like files cdisk does not read: /img/old.qed (qed, 2.0 MiB: cdisk "
+                          "does not read qed); rebuild the image with a raw or qcow2 disk under /disk/")

@@ -117,3 +117,18 @@ def test_plain_table_never_wraps() -> None:
     assert lines[0].startswith(f"{PODVM}  id 875cc1902158  digest sha256:e9553d567f15  ")
     [row] = [line for line in lines if line.startswith("/image/")]
     assert row.startswith(path + "  ") and row.endswith(refusal) and len(row) > 500
+
+
+def test_a_find_that_would_not_paste_as_shown_gets_its_path_as_one_shell_word() -> None:
+    def found(path: str, refused: str = "") -> ListedDisk:
+        return ListedDisk(path, "qcow2", 1 << 30, 1 << 30, None, None, None, refused, "qemu-img", "search")
+
+    disks = [found("/image/podvm.qcow2"), found("/img/two\nlines.raw"), found("/img/$(touch pwned)/vm.raw"),
+             found("/my disks/vm.img"), found("/img/old qed", refused="the disk is a QED image")]
+    lines = table(_podvm(*disks)).splitlines()
+    hint = lines.index("found outside /disk/ by their headers: convert takes none of them without --path")
+    # The row shows the newline escaped (\x0a), which would paste as a backslash; the hint pastes as the name. A
+    # path that pastes as shown gets no hint, nor does one convert refuses.
+    assert lines[hint + 1:] == ["  --path $'/img/two\\x0alines.raw'", "  --path '/img/$(touch pwned)/vm.raw'",
+                                "  --path '/my disks/vm.img'"]
+    assert any(line.startswith("/img/two\\x0alines.raw ") for line in lines)
