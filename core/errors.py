@@ -172,3 +172,8 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class TooManyEntries(Exception):
+    """A directory holds more entries than the `limit` its listing was given: none of them was looked at. The
+    search for disks outside /disk/ ends there and says so; it never reaches the user as an error."""

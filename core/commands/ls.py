@@ -16,7 +16,6 @@ layer); the others are listed as not judged.
 
 from __future__ import annotations
 
-import shlex
 import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from cdisk.core.qemu.qemu_img import SECTOR
 from cdisk.core.reading.methods import ImageView
 from cdisk.core.reading.pipeline import OpenedImage, read_image
 from cdisk.core.request import ImageRequest, Reading, ReadRequest
+from cdisk.core.shell import shell_word
 from cdisk.core.sources import DiskSource
 
 # Each qemu-img judgement costs two runs (info, check) of ~10-20 ms; this bounds `ls` to well under a second
@@ -143,18 +143,23 @@ def _candidates(view: ImageView, read: ReadRequest) -> tuple[list[DiskCandidate]
 
 
 def _problems(disks: list[ListedDisk], found_by: str, found: Search | None) -> list[str]:
-    """What stops `convert` from choosing by itself, or makes it need --path."""
+    """What stops `convert` from choosing by itself, or makes it need --path (a find cdisk refuses, qed or
+    luks, is never offered as one)."""
     problems = []
     if found_by == FOUND_BY_SEARCH:
+        readable = [disk for disk in disks if not disk.refused]
         if not disks:
             problems.append(f"no disk file directly under /{DISK_DIR}/, and no disk-like file elsewhere: convert "
                             "needs --path")
-        elif len(disks) == 1:
+        elif not readable:
+            problems.append(f"no disk file directly under /{DISK_DIR}/, and only disk-like files elsewhere that "
+                            "cdisk does not read; rebuild the image with a raw or qcow2 disk under /disk/")
+        elif len(readable) == 1:
             problems.append(f"no disk file directly under /{DISK_DIR}/: convert takes a disk elsewhere only when "
-                            f"named: pass --path {shlex.quote(disks[0].path)}")
+                            f"named: pass --path {shell_word(readable[0].path)}")
         else:
-            problems.append(f"no disk file directly under /{DISK_DIR}/ and {len(disks)} disk-like files elsewhere: "
-                            "convert needs --path to choose one")
+            problems.append(f"no disk file directly under /{DISK_DIR}/ and {len(readable)} disk-like files "
+                            "elsewhere cdisk reads: convert needs --path to choose one")
         if found is not None and found.stopped:
             problems.append(f"{found.stopped}: other disks may lie past it")
     elif len(disks) > 1:

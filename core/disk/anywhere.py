@@ -28,9 +28,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from cdisk.core.disk.formats import QCOW2_MAGIC, VDI_SIGNATURE, VMDK_SPARSE_MAGIC, ReadAt
+from cdisk.core.errors import TooManyEntries
 from cdisk.core.shell import shell_word
 from cdisk.core.sizes import size_text
-from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember, TooManyEntries
+from cdisk.core.tree.merged import DIR, FILE, ImageTree, LayerMember
 
 MIN_SIZE = 1 << 20
 MAX_HEADERS = 256

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cdisk.core.errors import DiskNotFoundError, UnsafeImageError
+from cdisk.core.errors import DiskNotFoundError, TooManyEntries, UnsafeImageError
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -41,10 +41,6 @@ class LayerMember:
     size: int = 0
     linkname: str = ""
     sparse: bool = False
-
-
-class TooManyEntries(Exception):
-    """A directory holds more entries than the `limit` its listing was given: none of them was looked at."""
 
 
 class ImageTree(Protocol):

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
-from cdisk.core.errors import UnsafeImageError
-from cdisk.core.tree.merged import TooManyEntries
+from cdisk.core.errors import TooManyEntries, UnsafeImageError
 
 
 def changed(path: str) -> UnsafeImageError:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.disk.anywhere import MAX_DEPTH, Sniffed, search
-from cdisk.core.errors import LayerDirsUnusable
+from cdisk.core.errors import LayerDirsUnusable, TooManyEntries
 from cdisk.core.tree.layer_dirs import LayerDirsTree
-from cdisk.core.tree.merged import DIR, FILE, SYMLINK, TooManyEntries, resolve
+from cdisk.core.tree.merged import DIR, FILE, SYMLINK, resolve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted.* xattrs need root to write")
 
