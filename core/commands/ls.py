@@ -159,7 +159,7 @@ def _problems(disks: list[ListedDisk], found_by: str, found: Search | None) -> l
                             f"named: pass --path {shell_word(readable[0].path)}")
         else:
             problems.append(f"no disk file directly under /{DISK_DIR}/ and {len(readable)} disk-like files "
-                            "elsewhere cdisk reads: convert needs --path to choose one")
+                            "elsewhere: convert needs --path to choose one")
         if found is not None and found.stopped:
             problems.append(f"{found.stopped}: other disks may lie past it")
     elif len(disks) > 1:
