@@ -276,3 +276,18 @@ def secret(tmp_path: Path) -> Path:
     path.write_bytes(SECRET)
     return path
 
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory where nothing can be made (a read-only tmpfs of 1 MiB): a --tmpdir that a read in place never
+    needs; unmounted when the test ends."""
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    mounted = sh("mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", readonly, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield readonly
+    finally:
+        sh("umount", readonly)
