@@ -16,11 +16,11 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from cdisk.core import leftovers
 from cdisk.core.errors import TargetError, UsageError
 
 _TEMP_SUFFIX = ".cdisk-part"
@@ -111,9 +111,11 @@ def _check_writable(directory: str) -> None:
     # no; making a file says why (read-only, immutable, no permission), which the message carries.
     if os.access(directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return
-    fd, probe = tempfile.mkstemp(prefix=".cdisk-probe-", dir=directory)
-    os.close(fd)
-    os.unlink(probe)
+    fd, probe = leftovers.locked_file(directory, ".cdisk-probe-")
+    try:
+        os.unlink(probe)
+    finally:
+        os.close(fd)
 
 
 def plan_target(path: str, force: bool, out_format: str, target_is_zero: bool = False) -> Target:
@@ -253,14 +255,19 @@ def _check_room(target: Target, virtual_size: int, needed: Measure, file_length:
                           "free some space or choose another target")
     # The filesystem's own limit on a file's length (FAT's 4 GiB, a quota, RLIMIT_FSIZE): asking for
     # the length up front is the one check that knows them all, and costs no space on a sparse file.
-    with tempfile.NamedTemporaryFile(prefix=".cdisk-probe-", dir=target.directory) as probe:
+    fd, probe = leftovers.locked_file(target.directory, ".cdisk-probe-")
+    try:
+        os.ftruncate(fd, file_length)
+    except OSError as error:
+        if error.errno in (errno.EFBIG, errno.EINVAL):
+            raise TargetError(f"{target.directory} cannot hold a file of {file_length} bytes; "
+                              "choose a target on another filesystem or -O qcow2") from None
+        raise
+    finally:
         try:
-            os.truncate(probe.name, file_length)
-        except OSError as error:
-            if error.errno in (errno.EFBIG, errno.EINVAL):
-                raise TargetError(f"{target.directory} cannot hold a file of {file_length} bytes; "
-                                  "choose a target on another filesystem or -O qcow2") from None
-            raise
+            os.unlink(probe)
+        finally:
+            os.close(fd)
 
 
 def keep_previous(path: str, keep: int) -> None:
@@ -336,16 +343,17 @@ def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[st
     if target.is_block:
         yield target.path  # refresh refuses devices, so nothing here asks for `durable` or `keep`
         return
+    # What a run killed with SIGKILL left here (its lock died with it) goes first; a live run's stays.
+    leftovers.sweep(target.directory, leftovers.BESIDE_TARGET)
     with os_errors(target.path):
-        fd, temp = tempfile.mkstemp(prefix=temp_prefix(target.directory, os.path.basename(target.path)),
-                                    suffix=_TEMP_SUFFIX, dir=target.directory)
+        # Held under its lock until the block ends: the next run tells it from a dead run's.
+        fd, temp = leftovers.locked_file(target.directory, temp_prefix(target.directory,
+                                                                      os.path.basename(target.path)),
+                                         _TEMP_SUFFIX)
     try:
         with os_errors(target.path):
-            try:
-                # mkstemp makes 0600; the disk gets the mode any new file of this user would.
-                os.fchmod(fd, new_file_mode())
-            finally:
-                os.close(fd)
+            # mkstemp makes 0600; the disk gets the mode any new file of this user would.
+            os.fchmod(fd, new_file_mode())
         yield temp
         with os_errors(target.path):
             if durable:
@@ -355,5 +363,8 @@ def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[st
             if durable:
                 _sync(target.directory)  # the rename survives a crash only once its directory is on disk
     finally:
-        if os.path.lexists(temp):
-            os.unlink(temp)
+        try:
+            if os.path.lexists(temp):
+                os.unlink(temp)
+        finally:
+            os.close(fd)

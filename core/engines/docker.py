@@ -271,7 +271,9 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
 
     archive = workdir / "image.tar"
     argv = ["save", "-o", str(archive), "--", image.id]
-    code, _, err = processes.run(_cli(default_socket()), argv)
+    # The client dies with cdisk: killed with SIGKILL, cdisk leaves no `docker save` writing into a temp dir the
+    # next run removes.
+    code, _, err = processes.run(_cli(default_socket()), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \

@@ -11,11 +11,9 @@ API lacks: save, image mount/unmount, unshare.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -43,7 +41,6 @@ if TYPE_CHECKING:  # LayerBlob's module only for a run that saves: start-up stay
     from cdisk.core.oci.blob import LayerBlob
 
 SERVICE_START_SECONDS = 20.0
-_PR_SET_PDEATHSIG = 1
 _LOGIN = "check the name, the registry and your login (`podman login`)"
 
 
@@ -70,11 +67,6 @@ def _client(socket: str) -> Any:
     return PodmanClient(base_url="http+unix://" + socket, timeout=600)
 
 
-def _die_with_parent() -> None:
-    # If cdisk is killed with SIGKILL no `finally` runs; the kernel then stops the service for us.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def podman_cli() -> Any:
     """The podman command (plumbum), or a clear error when podman is not installed."""
     return processes.command("podman", "podman")
@@ -99,15 +91,25 @@ def local_store() -> Iterator[None]:
 @contextmanager
 def private_service() -> Iterator[str]:
     """Start `podman system service` on a socket in a private temp dir; stop it and remove the dir after."""
-    workdir = tempfile.mkdtemp(prefix="cdisk-podman-")
+    from plumbum import local
+
+    from cdisk.core import leftovers
+
+    # The service's directory is held under its lock while it runs; those of runs killed with SIGKILL (whose
+    # service the kernel stopped: die_with_parent) are removed first.
+    leftovers.sweep(tempfile.gettempdir(), (leftovers.SERVICE,))
+    lock, workdir = leftovers.locked_dir(None, "cdisk-podman-")
     socket = os.path.join(workdir, "podman.sock")
-    log = open(os.path.join(workdir, "service.log"), "wb")  # noqa: SIM115 - closed in finally
+    scratch = os.path.join(workdir, "tmp")  # the service's TMPDIR (a pull's layer copies): removed with workdir
+    log: IO[bytes] | None = None
     proc: subprocess.Popen[bytes] | None = None
     try:
-        with local_store():
+        os.mkdir(scratch, 0o700)
+        log = open(os.path.join(workdir, "service.log"), "wb")  # noqa: SIM115 - closed in finally
+        with local_store(), local.env(TMPDIR=scratch):
             proc = podman_cli().popen(["system", "service", "--time=0", f"unix://{socket}"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+                                      start_new_session=True, preexec_fn=processes.die_with_parent)
         deadline = time.monotonic() + SERVICE_START_SECONDS
         while not answers(socket):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -120,8 +122,10 @@ def private_service() -> Iterator[str]:
     finally:
         if proc is not None:
             processes.stop(proc, grace=10)
-        log.close()
+        if log is not None:
+            log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        os.close(lock)
 
 
 @contextmanager
@@ -297,11 +301,17 @@ def _inspect_cli(reference: str) -> Image | None:
     return _image(reference, found[0]) if found else None
 
 
-def save_oci_dir(image_id: str, destination: str) -> None:
-    """`podman save --uncompressed --format oci-dir` of one image into `destination` (must not exist)."""
+def save_oci_dir(image_id: str, destination: str, tmpdir: str) -> None:
+    """`podman save --uncompressed --format oci-dir` of one image into `destination` (must not exist).
+
+    podman runs with TMPDIR=`tmpdir`, a directory of cdisk's own that it removes: a failed save leaves its copy
+    of a layer in TMPDIR (/var/tmp by default), which nothing else would ever remove.
+    """
+    from plumbum import local
+
     argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, "--", image_id]
-    with local_store():
-        code, _, err = processes.run(podman_cli(), argv)
+    with local_store(), local.env(TMPDIR=tmpdir):
+        code, _, err = processes.run(podman_cli(), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
@@ -389,7 +399,9 @@ class Podman:
 
         assert workdir is not None
         saved = workdir / "layout"
-        save_oci_dir(image.id, str(saved))
+        scratch = workdir / "tmp"  # podman's TMPDIR: removed with workdir, whatever podman leaves there
+        scratch.mkdir(mode=0o700)
+        save_oci_dir(image.id, str(saved), str(scratch))
         return layout.layer_blobs(saved, image.id)
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -189,9 +188,16 @@ def _sniffing_pass(blob: LayerBlob, kind: str, progress: Progress) -> dict[int, 
 
 @contextmanager
 def _save_dir(image: Image, tmp_parent: str) -> Iterator[Path]:
-    """A private temp dir in `tmp_parent` with room for the image's layers; removed however the block ends."""
+    """A private temp dir in `tmp_parent` with room for the image's layers; removed however the block ends.
+
+    Held under its lock while the block runs; what a run killed with SIGKILL left in `tmp_parent` is removed first
+    (`leftovers`).
+    """
+    from cdisk.core import leftovers
+
+    leftovers.sweep(tmp_parent, leftovers.IN_TEMP_PARENT)
     try:
-        workdir = tempfile.mkdtemp(prefix=".cdisk-save-", dir=tmp_parent)
+        fd, workdir = leftovers.locked_dir(tmp_parent, ".cdisk-save-")
     except OSError as error:
         raise TargetError(f"cannot make a temp dir in {tmp_parent}: {error.strerror}; "
                           "pass --tmpdir with a writable directory") from None
@@ -202,7 +208,10 @@ def _save_dir(image: Image, tmp_parent: str) -> Iterator[Path]:
                               "are free; pass --tmpdir on a larger filesystem")
         yield Path(workdir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 class _PinningTree(ImageTree, Protocol):

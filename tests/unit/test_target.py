@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from cdisk.core import leftovers
 from cdisk.core.errors import TargetError
-from cdisk.core.target import Target, plan_target, temp_parent, temp_prefix
+from cdisk.core.target import Target, plan_target, temp_parent, temp_prefix, writing
 
 
 @pytest.mark.parametrize(("name", "kept"), [("vm.raw", "vm.raw"), ("x" * 234, "x" * 234), ("x" * 236, "x" * 234),
@@ -79,3 +81,24 @@ def test_a_missing_directory_of_a_path_is_only_that(tmp_path: Path, monkeypatch:
         plan_target(path, False, "raw")
     assert refused.value.message == (f"{os.path.dirname(str(tmp_path / path))} does not exist; create it or choose "
                                      "another target")
+
+
+def test_writing_removes_what_a_killed_run_left_beside_the_target(tmp_path: Path) -> None:
+    """A partial disk and a probe a run killed with SIGKILL left (no lock holds them: as a dead run leaves them,
+    or as cdisk before the locks left them) go when the next run writes there; the operator's files stay."""
+    for prefix, suffix in ((temp_prefix(str(tmp_path), "vm.raw"), ".cdisk-part"), (".cdisk-probe-", "")):
+        fd, _ = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=tmp_path)
+        os.close(fd)
+    (tmp_path / "other.raw").write_bytes(b"keep")
+    with writing(Target(str(tmp_path / "vm.raw"), is_block=False)) as temp:
+        assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(temp), "other.raw"])
+        Path(temp).write_bytes(b"disk")
+    assert sorted(os.listdir(tmp_path)) == ["other.raw", "vm.raw"]
+
+
+def test_writing_holds_its_partial_file_against_another_runs_sweep(tmp_path: Path) -> None:
+    with writing(Target(str(tmp_path / "vm.raw"), is_block=False)) as temp:
+        assert leftovers.sweep(str(tmp_path), leftovers.BESIDE_TARGET) == []
+        assert os.path.exists(temp)
+        Path(temp).write_bytes(b"disk")
+    assert os.listdir(tmp_path) == ["vm.raw"]

@@ -1,0 +1,150 @@
+"""Temp files and directories a run holds under a lock, and what a dead run left of them, removed by the next.
+
+Every temp name cdisk makes (a partial disk beside TARGET, the save method's copy of the layers, a probe, the
+private podman service's directory) is held under `flock(LOCK_EX)` on a descriptor of its own for as long as the
+run uses it. A SIGKILL runs no `finally`, but the kernel drops the lock with the process: a name of cdisk's
+patterns whose lock can be taken (`LOCK_NB`) belongs to a dead run, and the next run that writes in that
+directory removes it. A live run's names are never touched (their lock is held); names of other patterns,
+symlinks, other users' files, and a file where a directory is expected (or the reverse) are never touched
+either. The descriptors are close-on-exec: a child (qemu-img, podman) never keeps a lock alive after cdisk.
+
+A sweep looks at no more than `SWEEP_LIMIT` entries of a directory, so a huge directory costs a bounded time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+SWEEP_LIMIT = 4096
+_RANDOM = r"[a-z0-9_]{8}"  # what tempfile's mkstemp and mkdtemp add
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A temp name cdisk makes: the whole name as a regex, and whether it is a directory."""
+
+    name: re.Pattern[str]
+    is_dir: bool
+
+
+PART = Pattern(re.compile(rf"\..+\.{_RANDOM}\.cdisk-part", re.DOTALL), is_dir=False)
+PROBE = Pattern(re.compile(rf"\.cdisk-probe-{_RANDOM}"), is_dir=False)
+SAVE = Pattern(re.compile(rf"\.cdisk-save-{_RANDOM}"), is_dir=True)
+SERVICE = Pattern(re.compile(rf"cdisk-podman-{_RANDOM}"), is_dir=True)
+BESIDE_TARGET = (PART, PROBE)
+IN_TEMP_PARENT = (SAVE, PART, PROBE)
+
+
+def _same(fd: int, path: str) -> bool:
+    """Whether `path` still names the file `fd` has open (never following a symlink)."""
+    try:
+        named = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _hold(fd: int, path: str) -> bool:
+    """Lock `fd` for this run's life; False when a sweeper removed `path` before the lock was taken."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return _same(fd, path)
+
+
+def locked_file(directory: str, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """A new file (mkstemp) in `directory`, its descriptor locked: closing it ends the hold.
+
+    Raises:
+        OSError: the file cannot be made.
+    """
+    while True:
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+        if _hold(fd, path):
+            return fd, path
+        os.close(fd)  # a sweeper took it between mkstemp and flock (a window of microseconds): another name
+
+
+def locked_dir(directory: str | None, prefix: str) -> tuple[int, str]:
+    """A new private directory (mkdtemp) in `directory` (None: tempfile's default), a locked descriptor on it.
+
+    Raises:
+        OSError: the directory cannot be made.
+    """
+    while True:
+        path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if _hold(fd, path):
+            return fd, path
+        os.close(fd)
+
+
+@contextmanager
+def held_dir(directory: str | None, prefix: str) -> Iterator[str]:
+    """A private locked directory for the block, removed with all it holds however the block ends.
+
+    Raises:
+        OSError: the directory cannot be made.
+    """
+    fd, path = locked_dir(directory, prefix)
+    try:
+        yield path
+    finally:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMIT) -> list[str]:
+    """Remove from `directory` what dead runs left: names of `patterns` of the right type, owned by this user,
+    whose lock is free. Returns the names removed. Nothing here raises: a sweep never stops a run.
+    """
+    removed: list[str] = []
+    try:
+        with os.scandir(directory) as entries:
+            for n, entry in enumerate(entries):
+                if n >= limit:
+                    break
+                pattern = next((p for p in patterns if p.name.fullmatch(entry.name)), None)
+                if pattern is not None and _remove_if_dead(entry.path, pattern.is_dir):
+                    removed.append(entry.name)
+    except OSError:
+        pass
+    return removed
+
+
+def _remove_if_dead(path: str, is_dir: bool) -> bool:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False  # a symlink (ELOOP), a directory where a file is expected, gone, not ours to read
+    try:
+        info = os.fstat(fd)
+        kind = stat.S_ISDIR if is_dir else stat.S_ISREG
+        if not kind(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live run holds it
+        if not _same(fd, path):
+            return False
+        if is_dir:
+            shutil.rmtree(path, ignore_errors=True)
+            return not os.path.lexists(path)
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        with suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,136 @@
+"""What a run killed with SIGKILL left is removed by the next; a live run's temp names, and anything not cdisk's,
+never are. The dead run is a real child process killed with SIGKILL while it holds its names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdisk.core import leftovers
+
+# A run in miniature: the names a convert makes, held as cdisk holds them, until SIGKILL.
+_HOLDER = """
+import sys, time
+from cdisk.core import leftovers
+where = sys.argv[1]
+leftovers.locked_file(where, ".vm.raw.", ".cdisk-part")
+leftovers.locked_file(where, ".cdisk-probe-")
+_, save = leftovers.locked_dir(where, ".cdisk-save-")
+open(save + "/blob", "wb").write(b"x" * 4096)
+leftovers.locked_dir(where, "cdisk-podman-")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+_ALL = (leftovers.PART, leftovers.PROBE, leftovers.SAVE, leftovers.SERVICE)
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> Iterator[Path]:
+    """A directory for the test's cdisk-like names, emptied before the leak check looks for them."""
+    made = tmp_path / "run"
+    made.mkdir()
+    yield made
+    for entry in made.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _killed_run(where: Path) -> list[str]:
+    """The names a run holding them left in `where` when SIGKILL ended it."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(where)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "held\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    return sorted(os.listdir(where))
+
+
+def test_a_dead_runs_names_are_removed(where: Path) -> None:
+    left = _killed_run(where)
+    assert len(left) == 4
+    assert sorted(leftovers.sweep(str(where), _ALL)) == left
+    assert os.listdir(where) == []
+
+
+def test_only_the_patterns_asked_for_are_swept(where: Path) -> None:
+    _killed_run(where)
+    leftovers.sweep(str(where), leftovers.BESIDE_TARGET)
+    assert sorted(n.split("-")[1] if n.startswith(("cdisk-", ".cdisk-")) else n for n in os.listdir(where)) \
+        == ["podman", "save"]
+
+
+def test_a_live_runs_names_are_kept(where: Path) -> None:
+    fd, part = leftovers.locked_file(str(where), ".vm.raw.", ".cdisk-part")
+    with leftovers.held_dir(str(where), ".cdisk-save-") as save:
+        assert leftovers.sweep(str(where), _ALL) == []
+        assert os.path.isfile(part) and os.path.isdir(save)
+    assert not os.path.exists(save), "held_dir removes its directory"
+    os.close(fd)
+    assert leftovers.sweep(str(where), _ALL) == [os.path.basename(part)]
+
+
+@pytest.mark.parametrize("name", [
+    ".vm.raw.abcdefgh.cdisk-part.keep",  # not the whole name
+    "vm.raw.abcdefgh.cdisk-part",  # no leading dot
+    ".vm.raw.abcdefg.cdisk-part",  # seven random characters
+    ".cdisk-save-ABCDEFGH",  # mkdtemp's characters are lower-case
+    ".cdisk-probe-abcdefgh-",
+    "cdisk-serve-abcdefgh",
+    "vm.raw",
+])
+def test_names_not_cdisks_are_never_touched(where: Path, name: str) -> None:
+    (where / name).write_bytes(b"operator's")
+    assert leftovers.sweep(str(where), _ALL) == []
+    assert (where / name).read_bytes() == b"operator's"
+
+
+def test_symlinks_and_the_wrong_kind_are_never_touched(where: Path) -> None:
+    precious = where / "precious"
+    precious.mkdir()
+    (precious / "disk").write_bytes(b"keep")
+    (where / ".cdisk-save-abcdefgh").symlink_to(precious)  # a link named like a save dir
+    (where / ".vm.raw.abcdefgh.cdisk-part").symlink_to(precious / "disk")
+    (where / ".vm.raw.ijklmnop.cdisk-part").mkdir()  # a directory named like a partial file
+    (where / "cdisk-podman-abcdefgh").write_bytes(b"")  # a file named like a service dir
+    assert leftovers.sweep(str(where), _ALL) == []
+    assert (precious / "disk").read_bytes() == b"keep"
+    assert len(os.listdir(where)) == 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_another_users_names_are_never_touched(where: Path) -> None:
+    theirs = where / ".vm.raw.abcdefgh.cdisk-part"
+    theirs.write_bytes(b"")
+    os.chown(theirs, 65534, 65534)
+    assert leftovers.sweep(str(where), _ALL) == []
+    assert theirs.exists()
+
+
+def test_a_sweep_looks_at_a_bounded_number_of_entries(where: Path) -> None:
+    for n in range(50):
+        (where / f".vm{n}.abcdefgh.cdisk-part").write_bytes(b"")
+    assert len(leftovers.sweep(str(where), _ALL, limit=10)) == 10
+    assert len(os.listdir(where)) == 40
+
+
+def test_a_missing_directory_is_no_error(where: Path) -> None:
+    assert leftovers.sweep(str(where / "gone"), _ALL) == []
+
+
+def test_held_descriptors_are_not_inherited(where: Path) -> None:
+    fd, _ = leftovers.locked_file(str(where), ".cdisk-probe-")
+    try:
+        assert not os.get_inheritable(fd)  # a child (qemu-img, podman) never keeps a dead run's lock alive
+    finally:
+        os.close(fd)
