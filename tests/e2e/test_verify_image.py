@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Images, assert_one_line_error, cdisk
-from tests.images import Entry, docker_archive, layer_tar, one_disk_layout, sh
+from tests.images import Entry, docker_archive, layer_tar, one_disk_layout, podvm_layers, sh
 
 
 @pytest.fixture(params=["podman", "docker"])
@@ -102,3 +102,38 @@ def test_a_docker_archive_s_layers_hash_to_their_diff_ids(tmp_path: Path) -> Non
     result = cdisk("verify", "--json", f"docker-archive:{archive}")
     assert result.code == 0, result.err
     assert json.loads(result.out)["intact"] is True
+
+
+def test_every_layer_of_a_podvm_image_and_the_damaged_one_named(images: Images, engine: str) -> None:
+    # A base of several files, the disk in a layer of its own, a layer above with a whiteout (overlay keeps it as
+    # a character device; its tar entry has no content): each layer is checked against its own diff ID.
+    name = images.layers(*podvm_layers(os.urandom(3 << 20), above=2))
+    result = cdisk("verify", "--json", name)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    diff_ids = json.loads(sh(engine, "image", "inspect", "--format", "{{json .RootFS.Layers}}", name).stdout)
+    assert [layer["digest"] for layer in data["layers"]] == diff_ids and len(diff_ids) == 4
+    assert all(layer["found"] == layer["digest"] for layer in data["layers"])
+    disk_layer = data["layers"][1]
+    _flip(Path(disk_layer["path"]) / "image" / "podvm.qcow2", 12345)
+    result = cdisk("verify", name)
+    assert result.code == 8, result.err
+    [line] = result.out.splitlines()
+    assert line.startswith(f"layer {disk_layer['digest']}: image/podvm.qcow2 differs"), line
+
+
+def test_a_layer_s_missing_tar_split_is_an_error(own_image: str, engine: str) -> None:
+    [layer] = json.loads(cdisk("verify", "--json", own_image).out)["layers"]
+    directory = Path(layer["path"]).parent
+    if engine == "podman":
+        tar_split = directory.parent.parent / "overlay-layers" / f"{directory.name}.tar-split.gz"
+    else:
+        db = directory.parent.parent / "image" / "overlay2" / "layerdb" / "sha256" / layer["digest"][7:]
+        tar_split = db / "tar-split.json.gz"
+    hidden = tar_split.with_name(tar_split.name + ".hidden")
+    tar_split.rename(hidden)
+    try:
+        assert_one_line_error(cdisk("verify", own_image), 3, "No such file or directory); the store is damaged: "
+                                                             "remove the image and pull it again")
+    finally:
+        hidden.rename(tar_split)
