@@ -103,3 +103,64 @@ def test_refresh_killed_anywhere_then_run_once_more(remote: Remote, tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == [".vm.raw.cdisk.lock", "vm.raw", "vm.raw.cdisk.json"]
     assert same_disk(disk, "qcow2", target, "raw")
     _no_cdisk_temp_data()
+
+
+_FAILING_SAVE = """#!/bin/sh
+# podman whose save fails as a layer's integrity error does, leaving its copy of the layer in TMPDIR (podman's own
+# habit: /var/tmp/NNNNNNNNN when TMPDIR is not set)
+if [ "$1" = save ]; then
+    left="${{TMPDIR:-/var/tmp}}/123456789"
+    head -c 65536 /dev/zero > "$left"
+    echo "$left" >> {log}
+    echo 'Error: copying layer: digest mismatch' >&2
+    exit 125
+fi
+exec {real} "$@"
+"""
+
+
+def test_a_failed_podman_save_leaves_no_layer_copy(images: Images, tmp_path: Path) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "left.log"
+    real = sh("sh", "-c", "command -v podman").stdout.strip()
+    (bin_dir / "podman").write_text(_FAILING_SAVE.format(log=log, real=real))
+    (bin_dir / "podman").chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cdisk("convert", "--engine", "podman", "--method", "save", name, out / "vm.raw",
+                   env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.code == 7 and "podman save failed: Error: copying layer: digest mismatch" in result.err
+    [left] = log.read_text().splitlines()
+    assert ".cdisk-save-" in left, "podman's TMPDIR is inside cdisk's own temp dir"
+    assert not os.path.exists(left)
+    assert os.listdir(out) == []
+
+
+_HOLDS_A_SERVICE = """
+import sys, time
+import cdisk.core.engines.podman as podman
+with podman.private_service():
+    print("up", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.needs("podman")
+def test_a_killed_runs_service_dir_is_removed_by_the_next() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDS_A_SERVICE], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "up\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    wait_for(lambda: tagged_processes(("podman system service",)) == {}, 60)  # the kernel's parent-death signal
+    temp = Path(os.environ["TMPDIR"])
+    [dead] = [p.name for p in temp.iterdir() if p.name.startswith("cdisk-podman-")]
+    subprocess.run([sys.executable, "-c", "import cdisk.core.engines.podman as p\nwith p.private_service(): pass"],
+                   check=True, timeout=120)
+    assert not (temp / dead).exists()
+    _no_cdisk_temp_data()
