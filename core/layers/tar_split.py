@@ -8,8 +8,8 @@ Go's crc64.ISO table, big-endian). `tar/asm/assemble.go` writes the segments in 
 size above 0, the file read from the layer's directory (Go's `filepath.Join(diff, name)`), and fails with "file
 integrity checksum failed for NAME" when its CRC-64 differs. Here the files are read exactly `size` bytes at a
 time in 1 MiB reads, each opened one directory at a time without following a link; a layer whose diff ID
-differs is read a second time for the CRC-64s, which name the file that changed (pure Python: this costs ~6 MB/s,
-paid only when the layer is already known to be damaged).
+differs is read a second time for the CRC-64s, which name the file that changed (~300 MB/s in Python; paid only
+for a layer already known to be damaged).
 """
 
 from __future__ import annotations
@@ -39,27 +39,30 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
-def _crc64_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xD800000000000000 if crc & 1 else crc >> 1  # crc64.ISO, reversed
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC64_ISO = _crc64_table()
 _ALL = (1 << 64) - 1
 
 
 def crc64_iso(data: bytes, crc: int = 0) -> int:
-    """Go's `crc64.Update(crc, crc64.MakeTable(crc64.ISO), data)`."""
-    table = _CRC64_ISO
-    crc ^= _ALL
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ _ALL
+    """Go's `crc64.Update(crc, crc64.MakeTable(crc64.ISO), data)`, computed on the whole of `data` as one Python
+    integer, not a byte at a time (~300 MB/s where a table loop makes 6).
+
+    The reflected CRC is the remainder of M(x)·x^64 + I(x)·x^8n by P(x) = x^64 + x^4 + x^3 + x + 1 (ISO 3309), and
+    `int.from_bytes(data, "little")` is M with its bits reversed: bit p stands for the term of degree W-1-p, W =
+    8n + 64, and the register's init I its bits 0-63. P is sparse, and so is each x^(64s) ≡ (x^4 + x^3 + x + 1)^s
+    = x^4s + x^3s + x^s + 1 for s a power of two (squaring is linear over GF(2)): the 60s terms of highest degree,
+    moved down that way, fold onto the next 64s with four shifts and XORs, each fold halving what is left.
+    """
+    r = int.from_bytes(data, "little") ^ (crc ^ _ALL)
+    width = 8 * len(data) + 64
+    while width >= 124:
+        s = 1 << ((width // 124).bit_length() - 1)  # 124s <= width: the folded terms all have degree >= 64s
+        high = r & ((1 << 60 * s) - 1)
+        r = (r >> 60 * s) ^ high ^ (high << s) ^ (high << 3 * s) ^ (high << 4 * s)
+        width -= 60 * s
+    c = width - 64  # fewer than 60 terms of degree >= 64 left
+    high = r & ((1 << c) - 1)
+    r = (r >> c) ^ ((high ^ (high << 1) ^ (high << 3) ^ (high << 4)) << (60 - c))
+    return r ^ _ALL
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ def _stream(root_fd: int, entry: FileEntry, sink: Callable[[bytes], object], rea
 
 def crc_mismatches(tar_split: BinaryIO, root_fd: int, label: str) -> list[str]:
     """The files of the layer whose content's CRC-64 is not the tar-split's (what tar-split's assembly would fail
-    on: "file integrity checksum failed"), in the tar's order. Slow (pure Python): for a layer known damaged.
+    on: "file integrity checksum failed"), in the tar's order: a second read, for a layer known damaged.
 
     Raises:
         ImageError: the tar-split cannot be read.

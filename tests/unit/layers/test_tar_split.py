@@ -20,11 +20,33 @@ from cdisk.core.layers import tar_split
 from cdisk.core.layers.tar_split import FileEntry, crc64_iso, crc_mismatches, entries, open_in, reassemble
 
 
+def _go_crc64_iso(data: bytes, crc: int = 0) -> int:
+    """Go's hash/crc64 as it is written: a table of the reversed polynomial, a byte at a time."""
+    table = []
+    for byte in range(256):
+        c = byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0xD800000000000000 if c & 1 else c >> 1
+        table.append(c)
+    crc ^= (1 << 64) - 1
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ ((1 << 64) - 1)
+
+
 def test_crc64_is_go_s_iso_table() -> None:
     # CRC-64/GO-ISO's check value (Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ISO))).
-    assert crc64_iso(b"123456789") == 0xB90956C775A41001
+    assert crc64_iso(b"123456789") == _go_crc64_iso(b"123456789") == 0xB90956C775A41001
     assert crc64_iso(b"6789", crc64_iso(b"12345")) == 0xB90956C775A41001
     assert crc64_iso(b"") == 0
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 15, 16, 17, 63, 64, 65, 127, 1000, 4097, 65536 + 3])
+def test_crc64_of_every_length_and_chained(size: int) -> None:
+    data = os.urandom(size)
+    assert crc64_iso(data) == _go_crc64_iso(data)
+    assert crc64_iso(data[size // 3:], crc64_iso(data[:size // 3])) == _go_crc64_iso(data)
+    assert crc64_iso(b"\xff" * size) == _go_crc64_iso(b"\xff" * size)
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
