@@ -1,23 +1,31 @@
 """Temp files and directories a run holds under a lock, and what a dead run left of them, removed by the next.
 
 Every temp name cdisk makes (a partial disk beside TARGET, the save method's copy of the layers, a probe, the
-private podman service's directory) is held under `flock(LOCK_EX)` on a descriptor of its own for as long as the
-run uses it. A SIGKILL runs no `finally`, but the kernel drops the lock with the process: a name of cdisk's
-patterns whose lock can be taken (`LOCK_NB`) belongs to a dead run, and the next run that writes in that
-directory removes it. A live run's names are never touched (their lock is held); names of other patterns,
-symlinks, other users' files, and a file where a directory is expected (or the reverse) are never touched
-either. The descriptors are close-on-exec: a child (qemu-img, podman) never keeps a lock alive after cdisk.
+private podman service's directory) is held under a lock on a descriptor of its own for as long as the run uses
+it. A SIGKILL runs no `finally`, but the kernel drops the lock with the process: a name of cdisk's patterns whose
+lock can be taken without waiting belongs to a dead run, and the next run that writes in that directory removes
+it. A live run's names are never touched (their lock is held); names of other patterns, symlinks, other users'
+files, and a file where a directory is expected (or the reverse) are never touched either. The descriptors are
+close-on-exec: a child (qemu-img, podman) never keeps a lock alive after cdisk.
+
+A file is held by an open-file-description lock (`F_OFD_SETLK`) on one byte far past anything qemu locks (its
+image locks are bytes 100 to 300): qemu-img writes the partial disk under its own locks, on NFS too, where
+`flock` would be a whole-file lock that qemu-img's lock checks see. A directory, which cannot be opened for
+writing, is held by `flock`. Where a filesystem takes no lock (NFS without lockd; `flock` of a directory on NFS),
+the run goes on unlocked and its names are never swept: a sweep never removes what it cannot lock.
 
 A sweep looks at no more than `SWEEP_LIMIT` entries of a directory, so a huge directory costs a bounded time.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 
 SWEEP_LIMIT = 4096
 _RANDOM = r"[a-z0-9_]{8}"  # what tempfile's mkstemp and mkdtemp add
+_LOCK_BYTE = 1 << 62  # beyond any disk, and far from qemu's lock bytes (block/file-posix.c: 100 and 200 on)
+_BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,26 @@ def _same(fd: int, path: str) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _hold(fd: int, path: str) -> bool:
+def _lock(fd: int, is_dir: bool, wait: bool) -> bool | None:
+    """Take the hold on `fd`: True when taken, False when another holds it (only without `wait`), None when the
+    filesystem takes no lock of this kind."""
+    try:
+        if is_dir:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        else:
+            # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
+            request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _LOCK_BYTE, 1, 0)
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, request)
+    except OSError as error:
+        if error.errno in _BUSY and not wait:
+            return False
+        return None
+    return True
+
+
+def _hold(fd: int, path: str, is_dir: bool) -> bool:
     """Lock `fd` for this run's life; False when a sweeper removed `path` before the lock was taken."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    _lock(fd, is_dir, wait=True)
     return _same(fd, path)
 
 
@@ -67,7 +94,7 @@ def locked_file(directory: str, prefix: str, suffix: str = "") -> tuple[int, str
     """
     while True:
         fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
-        if _hold(fd, path):
+        if _hold(fd, path, is_dir=False):
             return fd, path
         os.close(fd)  # a sweeper took it between mkstemp and flock (a window of microseconds): another name
 
@@ -81,7 +108,7 @@ def locked_dir(directory: str | None, prefix: str) -> tuple[int, str]:
     while True:
         path = tempfile.mkdtemp(prefix=prefix, dir=directory)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if _hold(fd, path):
+        if _hold(fd, path, is_dir=True):
             return fd, path
         os.close(fd)
 
@@ -122,22 +149,22 @@ def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMI
 
 
 def _remove_if_dead(path: str, is_dir: bool) -> bool:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0)
+    kind = stat.S_ISDIR if is_dir else stat.S_ISREG
+    try:
+        seen = os.lstat(path)  # before opening: never open a device, a FIFO or a link that wears the name
+    except OSError:
+        return False
+    if not kind(seen.st_mode) or seen.st_uid != os.geteuid():
+        return False
+    # A file is opened for writing: its lock is a write lock, which NFS grants only on such a descriptor.
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_RDONLY | os.O_DIRECTORY if is_dir else os.O_RDWR)
     try:
         fd = os.open(path, flags)
     except OSError:
-        return False  # a symlink (ELOOP), a directory where a file is expected, gone, not ours to read
+        return False
     try:
-        info = os.fstat(fd)
-        kind = stat.S_ISDIR if is_dir else stat.S_ISREG
-        if not kind(info.st_mode) or info.st_uid != os.geteuid():
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False  # a live run holds it
-        if not _same(fd, path):
-            return False
+        if not _same(fd, path) or _lock(fd, is_dir, wait=False) is not True:
+            return False  # replaced meanwhile, a live run holds it, or no lock here to tell
         if is_dir:
             shutil.rmtree(path, ignore_errors=True)
             return not os.path.lexists(path)

@@ -3,9 +3,11 @@ never are. The dead run is a real child process killed with SIGKILL while it hol
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,4 +135,17 @@ def test_held_descriptors_are_not_inherited(where: Path) -> None:
     try:
         assert not os.get_inheritable(fd)  # a child (qemu-img, podman) never keeps a dead run's lock alive
     finally:
+        os.close(fd)
+
+
+def test_a_held_file_leaves_qemus_lock_bytes_free(where: Path) -> None:
+    """qemu-img writes the partial disk under its own locks (bytes 100 to 300, file-posix.c): the hold never
+    covers them, on a local filesystem or on NFS, where a whole-file lock would."""
+    fd, part = leftovers.locked_file(str(where), ".vm.raw.", ".cdisk-part")
+    qemu = os.open(part, os.O_RDWR)
+    try:
+        qemus = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 100, 201, 0)
+        fcntl.fcntl(qemu, fcntl.F_OFD_SETLK, qemus)  # raises (EAGAIN) if the hold covered them
+    finally:
+        os.close(qemu)
         os.close(fd)
