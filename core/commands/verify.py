@@ -237,6 +237,8 @@ def _verify_blobs(reference: str, image: Image, blobs: list[LayerBlob], progress
             continue
         found = "sha256:" + digest.hexdigest()
         reason = "" if done == blob.size else f"{done} bytes where the image says {blob.size}"
+        if inflate is not None and not inflate.eof and not reason:
+            reason = "its compressed bytes end before their stream does"
         if found != blob.digest and not reason:
             reason = f"hashes to {found}"
         findings.append(LayerFinding(blob.digest, _blob_file(blob), found, found == blob.digest and not reason, [],
