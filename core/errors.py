@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: an exception no class here describes
-EXIT_DIFFERENT = 8  # verify: TARGET differs from the image's disk (a finding, not an error)
+EXIT_DIFFERENT = 8  # verify: TARGET differs from the image's disk, or (no TARGET) the image from what it says
 
 
 class CdiskError(Exception):
@@ -177,3 +177,12 @@ class Interrupted(BaseException):
 class TooManyEntries(Exception):
     """A directory holds more entries than the `limit` its listing was given: none of them was looked at. The
     search for disks outside /disk/ ends there and says so; it never reaches the user as an error."""
+
+
+class Denied(Exception):
+    """`verify IMAGE`: a file of a layer this process may not read (a rootless store's file owned by a subordinate
+    id): no finding on the layer, a question of who reads it; worded by the command."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(name, why)
+        self.name, self.why = name, why

@@ -14,7 +14,7 @@ from typing import Any
 from cdisk.core.disk import formats
 from cdisk.core.engines import choice, store_files
 from cdisk.core.engines.seam import Image
-from cdisk.core.errors import ImageError, UnsafeImageError
+from cdisk.core.errors import Denied, ImageError, UnsafeImageError
 from cdisk.core.layers import tar_split
 from cdisk.core.oci.blob import LayerBlob, close_blobs, compression_of, read_head
 from cdisk.core.progress import Progress
@@ -170,7 +170,7 @@ def _verify_store(reference: str, image: Image, progress: Progress) -> ImageVerd
                 os.fdopen(os.dup(split_fd), "rb") as split:
             try:
                 done = tar_split.reassemble(split, root, label, read)
-            except tar_split.Denied as denied:
+            except Denied as denied:
                 raise ImageError(f"cannot read {denied.name} of layer {layer.diff_id[7:19]} ({denied.why}); run "
                                  "cdisk as the store's owner (a rootless store: podman unshare cdisk verify IMAGE)"
                                  ) from None

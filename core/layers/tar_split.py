@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cdisk.core.errors import ImageError
+from cdisk.core.errors import Denied, ImageError
 
 CHUNK = 1 << 20
 # A line of the tar-split is one entry: a segment holds headers (a PAX header with a long name, say), never a
@@ -139,15 +139,6 @@ def open_in(root_fd: int, name: bytes) -> int:
         os.close(found)
         raise OSError(errno.EINVAL, "not a regular file")
     return found
-
-
-class Denied(Exception):
-    """A file of the layer this process may not read (a rootless store's file owned by a subordinate id): no
-    finding on the layer, a question of who reads it."""
-
-    def __init__(self, name: str, why: str) -> None:
-        super().__init__(name, why)
-        self.name, self.why = name, why
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def refused(*argv: str, app: type[cli.Application] = CDisk) -> str:
      "unknown switch -q before the command; a command's switches go after it: cdisk convert -q …"),
     (["convert", "IMG"], "TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
     (["convert"], "IMAGE and TARGET missing; usage: cdisk convert [SWITCHES] IMAGE TARGET"),
-    (["verify", "IMG", "T", "more"], "too many arguments: 'more'; usage: cdisk verify [SWITCHES] IMAGE TARGET"),
+    (["verify", "IMG", "T", "more"], "too many arguments: 'more'; usage: cdisk verify [SWITCHES] IMAGE [TARGET]"),
     # qemu-img's habit `-f qcow2` meets cdisk's -f (--force): the left-over argument is told with the slip.
     (["convert", "-f", "qcow2", "IMG", "T"],
      "too many arguments: 'T'; cdisk's -f is --force, not qemu-img's -f FMT (the disk's own format is read from the "
