@@ -23,7 +23,7 @@ from tests.helpers import Images, Remote, cdisk, same_disk, tagged_processes, wa
 from tests.images import sh
 
 KILLABLE = [("podman", "layers"), ("podman", "save"), ("docker", "save"), ("docker", "layers")]
-RANDOM_KILLS = 5
+RANDOM_KILLS = 6
 TLS = ("--tls-verify", "false")
 
 
@@ -88,6 +88,26 @@ def test_convert_killed_anywhere_then_run_once_more(images: Images, tmp_path: Pa
     assert os.listdir(out) == ["vm.raw"]
     assert same_disk(disk, "qcow2", target, "raw")
     _no_cdisk_temp_data()
+
+
+@pytest.mark.parametrize("reading", [("podman", "save")], indirect=True, ids=["podman-save"])
+def test_save_killed_with_a_tmpdir_then_run_once_more(images: Images, tmp_path: Path, engine: str,
+                                                      method: str) -> None:
+    """--tmpdir elsewhere than TARGET's directory: the save copy a killed run left there goes with the next run."""
+    disk = images.disk(size="64M")
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x5d 0 64M", disk)
+    name = images.build({"disk.qcow2": disk})
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    out.mkdir()
+    scratch.mkdir()
+    argv = ["convert", "--engine", engine, "--method", method, "--tmpdir", str(scratch), "--force", name,
+            str(out / "vm.raw")]
+    _kill_when(argv, _holds(scratch, ".cdisk-save-"))
+    assert os.listdir(scratch) != []
+    _timed(argv)
+    assert os.listdir(scratch) == []
+    assert os.listdir(out) == ["vm.raw"]
+    assert same_disk(disk, "qcow2", out / "vm.raw", "raw")
 
 
 @pytest.mark.parametrize("method", ["layers", "save"])
