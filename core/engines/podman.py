@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -88,11 +89,41 @@ def local_store() -> Iterator[None]:
         yield
 
 
+def runtime_dir_follows_tmpdir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> bool:
+    """Whether podman would take its runtime dir from TMPDIR here: then another TMPDIR would give it another
+    runtime dir, and with it other storage locks than every other podman of this user takes.
+
+    podman (pkg/util.GetRuntimeDir) uses XDG_RUNTIME_DIR, else /run/user/UID when it is the user's own 0700
+    directory, else $TMPDIR/podman-run-UID (a cron job of a user without a login session); root's is /run.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    rootless_uid = env.get("_CONTAINERS_ROOTLESS_UID")
+    if (euid == 0 and not rootless_uid) or env.get("XDG_RUNTIME_DIR"):
+        return False
+    uid = int(rootless_uid or euid)
+    try:
+        own = os.stat(f"/run/user/{uid}")
+    except OSError:
+        return True
+    return not (own.st_uid == euid and stat.S_IMODE(own.st_mode) & 0o700 == 0o700)
+
+
+def engine_tmpdir(tmpdir: str) -> AbstractContextManager[object]:
+    """Run podman in this block with TMPDIR=`tmpdir`, a directory of cdisk's own that it removes: what podman
+    leaves in TMPDIR (/var/tmp by default) when a save or a pull fails (its copy of a layer) goes with it.
+
+    Not where podman's runtime dir follows TMPDIR (`runtime_dir_follows_tmpdir`): there podman keeps its own
+    TMPDIR, and what a failed save leaves is podman's to leave.
+    """
+    from plumbum import local
+
+    return nullcontext() if runtime_dir_follows_tmpdir() else local.env(TMPDIR=tmpdir)
+
+
 @contextmanager
 def private_service() -> Iterator[str]:
     """Start `podman system service` on a socket in a private temp dir; stop it and remove the dir after."""
-    from plumbum import local
-
     from cdisk.core import leftovers
 
     # The service's directory is held under its lock while it runs; those of runs killed with SIGKILL (whose
@@ -106,7 +137,7 @@ def private_service() -> Iterator[str]:
     try:
         os.mkdir(scratch, 0o700)
         log = open(os.path.join(workdir, "service.log"), "wb")  # noqa: SIM115 - closed in finally
-        with local_store(), local.env(TMPDIR=scratch):
+        with local_store(), engine_tmpdir(scratch):
             proc = podman_cli().popen(["system", "service", "--time=0", f"unix://{socket}"],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       start_new_session=True, preexec_fn=processes.die_with_parent)
@@ -307,10 +338,8 @@ def save_oci_dir(image_id: str, destination: str, tmpdir: str) -> None:
     podman runs with TMPDIR=`tmpdir`, a directory of cdisk's own that it removes: a failed save leaves its copy
     of a layer in TMPDIR (/var/tmp by default), which nothing else would ever remove.
     """
-    from plumbum import local
-
     argv = ["save", "--quiet", "--uncompressed", "--format", "oci-dir", "-o", destination, "--", image_id]
-    with local_store(), local.env(TMPDIR=tmpdir):
+    with local_store(), engine_tmpdir(tmpdir):
         code, _, err = processes.run(podman_cli(), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
         last = processes.last_line(err, code)
