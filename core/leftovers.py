@@ -12,7 +12,8 @@ A file is held by an open-file-description lock (`F_OFD_SETLK`) on one byte far 
 image locks are bytes 100 to 300): qemu-img writes the partial disk under its own locks, on NFS too, where
 `flock` would be a whole-file lock that qemu-img's lock checks see. A directory, which cannot be opened for
 writing, is held by `flock`. Where a filesystem takes no lock (NFS without lockd; `flock` of a directory on NFS),
-the run goes on unlocked and its names are never swept: a sweep never removes what it cannot lock.
+the run goes on unlocked and its names are never swept: a sweep never removes what it cannot lock. Nor does a
+sweep touch a file system whose locks other machines may not see (NFS, FUSE, CIFS, 9p: `locks_are_shared`).
 
 A sweep looks at no more than `SWEEP_LIMIT` entries of a directory, so a huge directory costs a bounded time.
 """
@@ -107,7 +108,10 @@ def locked_dir(directory: str | None, prefix: str) -> tuple[int, str]:
     """
     while True:
         path = tempfile.mkdtemp(prefix=prefix, dir=directory)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # a sweeper took it between mkdtemp and its lock: another name
         if _hold(fd, path, is_dir=True):
             return fd, path
         os.close(fd)
@@ -135,17 +139,51 @@ def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMI
     whose lock is free. Returns the names removed. Nothing here raises: a sweep never stops a run.
     """
     removed: list[str] = []
+    local: bool | None = None  # asked once, and only when a name of cdisk's is there
     try:
         with os.scandir(directory) as entries:
             for n, entry in enumerate(entries):
                 if n >= limit:
                     break
                 pattern = next((p for p in patterns if p.name.fullmatch(entry.name)), None)
-                if pattern is not None and _remove_if_dead(entry.path, pattern.is_dir):
+                if pattern is None:
+                    continue
+                if local is None:
+                    local = locks_are_shared(directory)
+                if local and _remove_if_dead(entry.path, pattern.is_dir):
                     removed.append(entry.name)
     except OSError:
         pass
     return removed
+
+
+# File systems whose locks every process that can reach a file sees: local ones. On NFS (nolock, local_lock),
+# FUSE, CIFS or 9p a lock may be granted by this machine alone while a run on another holds the name: never swept.
+_LOCAL_FILESYSTEMS = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x01021994,  # tmpfs
+    0x858458F6,  # ramfs
+    0x2FC12FC1,  # zfs
+    0xF2F52010,  # f2fs
+    0xCA451A4E,  # bcachefs
+    0x3153464A,  # jfs
+    0x794C7630,  # overlay (a container's root)
+})
+
+
+def locks_are_shared(directory: str) -> bool:
+    """Whether every run that can write in `directory` sees this machine's locks on it: a local file system
+    (statfs's f_type). Unknown, or the question failing: no."""
+    import ctypes  # only where a name of cdisk's is found: a sweep of a clean directory pays nothing
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(256)  # struct statfs (120 bytes on 64-bit Linux); f_type comes first
+    if libc.statfs(os.fsencode(directory), buffer) != 0:
+        return False
+    kind = struct.unpack_from("l", buffer.raw)[0] & 0xFFFFFFFF
+    return kind in _LOCAL_FILESYSTEMS
 
 
 def _remove_if_dead(path: str, is_dir: bool) -> bool:

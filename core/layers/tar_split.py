@@ -32,8 +32,8 @@ from cdisk.core.errors import Denied, ImageError
 
 CHUNK = 1 << 20
 # A line of the tar-split is one entry: a segment holds headers (a PAX header with a long name, say), never a
-# file's content; a longer line is no tar-split's.
-MAX_LINE = 16 << 20
+# file's content; a longer line is no tar-split's (and 4 MiB of JSON decodes into at most a few hundred MiB).
+MAX_LINE = 4 << 20
 _SEGMENT, _FILE = 2, 1
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -90,7 +90,7 @@ def entries(tar_split: BinaryIO, label: str) -> Iterator[bytes | FileEntry]:
                 if len(line) > MAX_LINE:
                     raise ValueError("a line too long")
                 yield _entry(json.loads(line))
-    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError, binascii.Error) as error:
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError, binascii.Error, RecursionError) as error:
         raise ImageError(f"{label} cannot be read ({_why(error)}); the store is damaged: remove the image and pull "
                          "it again") from error
 
@@ -109,6 +109,8 @@ def _entry(record: object) -> bytes | FileEntry:
     if kind == _FILE:
         raw = record.get("name_raw")
         name = base64.b64decode(raw, validate=True) if raw else str(record.get("name") or "").encode()
+        if b"\0" in name:
+            raise ValueError("a file name holding a NUL byte")
         size = record.get("size") or 0
         if not isinstance(size, int) or size < 0:
             raise ValueError("a file of no size")
@@ -132,13 +134,20 @@ def open_in(root_fd: int, name: bytes) -> int:
             below = os.open(part, _DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = below
-        found = os.open(parts[-1], _REGULAR, dir_fd=fd)
+        # O_PATH opens nothing (a device's open can have effects): judged by its descriptor, then opened for
+        # reading through that very descriptor.
+        judged = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     finally:
         os.close(fd)
-    if not stat.S_ISREG(os.fstat(found).st_mode):
-        os.close(found)
-        raise OSError(errno.EINVAL, "not a regular file")
-    return found
+    try:
+        mode = os.fstat(judged).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "a symbolic link where a file should be")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.open(f"/proc/self/fd/{judged}", _REGULAR & ~os.O_NOFOLLOW)  # the magic link is the file judged
+    finally:
+        os.close(judged)
 
 
 @dataclass(frozen=True)

@@ -149,3 +149,18 @@ def test_a_held_file_leaves_qemus_lock_bytes_free(where: Path) -> None:
     finally:
         os.close(qemu)
         os.close(fd)
+
+
+def test_a_file_system_other_machines_share_is_never_swept(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # NFS mounted nolock, FUSE, CIFS: a lock this machine grants says nothing of a run on another one. Such a
+    # mount cannot be made here: the answer of statfs is what is injected.
+    left = _killed_run(where)
+    monkeypatch.setattr(leftovers, "locks_are_shared", lambda directory: False)
+    assert leftovers.sweep(str(where), _ALL) == []
+    assert sorted(os.listdir(where)) == left
+
+
+def test_local_file_systems_are_told_from_others() -> None:
+    assert leftovers.locks_are_shared("/dev/shm")  # tmpfs
+    assert not leftovers.locks_are_shared("/proc")  # not a file system runs write in
+    assert not leftovers.locks_are_shared("/no/such/directory")

@@ -178,7 +178,28 @@ def test_a_raw_name_and_the_entries() -> None:
 
 @pytest.mark.parametrize("split", [b"not gzip", gzip.compress(b"{not json\n"), gzip.compress(b'{"type": 7}\n'),
                                    gzip.compress(b'{"type": 2, "payload": "!!"}\n'), gzip.compress(b"[]\n"),
-                                   gzip.compress(b'{"type": 2, "payload": ""}\n')[:-6]])
+                                   gzip.compress(b'{"type": 2, "payload": ""}\n')[:-6],
+                                   # nested past Python's recursion limit; a name holding a NUL; a line too long
+                                   gzip.compress(b"[" * 200_000 + b"\n"),
+                                   gzip.compress(b'{"type": 1, "name_raw": "YQBi", "size": 1}\n'),
+                                   gzip.compress(b'{"type": 2, "payload": "' + b"A" * (tar_split.MAX_LINE + 4)
+                                                 + b'"}\n')],
+                         ids=["not-gzip", "not-json", "type-7", "bad-base64", "a-list", "cut", "nested", "nul",
+                              "long"])
 def test_a_damaged_tar_split_is_one_error(split: bytes) -> None:
     with pytest.raises(ImageError, match=r"^the tar-split of x cannot be read \(.*\); the store is damaged: "):
         list(entries(io.BytesIO(split), "the tar-split of x"))
+
+
+def test_a_device_where_a_file_should_be_is_never_opened(tmp_path: Path) -> None:
+    # /dev/null stands for any device a damaged tar-split could name: judged by an O_PATH descriptor, not opened.
+    os.symlink("/dev", tmp_path / "dev")
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError):
+            open_in(root, b"dev/null")  # a link on the way
+        os.mknod(tmp_path / "null", 0o600 | 0o020000, os.makedev(1, 3))
+        with pytest.raises(OSError, match="not a regular file"):
+            open_in(root, b"null")
+    finally:
+        os.close(root)
