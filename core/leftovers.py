@@ -50,6 +50,7 @@ PART = Pattern(re.compile(rf"\..+\.{_RANDOM}\.cdisk-part", re.DOTALL), is_dir=Fa
 PROBE = Pattern(re.compile(rf"\.cdisk-probe-{_RANDOM}"), is_dir=False)
 SAVE = Pattern(re.compile(rf"\.cdisk-save-{_RANDOM}"), is_dir=True)
 SERVICE = Pattern(re.compile(rf"cdisk-podman-{_RANDOM}"), is_dir=True)
+BUILD = Pattern(re.compile(rf"\.cdisk-build-{_RANDOM}"), is_dir=True)
 BESIDE_TARGET = (PART, PROBE)
 IN_TEMP_PARENT = (SAVE, PART, PROBE)
 

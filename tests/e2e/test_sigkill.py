@@ -184,3 +184,23 @@ def test_a_killed_runs_service_dir_is_removed_by_the_next() -> None:
                    check=True, timeout=120)
     assert not (temp / dead).exists()
     _no_cdisk_temp_data()
+
+
+def test_a_killed_builds_work_dir_is_removed_by_the_next(tmp_path: Path) -> None:
+    # A build's work dir holds a layer of the disk's size: killed while it writes, the next build removes it.
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(48 << 20))  # random: gzip takes a second or more, long enough to be killed in
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [sys.executable, "-m", "cdisk", "build", "-q", "--tmpdir", str(work), "--layer-compression", "gzip"]
+    proc = subprocess.Popen([*argv, "--output", f"oci:{tmp_path / 'killed'}", str(disk), "localhost/vm:1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(p.name.startswith(".cdisk-build-") for p in work.iterdir()), 60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [dead] = [p.name for p in work.iterdir()]
+    built = cdisk("build", "-q", "--tmpdir", work, "--output", f"oci:{tmp_path / 'built'}", disk, "localhost/vm:1")
+    assert built.code == 0, built.err
+    assert list(work.iterdir()) == [], dead

@@ -10,12 +10,12 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cdisk.core import leftovers
 from cdisk.core.commands.build import disk_check, image, layer
 from cdisk.core.disk.inspection import inspect_disk
 from cdisk.core.engines import choice
@@ -273,11 +273,15 @@ def _no_room(error: OSError, where: str) -> TargetError:
 
 @contextmanager
 def _work_dir(parent: str) -> Iterator[str]:
+    """The build's private directory in `parent`, held under a lock (`leftovers`): what a killed build left there
+    (a layer of the disk's size) goes with the next build that writes there."""
+    leftovers.sweep(parent, (leftovers.BUILD,))
     try:
-        work = tempfile.mkdtemp(prefix=".cdisk-build-", dir=parent)
+        fd, work = leftovers.locked_dir(parent, ".cdisk-build-")
     except OSError as error:
         raise TargetError(f"cannot make a temp dir in {parent}: {error.strerror}; pass --tmpdir") from None
     try:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
