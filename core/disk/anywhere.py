@@ -27,7 +27,14 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from cdisk.core.disk.formats import QCOW2_MAGIC, VDI_SIGNATURE, VMDK_SPARSE_MAGIC, ReadAt
+from cdisk.core.disk.formats import (
+    ISO9660_MAGIC,
+    ISO9660_MAGIC_AT,
+    QCOW2_MAGIC,
+    VDI_SIGNATURE,
+    VMDK_SPARSE_MAGIC,
+    ReadAt,
+)
 from cdisk.core.errors import TooManyEntries
 from cdisk.core.shell import shell_word
 from cdisk.core.sizes import size_text
@@ -43,8 +50,7 @@ MAX_DEPTH = 16
 SECTOR = 512
 # What a header is judged by: the first 4 KiB (every magic but ISO 9660's), and ISO 9660's volume descriptor.
 HEAD_BYTES = 4096
-ISO_MAGIC_AT, ISO_MAGIC = 0x8001, b"CD001"
-SNIFF_BYTES = ISO_MAGIC_AT + len(ISO_MAGIC)
+SNIFF_BYTES = ISO9660_MAGIC_AT[0] + len(ISO9660_MAGIC)
 
 _IMAGE_MAGICS = ((QCOW2_MAGIC, "qcow2"), (VMDK_SPARSE_MAGIC, "vmdk"), (b"vhdxfile", "vhdx"), (b"conectix", "vpc"),
                  (b"QED\0", "qed"), (b"LUKS\xba\xbe", "luks"))
@@ -104,7 +110,7 @@ def sniff(read_at: ReadAt, size: int) -> Sniffed | None:
         return Sniffed("raw", "ext2/3/4")
     if head.startswith(b"XFSB"):
         return Sniffed("raw", "XFS")
-    if read_at(ISO_MAGIC_AT, len(ISO_MAGIC)) == ISO_MAGIC:
+    if read_at(ISO9660_MAGIC_AT[0], len(ISO9660_MAGIC)) == ISO9660_MAGIC:
         return Sniffed("raw", "ISO 9660")
     return None
 

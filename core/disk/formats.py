@@ -17,6 +17,10 @@ ReadAt = Callable[[int, int], bytes]
 
 HEADER_BYTES = 64 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
+# ISO 9660's volume descriptors: a type byte, then this magic, from sector 16 of 2048 bytes (the first is always
+# there; file(1) looks at the first three).
+ISO9660_MAGIC = b"CD001"
+ISO9660_MAGIC_AT = (0x8001, 0x8801, 0x9001)
 QCOW2_EXT_DATA_FILE = 0x44415441
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
 VMDK_SPARSE_MAGIC = b"KDMV"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from cdisk.core.disk.formats import ISO9660_MAGIC, ISO9660_MAGIC_AT
 from cdisk.core.errors import UsageError
 
 SECTOR = 512
@@ -73,8 +74,6 @@ _MAGICS = (
     (0, b"PK\x07\x08", _ZIP),  # a spanned zip's first part
     (257, b"ustar", _archive("tar", "tar -xf")),  # POSIX "ustar\0" and GNU "ustar  "
 )
-# ISO 9660 volume descriptors: type byte, "CD001", from sector 16 of 2048 bytes (file(1) looks at these three).
-_ISO_OFFSETS = (0x8001, 0x8801, 0x9001)
 _LINE_BREAKS = str.maketrans("", "", "\t\n\r\f\v")
 
 
@@ -88,7 +87,7 @@ def identify(head: bytes) -> Content | None:
     # A zstd stream may start with skippable frames (magic 0x184D2A50-5F, little-endian), as pzstd writes them.
     if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
         return _ZSTD
-    if any(head[at:at + 5] == b"CD001" for at in _ISO_OFFSETS):
+    if any(head[at:at + len(ISO9660_MAGIC)] == ISO9660_MAGIC for at in ISO9660_MAGIC_AT):
         return ISO9660
     return TEXT if _is_text(head) else None
 
