@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdisk.core.disk import formats
-from cdisk.core.engines import choice, store_files
+from cdisk.core.engines import choice, store_files, store_pin
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import Denied, ImageError, UnsafeImageError
 from cdisk.core.layers import tar_split
@@ -154,6 +154,12 @@ def verify_image(image: ImageRequest, progress: Progress) -> ImageVerdict:
 
 
 def _verify_store(reference: str, image: Image, progress: Progress) -> ImageVerdict:
+    # Pinned: a layer an rmi removes meanwhile is that, not damage (podman's writers wait for the check's end).
+    with store_pin.pinned(image, progress.stage):
+        return _check_store(reference, image, progress)
+
+
+def _check_store(reference: str, image: Image, progress: Progress) -> ImageVerdict:
     layers = store_files.stored_layers(image)
     progress.stage("checking layers")
     findings, total = [], 0

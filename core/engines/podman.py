@@ -324,7 +324,7 @@ def _inspect_cli(reference: str) -> Image | None:
         argv = ["image", "inspect", "--format", "json", "--", reference]
         code, out, err = processes.run(podman_cli(), argv)
     if code != 0:
-        if "image not known" in err or "no such" in err.lower():
+        if "image not known" in err or "no such image" in err.lower():  # not "no such file": a failure
             return None
         raise ToolError(f"podman image inspect failed: {processes.last_line(err, code)}; check `podman info`",
                         ["podman", *argv], code, err)

@@ -9,14 +9,14 @@ A command is: plan its target cheaply (so that a wrong TARGET costs no pull), en
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cdisk.core.disk.candidates import every_disk, find_disk
 from cdisk.core.disk.inspection import inspect_disk
 from cdisk.core.disk.wanted import Wanted
-from cdisk.core.engines import choice
+from cdisk.core.engines import choice, store_pin
 from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import CdiskError
 from cdisk.core.progress import Progress
@@ -82,7 +82,7 @@ def read_image(image: ImageRequest | Image, read: ReadRequest, progress: Progres
 
     def attempt(chosen: Reading) -> T:
         with _view(engine, found, chosen, read, None, progress, Wanted.heads(read.disk_path), "the image") as view, \
-                vouched_first(view.vouch):
+                vouched_first(view.vouch), _held_still(found, chosen, progress):
             return work(OpenedImage(found, chosen, view))
 
     chosen = choose_reading(read.method, writes=False, image=found, engine=engine)
@@ -118,20 +118,35 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         view = stack.enter_context(_view(engine, image, reading, read, target, progress,
                                          Wanted.disk(read.disk_path, every)))
         stack.enter_context(vouched_first(view.vouch))
-        found = every_disk(view.tree, view.sniff) if every else [find_disk(view.tree, read.disk_path, view.sniff)]
+        with _held_still(image, reading, progress):
+            found = every_disk(view.tree, view.sniff) if every else [find_disk(view.tree, read.disk_path, view.sniff)]
+            sources = [(path, _which(path, every, view.open, path, member)) for path, member in found]
         opened = []
-        for path, member in found:
-            try:
-                source = view.open(path, member)
-                judged = inspect_disk(source)
-            except CdiskError as refused:
-                if every:  # which of the disks it is
-                    refused.message = f"{path}: {refused.message}"
-                    refused.args = (refused.message,)
-                raise
+        for path, source in sources:
+            judged = _which(path, every, inspect_disk, source)
             opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
                                      judged.allocation, view.vouch))
         return stack.pop_all(), opened
+
+
+def _which(path: str, every: bool, step: Callable[..., T], *args: object) -> T:
+    """`step(*args)` for the disk at `path`; a refusal names the disk when there are several (`every`)."""
+    try:
+        return step(*args)
+    except CdiskError as refused:
+        if every:
+            refused.message = f"{path}: {refused.message}"
+            refused.args = (refused.message,)
+        raise
+
+
+def _held_still(image: Image, reading: Reading, progress: Progress) -> AbstractContextManager[None]:
+    """While a method that reads the store's files in place finds and opens the disk, the image's layers cannot be
+    removed under it, or the run ends with one line saying they were (`engines.store_pin`). Once open, the disk's
+    descriptor keeps its bytes: the conversion itself holds no lock."""
+    if reading in (Reading.LAYERS, Reading.MOUNT):
+        return store_pin.pinned(image, progress.stage)
+    return nullcontext()
 
 
 @contextmanager

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from cdisk.core.engines.podman import _kept
+from cdisk.core.engines.podman import _inspect_cli, _kept
 from cdisk.core.engines.seam import Image
+from cdisk.core.errors import ToolError
 from cdisk.core.request import Pull
 from tests.helpers import Stages, private_services, wait_for
 from tests.images import sh
@@ -119,3 +120,17 @@ def test_what_needs_no_registry_keeps_the_local_image(tmp_path: Path, pull: Pull
 
 def test_always_keeps_nothing() -> None:
     assert _kept(_local(), Pull.ALWAYS, False, None, None, Stages()) is None
+
+
+def test_a_podman_that_fails_is_not_an_image_absent(tmp_path: Path) -> None:
+    # podman with a TMPDIR gone says "open $TMPDIR/NNN: no such file or directory": a failure to tell, not a pull.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "podman"
+    fake.write_text("#!/bin/sh\necho 'Error: open /gone/3827061186: no such file or directory' >&2\nexit 125\n")
+    fake.chmod(0o755)
+    with local.env(PATH=f"{bin_dir}:{local.env['PATH']}"):
+        with pytest.raises(ToolError, match=r"podman image inspect failed: .*no such file or directory"):
+            _inspect_cli("localhost/vm:1")
+        fake.write_text("#!/bin/sh\necho 'Error: localhost/vm:1: image not known' >&2\nexit 125\n")
+        assert _inspect_cli("localhost/vm:1") is None
