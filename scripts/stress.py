@@ -20,7 +20,8 @@ temp dir), docker on a dockerd of the script's own started as the test suite sta
 daemon `--docker-host` names, which must hold no image at the start (the loop prunes every image of it).
 
 Exit status: 0 when every run wrote the right disk or failed as documented and nothing was left; 1 on a wrong
-disk, a failure that is not one documented line, or a leftover; 2 when the stress could not start.
+disk, a failure that is not one documented line, a failed convert that left a disk at TARGET, or a leftover; 2
+when the stress could not start (a tool missing, a docker daemon that holds images).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,6 +56,8 @@ from tests.images import Entry, docker_archive, layer_tar, make_disk  # noqa: E4
 TAG_VARIABLE = "CDISK_STRESS_TAG"
 METHODS = {"podman": ("auto", "layers", "mount", "save"), "docker": ("auto", "layers", "save")}
 FORMATS = ("raw", "qcow2")
+UPPER_FILES = 1000
+RUN_TIMEOUT = 600  # seconds one cdisk run may take, however loaded the machine
 # cdisk(1) EXIT STATUS: a run that fails must fail with one of these (1 is an internal error: a bug).
 DOCUMENTED = range(2, 10)
 # What a run writes while it works (cdisk(1) FILES): none may be left once every run has ended.
@@ -88,7 +92,7 @@ class PlannedRun:
 class Failure:
     """A run that went wrong, with what reproduces it."""
 
-    kind: str  # wrong-disk, bad-failure, target-touched
+    kind: str  # wrong-disk, bad-failure, left-target
     argv: list[str]
     code: int
     stderr: str
@@ -102,7 +106,8 @@ class EngineTally:
     failed: dict[str, int] = field(default_factory=dict)  # exit code -> runs
     messages: dict[str, int] = field(default_factory=dict)  # "code: message, names masked" -> runs
     wrong_disks: int = 0
-    bad_failures: int = 0
+    bad_failures: int = 0  # not one line, not a documented exit code, or "unexpected"
+    left_targets: int = 0  # a convert that failed, yet left a disk at TARGET
     removals: dict[str, int] = field(default_factory=dict)  # loop operation -> times (and "-failed")
 
 
@@ -145,12 +150,17 @@ class Stress:
         self.run_tool("qemu-io", "-f", "raw", "-c", "write -P 0x23 31M 64k", white)
         replace = make_disk(disks / "replace.qcow2", "qcow2", "64M", 0x33)
         lower = layer_tar([Entry("disk/", directory=True), Entry("disk/disk.qcow2", base.read_bytes())])
+        # Thousands of small files beside the disk in each upper layer, as an image with a userland has: the
+        # engine's removal of the layer's directory then takes a while, and a walk can meet it half done.
+        files = [Entry("usr/", directory=True), Entry("usr/share/", directory=True),
+                 Entry("usr/share/doc/", directory=True),
+                 *(Entry(f"usr/share/doc/f{n:04}", b"%d\n" % n) for n in range(UPPER_FILES))]
         layers = {
             "base": [lower],
             "white": [lower, layer_tar([Entry("disk/", directory=True), Entry("disk/.wh.disk.qcow2", b""),
-                                        Entry("disk/disk.raw", white.read_bytes())])],
+                                        Entry("disk/disk.raw", white.read_bytes()), *files])],
             "replace": [lower, layer_tar([Entry("disk/", directory=True),
-                                          Entry("disk/disk.qcow2", replace.read_bytes())])],
+                                          Entry("disk/disk.qcow2", replace.read_bytes()), *files])],
         }
         disk_of = {"base": (base, "qcow2"), "white": (white, "raw"), "replace": (replace, "qcow2")}
         for key, tars in layers.items():
@@ -159,7 +169,7 @@ class Stress:
             self.images.append(StressImage(key, ref, archive, *disk_of[key]))
         for engine in self.engines:
             if engine == "docker" and self.run_tool("docker", "image", "ls", "-q").stdout.strip():
-                raise SystemExit(f"stress: the docker daemon at {self.docker_host} holds images, and the stress "
+                cannot_start(f"stress: the docker daemon at {self.docker_host} holds images, and the stress "
                                  "prunes every image of it; give it an empty daemon (or none: it starts its own)")
             for image in self.images:
                 self.run_tool(engine, "load", "-q", "-i", image.archive)
@@ -178,10 +188,12 @@ class Stress:
         while not self.stop.is_set():
             if rng.random() < 0.2:
                 self._loop_step(engine, "prune", "image", "prune", "-a", "-f")
+                removed = self.images
             else:
-                self._loop_step(engine, "rmi", "rmi", "-f", rng.choices(self.images, weights)[0].ref)
+                removed = rng.choices(self.images, weights)
+                self._loop_step(engine, "rmi", "rmi", "-f", removed[0].ref)
             self.stop.wait(rng.uniform(0.0, 0.3))
-            for image in self.images:
+            for image in removed:
                 self._loop_step(engine, "load", "load", "-q", "-i", str(image.archive))
             self.stop.wait(rng.uniform(0.0, 0.3))
 
@@ -223,8 +235,12 @@ class Stress:
                 os.utime(target)
         # Run from the work dir: `python -m cdisk` from the repository's root would take ./cdisk whatever
         # PYTHONPATH says (a PYTHONPATH of another tree's package runs that cdisk: before and after).
-        done = subprocess.run(argv, capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL,
-                              cwd=self.work)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.env, stdin=subprocess.DEVNULL,
+                                  cwd=self.work, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired as expired:  # killed: a hang is a failure like any other
+            done = subprocess.CompletedProcess(argv, -9, "", f"stress: timed out after {RUN_TIMEOUT} s; "
+                                               f"{expired.stderr!r}\n")
         lock = target.parent / f".{target.name}.cdisk.lock" if command == "refresh" else None
         with _locked(lock):  # no refresh replaces TARGET while it is compared
             present = target.exists()
@@ -255,11 +271,13 @@ class Stress:
             if not one_line or done.returncode not in DOCUMENTED or "unexpected" in done.stderr:
                 tally.bad_failures += 1
                 self.failures.append(Failure("bad-failure", argv, done.returncode, done.stderr))
-            if present and (command == "convert" or not right):
-                # Convert fails with nothing at TARGET; refresh with TARGET as it was (a right disk).
+            if present and not right:  # a failed run never leaves a wrong disk (refresh: TARGET as it was)
                 tally.wrong_disks += 1
-                self.failures.append(Failure("target-touched", argv, done.returncode, done.stderr,
-                                             wrong or "a failed convert left TARGET"))
+                self.failures.append(Failure("wrong-disk", argv, done.returncode, done.stderr, wrong))
+            elif present and command == "convert":  # the right disk, but the run said it failed
+                tally.left_targets += 1
+                self.failures.append(Failure("left-target", argv, done.returncode, done.stderr,
+                                             "a failed convert left its (right) disk at TARGET"))
 
     def _same(self, target: Path, fmt: str, image: StressImage) -> bool:
         compared = self.run_tool("qemu-img", "compare", "-q", "-f", fmt, "-F", image.fmt, target, image.disk,
@@ -290,6 +308,11 @@ class Stress:
             except OSError:
                 continue
         return {"mounts": mounts, "temp_names": names, "processes": processes}
+
+
+def cannot_start(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _masked(message: str) -> str:
@@ -340,7 +363,7 @@ def own_dockerd(work: Path) -> Iterator[tuple[str, str]]:
             deadline = time.monotonic() + 60
             while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"stress: dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}")
+                    cannot_start(f"stress: dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}")
                 time.sleep(0.1)
             yield host, str(root / "data")
         finally:
@@ -355,14 +378,14 @@ def own_dockerd(work: Path) -> Iterator[tuple[str, str]]:
 def render(result: dict[str, object]) -> str:
     lines = [f"cdisk stress: {result['runs_per_engine']} runs per engine, {result['concurrency']} at once, "
              f"{result['seconds']:.0f} s", "",
-             "| engine | runs | ok | failed (exit code: runs) | wrong disks | bad failures | removal loop |",
-             "|---|---:|---:|---|---:|---:|---|"]
+             "| engine | runs | ok | failed (exit code: runs) | wrong disks | bad failures | failed, TARGET left "
+             "| removal loop |", "|---|---:|---:|---|---:|---:|---:|---|"]
     engines: dict[str, dict[str, object]] = result["engines"]  # type: ignore[assignment]
     for engine, tally in engines.items():
         failed = ", ".join(f"{code}: {n}" for code, n in sorted(tally["failed"].items())) or "-"  # type: ignore[attr-defined]
         loop = ", ".join(f"{op} {n}" for op, n in sorted(tally["removals"].items()))  # type: ignore[attr-defined]
         lines.append(f"| {engine} | {tally['runs']} | {tally['ok']} | {failed} | {tally['wrong_disks']} | "
-                     f"{tally['bad_failures']} | {loop} |")
+                     f"{tally['bad_failures']} | {tally['left_targets']} | {loop} |")
     for engine, tally in engines.items():
         for message, n in sorted(tally["messages"].items(), key=lambda item: -item[1]):  # type: ignore[attr-defined]
             lines.append(f"{engine}: {n} × {message}")
@@ -416,7 +439,7 @@ def _command(line: str) -> list[str]:
     """--cdisk's words, a relative path first made absolute: the runs start in the work dir."""
     words = shlex.split(line)
     if not words:
-        raise SystemExit("stress: --cdisk is empty")
+        cannot_start("stress: --cdisk is empty")
     if os.sep in words[0]:
         words[0] = os.path.abspath(words[0])
     return words
@@ -426,13 +449,20 @@ def _command(line: str) -> list[str]:
 def _given(docker_host: str) -> Iterator[tuple[str, str]]:
     root = ""
     if docker_host:
-        root = subprocess.run(["docker", "--host", docker_host, "info", "--format", "{{.DockerRootDir}}"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        info = subprocess.run(["docker", "--host", docker_host, "info", "--format", "{{.DockerRootDir}}"],
+                              capture_output=True, text=True)
+        if info.returncode != 0:
+            cannot_start(f"stress: no docker daemon answers at {docker_host}: {info.stderr.strip()[-300:]}")
+        root = info.stdout.strip()
     yield docker_host, root
 
 
 def _run(stress: Stress, args: argparse.Namespace, seed: int, docker_root: str) -> dict[str, object]:
-    stress.prepare()
+    try:
+        stress.prepare()
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = error.stderr.strip().splitlines()[-1:] if isinstance(error, subprocess.CalledProcessError) else []
+        cannot_start(f"stress: cannot set up the images: {error}{': ' + detail[0] if detail else ''}")
     roots = [str(stress.store)] + ([docker_root] if docker_root else [])
     mounts_before = _mounts_under(roots)
     planned = stress.plan(args.runs)
@@ -458,7 +488,7 @@ def _run(stress: Stress, args: argparse.Namespace, seed: int, docker_root: str) 
     for mount in sorted(leftovers["mounts"], reverse=True):  # reported; unmounted so the store can go
         subprocess.run(["umount", "-l", mount], capture_output=True)
     tallies = {engine: asdict(tally) for engine, tally in stress.tally.items()}
-    passed = not any(leftovers.values()) and all(t.wrong_disks == 0 and t.bad_failures == 0
+    passed = not any(leftovers.values()) and all(t.wrong_disks == t.bad_failures == t.left_targets == 0
                                                  for t in stress.tally.values())
     return {"seed": seed, "runs_per_engine": args.runs, "concurrency": args.concurrency, "seconds": seconds,
             "engines": tallies, "wrong_disks": sum(t.wrong_disks for t in stress.tally.values()),

@@ -45,6 +45,7 @@ def test_every_run_writes_its_disk_or_fails_with_one_line(engine: str, request: 
     tally = result["engines"][engine]
     assert result["wrong_disks"] == 0, report
     assert tally["bad_failures"] == 0, report
+    assert tally["left_targets"] == 0, report  # a convert that failed left nothing at TARGET
     assert result["leftovers"] == {"mounts": [], "temp_names": [], "processes": []}, report
     assert code == 0 and result["passed"], report
     assert tally["runs"] >= 8 and tally["ok"] >= 1, report  # it ran, and the loop did not starve every run
