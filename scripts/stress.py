@@ -168,9 +168,11 @@ class Stress:
             archive = docker_archive(self.work, tars, ref)
             self.images.append(StressImage(key, ref, archive, *disk_of[key]))
         for engine in self.engines:
-            if engine == "docker" and self.run_tool("docker", "image", "ls", "-q").stdout.strip():
-                cannot_start(f"stress: the docker daemon at {self.docker_host} holds images, and the stress "
-                                 "prunes every image of it; give it an empty daemon (or none: it starts its own)")
+            held = self.run_tool(engine, "image", "ls", "-a", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
+            if engine == "docker" and held.stdout.strip():
+                cannot_start(f"stress: the docker daemon at {self.docker_host} holds images "
+                             f"({', '.join(held.stdout.splitlines()[:5])}), and the stress prunes every image of "
+                             "it; give it an empty daemon (or none: it starts its own)")
             for image in self.images:
                 self.run_tool(engine, "load", "-q", "-i", image.archive)
 
