@@ -7,8 +7,10 @@ wall-clock deadline stops a child that hangs.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -26,14 +28,122 @@ STDERR_TAIL = 64 * 1024
 STDOUT_LIMIT = 16 * 1024 * 1024
 _CHUNK = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+# The program whose process tree a parent-death signal does not cover: bwrap's pid 1 of the sandbox's pid
+# namespace sets its own only once its namespaces are built (bubblewrap.c: after clone, after mounts), and
+# blocks for good on a read from its outer bwrap if that one dies before it writes (seen in CI: an orphaned
+# `bwrap … /usr/bin/true` asleep in eventfd_read). `spawn()` starts it in the guard's process group.
+GUARDED = "bwrap"
+# The guard: an sh that reads its stdin (the pipe) to EOF, then kills its process group; started in the
+# background by another sh, which leads the group, prints the guard's pid and ends, so that the guard is no child
+# of cdisk (what a test or `ps --ppid` sees of cdisk's children is unchanged). The pipe is moved to fd 3 and back:
+# an sh gives a background job /dev/null as stdin unless the job redirects stdin itself.
+GUARD_ARGV = ("/bin/sh", "-c", 'exec 3<&0 </dev/null; sh -c "read -r _; kill -9 0" cdisk-guard <&3 3<&- '
+              '>/dev/null 2>&1 & echo $!')
+
+_forked_by = os.getpid()
+
+
+def _note_parent() -> None:
+    global _forked_by
+    _forked_by = os.getpid()
+
+
+# Run in the parent before every fork of a preexec_fn's child (and os.fork): the child then knows which process
+# it was forked by, without asking getppid() after the fact (by then the parent may be dead).
+os.register_at_fork(before=_note_parent)
 
 
 def die_with_parent() -> None:
     """A `preexec_fn`: the child gets SIGTERM when cdisk dies. A SIGKILL (the OOM killer, systemd's stop timeout)
     runs no `finally`; without this a `podman save` or a service would go on after cdisk, writing where the next
-    run cleans up.
+    run cleans up. A parent that died before the prctl (which the kernel then never signals) ends the child here.
     """
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != _forked_by:
+        os._exit(1)
+
+
+class _Guard:
+    """One `sh` per cdisk process, in a process group of its own, that waits for EOF on a pipe only cdisk
+    holds the other end of, then kills its whole group (`kill -9 0`). Every bwrap joins that group before it
+    execs (Popen's process_group: setpgid in the child), and every process bwrap makes stays in it — the pid 1 of
+    the sandbox's pid namespace included, whose death ends everything inside — so whenever cdisk ends, SIGKILL
+    included, the kernel closes the pipe and nothing of any sandbox outlives it. Race-free: a bwrap is in the
+    group before it runs, and the group's id (the pid of the sh that started the guard) is not reused while the
+    guard, a member, lives. It costs two sh per run (~1 ms), not one per sandbox; the guard is no child of cdisk.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._group = 0  # the group's id: the pid of the sh that started the guard (kept while the group lives)
+        self._pidfd = -1  # the guard's: readable once it ended
+        self._owner = 0  # the process that started it: a forked child starts its own
+        self._pipe = -1  # the write end, held until this process ends: never written to
+
+    def group(self) -> int:
+        """The guard's process group, the guard started first if this process has none running."""
+        with self._lock:
+            if self._owner != os.getpid() or _ended(self._pidfd):
+                self._close()
+                read, self._pipe = os.pipe()  # both ends close-on-exec: no child but the guard gets one
+                try:
+                    with subprocess.Popen(GUARD_ARGV, stdin=read, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          process_group=0) as starter:
+                        assert starter.stdout is not None
+                        guard = int(starter.stdout.readline())
+                finally:
+                    os.close(read)
+                # Alive until the pipe closes: this pidfd names the guard, no process that reused its pid.
+                self._pidfd = os.pidfd_open(guard)
+                self._group = starter.pid
+                if not self._owner:
+                    atexit.register(self.close)
+                self._owner = os.getpid()
+            return self._group
+
+    def _close(self) -> None:
+        for fd in (self._pipe, self._pidfd):
+            if fd >= 0 and self._owner == os.getpid():
+                os.close(fd)
+        self._pipe = self._pidfd = -1
+
+    def close(self) -> None:
+        """At exit: end the guard (and with it what is left of its group) and wait until it has, so that nothing of
+        cdisk's outlives it even for the millisecond the guard takes."""
+        with self._lock:
+            if self._owner != os.getpid() or self._pidfd < 0:
+                return
+            os.close(self._pipe)
+            self._pipe = -1
+            select.select([self._pidfd], [], [], 5.0)
+            self._close()
+
+
+def _ended(pidfd: int) -> bool:
+    """Whether the process of `pidfd` ended (True for no pidfd)."""
+    return pidfd < 0 or bool(select.select([pidfd], [], [], 0)[0])
+
+
+_GUARD = _Guard()
+
+
+def _is_guarded(cmd: Any) -> bool:
+    return os.path.basename(str(getattr(cmd, "executable", cmd))) == GUARDED
+
+
+def spawn(cmd: Any, argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`cmd argv` started as a child; bwrap in the guard's process group (`_Guard`), so that no process it makes
+    outlives cdisk, however cdisk ends: SIGKILL included. (A child that leads a session of its own cannot join.)
+    """
+    if _is_guarded(cmd) and not popen.get("start_new_session"):
+        popen["process_group"] = _GUARD.group()
+    proc: subprocess.Popen[bytes] = cmd.popen(list(argv), **popen)
+    return proc
+
+
+def guard_group() -> int:
+    """The process group a bwrap started without `spawn()` joins (Popen's process_group)."""
+    return _GUARD.group()
 
 
 def command(name: str, package: str) -> Any:
@@ -77,8 +187,7 @@ def running(cmd: Any, argv: Sequence[str], group: bool = False, **popen: Any) ->
 
     With `group` it leads a session of its own, and the whole session is stopped.
     """
-    proc: subprocess.Popen[bytes] = cmd.popen(list(argv), stdin=subprocess.DEVNULL, start_new_session=group,
-                                              **popen)
+    proc = spawn(cmd, argv, stdin=subprocess.DEVNULL, start_new_session=group, **popen)
     try:
         yield proc
     finally:

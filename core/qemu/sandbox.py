@@ -26,7 +26,9 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-BWRAP = "bwrap"
+from cdisk.core import processes
+
+BWRAP = processes.GUARDED
 # The top-level entries a merged-/usr Debian (and most distributions) needs to run /usr/bin programs.
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -117,15 +119,18 @@ def start_probe() -> None:
         return
     true = shutil.which("true", path="/usr/bin:/bin") or "/usr/bin/true"
     with contextlib.suppress(OSError):  # unavailable() asks again, and says why
+        # In the guard's process group, as every bwrap (processes.spawn): a SIGKILL of cdisk while the sandbox is
+        # being built must not leave its pid 1 behind.
         _started.append(subprocess.Popen(confine([true], View()), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         process_group=processes.guard_group()))
         # A run that ends before it needs the answer (the image was not found, say) still reaps the probe.
         atexit.register(_reap_probe)
 
 
 def _stop(probe: subprocess.Popen[bytes]) -> None:
     """Kill and reap the probe without reading its stderr to the end: the sandbox's own init (pid 1 of its pid
-    namespace, outside our reach once its parent is gone) may hold the pipe open for a while, and cdisk must not
+    namespace) may hold the pipe open until the guard kills it as cdisk ends (processes.spawn), and cdisk must not
     wait on it at exit (it did, until a test's 120 s ran out)."""
     probe.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -2,12 +2,17 @@
 partial disk beside TARGET, the save method's copy of the layers), then run once more on the same TARGET, leave
 only TARGET (and refresh's record and lock) beside it, and no temp dir, mount or process.
 
+A killed run is started by a sentinel that is a child subreaper (`_SENTINEL`): whatever the run started and left
+orphaned is reparented to the sentinel rather than to init, so "no process of the killed run is left" is checked
+by ancestry, whatever the process is called or whatever environment it was given (a bare bwrap included).
+
 The mount method is not among them: a `podman image mount` that a SIGKILL cut off stays counted in podman's store,
 and cdisk does not take back a count it cannot tell from another user's (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -31,21 +36,113 @@ def _holds(directory: Path, needle: str) -> Callable[[], bool]:
     return lambda: any(needle in name for name in os.listdir(directory))
 
 
+# A child subreaper that starts cdisk (argv after "--"), SIGKILLs it when told on stdin ("kill\n") or, with
+# "probe", DELAY seconds after cdisk's first bwrap appears, then reaps and lists what of the run lives on (its
+# own children: anything orphaned was reparented to it) until nothing does or SETTLE seconds pass; prints that
+# list as JSON and kills it (so that a failing test leaves nothing either).
+_SENTINEL = r"""
+import ctypes, json, os, signal, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+mode, delay, settle = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+argv = sys.argv[sys.argv.index("--") + 1:]
+me = os.getpid()
+
+def children():
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            found[int(entry)] = (int(fields[1]), comm, cmdline)
+    return found
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+cdisk = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(cdisk.pid, flush=True)
+if mode == "probe":
+    while cdisk.poll() is None and not any(parent == cdisk.pid and comm == "bwrap"
+                                           for parent, comm, _ in children().values()):
+        time.sleep(0.0005)
+    time.sleep(delay)
+else:
+    sys.stdin.readline()
+cdisk.send_signal(signal.SIGKILL)
+cdisk.wait()
+deadline = time.monotonic() + settle
+while True:
+    reap()
+    left = {pid: cmdline for pid, (parent, _, cmdline) in children().items() if parent == me}
+    if not left or time.monotonic() > deadline:
+        break
+    time.sleep(0.01)
+print(json.dumps(left), flush=True)
+for pid in left:
+    os.kill(pid, signal.SIGKILL)
+"""
+# How long what a killed run started may take to end: the guard and parent-death signals act in milliseconds;
+# a podman save told to stop cleans up first.
+SETTLE = 30.0
+
+
+def _ended(pid: int) -> bool:
+    """Whether the process `pid` (a child of the sentinel, which reaps only after the kill) has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _left_by_killed_run(argv: list[str], mode: str = "told", delay: float = 0.0, settle: float = SETTLE,
+                        ready: Callable[[], bool] | float | None = None,
+                        prefix: list[str] | None = None) -> dict[str, str]:
+    """Run cdisk with `argv` under the sentinel, SIGKILL it (`mode` "probe": `delay` s after its first bwrap;
+    else when `ready` holds, after `ready` seconds, or when it ended first), and return what of it outlived
+    `settle` seconds: pid -> command line. `prefix` replaces `python -m cdisk`."""
+    run = prefix or [sys.executable, "-m", "cdisk"]
+    proc = subprocess.Popen([sys.executable, "-c", _SENTINEL, mode, str(delay), str(settle), "--", *run, *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        cdisk_pid = int(proc.stdout.readline())
+        if mode != "probe":
+            if callable(ready):
+                wait_for(lambda: ready() or _ended(cdisk_pid), 120)
+            elif ready is not None:
+                time.sleep(ready)
+            proc.stdin.write("kill\n")
+            proc.stdin.flush()
+        left: dict[str, str] = json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        proc.wait(settle + 60)
+        proc.stdout.close()
+    return left
+
+
 def _kill_when(argv: list[str], ready: Callable[[], bool] | float) -> None:
     """Start cdisk with `argv`, SIGKILL it when `ready` holds (or after `ready` seconds, or when it ended first),
-    and wait until nothing it ran lives on (qemu-img in its sandbox, podman, docker)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cdisk", *argv], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if callable(ready):
-            wait_for(lambda: ready() or proc.poll() is not None, 120)
-        else:
-            time.sleep(ready)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    and check that nothing it ran lives on: no process of its ancestry (qemu-img, its sandbox, podman, docker,
+    whatever it is called), none carrying the test's tag."""
+    assert _left_by_killed_run(argv, ready=ready) == {}
     wait_for(lambda: tagged_processes(("qemu-img", "bwrap", "podman save", "docker --host", "docker save",
-                                       "podman system service")) == {}, 60)
+                                       "podman system service", "qemu-storage-daemon")) == {}, 60)
 
 
 def _kills(argv: list[str], directory: Path, method: str, seconds: float, seed: int) -> None:
@@ -204,3 +301,79 @@ def test_a_killed_builds_work_dir_is_removed_by_the_next(tmp_path: Path) -> None
     built = cdisk("build", "-q", "--tmpdir", work, "--output", f"oci:{tmp_path / 'built'}", disk, "localhost/vm:1")
     assert built.code == 0, built.err
     assert list(work.iterdir()) == [], dead
+
+
+PROBE_KILLS = 30
+
+
+def _oci_image(tmp_path: Path) -> str:
+    """An image as an OCI layout (no engine: a run reaches its sandbox probe at once)."""
+    disk = tmp_path / "disk.qcow2"
+    sh("qemu-img", "create", "-f", "qcow2", disk, "16M")
+    layout = tmp_path / "oci"
+    built = cdisk("build", "-q", "--output", f"oci:{layout}", disk, "localhost/vm:1")
+    assert built.code == 0, built.err
+    return f"oci:{layout}"
+
+
+@pytest.mark.needs("bwrap", "qemu-img")
+def test_killed_during_the_sandbox_probe_leaves_no_process(tmp_path: Path) -> None:
+    """The probe's bwrap starts first in every run: killed 0-80 ms after it appears (its outer bwrap dead, its
+    pid 1 perhaps still without a parent-death signal), nothing of the run is left."""
+    argv = ["ls", _oci_image(tmp_path)]
+    rng = random.Random(23)
+    for _ in range(PROBE_KILLS):
+        assert _left_by_killed_run(argv, "probe", rng.uniform(0.0, 0.08), settle=5.0) == {}
+
+
+_BWRAP_WITH_A_STRAY = """#!/bin/sh
+# bwrap, and a process of its making that misses cdisk's death as bwrap's pid 1 can (it sets its parent-death
+# signal only once its namespaces are built; its outer bwrap may die first)
+sleep 600 </dev/null >/dev/null 2>&1 &
+exec {real} "$@"
+"""
+
+
+@pytest.mark.needs("bwrap", "qemu-img")
+def test_no_process_a_bwrap_makes_outlives_cdisk(tmp_path: Path) -> None:
+    """Whatever a bwrap started, with or without a parent-death signal, ends with cdisk: killed during the probe,
+    during qemu-img, or ending by itself."""
+    image = _oci_image(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = sh("sh", "-c", "command -v bwrap").stdout.strip()
+    (bin_dir / "bwrap").write_text(_BWRAP_WITH_A_STRAY.format(real=real))
+    (bin_dir / "bwrap").chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    argv = ["env", f"PATH={path}", sys.executable, "-m", "cdisk"]
+    rng = random.Random(4)
+    for delay in [0.0, *(rng.uniform(0.0, 0.08) for _ in range(5))]:
+        left = _left_by_killed_run(["ls", image], "probe", delay, settle=5.0, prefix=argv)
+        assert left == {}, left
+    out = tmp_path / "vm.raw"
+    left = _left_by_killed_run(["convert", image, str(out)], settle=5.0, prefix=argv, ready=lambda: False)
+    assert left == {}, left  # the run ended by itself (the kill came after): its exit alone ends the strays
+
+
+@pytest.mark.needs("bwrap", "qemu-img", "qemu-storage-daemon")
+def test_a_killed_serve_leaves_nothing_once_another_serve_ran(tmp_path: Path) -> None:
+    """serve killed while it serves: its server dies with it at once; its private socket dir (a SIGKILL runs no
+    `finally`) goes with the next serve's."""
+    image = _oci_image(tmp_path)
+    home = tmp_path / "run"
+    home.mkdir(mode=0o700)
+    run = ["env", f"XDG_RUNTIME_DIR={home}", sys.executable, "-m", "cdisk"]
+    left = _left_by_killed_run(["serve", image], prefix=run, ready=lambda: any(home.glob("cdisk-serve-*/nbd.sock")))
+    assert left == {}, left
+    [dead] = [p.name for p in home.iterdir()]
+    proc = subprocess.Popen([*run, "serve", "--json", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        served = json.loads(proc.stdout.readline())
+        assert dead not in served["socket"]
+        assert [p.name for p in home.iterdir()] == [Path(served["socket"]).parent.name]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert list(home.iterdir()) == []
