@@ -1,12 +1,12 @@
 """Temp files and directories a run holds under a lock, and what a dead run left of them, removed by the next.
 
 Every temp name cdisk makes (a partial disk beside TARGET, the save method's copy of the layers, a probe, the
-private podman service's directory) is held under a lock on a descriptor of its own for as long as the run uses
-it. A SIGKILL runs no `finally`, but the kernel drops the lock with the process: a name of cdisk's patterns whose
-lock can be taken without waiting belongs to a dead run, and the next run that writes in that directory removes
-it. A live run's names are never touched (their lock is held); names of other patterns, symlinks, other users'
-files, and a file where a directory is expected (or the reverse) are never touched either. The descriptors are
-close-on-exec: a child (qemu-img, podman) never keeps a lock alive after cdisk.
+private podman service's directory, serve's private socket directory) is held under a lock on a descriptor of its
+own for as long as the run uses it. A SIGKILL runs no `finally`, but the kernel drops the lock with the process: a
+name of cdisk's patterns whose lock can be taken without waiting belongs to a dead run, and the next run that writes
+in that directory removes it. A live run's names are never touched (their lock is held); names of other patterns,
+symlinks, other users' files, and a file where a directory is expected (or the reverse) are never touched either.
+The descriptors are close-on-exec: a child (qemu-img, podman) never keeps a lock alive after cdisk.
 
 A file is held by an open-file-description lock (`F_OFD_SETLK`) on one byte far past anything qemu locks (its
 image locks are bytes 100 to 300): qemu-img writes the partial disk under its own locks, on NFS too, where
@@ -51,6 +51,7 @@ PROBE = Pattern(re.compile(rf"\.cdisk-probe-{_RANDOM}"), is_dir=False)
 SAVE = Pattern(re.compile(rf"\.cdisk-save-{_RANDOM}"), is_dir=True)
 SERVICE = Pattern(re.compile(rf"cdisk-podman-{_RANDOM}"), is_dir=True)
 BUILD = Pattern(re.compile(rf"\.cdisk-build-{_RANDOM}"), is_dir=True)
+SERVE = Pattern(re.compile(rf"cdisk-serve-{_RANDOM}"), is_dir=True)
 BESIDE_TARGET = (PART, PROBE)
 IN_TEMP_PARENT = (SAVE, PART, PROBE)
 

@@ -32,7 +32,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cdisk.core import processes
+from cdisk.core import leftovers, processes
 from cdisk.core.errors import TargetError, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import nbd, qemu_img, sandbox
@@ -134,17 +134,21 @@ def _listening(chosen: str | None, tcp: Endpoint | None, mode: int) -> Iterator[
         with nbd.unix_listener(path, mode) as sock:
             yield sock, Endpoint(socket=path)
         return
+    home = socket_home()
+    # Held under a lock for the server's life; what a killed serve left there (its server died with it: processes)
+    # goes with the next serve's.
+    leftovers.sweep(home, (leftovers.SERVE,))
     try:
-        directory = tempfile.mkdtemp(prefix="cdisk-serve-", dir=socket_home())
+        held, directory = leftovers.locked_dir(home, "cdisk-serve-")
     except OSError as error:
-        raise UsageError(f"cannot make a socket directory in {socket_home()}: {error.strerror}; choose a "
-                         "--socket") from None
+        raise UsageError(f"cannot make a socket directory in {home}: {error.strerror}; choose a --socket") from None
     try:
         path = os.path.join(directory, SOCKET_NAME)
         with nbd.unix_listener(path, mode) as sock:
             yield sock, Endpoint(socket=path)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        os.close(held)
 
 
 def socket_mode(text: str) -> int:

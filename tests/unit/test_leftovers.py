@@ -164,3 +164,33 @@ def test_local_file_systems_are_told_from_others() -> None:
     assert leftovers.locks_are_shared("/dev/shm")  # tmpfs
     assert not leftovers.locks_are_shared("/proc")  # not a file system runs write in
     assert not leftovers.locks_are_shared("/no/such/directory")
+
+
+_SERVE_HOLDER = """
+import os, socket, sys, time
+from cdisk.core import leftovers
+_, directory = leftovers.locked_dir(sys.argv[1], "cdisk-serve-")
+socket.socket(socket.AF_UNIX).bind(os.path.join(directory, "nbd.sock"))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_dead_serves_socket_dir_is_removed_and_a_live_ones_kept(where: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _SERVE_HOLDER, str(where)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        before = set(os.listdir(where))
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        [dead] = leftovers.sweep(str(where), (leftovers.SERVE,))
+        assert set(os.listdir(where)) == before - {dead}
+        assert leftovers.SERVE.name.fullmatch(dead)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
