@@ -265,8 +265,13 @@ def docker_host(dockerd: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def remote(images: Images, registry: str) -> Iterator[Remote]:
     made = Remote(images, registry)
     yield made
+    repository = made.ref.rpartition(":")[0]
     for engine in dict.fromkeys((images.engine, "podman")):  # whatever pulled it
         sh(engine, "rmi", "-f", made.ref, check=False)
+        # Every version pushed and pulled: an earlier one lingers untagged (`REPO:<none>`) once the tag moved.
+        ids = sh(engine, "images", "--quiet", "--", repository, check=False).stdout.split()
+        if ids:
+            sh(engine, "rmi", "-f", *dict.fromkeys(ids), check=False)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from cdisk.core.engines.common import (
     socket_trusted,
 )
 from cdisk.core.engines.seam import Image
+from cdisk.core.engines.store_pin import removed_from
 from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
@@ -273,13 +274,22 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
     argv = ["save", "-o", str(archive), "--", image.id]
     # The client dies with cdisk: killed with SIGKILL, cdisk leaves no `docker save` writing into a temp dir the
     # next run removes.
-    code, _, err = processes.run(_cli(default_socket()), argv, preexec_fn=processes.die_with_parent)
+    socket = default_socket()
+    code, _, err = processes.run(_cli(socket), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
+        if "no such image" in err.lower():
+            raise removed_from("docker", image.reference)
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
             else f"check `docker image inspect {image.id}`"
         raise ToolError(f"docker save failed: {last}; {hint}", ["docker", *argv], code, err)
-    return docker_archive.layer_blobs(archive, image.id, image.layers)
+    try:
+        return docker_archive.layer_blobs(archive, image.id, image.layers)
+    except ImageError:
+        # An archive without the image is what a save racing an rmi writes: then that is the answer.
+        if _inspect(socket, image.id) is None:
+            raise removed_from("docker", image.reference) from None
+        raise
 
 
 class Docker:

@@ -34,6 +34,7 @@ from cdisk.core.engines.common import (
     socket_trusted,
 )
 from cdisk.core.engines.seam import Image
+from cdisk.core.engines.store_pin import removed_from
 from cdisk.core.errors import ImageError, Interrupted, PullFailed, ToolError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
@@ -326,6 +327,8 @@ def _inspect_cli(reference: str) -> Image | None:
     if code != 0:
         if "image not known" in err or "no such image" in err.lower():  # not "no such file": a failure
             return None
+        if "layer not known" in err:  # the image's record outlived its layers for a moment: an rmi under way
+            raise removed_from("podman", reference)
         raise ToolError(f"podman image inspect failed: {processes.last_line(err, code)}; check `podman info`",
                         ["podman", *argv], code, err)
     found = json.loads(out)
@@ -349,7 +352,7 @@ def save_oci_dir(image_id: str, destination: str, tmpdir: str) -> None:
 
 
 @contextmanager
-def mount_image(image_id: str) -> Iterator[str]:
+def mount_image(image_id: str, reference: str = "") -> Iterator[str]:
     """`podman image mount` the image; unmount exactly this one mount when the block ends.
 
     Mounts are reference-counted by containers/storage, so one `unmount` (never `--all`, never
@@ -363,29 +366,82 @@ def mount_image(image_id: str) -> Iterator[str]:
         try:
             out, err = proc.communicate()
         except Interrupted:
-            proc.communicate()  # the signal handlers now ignore further signals: this wait is safe
+            late, _ = proc.communicate()  # the signal handlers now ignore further signals: this wait is safe
             if proc.returncode == 0:
-                _unmount(image_id)
+                _unmount(image_id, late.decode(errors="replace").strip())
             raise
     code = proc.returncode
+    if code != 0 and "image not known" in err.decode(errors="replace"):
+        raise removed_from("podman", reference or image_id[:12])
     if code != 0:
         raise ToolError(f"podman image mount failed: {processes.last_line(err.decode(errors='replace'), code)}; "
                         "use --method save", ["podman", *argv], code, err.decode(errors="replace"))
+    root = out.decode().strip()
     try:
-        yield out.decode().strip()
+        yield root
     finally:
-        _unmount(image_id)
+        _unmount(image_id, root)
 
 
-def _unmount(image_id: str) -> None:
-    with local_store():
-        code, _, err = processes.run(podman_cli(), ["image", "unmount", "--", image_id], group=True)
-        # Removing an image (`rmi -f`) takes its mounts with it: then there is nothing left to undo.
-        gone = code != 0 and processes.run(podman_cli(), ["image", "exists", "--", image_id])[0] == 1
-    if code != 0 and not gone:
+def _unmount(image_id: str, root: str = "") -> None:
+    code, err = _unmount_image(image_id)
+    if code != 0 and "image not known" in err and root:
+        # Removed meanwhile (an rmi or prune of another job). Its top layer, mounted at `root`, went with it only
+        # if no other image holds that layer: else the layer lives on, mounted, under another image's name (or
+        # this one's, loaded again), and is given back through that image — mounts are counted per layer.
+        if not _is_mount_point(root):
+            return
+        others = _images_on_layer(os.path.basename(os.path.dirname(root)))
+        for other in others:
+            code, err = _unmount_image(other)
+            if code == 0:
+                return
+        # With no image on top of it, the layer lives on only below other images' layers, where no podman command
+        # reaches its mount: it is detached here. containers/storage mounts it again when next asked (`layers.go`
+        # Mount: a mount gone behind its back); no image mount can share it, since image mounts are of top layers.
+        if not others and _detach(root):
+            return
+    if code != 0:
         raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
                         f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", "--", image_id],
                         code, err)
+
+
+def _detach(path: str) -> bool:
+    import ctypes
+
+    return bool(ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(path), 2) == 0)  # MNT_DETACH
+
+
+def _unmount_image(image_id: str) -> tuple[int, str]:
+    with local_store():
+        code, _, err = processes.run(podman_cli(), ["image", "unmount", "--", image_id], group=True)
+    return code, err
+
+
+def _is_mount_point(path: str) -> bool:
+    """Whether `path` is a mount point in this process's mount namespace (mountinfo's fifth field, octal escapes
+    as the kernel writes them)."""
+    escaped = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        return any(line.split(" ", 5)[4] == escaped for line in mountinfo)
+
+
+def _images_on_layer(layer_id: str) -> list[str]:
+    """The IDs of the images in the store whose top layer is `layer_id` (its directory `…/overlay/<id>/diff`)."""
+    with local_store():
+        code, out, _ = processes.run(podman_cli(), ["images", "--all", "--quiet", "--no-trunc"])
+        ids = sorted({line.strip().removeprefix("sha256:") for line in out.splitlines() if line.strip()})
+        if code != 0 or not ids:
+            return []
+        code, out, _ = processes.run(podman_cli(), ["image", "inspect", "--format",
+                                                    "{{.Id}} {{.GraphDriver.Data.UpperDir}}", "--", *ids])
+    found = []
+    for line in out.splitlines():
+        image_id, _, upper = line.partition(" ")
+        if os.path.basename(os.path.dirname(upper.strip())) == layer_id:
+            found.append(image_id)
+    return found
 
 
 @contextmanager
@@ -421,7 +477,7 @@ class Podman:
         return find_image(request.reference, request.pull, progress, request.tls_verify, request.platform)
 
     def mount(self, image: Image) -> AbstractContextManager[str]:
-        return mount_image(image.id)
+        return mount_image(image.id, image.reference)
 
     def save(self, image: Image, workdir: Path | None) -> list[LayerBlob]:
         from cdisk.core.oci import layout
@@ -430,8 +486,14 @@ class Podman:
         saved = workdir / "layout"
         scratch = workdir / "tmp"  # podman's TMPDIR: removed with workdir, whatever podman leaves there
         scratch.mkdir(mode=0o700)
-        save_oci_dir(image.id, str(saved), str(scratch))
-        return layout.layer_blobs(saved, image.id)
+        try:
+            save_oci_dir(image.id, str(saved), str(scratch))
+            return layout.layer_blobs(saved, image.id)
+        except (ToolError, ImageError):
+            # A save racing an rmi fails, or writes a layout without the image: then that is the answer.
+            if _inspect_cli(image.id) is None:
+                raise removed_from("podman", image.reference) from None
+            raise
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int,
                           stderr: IO[Any] | int) -> AbstractContextManager[subprocess.Popen[bytes]]:

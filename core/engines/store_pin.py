@@ -25,7 +25,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import CdiskError, ImageError
@@ -37,8 +37,13 @@ _POLL_SECONDS = (0.002, 0.01, 0.05)
 
 def removed(image: Image) -> ImageError:
     """The refusal of an image whose layers were removed or replaced while cdisk read them."""
-    return ImageError(f"{image.reference} was removed or replaced in {image.engine}'s store while cdisk read it "
-                      "(an rmi or prune by another job?); run cdisk again")
+    return removed_from(image.engine, image.reference)
+
+
+def removed_from(engine: str, reference: str) -> ImageError:
+    """The refusal of the image `reference` that `engine` removed (or replaced) while cdisk read it."""
+    return ImageError(f"{reference} was removed or replaced in {engine}'s store while cdisk read it (an rmi or prune "
+                      "by another job?); run cdisk again")
 
 
 def _identities(image: Image) -> list[tuple[int, int]]:
@@ -46,6 +51,17 @@ def _identities(image: Image) -> list[tuple[int, int]]:
         return [(st.st_dev, st.st_ino) for st in map(os.stat, image.layer_dirs)]
     except FileNotFoundError:
         raise removed(image) from None
+
+
+def present(image: Image) -> None:
+    """Refuse an image whose layer directories are gone since its engine named them (removed meanwhile); one this
+    process may not look into is left to the caller to judge.
+
+    Raises:
+        ImageError: a layer directory is gone.
+    """
+    with suppress(PermissionError):
+        _identities(image)
 
 
 def _graph_roots(image: Image) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from cdisk.core.engines.podman import _inspect_cli, _kept
+from cdisk.core.engines.podman import PODMAN, _inspect_cli, _kept, mount_image
 from cdisk.core.engines.seam import Image
-from cdisk.core.errors import ToolError
+from cdisk.core.errors import ImageError, ToolError
 from cdisk.core.request import Pull
 from tests.helpers import Stages, private_services, wait_for
 from tests.images import sh
@@ -134,3 +134,49 @@ def test_a_podman_that_fails_is_not_an_image_absent(tmp_path: Path) -> None:
             _inspect_cli("localhost/vm:1")
         fake.write_text("#!/bin/sh\necho 'Error: localhost/vm:1: image not known' >&2\nexit 125\n")
         assert _inspect_cli("localhost/vm:1") is None
+
+
+# --- an image removed by another job while cdisk reads it: one line, exit 3 ------------------------------------
+
+
+def _fake_podman(tmp_path: Path, script: str) -> str:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "podman"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    return f"{bin_dir}:{local.env['PATH']}"
+
+
+_REMOVED = r"^localhost/vm:1 was removed or replaced in podman's store while cdisk read it \(an rmi or prune by " \
+           r"another job\?\); run cdisk again$"
+
+
+def test_an_image_whose_layers_are_going_is_told_removed(tmp_path: Path) -> None:
+    path = _fake_podman(tmp_path, "echo 'Error: layer not known' >&2\nexit 125\n")
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED) as raised:
+        _inspect_cli("localhost/vm:1")
+    assert raised.value.exit_code == 3
+
+
+def test_an_image_removed_before_its_mount_is_told_removed(tmp_path: Path) -> None:
+    path = _fake_podman(tmp_path, "echo 'Error: 1234: image not known' >&2\nexit 125\n")
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED), mount_image("1" * 64, "localhost/vm:1"):
+        pytest.fail("mounted")
+
+
+def test_a_save_that_lost_its_image_is_told_removed(tmp_path: Path) -> None:
+    path = _fake_podman(tmp_path, 'echo "Error: $1: image not known" >&2\nexit 125\n')
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
+        PODMAN.save(_local("localhost/vm:1"), workdir)
+
+
+def test_a_save_that_fails_otherwise_says_so(tmp_path: Path) -> None:
+    path = _fake_podman(tmp_path, 'case "$1" in save) echo "Error: writing blob: no space left on device" >&2; '
+                                  'exit 125;; *) echo "[{\\"Id\\": \\"\\"}]";; esac\n')
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with local.env(PATH=path), pytest.raises(ToolError, match=r"podman save failed: .*no space left on device"):
+        PODMAN.save(_local("localhost/vm:1"), workdir)

@@ -140,3 +140,17 @@ def test_a_refusal_of_an_intact_image_stands(tmp_path: Path) -> None:
     image, _ = _docker_store(tmp_path)
     with pytest.raises(DiskNotFoundError, match="no disk under"), pinned(image):
         raise DiskNotFoundError("no disk under /disk/")
+
+
+def test_layer_directories_gone_before_the_choice_are_the_removal(tmp_path: Path) -> None:
+    # As root, a directory gone used to read "its layer directories are not readable by this user" (exit 7).
+    from cdisk.core.engines.podman import PODMAN
+    from cdisk.core.reading.methods import choose_reading, layers_view
+    from cdisk.core.request import Method
+
+    image = _podman_store(tmp_path)
+    os.rmdir(image.layer_dirs[0])
+    with pytest.raises(ImageError, match="was removed or replaced in podman's store"):
+        choose_reading(Method.AUTO, writes=True, image=image, engine=PODMAN)
+    with pytest.raises(ImageError, match="was removed or replaced in podman's store"):
+        layers_view(PODMAN, image)
