@@ -50,6 +50,11 @@ class ImageError(CdiskError):
     exit_code = 3
 
 
+class NoManifest(ImageError):
+    """Saved image files hold no manifest for the image asked for (exit 3); of an engine's own save just made,
+    the image was removed or replaced while it saved."""
+
+
 class PullFailed(ImageError):
     """An engine could not pull `reference`: `reason` is the registry's answer cut to its cause (exit 3). The
     engine's message stands alone; `engines.choice` words it again with what the stores looked in hold.

@@ -31,7 +31,7 @@ from cdisk.core.engines.common import (
 )
 from cdisk.core.engines.seam import Image
 from cdisk.core.engines.store_pin import removed_from
-from cdisk.core.errors import ImageError, PullFailed, ToolError, UsageError
+from cdisk.core.errors import ImageError, NoManifest, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -277,7 +277,9 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
     socket = default_socket()
     code, _, err = processes.run(_cli(socket), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
-        if "no such image" in err.lower():
+        # dockerd's answer to an image removed under its save: "No such image", or a layer's file gone ("failed to
+        # get digest sha256:…: open …: no such file or directory"), whether or not it is back by now.
+        if "no such image" in err.lower() or "no such file or directory" in err:
             raise removed_from("docker", image.reference)
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
@@ -285,9 +287,9 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
         raise ToolError(f"docker save failed: {last}; {hint}", ["docker", *argv], code, err)
     try:
         return docker_archive.layer_blobs(archive, image.id, image.layers)
-    except ImageError:
+    except ImageError as failed:
         # An archive without the image is what a save racing an rmi writes: then that is the answer.
-        if _inspect(socket, image.id) is None:
+        if isinstance(failed, NoManifest) or _inspect(socket, image.id) is None:
             raise removed_from("docker", image.reference) from None
         raise
 

@@ -35,7 +35,7 @@ from cdisk.core.engines.common import (
 )
 from cdisk.core.engines.seam import Image
 from cdisk.core.engines.store_pin import removed_from
-from cdisk.core.errors import ImageError, Interrupted, PullFailed, ToolError
+from cdisk.core.errors import ImageError, Interrupted, NoManifest, PullFailed, ToolError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -489,9 +489,10 @@ class Podman:
         try:
             save_oci_dir(image.id, str(saved), str(scratch))
             return layout.layer_blobs(saved, image.id)
-        except (ToolError, ImageError):
-            # A save racing an rmi fails, or writes a layout without the image: then that is the answer.
-            if _inspect_cli(image.id) is None:
+        except (ToolError, ImageError) as failed:
+            # A save racing an rmi fails, or writes a layout without the image (also when it was loaded again
+            # before the failure could be looked into): then that is the answer.
+            if isinstance(failed, NoManifest) or _inspect_cli(image.id) is None:
                 raise removed_from("podman", image.reference) from None
             raise
 

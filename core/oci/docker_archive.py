@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.errors import ImageError
+from cdisk.core.errors import ImageError, NoManifest
 from cdisk.core.oci.blob import LayerBlob, all_or_none
 from cdisk.core.oci.files import LAYERS_LIMIT, ImageFiles, TarFiles, field_of, need
 
@@ -67,7 +67,7 @@ def layer_blobs(archive: Path | ImageFiles, image_id: str, diff_ids: tuple[str, 
     finally:
         if isinstance(files, TarFiles):
             files.close()
-    raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
+    raise NoManifest(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
 
 
 @dataclass(frozen=True)

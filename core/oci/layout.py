@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.errors import ImageError
+from cdisk.core.errors import ImageError, NoManifest
 from cdisk.core.oci.blob import LayerBlob, all_or_none
 from cdisk.core.oci.files import LAYERS_LIMIT, DirectoryFiles, ImageFiles, field_of, need
 from cdisk.core.oci.media_types import INDEX_TYPES, REF_NAME, TITLE
@@ -49,7 +49,7 @@ def layer_blobs(layout: Path | ImageFiles, image_id: str) -> list[LayerBlob]:
                 return manifest_layers(files, manifest)
     finally:
         files.close()
-    raise ImageError(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
+    raise NoManifest(f"{files.what} holds no manifest for image {image_id[:12]}; {files.fix}")
 
 
 def manifest_layers(files: ImageFiles, manifest: dict[str, Any], artifact: bool = False) -> list[LayerBlob]:

@@ -180,3 +180,15 @@ def test_a_save_that_fails_otherwise_says_so(tmp_path: Path) -> None:
     workdir.mkdir()
     with local.env(PATH=path), pytest.raises(ToolError, match=r"podman save failed: .*no space left on device"):
         PODMAN.save(_local("localhost/vm:1"), workdir)
+
+
+def test_a_saved_layout_without_the_image_is_told_removed(tmp_path: Path) -> None:
+    # What a save racing an rmi (and a load of the same image) wrote: a layout whose index names no manifest of it.
+    path = _fake_podman(tmp_path, 'for a; do dest="$prev"; prev="$a"; case "$a" in -o) out=next;; esac; '
+                                  '[ "$out" = next ] && [ "$a" != -o ] && out="$a"; done\n'
+                                  'mkdir -p "$out" && echo \'{"imageLayoutVersion": "1.0.0"}\' > "$out/oci-layout" '
+                                  '&& echo \'{"schemaVersion": 2, "manifests": []}\' > "$out/index.json"\n')
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
+        PODMAN.save(_local("localhost/vm:1"), workdir)
