@@ -56,10 +56,10 @@ BESIDE_TARGET = (PART, PROBE)
 IN_TEMP_PARENT = (SAVE, PART, PROBE)
 
 
-def _same(fd: int, path: str) -> bool:
-    """Whether `path` still names the file `fd` has open (never following a symlink)."""
+def _same(fd: int, path: str, dir_fd: int | None = None) -> bool:
+    """Whether `path` (in `dir_fd`) still names the file `fd` has open (never following a symlink)."""
     try:
-        named = os.lstat(path)
+        named = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
     held = os.fstat(fd)
@@ -143,7 +143,13 @@ def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMI
     removed: list[str] = []
     local: bool | None = None  # asked once, and only when a name of cdisk's is there
     try:
-        with os.scandir(directory) as entries:
+        # Every name is judged and removed through this one descriptor: a directory on the way renamed or swapped
+        # for a link between the listing and the removal cannot send the removal elsewhere.
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return removed
+    try:
+        with os.scandir(dir_fd) as entries:
             for n, entry in enumerate(entries):
                 if n >= limit:
                     break
@@ -152,10 +158,12 @@ def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMI
                     continue
                 if local is None:
                     local = locks_are_shared(directory)
-                if local and _remove_if_dead(entry.path, pattern.is_dir):
+                if local and _remove_if_dead(dir_fd, entry.name, pattern.is_dir):
                     removed.append(entry.name)
     except OSError:
         pass
+    finally:
+        os.close(dir_fd)
     return removed
 
 
@@ -188,10 +196,11 @@ def locks_are_shared(directory: str) -> bool:
     return kind in _LOCAL_FILESYSTEMS
 
 
-def _remove_if_dead(path: str, is_dir: bool) -> bool:
+def _remove_if_dead(dir_fd: int, name: str, is_dir: bool) -> bool:
     kind = stat.S_ISDIR if is_dir else stat.S_ISREG
     try:
-        seen = os.lstat(path)  # before opening: never open a device, a FIFO or a link that wears the name
+        # Before opening: never open a device, a FIFO or a link that wears the name.
+        seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
     if not kind(seen.st_mode) or seen.st_uid != os.geteuid():
@@ -199,19 +208,27 @@ def _remove_if_dead(path: str, is_dir: bool) -> bool:
     # A file is opened for writing: its lock is a write lock, which NFS grants only on such a descriptor.
     flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_RDONLY | os.O_DIRECTORY if is_dir else os.O_RDWR)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        if not _same(fd, path) or _lock(fd, is_dir, wait=False) is not True:
+        if not _same(fd, name, dir_fd) or _lock(fd, is_dir, wait=False) is not True:
             return False  # replaced meanwhile, a live run holds it, or no lock here to tell
         if is_dir:
-            shutil.rmtree(path, ignore_errors=True)
-            return not os.path.lexists(path)
-        os.unlink(path)
+            shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
+            return not _exists(name, dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
         return True
     except OSError:
         return False
     finally:
         with suppress(OSError):
             os.close(fd)
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

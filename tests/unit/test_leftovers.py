@@ -194,3 +194,34 @@ def test_a_dead_serves_socket_dir_is_removed_and_a_live_ones_kept(where: Path) -
             proc.wait()
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+def test_a_directory_swapped_for_a_link_mid_sweep_does_not_redirect_the_removal(
+        where: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a name's judging and its removal, the swept directory is renamed and a link to another directory
+    holding the same names put in its place: the removal stays in the directory that was listed."""
+    left = _killed_run(where)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in left:
+        (victim / name).mkdir() if (where / name).is_dir() else (victim / name).write_bytes(b"not cdisk's")
+    moved = tmp_path / "moved"
+    lock = leftovers._lock
+
+    def swapped(fd: int, is_dir: bool, wait: bool) -> bool | None:
+        taken = lock(fd, is_dir, wait)
+        if not moved.exists():
+            where.rename(moved)
+            where.symlink_to(victim)
+        return taken
+
+    monkeypatch.setattr(leftovers, "_lock", swapped)
+    try:
+        leftovers.sweep(str(where), _ALL)
+        assert sorted(os.listdir(victim)) == left, "the sweep removed names in the directory a link pointed to"
+        assert os.listdir(moved) == []
+    finally:
+        shutil.rmtree(victim)
+        if moved.exists():
+            where.unlink()
+            moved.rename(where)
