@@ -47,12 +47,13 @@ class Pattern:
 
 
 PART = Pattern(re.compile(rf"\..+\.{_RANDOM}\.cdisk-part", re.DOTALL), is_dir=False)
+PART_DIR = Pattern(re.compile(rf"\..+\.{_RANDOM}\.cdisk-dir", re.DOTALL), is_dir=True)  # build's OCI layout
 PROBE = Pattern(re.compile(rf"\.cdisk-probe-{_RANDOM}"), is_dir=False)
 SAVE = Pattern(re.compile(rf"\.cdisk-save-{_RANDOM}"), is_dir=True)
 SERVICE = Pattern(re.compile(rf"cdisk-podman-{_RANDOM}"), is_dir=True)
 BUILD = Pattern(re.compile(rf"\.cdisk-build-{_RANDOM}"), is_dir=True)
 SERVE = Pattern(re.compile(rf"cdisk-serve-{_RANDOM}"), is_dir=True)
-BESIDE_TARGET = (PART, PROBE)
+BESIDE_TARGET = (PART, PART_DIR, PROBE)
 IN_TEMP_PARENT = (SAVE, PART, PROBE)
 
 
@@ -102,14 +103,14 @@ def locked_file(directory: str, prefix: str, suffix: str = "") -> tuple[int, str
         os.close(fd)  # a sweeper took it between mkstemp and flock (a window of microseconds): another name
 
 
-def locked_dir(directory: str | None, prefix: str) -> tuple[int, str]:
+def locked_dir(directory: str | None, prefix: str, suffix: str = "") -> tuple[int, str]:
     """A new private directory (mkdtemp) in `directory` (None: tempfile's default), a locked descriptor on it.
 
     Raises:
         OSError: the directory cannot be made.
     """
     while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+        path = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -303,6 +303,31 @@ def test_a_killed_builds_work_dir_is_removed_by_the_next(tmp_path: Path) -> None
     assert list(work.iterdir()) == [], dead
 
 
+def test_a_killed_builds_output_is_removed_by_the_next(tmp_path: Path) -> None:
+    # An archive is written under a temp name beside it, a copy of the layer: killed while it is written, the
+    # next build beside it removes it (an OCI layout directory's temp likewise).
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(1 << 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [sys.executable, "-m", "cdisk", "build", "-q", "--tmpdir", str(tmp_path), "--raw"]
+    proc = subprocess.Popen([*argv, "--output", f"oci-archive:{out / 'killed.tar'}", str(disk), "localhost/vm:1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(".cdisk-" in p.name for p in out.iterdir()) or proc.poll() is not None, 120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    dead = [p.name for p in out.iterdir()]
+    assert [n for n in dead if n.startswith(".killed.tar.") and n.endswith(".cdisk-part")], dead
+    built = cdisk("build", "-q", "--tmpdir", tmp_path, "--output", f"oci-archive:{out / 'built.tar'}", disk,
+                  "localhost/vm:1")
+    assert built.code == 0, built.err
+    assert sorted(p.name for p in out.iterdir()) == ["built.tar"], dead
+
+
 PROBE_KILLS = 30
 
 

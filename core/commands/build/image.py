@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,17 +147,24 @@ def _docker_files(built: Built, name: str) -> list[tuple[str, bytes | str]]:
 @contextmanager
 def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[str]:
     """A new temp file or directory of our own beside `path`, renamed to it when the block ends well (and removed
-    otherwise); `path` must not exist."""
+    otherwise); `path` must not exist.
+
+    Held under its lock while the block runs, under a name the next run beside it removes if a SIGKILL left it
+    (`leftovers`: `.NAME.XXXXXXXX.cdisk-part`, a directory `….cdisk-dir`).
+    """
+    from cdisk.core import leftovers
+    from cdisk.core.target import temp_prefix
+
     if os.path.lexists(path):
         raise TargetError(f"{path} exists; remove it or choose another {kind}")
     parent = os.path.dirname(path) or "."
-    prefix = f".{os.path.basename(path)}.cdisk-"
+    leftovers.sweep(parent, leftovers.BESIDE_TARGET)
+    prefix = temp_prefix(parent, os.path.basename(path))
     try:
         if directory:
-            temp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+            held, temp = leftovers.locked_dir(parent, prefix, ".cdisk-dir")
         else:
-            fd, temp = tempfile.mkstemp(prefix=prefix, dir=parent)
-            os.close(fd)
+            held, temp = leftovers.locked_file(parent, prefix, ".cdisk-part")
     except OSError as error:
         raise TargetError(f"cannot write {kind} {path}: {error.strerror}; choose another") from None
     try:
@@ -168,11 +174,14 @@ def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[str]:
             raise TargetError(f"{path} appeared meanwhile; remove it or choose another {kind}")
         os.rename(temp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            if directory:
-                shutil.rmtree(temp)
-            else:
-                os.unlink(temp)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if directory:
+                    shutil.rmtree(temp)
+                else:
+                    os.unlink(temp)
+        finally:
+            os.close(held)  # the lock goes last: until the name is gone, no sweep may take it for a dead run's
 
 
 # copy_file_range cannot cross file systems (EXDEV), and some file systems or seccomp profiles refuse it.
@@ -286,8 +295,3 @@ def write_docker_archive(builts: list[Built], name: str, path: str) -> None:
     """A `docker save` archive at `path` (new): what `docker load` and `podman load` read (one platform)."""
     [built] = builts
     _write_archive(_docker_files(built, name), path)
-
-
-def temp_blob(directory: str) -> tuple[int, str]:
-    """A new file for the layer blob in `directory`."""
-    return tempfile.mkstemp(prefix=".cdisk-layer-", dir=directory)
