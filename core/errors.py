@@ -50,6 +50,15 @@ class ImageError(CdiskError):
     exit_code = 3
 
 
+class ImageRemoved(ImageError):
+    """The image was removed or replaced in its engine's store (another job's rmi or prune) while cdisk read it
+    (exit 3): the next run reads it again, or finds it gone."""
+
+    def __init__(self, engine: str, reference: str) -> None:
+        super().__init__(f"{reference} was removed or replaced in {engine}'s store while cdisk read it (an rmi or "
+                         "prune by another job?); run cdisk again")
+
+
 class NoManifest(ImageError):
     """Saved image files hold no manifest for the image asked for (exit 3); of an engine's own save just made,
     the image was removed or replaced while it saved."""

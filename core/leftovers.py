@@ -33,6 +33,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 SWEEP_LIMIT = 4096
+# Made in every directory a run holds, first thing: a sweep removes no directory without it but an empty one, so that
+# a directory of the user's that another user renamed to a name of cdisk's (in a directory both may write) is not
+# taken for one.
+MARK = ".cdisk-held"
 _RANDOM = r"[a-z0-9_]{8}"  # what tempfile's mkstemp and mkdtemp add
 _LOCK_BYTE = 1 << 62  # beyond any disk, and far from qemu's lock bytes (block/file-posix.c: 100 and 200 on)
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
@@ -65,6 +69,11 @@ def _same(fd: int, path: str, dir_fd: int | None = None) -> bool:
         return False
     held = os.fstat(fd)
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def still_named(fd: int, path: str) -> bool:
+    """Whether `path` still names the file or directory `fd` has open (never following a symlink)."""
+    return _same(fd, path)
 
 
 def _lock(fd: int, is_dir: bool, wait: bool) -> bool | None:
@@ -113,6 +122,7 @@ def locked_dir(directory: str | None, prefix: str, suffix: str = "") -> tuple[in
         path = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            os.close(os.open(MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=fd))
         except FileNotFoundError:
             continue  # a sweeper took it between mkdtemp and its lock: another name
         if _hold(fd, path, is_dir=True):
@@ -215,6 +225,11 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool) -> bool:
     try:
         if not _same(fd, name, dir_fd) or _lock(fd, is_dir, wait=False) is not True:
             return False  # replaced meanwhile, a live run holds it, or no lock here to tell
+        if is_dir and not _exists(MARK, fd):
+            # Not marked: a run killed between making it and marking it left it empty, and rmdir removes only an
+            # empty one (which whoever may write here could remove anyway); another's tree stays.
+            os.rmdir(name, dir_fd=dir_fd)
+            return True
         if is_dir:
             shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
             return not _exists(name, dir_fd)

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 from cdisk.core.errors import LimitExceeded, ToolError
@@ -87,15 +87,22 @@ class _Guard:
                 self._close()
                 read, self._pipe = os.pipe()  # both ends close-on-exec: no child but the guard gets one
                 try:
-                    with subprocess.Popen(GUARD_ARGV, stdin=read, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                          process_group=0) as starter:
+                    said, started = b"", 0
+                    with suppress(OSError), subprocess.Popen(GUARD_ARGV, stdin=read, stdout=subprocess.PIPE,
+                                                             stderr=subprocess.DEVNULL, process_group=0) as starter:
                         assert starter.stdout is not None
-                        guard = int(starter.stdout.readline())
+                        said, started = starter.stdout.readline(), starter.pid
+                    if not said.strip().isdigit():  # /bin/sh could not start, or could not fork (the process limit)
+                        os.close(self._pipe)
+                        self._pipe = -1
+                        raise ToolError("cannot start the guard of the sandboxes (/bin/sh) this run's bwrap must join; "
+                                        "check that /bin/sh runs and the process limit (ulimit -u)", GUARD_ARGV)
+                    guard = int(said)
                 finally:
                     os.close(read)
                 # Alive until the pipe closes: this pidfd names the guard, no process that reused its pid.
                 self._pidfd = os.pidfd_open(guard)
-                self._group = starter.pid
+                self._group = started
                 if not self._owner:
                     atexit.register(self.close)
                 self._owner = os.getpid()

@@ -155,7 +155,7 @@ def verify_image(image: ImageRequest, progress: Progress) -> ImageVerdict:
 
 def _verify_store(reference: str, image: Image, progress: Progress) -> ImageVerdict:
     # Pinned: a layer an rmi removes meanwhile is that, not damage (podman's writers wait for the check's end).
-    with store_pin.pinned(image, progress.stage):
+    with store_pin.pinned(image, progress.warn):
         return _check_store(reference, image, progress)
 
 

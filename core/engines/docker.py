@@ -30,8 +30,7 @@ from cdisk.core.engines.common import (
     socket_trusted,
 )
 from cdisk.core.engines.seam import Image
-from cdisk.core.engines.store_pin import removed_from
-from cdisk.core.errors import ImageError, NoManifest, PullFailed, ToolError, UsageError
+from cdisk.core.errors import ImageError, ImageRemoved, NoManifest, PullFailed, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -278,20 +277,28 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
     code, _, err = processes.run(_cli(socket), argv, preexec_fn=processes.die_with_parent)
     if code != 0:
         # dockerd's answer to an image removed under its save: "No such image", or a layer's file gone ("failed to
-        # get digest sha256:…: open …: no such file or directory"), whether or not it is back by now.
-        if "no such image" in err.lower() or "no such file or directory" in err:
-            raise removed_from("docker", image.reference)
+        # get digest sha256:…: open …: no such file or directory") — removed, when the image is gone or back with
+        # other layer directories (a load makes new cache IDs); else the store lost a file: damage.
+        if "no such image" in err.lower() or ("no such file or directory" in err and _replaced(socket, image)):
+            raise ImageRemoved("docker", image.reference)
         last = processes.last_line(err, code)
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
-            else f"check `docker image inspect {image.id}`"
+            else (f"check the image with `cdisk verify {image.reference}`; remove it and pull it again"
+                  if "no such file or directory" in err else f"check `docker image inspect {image.id}`")
         raise ToolError(f"docker save failed: {last}; {hint}", ["docker", *argv], code, err)
     try:
         return docker_archive.layer_blobs(archive, image.id, image.layers)
     except ImageError as failed:
         # An archive without the image is what a save racing an rmi writes: then that is the answer.
-        if isinstance(failed, NoManifest) or _inspect(socket, image.id) is None:
-            raise removed_from("docker", image.reference) from None
+        if isinstance(failed, NoManifest) or _replaced(socket, image):
+            raise ImageRemoved("docker", image.reference) from None
         raise
+
+
+def _replaced(socket: str, image: Image) -> bool:
+    """Whether the image is gone from the store, or back with other layer directories than it had."""
+    now = _inspect(socket, image.id)
+    return now is None or now[0].layer_dirs != image.layer_dirs
 
 
 class Docker:

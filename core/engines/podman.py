@@ -34,8 +34,7 @@ from cdisk.core.engines.common import (
     socket_trusted,
 )
 from cdisk.core.engines.seam import Image
-from cdisk.core.engines.store_pin import removed_from
-from cdisk.core.errors import ImageError, Interrupted, NoManifest, PullFailed, ToolError
+from cdisk.core.errors import ImageError, ImageRemoved, Interrupted, NoManifest, PullFailed, ToolError
 from cdisk.core.progress import Progress
 from cdisk.core.request import ImageRequest, Pull
 
@@ -328,7 +327,7 @@ def _inspect_cli(reference: str) -> Image | None:
         if "image not known" in err or "no such image" in err.lower():  # not "no such file": a failure
             return None
         if "layer not known" in err:  # the image's record outlived its layers for a moment: an rmi under way
-            raise removed_from("podman", reference)
+            raise ImageRemoved("podman", reference)
         raise ToolError(f"podman image inspect failed: {processes.last_line(err, code)}; check `podman info`",
                         ["podman", *argv], code, err)
     found = json.loads(out)
@@ -372,7 +371,7 @@ def mount_image(image_id: str, reference: str = "") -> Iterator[str]:
             raise
     code = proc.returncode
     if code != 0 and "image not known" in err.decode(errors="replace"):
-        raise removed_from("podman", reference or image_id[:12])
+        raise ImageRemoved("podman", reference or image_id[:12])
     if code != 0:
         raise ToolError(f"podman image mount failed: {processes.last_line(err.decode(errors='replace'), code)}; "
                         "use --method save", ["podman", *argv], code, err.decode(errors="replace"))
@@ -386,25 +385,40 @@ def mount_image(image_id: str, reference: str = "") -> Iterator[str]:
 def _unmount(image_id: str, root: str = "") -> None:
     code, err = _unmount_image(image_id)
     if code != 0 and "image not known" in err and root:
-        # Removed meanwhile (an rmi or prune of another job). Its top layer, mounted at `root`, went with it only
-        # if no other image holds that layer: else the layer lives on, mounted, under another image's name (or
-        # this one's, loaded again), and is given back through that image — mounts are counted per layer.
-        if not _is_mount_point(root):
+        if _give_back(root):
             return
-        others = _images_on_layer(os.path.basename(os.path.dirname(root)))
-        for other in others:
-            code, err = _unmount_image(other)
-            if code == 0:
-                return
-        # With no image on top of it, the layer lives on only below other images' layers, where no podman command
-        # reaches its mount: it is detached here. containers/storage mounts it again when next asked (`layers.go`
-        # Mount: a mount gone behind its back); no image mount can share it, since image mounts are of top layers.
-        if not others and _detach(root):
-            return
+        raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}, and the image's layer is "
+                        f"still mounted at {root}; run `umount {root}`", ["podman", "image", "unmount", "--",
+                                                                           image_id], code, err)
     if code != 0:
         raise ToolError(f"podman image unmount failed: {processes.last_line(err, code)}; "
                         f"run `podman image unmount {image_id}`", ["podman", "image", "unmount", "--", image_id],
                         code, err)
+
+
+def _give_back(root: str) -> bool:
+    """Give back the mount at `root` of an image removed meanwhile (an rmi or prune of another job); whether it is
+    gone.
+
+    The image's top layer went with it only if no other image holds that layer: else the layer lives on, mounted,
+    under another image's name (or this one's, loaded again), and is given back through that image — mounts are
+    counted per layer. A layer that is no image's top layer (it lies below others) no podman command reaches: its
+    mount is detached here, once two listings in a row found no image on it (a load meanwhile would make one whose
+    mount shares it); containers/storage mounts it again when next asked (`layers.go` Mount: a mount gone behind
+    its back). Listings that fail detach nothing.
+    """
+    if not _is_mount_point(root):
+        return True
+    layer = os.path.basename(os.path.dirname(root))
+    empty = 0
+    for _asked in range(4):  # a listing fails when an image goes between its two questions: ask again
+        others = _images_on_layer(layer)
+        if others:
+            return any(_unmount_image(other)[0] == 0 for other in others)
+        empty = 0 if others is None else empty + 1
+        if empty == 2:
+            return _detach(root)
+    return False
 
 
 def _detach(path: str) -> bool:
@@ -427,15 +441,20 @@ def _is_mount_point(path: str) -> bool:
         return any(line.split(" ", 5)[4] == escaped for line in mountinfo)
 
 
-def _images_on_layer(layer_id: str) -> list[str]:
-    """The IDs of the images in the store whose top layer is `layer_id` (its directory `…/overlay/<id>/diff`)."""
+def _images_on_layer(layer_id: str) -> list[str] | None:
+    """The IDs of the images in the store whose top layer is `layer_id` (its directory `…/overlay/<id>/diff`);
+    None when podman could not tell."""
     with local_store():
         code, out, _ = processes.run(podman_cli(), ["images", "--all", "--quiet", "--no-trunc"])
         ids = sorted({line.strip().removeprefix("sha256:") for line in out.splitlines() if line.strip()})
-        if code != 0 or not ids:
+        if code != 0:
+            return None
+        if not ids:
             return []
         code, out, _ = processes.run(podman_cli(), ["image", "inspect", "--format",
                                                     "{{.Id}} {{.GraphDriver.Data.UpperDir}}", "--", *ids])
+    if code != 0:
+        return None  # an image gone between the two questions, or podman failing: no guess
     found = []
     for line in out.splitlines():
         image_id, _, upper = line.partition(" ")
@@ -493,7 +512,7 @@ class Podman:
             # A save racing an rmi fails, or writes a layout without the image (also when it was loaded again
             # before the failure could be looked into): then that is the answer.
             if isinstance(failed, NoManifest) or _inspect_cli(image.id) is None:
-                raise removed_from("podman", image.reference) from None
+                raise ImageRemoved("podman", image.reference) from None
             raise
 
     def in_user_namespace(self, argv: Sequence[str], stdout: int,

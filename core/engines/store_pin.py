@@ -11,7 +11,8 @@ another job runs at the same moment.
   (`image/overlay2/imagedb/content/sha256/<id>`) before it releases the image's layers, and a layer's directory is
   removed where it stands (overlay2's `Remove`). So a record still there after the disk was opened, and every layer
   directory still the very one (device, inode) seen before the walk began, prove the walk ran on directories no
-  removal had touched; an image loaded again meanwhile has new directories (new cache IDs), which the same check sees.
+  removal had touched; an image loaded again meanwhile has new directories (new cache IDs, or for podman the same
+  paths made anew: a new ctime), which the same check sees.
 
 Both checks run for both engines (the lock where the store has one): a store without a lock file, or a lock this
 process may not take, still gets the check. The disk's descriptor, opened inside the block, keeps its bytes
@@ -28,37 +29,35 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
 from cdisk.core.engines.seam import Image
-from cdisk.core.errors import CdiskError, ImageError
+from cdisk.core.errors import CdiskError, ImageError, ImageRemoved
 
 # How long a lock a podman command holds exclusive (a pull writing a large layer, podman 4.3) is waited for.
 LOCK_WAIT_SECONDS = 300.0
 _POLL_SECONDS = (0.002, 0.01, 0.05)
 
 
-def removed(image: Image) -> ImageError:
+def removed(image: Image) -> ImageRemoved:
     """The refusal of an image whose layers were removed or replaced while cdisk read them."""
-    return removed_from(image.engine, image.reference)
+    return ImageRemoved(image.engine, image.reference)
 
 
-def removed_from(engine: str, reference: str) -> ImageError:
-    """The refusal of the image `reference` that `engine` removed (or replaced) while cdisk read it."""
-    return ImageError(f"{reference} was removed or replaced in {engine}'s store while cdisk read it (an rmi or prune "
-                      "by another job?); run cdisk again")
-
-
-def _identities(image: Image) -> list[tuple[int, int]]:
+def _identities(image: Image) -> list[tuple[int, int, int]]:
+    """What tells each layer directory from another made at its path: device, inode and ctime. A directory removed
+    and made again often gets the very inode back (ext4 hands a freed one out again), and podman's layer IDs, so
+    the paths, are the same when an image is loaded again; the ctime is the new directory's. A layer's directory
+    is never changed after it is made."""
     try:
-        return [(st.st_dev, st.st_ino) for st in map(os.stat, image.layer_dirs)]
+        return [(st.st_dev, st.st_ino, st.st_ctime_ns) for st in map(os.stat, image.layer_dirs)]
     except FileNotFoundError:
         raise removed(image) from None
 
 
-def present(image: Image) -> None:
+def refuse_if_removed(image: Image) -> None:
     """Refuse an image whose layer directories are gone since its engine named them (removed meanwhile); one this
     process may not look into is left to the caller to judge.
 
     Raises:
-        ImageError: a layer directory is gone.
+        ImageRemoved: a layer directory is gone.
     """
     with suppress(PermissionError):
         _identities(image)
@@ -83,7 +82,8 @@ def _lock_shared(path: str, waiting: Callable[[str], None], wait: float) -> int 
         if error.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS):
             return None
         raise
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     told = False
     attempt = 0
     try:
@@ -96,10 +96,11 @@ def _lock_shared(path: str, waiting: Callable[[str], None], wait: float) -> int 
                     raise
             now = time.monotonic()
             if now >= deadline:
-                raise ImageError(f"podman's layer store stayed locked by another podman command for {wait:.0f} s "
+                raise ImageError(f"podman's layer store stayed locked by another program for {wait:.0f} s "
                                  f"({path}); run cdisk again when it is done")
-            if not told and now + wait - deadline > 1.0:
-                waiting(f"waiting for podman's layer store (another podman command is writing to it: {path})")
+            if not told and now - started > 1.0:
+                waiting(f"waiting for the lock of podman's layer store ({path}): another program (podman, buildah, "
+                        "skopeo) is writing to the store")
                 told = True
             # Polled, not F_SETLKW: a wait that a signal can end and a deadline can bound.
             time.sleep(_POLL_SECONDS[min(attempt, len(_POLL_SECONDS) - 1)])
@@ -123,7 +124,8 @@ def pinned(image: Image, waiting: Callable[[str], None] = lambda line: None,
     """A block in which the image's layer directories are read: podman cannot remove them meanwhile, and when it
     ends they are known to be the ones that were there when it began, the image still in its store.
 
-    `waiting` is told, once, that the lock is held by a writer for more than a second.
+    `waiting` is told, once, that the lock is held by a writer for more than a second (a warning: a cron job's
+    log shows why it waits).
 
     Raises:
         ImageError: the image was removed or replaced before or while the block ran (never a view of a store
@@ -144,14 +146,14 @@ def pinned(image: Image, waiting: Callable[[str], None] = lambda line: None,
         except CdiskError:
             # A file gone from under the walk shows as a disk not found, a path unreadable, a file changed: the
             # answer is what happened to the image, when that is what happened.
-            if _moved(image, before):
+            if _changed_since(image, before):
                 raise removed(image) from None
             raise
-        if _moved(image, before):
+        if _changed_since(image, before):
             raise removed(image)
 
 
-def _moved(image: Image, before: list[tuple[int, int]]) -> bool:
+def _changed_since(image: Image, before: list[tuple[int, int, int]]) -> bool:
     record = _image_record(image)
     try:
         return _identities(image) != before or (record is not None and not os.path.exists(record))

@@ -64,10 +64,10 @@ def choose_reading(method: Method, writes: bool, euid: int | None = None, image:
 
 
 def _layers_readable(engine: Engine | None, image: Image) -> bool:
-    from cdisk.core.engines.store_pin import present
+    from cdisk.core.engines.store_pin import refuse_if_removed
     from cdisk.core.tree.layer_dirs import unusable
 
-    present(image)  # gone since the engine named them: the image was removed, not unreadable
+    refuse_if_removed(image)  # gone since the engine named them: the image was removed, not unreadable
     return unusable(image, stored=engine is None or engine.stores) is None
 
 
@@ -263,10 +263,10 @@ def layers_view(engine: Engine, image: Image) -> AbstractContextManager[ImageVie
     Raises:
         LayerDirsUnusable: the store is not overlay, or its directories are not readable here.
     """
-    from cdisk.core.engines.store_pin import present
+    from cdisk.core.engines.store_pin import refuse_if_removed
     from cdisk.core.tree import layer_dirs
 
-    present(image)
+    refuse_if_removed(image)
     why = layer_dirs.unusable(image, stored=engine.stores)
     if why:
         raise LayerDirsUnusable(why)

@@ -120,16 +120,16 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         stack.enter_context(vouched_first(view.vouch))
         with _held_still(image, reading, progress):
             found = every_disk(view.tree, view.sniff) if every else [find_disk(view.tree, read.disk_path, view.sniff)]
-            sources = [(path, _which(path, every, view.open, path, member)) for path, member in found]
+            sources = [(path, _naming_disk(path, every, view.open, path, member)) for path, member in found]
         opened = []
         for path, source in sources:
-            judged = _which(path, every, inspect_disk, source)
+            judged = _naming_disk(path, every, inspect_disk, source)
             opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
                                      judged.allocation, view.vouch))
         return stack.pop_all(), opened
 
 
-def _which(path: str, every: bool, step: Callable[..., T], *args: object) -> T:
+def _naming_disk(path: str, every: bool, step: Callable[..., T], *args: object) -> T:
     """`step(*args)` for the disk at `path`; a refusal names the disk when there are several (`every`)."""
     try:
         return step(*args)
@@ -145,7 +145,7 @@ def _held_still(image: Image, reading: Reading, progress: Progress) -> AbstractC
     removed under it, or the run ends with one line saying they were (`engines.store_pin`). Once open, the disk's
     descriptor keeps its bytes: the conversion itself holds no lock."""
     if reading in (Reading.LAYERS, Reading.MOUNT):
-        return store_pin.pinned(image, progress.stage)
+        return store_pin.pinned(image, progress.warn)
     return nullcontext()
 
 

@@ -27,11 +27,12 @@ leftovers.locked_file(where, ".cdisk-probe-")
 _, save = leftovers.locked_dir(where, ".cdisk-save-")
 open(save + "/blob", "wb").write(b"x" * 4096)
 leftovers.locked_dir(where, "cdisk-podman-")
+leftovers.locked_dir(where, ".vm.oci.", ".cdisk-dir")
 print("held", flush=True)
 time.sleep(600)
 """
 
-_ALL = (leftovers.PART, leftovers.PROBE, leftovers.SAVE, leftovers.SERVICE)
+_ALL = (leftovers.PART, leftovers.PART_DIR, leftovers.PROBE, leftovers.SAVE, leftovers.SERVICE)
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def _killed_run(where: Path) -> list[str]:
 
 def test_a_dead_runs_names_are_removed(where: Path) -> None:
     left = _killed_run(where)
-    assert len(left) == 4
+    assert len(left) == 5
     assert sorted(leftovers.sweep(str(where), _ALL)) == left
     assert os.listdir(where) == []
 
@@ -225,3 +226,14 @@ def test_a_directory_swapped_for_a_link_mid_sweep_does_not_redirect_the_removal(
         if moved.exists():
             where.unlink()
             moved.rename(where)
+
+
+def test_a_users_directory_renamed_to_a_name_of_cdisks_is_kept(where: Path) -> None:
+    """In a directory others may write in, another user renames the operator's directory to a name of cdisk's: a
+    sweep removes no directory that cdisk did not mark when it made it."""
+    for name in (".mydata.abcdefgh.cdisk-dir", ".cdisk-save-abcdefgh", "cdisk-podman-abcdefgh"):
+        (where / name).mkdir()
+        (where / name / "precious").write_bytes(b"the operator's")
+    (where / ".cdisk-save-ijklmnop").mkdir()  # a run killed before it marked its directory: empty
+    assert leftovers.sweep(str(where), _ALL) == [".cdisk-save-ijklmnop"]
+    assert len(list(where.glob("*/precious"))) == 3

@@ -63,3 +63,16 @@ def test_drain_streams_stdout_in_order() -> None:
                                               (152, True), (-9, True)])
 def test_killed_by_signal(code: int, killed: bool) -> None:
     assert processes.killed_by_signal(code) is killed
+
+
+def test_a_guard_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No /bin/sh to start (or no process left to fork): a ToolError naming the fix, not a ValueError.
+    from cdisk.core.errors import ToolError
+
+    guard = processes._Guard()
+    monkeypatch.setattr(processes, "GUARD_ARGV", ("/nonexistent/sh", "-c", "echo 1"))
+    with pytest.raises(ToolError, match=r"cannot start the guard of the sandboxes .*ulimit -u"):
+        guard.group()
+    monkeypatch.setattr(processes, "GUARD_ARGV", ("/bin/sh", "-c", "echo no"))
+    with pytest.raises(ToolError, match=r"cannot start the guard"):
+        guard.group()

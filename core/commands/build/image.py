@@ -145,9 +145,9 @@ def _docker_files(built: Built, name: str) -> list[tuple[str, bytes | str]]:
 
 
 @contextmanager
-def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[str]:
-    """A new temp file or directory of our own beside `path`, renamed to it when the block ends well (and removed
-    otherwise); `path` must not exist.
+def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[tuple[str, int]]:
+    """A new temp file or directory of our own beside `path` and its held descriptor, renamed to it when the block
+    ends well (and removed otherwise); `path` must not exist. A file is written through the descriptor.
 
     Held under its lock while the block runs, under a name the next run beside it removes if a SIGKILL left it
     (`leftovers`: `.NAME.XXXXXXXX.cdisk-part`, a directory `….cdisk-dir`).
@@ -167,19 +167,27 @@ def _new_path(path: str, kind: str, directory: bool = False) -> Iterator[str]:
             held, temp = leftovers.locked_file(parent, prefix, ".cdisk-part")
     except OSError as error:
         raise TargetError(f"cannot write {kind} {path}: {error.strerror}; choose another") from None
+    renamed = False
     try:
-        os.chmod(temp, 0o755 if directory else 0o644)
-        yield temp
+        os.fchmod(held, 0o755 if directory else 0o644)  # through the descriptor: the name may be another's by now
+        yield temp, held
+        if directory:
+            os.unlink(leftovers.MARK, dir_fd=held)  # the sweep's mark is no part of the layout
         if os.path.lexists(path):
             raise TargetError(f"{path} appeared meanwhile; remove it or choose another {kind}")
+        if not leftovers.still_named(held, temp):
+            raise TargetError(f"{temp} was replaced while cdisk wrote it; write {kind} {path} in a directory only "
+                              "you may write in")
         os.rename(temp, path)
+        renamed = True
     finally:
         try:
-            with contextlib.suppress(FileNotFoundError):
-                if directory:
-                    shutil.rmtree(temp)
-                else:
-                    os.unlink(temp)
+            if not renamed and leftovers.still_named(held, temp):  # never what another put in its place
+                with contextlib.suppress(FileNotFoundError):
+                    if directory:
+                        shutil.rmtree(temp)
+                    else:
+                        os.unlink(temp)
         finally:
             os.close(held)  # the lock goes last: until the name is gone, no sweep may take it for a dead run's
 
@@ -236,7 +244,7 @@ def _place(source: str, target: str) -> None:
 
 def write_layout(builts: list[Built], name: str, path: str) -> None:
     """An OCI layout directory at `path` (new), the image (or index of images) named `name` in its index."""
-    with _new_path(path, "oci: directory", directory=True) as temp:
+    with _new_path(path, "oci: directory", directory=True) as (temp, _):
         os.makedirs(os.path.join(temp, "blobs", "sha256"))
         for member, content in _layout_files(builts, name):
             target = os.path.join(temp, member)
@@ -256,8 +264,8 @@ def _tar_header(name: str, size: int, directory: bool = False, at: int | None = 
 
 
 def _write_archive(files: list[tuple[str, bytes | str]], path: str) -> None:
-    with _new_path(path, "archive") as temp:
-        fd = os.open(temp, os.O_WRONLY | os.O_TRUNC)
+    with _new_path(path, "archive") as (_, held):
+        fd = os.dup(held)  # the writer closes its own; the held one keeps the lock until the rename
         try:
             directories: set[str] = set()
             for member, content in files:

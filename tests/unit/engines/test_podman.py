@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from cdisk.core.engines.podman import PODMAN, _inspect_cli, _kept, mount_image
+from cdisk.core.engines.podman import PODMAN, _inspect_cli, _kept, _unmount, mount_image
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError
 from cdisk.core.request import Pull
@@ -192,3 +192,37 @@ def test_a_saved_layout_without_the_image_is_told_removed(tmp_path: Path) -> Non
     workdir.mkdir()
     with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
         PODMAN.save(_local("localhost/vm:1"), workdir)
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted at `…/overlay/<layer>/merged`, as podman mounts an image's top layer (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    merged = tmp_path / "overlay" / ("c" * 64) / "merged"
+    merged.mkdir(parents=True)
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "cdisk-test", merged)
+    yield merged
+    sh("umount", merged, check=False)
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return any(line.split(" ")[4] == str(path) for line in mountinfo)
+
+
+def test_a_mount_of_a_removed_image_is_detached_only_when_no_image_holds_its_layer(
+        tmp_path: Path, mount_point: Path) -> None:
+    path = _fake_podman(tmp_path, 'case "$1 $2" in "image unmount") echo "Error: $4: image not known" >&2; '
+                                  'exit 125;; "images --all") exit 0;; esac\nexit 1\n')
+    with local.env(PATH=path):
+        _unmount("1" * 64, str(mount_point))
+    assert not _mounted(mount_point)
+
+
+def test_a_mount_is_left_and_named_when_podman_cannot_list_the_images(tmp_path: Path, mount_point: Path) -> None:
+    path = _fake_podman(tmp_path, 'case "$1 $2" in "image unmount") echo "Error: $4: image not known" >&2; '
+                                  'exit 125;; esac\necho "Error: database is locked" >&2\nexit 125\n')
+    with local.env(PATH=path), pytest.raises(ToolError, match=rf"still mounted at {mount_point}; run `umount "):
+        _unmount("1" * 64, str(mount_point))
+    assert _mounted(mount_point), "detached on a guess"
