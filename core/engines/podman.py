@@ -326,6 +326,8 @@ def _inspect_cli(reference: str) -> Image | None:
     if code != 0:
         if "image not known" in err or "no such image" in err.lower():  # not "no such file": a failure
             return None
+        if "cannot specify 64-byte hexadecimal strings" in err:  # a full ID no image has any more: podman then
+            return None                                          # reads it as a name, which may not be 64 hex digits
         if "layer not known" in err:  # the image's record outlived its layers for a moment: an rmi under way
             raise ImageRemoved("podman", reference)
         raise ToolError(f"podman image inspect failed: {processes.last_line(err, code)}; check `podman info`",

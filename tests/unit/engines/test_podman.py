@@ -226,3 +226,11 @@ def test_a_mount_is_left_and_named_when_podman_cannot_list_the_images(tmp_path: 
     with local.env(PATH=path), pytest.raises(ToolError, match=rf"still mounted at {mount_point}; run `umount "):
         _unmount("1" * 64, str(mount_point))
     assert _mounted(mount_point), "detached on a guess"
+
+
+def test_a_full_id_no_image_has_is_absent(tmp_path: Path) -> None:
+    # podman 4.3 reads an ID it does not know as a name, and refuses that name: the image is absent, not a failure.
+    path = _fake_podman(tmp_path, 'echo "Error: inspecting object: parsing named reference \\"$5\\": invalid '
+                                  'repository name ($5), cannot specify 64-byte hexadecimal strings" >&2\nexit 125\n')
+    with local.env(PATH=path):
+        assert _inspect_cli("1" * 64) is None
