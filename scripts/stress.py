@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.images import Entry, docker_archive, layer_tar, make_disk  # noqa: E402
+from tests.private_dockerd import private_dockerd  # noqa: E402
 
 # Every process the stress starts carries this variable: the leftover check looks for those alone.
 TAG_VARIABLE = "CDISK_STRESS_TAG"
@@ -348,33 +349,18 @@ def _mounts_under(roots: list[str]) -> set[str]:
 
 @contextmanager
 def own_dockerd(work: Path) -> Iterator[tuple[str, str]]:
-    """A dockerd of the stress's own, as the test suite starts its own (tests/conftest.py `dockerd`): private
+    """A dockerd of the stress's own, as the test suite starts its own (`tests/private_dockerd.py`): private
     socket, data and exec roots in `work`, no iptables, no bridge; stopped and removed afterwards. Its
     DOCKER_HOST and data root."""
     root = work / "dockerd"
     root.mkdir()
-    host = f"unix://{root}/docker.sock"
     env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "DOCKER_HOST")}
-    with open(root / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["dockerd", "--host", host, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-             "--pidfile", str(root / "dockerd.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
-             "--storage-driver=overlay2", "--group", "root"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    with ExitStack() as stack:
         try:
-            deadline = time.monotonic() + 60
-            while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    cannot_start(f"stress: dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}")
-                time.sleep(0.1)
-            yield host, str(root / "data")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            host = stack.enter_context(private_dockerd(root, env))
+        except RuntimeError as failed:
+            cannot_start(f"stress: {failed}")
+        yield host, str(root / "data")
 
 
 def render(result: dict[str, object]) -> str:

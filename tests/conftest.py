@@ -41,6 +41,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.images import sh
+from tests.private_dockerd import private_dockerd
 
 # What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
 FIXTURE_TOOLS = {
@@ -224,30 +225,11 @@ def dockerd() -> Iterator[str]:
     # In /tmp (not pytest's 0700 dir): the docker-group test's user must reach the socket.
     root = Path(tempfile.mkdtemp(prefix="cdisk-test-dockerd-", dir="/tmp"))
     root.chmod(0o711)
-    socket_path = root / "docker.sock"
     env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR", "DOCKER_HOST")}
-    host = f"unix://{socket_path}"
-    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{socket_path}", "--data-root", str(root / "data"),
-         "--exec-root", str(root / "exec"), "--pidfile", str(root / "dockerd.pid"), "--iptables=false",
-         "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2", "--group", "root"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        def up() -> bool:
-            assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
-            return sh("docker", "--host", host, "version", check=False).returncode == 0
-
-        wait_for(up, 60)
-        yield host
+        with private_dockerd(root, env) as host:
+            yield host
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         # Nothing ran, so nothing of it is mounted; its overlay2 dirs are plain files by now.
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,0 +1,44 @@
+"""A docker daemon of one's own, for the test suite and `scripts/stress` alike: a private socket, data and exec
+roots in a directory of the caller's, no networking of its own (no iptables, no bridge), overlay2; stopped when the
+block ends. No pytest here: the stress script imports it too."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+START_SECONDS = 60
+
+
+@contextmanager
+def private_dockerd(root: Path, env: Mapping[str, str]) -> Iterator[str]:
+    """dockerd with its socket, data, exec root, pid file and log (`dockerd.log`) in `root`, run with `env`; its
+    DOCKER_HOST once it answers.
+
+    Raises:
+        RuntimeError: it ended or did not answer within START_SECONDS (the log's tail says why).
+    """
+    host = f"unix://{root}/docker.sock"
+    with open(root / "dockerd.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["dockerd", "--host", host, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+             "--pidfile", str(root / "dockerd.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
+             "--storage-driver=overlay2", "--group", "root"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)
+        try:
+            deadline = time.monotonic() + START_SECONDS
+            while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dockerd did not start: {(root / 'dockerd.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield host
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
