@@ -28,7 +28,7 @@ import shutil
 import stat
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -57,6 +57,7 @@ SAVE = Pattern(re.compile(rf"\.cdisk-save-{_RANDOM}"), is_dir=True)
 SERVICE = Pattern(re.compile(rf"cdisk-podman-{_RANDOM}"), is_dir=True)
 BUILD = Pattern(re.compile(rf"\.cdisk-build-{_RANDOM}"), is_dir=True)
 SERVE = Pattern(re.compile(rf"cdisk-serve-{_RANDOM}"), is_dir=True)
+MOUNT = Pattern(re.compile(rf"\.cdisk-mount-{_RANDOM}"), is_dir=False)  # a podman image mount's record
 BESIDE_TARGET = (PART, PART_DIR, PROBE)
 IN_TEMP_PARENT = (SAVE, PART, PROBE)
 
@@ -97,6 +98,18 @@ def _hold(fd: int, path: str, is_dir: bool) -> bool:
     """Lock `fd` for this run's life; False when a sweeper removed `path` before the lock was taken."""
     _lock(fd, is_dir, wait=True)
     return _same(fd, path)
+
+
+def runtime_dir() -> str:
+    """Where names that live no longer than the machine's uptime go (serve's socket directory, a mount's record):
+    $XDG_RUNTIME_DIR (the user's own tmpfs), else /run/cdisk as root, else the temp dir."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return runtime
+    if os.geteuid() == 0:
+        os.makedirs("/run/cdisk", mode=0o755, exist_ok=True)
+        return "/run/cdisk"
+    return tempfile.gettempdir()
 
 
 def locked_file(directory: str, prefix: str, suffix: str = "") -> tuple[int, str]:
@@ -147,9 +160,13 @@ def held_dir(directory: str | None, prefix: str) -> Iterator[str]:
             os.close(fd)
 
 
-def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMIT) -> list[str]:
+def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMIT,
+          undo: Callable[[int], bool] | None = None) -> list[str]:
     """Remove from `directory` what dead runs left: names of `patterns` of the right type, owned by this user,
     whose lock is free. Returns the names removed. Nothing here raises: a sweep never stops a run.
+
+    `undo`, given a dead run's file (its descriptor, locked by this run meanwhile), undoes what it records and
+    says whether the file may go (False: kept for a run that can undo it).
     """
     removed: list[str] = []
     local: bool | None = None  # asked once, and only when a name of cdisk's is there
@@ -169,7 +186,7 @@ def sweep(directory: str, patterns: tuple[Pattern, ...], limit: int = SWEEP_LIMI
                     continue
                 if local is None:
                     local = locks_are_shared(directory)
-                if local and _remove_if_dead(dir_fd, entry.name, pattern.is_dir):
+                if local and _remove_if_dead(dir_fd, entry.name, pattern.is_dir, undo):
                     removed.append(entry.name)
     except OSError:
         pass
@@ -207,7 +224,7 @@ def locks_are_shared(directory: str) -> bool:
     return kind in _LOCAL_FILESYSTEMS
 
 
-def _remove_if_dead(dir_fd: int, name: str, is_dir: bool) -> bool:
+def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], bool] | None = None) -> bool:
     kind = stat.S_ISDIR if is_dir else stat.S_ISREG
     try:
         # Before opening: never open a device, a FIFO or a link that wears the name.
@@ -233,6 +250,8 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool) -> bool:
         if is_dir:
             shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
             return not _exists(name, dir_fd)
+        if undo is not None and not undo(fd):
+            return False
         os.unlink(name, dir_fd=dir_fd)
         return True
     except OSError:

@@ -110,15 +110,8 @@ class Server:
 
 
 def socket_home() -> str:
-    """Where a private socket directory is made: $XDG_RUNTIME_DIR (the user's own tmpfs), else /run/cdisk as
-    root, else the temp dir."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return runtime
-    if os.geteuid() == 0:
-        os.makedirs("/run/cdisk", mode=0o755, exist_ok=True)
-        return "/run/cdisk"
-    return tempfile.gettempdir()
+    """Where a private socket directory is made (`leftovers.runtime_dir`)."""
+    return leftovers.runtime_dir()
 
 
 @contextmanager

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from cdisk.core import processes
+from cdisk.core import leftovers, processes
 from cdisk.core.engines.common import (
     answers,
     has_registry,
@@ -124,7 +125,6 @@ def engine_tmpdir(tmpdir: str) -> AbstractContextManager[object]:
 @contextmanager
 def private_service() -> Iterator[str]:
     """Start `podman system service` on a socket in a private temp dir; stop it and remove the dir after."""
-    from cdisk.core import leftovers
 
     # The service's directory is held under its lock while it runs; those of runs killed with SIGKILL (whose
     # service the kernel stopped: die_with_parent) are removed first.
@@ -360,28 +360,100 @@ def mount_image(image_id: str, reference: str = "") -> Iterator[str]:
     `--force`) takes back exactly what this block added and leaves other users' mounts alone. Both
     commands run in a session of their own, so the Ctrl-C a terminal sends to our process group
     cannot cut them half-way; a mount that completes while we are being interrupted is given back.
+    A run killed outright leaves its mount counted: its record (`_MountRecord`) tells the next mount to give it
+    back.
     """
-    argv = ["image", "mount", "--", image_id]
-    with local_store(), processes.running(podman_cli(), argv, group=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE) as proc:
+    leftovers.sweep(leftovers.runtime_dir(), (leftovers.MOUNT,), undo=_give_back_dead_runs_mount)
+    with _MountRecord(image_id) as record:
+        argv = ["image", "mount", "--", image_id]
+        with local_store(), processes.running(podman_cli(), argv, group=True, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE) as proc:
+            try:
+                out, err = proc.communicate()
+            except Interrupted:
+                late, _ = proc.communicate()  # the signal handlers now ignore further signals: this wait is safe
+                if proc.returncode == 0:
+                    _unmount(image_id, late.decode(errors="replace").strip())
+                raise
+        code = proc.returncode
+        if code != 0 and "image not known" in err.decode(errors="replace"):
+            raise ImageRemoved("podman", reference or image_id[:12])
+        if code != 0:
+            raise ToolError(f"podman image mount failed: {processes.last_line(err.decode(errors='replace'), code)}; "
+                            "use --method save", ["podman", *argv], code, err.decode(errors="replace"))
+        root = out.decode().strip()
+        record.mounted(root)
         try:
-            out, err = proc.communicate()
-        except Interrupted:
-            late, _ = proc.communicate()  # the signal handlers now ignore further signals: this wait is safe
-            if proc.returncode == 0:
-                _unmount(image_id, late.decode(errors="replace").strip())
-            raise
-    code = proc.returncode
-    if code != 0 and "image not known" in err.decode(errors="replace"):
-        raise ImageRemoved("podman", reference or image_id[:12])
-    if code != 0:
-        raise ToolError(f"podman image mount failed: {processes.last_line(err.decode(errors='replace'), code)}; "
-                        "use --method save", ["podman", *argv], code, err.decode(errors="replace"))
-    root = out.decode().strip()
+            yield root
+        finally:
+            _unmount(image_id, root)
+            record.given_back()
+
+
+class _MountRecord:
+    """A record of this run's image mount in the runtime dir (`.cdisk-mount-XXXXXXXX`, held under its lock): the
+    image, the mount point, the store (CONTAINERS_STORAGE_CONF) and the boot. Removed once the mount is given back;
+    a run killed with SIGKILL leaves it, and the next mount's sweep gives the mount back
+    (`_give_back_dead_runs_mount`). Written "mounted" only once podman said so: a record of a mount that may not
+    have happened is removed, never acted on, since its count could be another user's.
+    """
+
+    def __init__(self, image_id: str) -> None:
+        self.image_id = image_id
+        self.fd = -1
+        self.path = ""
+        self.done = False
+
+    def __enter__(self) -> _MountRecord:
+        with suppress(OSError):  # no record where none can be written: the mount goes on as before
+            self.fd, self.path = leftovers.locked_file(leftovers.runtime_dir(), ".cdisk-mount-")
+        return self
+
+    def mounted(self, root: str) -> None:
+        if self.fd < 0:
+            return
+        record = {"image": self.image_id, "root": root, "storage_conf": os.environ.get("CONTAINERS_STORAGE_CONF"),
+                  "boot": _boot_id()}
+        with suppress(OSError):
+            os.pwrite(self.fd, json.dumps(record).encode(), 0)
+
+    def given_back(self) -> None:
+        self.done = True
+
+    def __exit__(self, *_: object) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if self.done or os.fstat(self.fd).st_size == 0:  # an unmount that failed leaves it for the next run
+                with suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+def _boot_id() -> str:
     try:
-        yield root
-    finally:
-        _unmount(image_id, root)
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return boot.read(64).strip()
+    except OSError:
+        return ""
+
+
+def _give_back_dead_runs_mount(fd: int) -> bool:
+    """Give back the mount a dead run's record names (`_MountRecord`); whether the record may go. A record of
+    another store is kept for a run of that store; one of another boot, or unreadable, names nothing counted now."""
+    try:
+        record = json.loads(os.pread(fd, 64 * 1024, 0) or b"{}")
+        image, root = str(record["image"]), str(record["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    if record.get("storage_conf") != os.environ.get("CONTAINERS_STORAGE_CONF"):
+        return False
+    if record.get("boot") != _boot_id() or not re.fullmatch(r"[0-9a-f]{64}", image) or not _is_mount_point(root):
+        return True
+    with suppress(ToolError):
+        _unmount(image, root)
+    return True
 
 
 def _unmount(image_id: str, root: str = "") -> None:

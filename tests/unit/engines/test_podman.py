@@ -5,6 +5,7 @@ move, or does not answer (told as a warning)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from cdisk.core.engines.podman import PODMAN, _inspect_cli, _kept, _unmount, mount_image
+from cdisk.core.engines.podman import PODMAN, _give_back_dead_runs_mount, _inspect_cli, _kept, _unmount, mount_image
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError
 from cdisk.core.request import Pull
@@ -234,3 +235,34 @@ def test_a_full_id_no_image_has_is_absent(tmp_path: Path) -> None:
                                   'repository name ($5), cannot specify 64-byte hexadecimal strings" >&2\nexit 125\n')
     with local.env(PATH=path):
         assert _inspect_cli("1" * 64) is None
+
+
+# --- a dead run's mount record (`_MountRecord`) -----------------------------------------------------------------
+
+
+def _record(tmp_path: Path, **fields: object) -> int:
+    record = {"image": "1" * 64, "root": "/proc", "storage_conf": os.environ.get("CONTAINERS_STORAGE_CONF"),
+              "boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip(), **fields}
+    path = tmp_path / ".cdisk-mount-abcdefgh"
+    path.write_text(json.dumps(record))
+    return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize(("fields", "may_go"), [
+    ({"storage_conf": "/elsewhere/storage.conf"}, False),  # another store's: kept for a run of that store
+    ({"boot": "another boot"}, True),  # counted no more since the reboot: nothing given back
+    ({"image": "../../etc"}, True),
+    ({"root": "/nonexistent/merged"}, True),  # not mounted (any more): nothing to give back
+], ids=["another-store", "another-boot", "not-an-id", "not-mounted"])
+def test_a_dead_runs_record_is_acted_on_only_when_its_mount_is_this_stores_now(
+        tmp_path: Path, fields: dict[str, object], may_go: bool) -> None:
+    called = tmp_path / "called"
+    path = _fake_podman(tmp_path, f'echo "$@" >> {called}\nexit 125\n')
+    fd = _record(tmp_path, **fields)
+    try:
+        with local.env(PATH=path):
+            assert _give_back_dead_runs_mount(fd) is may_go
+    finally:
+        os.close(fd)
+        (tmp_path / ".cdisk-mount-abcdefgh").unlink()
+    assert not called.exists(), "podman was asked to unmount what the record does not vouch for"
