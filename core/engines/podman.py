@@ -525,10 +525,13 @@ def _images_on_layer(layer_id: str) -> list[str] | None:
             return None
         if not ids:
             return []
-        code, out, _ = processes.run(podman_cli(), ["image", "inspect", "--format",
-                                                    "{{.Id}} {{.GraphDriver.Data.UpperDir}}", "--", *ids])
-    if code != 0:
-        return None  # an image gone between the two questions, or podman failing: no guess
+        argv = ["image", "inspect", "--format", "{{.Id}} {{.GraphDriver.Data.UpperDir}}", "--"]
+        code, out, _ = processes.run(podman_cli(), [*argv, *ids])
+        if code != 0:  # an image gone between the two questions: each asked alone, the gone ones left out
+            answers = [processes.run(podman_cli(), [*argv, one]) for one in ids]
+            if any(code != 0 and "image not known" not in err for code, _, err in answers):
+                return None  # podman failing: no guess
+            out = "".join(out for code, out, _ in answers if code == 0)
     found = []
     for line in out.splitlines():
         image_id, _, upper = line.partition(" ")
@@ -585,7 +588,8 @@ class Podman:
         except (ToolError, ImageError) as failed:
             # A save racing an rmi fails, or writes a layout without the image (also when it was loaded again
             # before the failure could be looked into): then that is the answer.
-            if isinstance(failed, NoManifest) or _inspect_cli(image.id) is None:
+            gone_then = isinstance(failed, ToolError) and "image not known" in failed.stderr
+            if isinstance(failed, NoManifest) or gone_then or _inspect_cli(image.id) is None:
                 raise ImageRemoved("podman", image.reference) from None
             raise
 

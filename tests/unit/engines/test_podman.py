@@ -266,3 +266,29 @@ def test_a_dead_runs_record_is_acted_on_only_when_its_mount_is_this_stores_now(
         os.close(fd)
         (tmp_path / ".cdisk-mount-abcdefgh").unlink()
     assert not called.exists(), "podman was asked to unmount what the record does not vouch for"
+
+
+def test_a_save_that_lost_its_image_is_told_removed_though_it_is_back(tmp_path: Path) -> None:
+    # podman save met the image gone ("locating image with ID …: image not known"), loaded again by now.
+    path = _fake_podman(tmp_path, 'case "$1" in save) echo "Error: creating an updated image manifest: locating '
+                                  'image with ID \\"1111\\": image not known" >&2; exit 125;; '
+                                  '*) echo "[{\\"Id\\": \\"1111\\"}]";; esac\n')
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
+        PODMAN.save(_local("localhost/vm:1"), workdir)
+
+
+def test_the_images_on_a_layer_are_listed_though_one_went_meanwhile(tmp_path: Path) -> None:
+    from cdisk.core.engines.podman import _images_on_layer
+
+    a, b = "a" * 64, "b" * 64
+    path = _fake_podman(tmp_path, f'''case "$1 $#" in
+images*) echo sha256:{a}; echo sha256:{b};;
+"image 6") [ "$6" = {a} ] && echo "{a} /s/overlay/{"c" * 64}/diff" && exit 0
+  echo "Error: $6: image not known" >&2; exit 125;;
+*) echo "Error: {b}: image not known" >&2; exit 125;;
+esac
+''')
+    with local.env(PATH=path):
+        assert _images_on_layer("c" * 64) == [a]
