@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cdisk.core import leftovers, processes
+from cdisk.core.engines import store_lookup
 from cdisk.core.engines.common import (
     answers,
     has_registry,
@@ -224,8 +225,9 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     `tls_verify` None leaves HTTPS and certificate checks to registries.conf; True or False overrides it.
 
     The user's live podman API serves when there is one. When there is none and the local store can
-    answer (`never`, `missing` with the image present, `newer` with the tag where it was), `podman image
-    inspect` answers in ~40 ms where a private service would cost ~0.3 s; a private service is started only to
+    answer (`never`, `missing` with the image present, `newer` with the tag where it was), the store's own files
+    answer in ~1 ms (`store_lookup`), else `podman image inspect` in ~40 ms, where a private service would cost
+    ~0.3 s; a private service is started only to
     pull (or, without skopeo, to let podman's own `newer` ask the registry).
 
     Raises:
@@ -238,9 +240,12 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
     socket = default_socket()
     live = answers(socket)
     if not live and looks_first:
-        found = _inspect_cli(reference)
+        # The store's own files answer first where they can (no podman started: ~35 ms less), podman's CLI otherwise.
+        found = store_lookup.lookup(reference)
+        how = "its files" if found is not None else "podman CLI"
+        found = found or _inspect_cli(reference)
         if found is not None:
-            progress.stage(f"found {reference} in the local store (podman CLI: no API at {socket})")
+            progress.stage(f"found {reference} in the local store ({how}: no API at {socket})")
             if (kept := _kept(found, pull, by_id, tls_verify, platform, progress)) is not None:
                 return kept
         elif pull is Pull.NEVER or by_id:

@@ -1,0 +1,69 @@
+"""The fixed cost's cuts give the answers the slower ways gave (checked side by side on real images, never timed):
+the image looked up in podman's store files is the `Image` `podman image inspect` gives, and a convert that took it
+writes the same disk; where the files cannot answer, podman is asked as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.engines import podman, store_lookup
+from tests.helpers import Images, converted, same_disk
+from tests.images import Entry, make_disk, sh
+
+pytestmark = pytest.mark.needs("podman")
+
+
+def _same_as_podman(reference: str) -> None:
+    files = store_lookup.lookup(reference)
+    assert files is not None, reference
+    # podman's answer as its CLI path parses it (`podman image inspect` in a child of the test's own environment:
+    # plumbum's in this process keeps the first test's TMPDIR, which podman needs for a pulled image)
+    inspected = json.loads(sh("podman", "image", "inspect", "--format", "json", "--", reference).stdout)
+    assert files == podman._image(reference, inspected[0])
+
+
+def test_a_built_image_is_what_podman_inspect_says(images: Images) -> None:
+    name = images.build({"disk.qcow2": images.disk()})
+    _same_as_podman(name)
+    image_id = sh("podman", "image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+    _same_as_podman(image_id)
+    _same_as_podman("sha256:" + image_id)
+    other = name.replace(":latest", ":second")
+    sh("podman", "tag", name, other)
+    images.names.append(other)
+    _same_as_podman(other)
+    _same_as_podman(name.removesuffix(":latest"))
+
+
+def test_a_pulled_image_of_three_layers_is_what_podman_inspect_says(images: Images, tmp_path: Path) -> None:
+    disk = make_disk(tmp_path / "d.qcow2")
+    name = images.layers([Entry("etc/x", b"x")], [Entry("disk/", directory=True)],
+                         [Entry("disk/d.qcow2", disk.read_bytes())])
+    found = store_lookup.lookup(name)
+    assert found is not None and len(found.layer_dirs) == 3 and len(found.layers) == 3
+    _same_as_podman(name)
+
+
+def test_convert_takes_the_image_from_the_store_files(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    result = converted(name, tmp_path / "out.raw")
+    assert "(its files: no API at" in result.err
+    assert json.loads(result.out)["method"] == "layers"
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+
+
+def test_where_the_files_cannot_answer_podman_does(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    short = name.removeprefix("localhost/")  # a short name: podman resolves it
+    result = converted(short, tmp_path / "short.raw")
+    assert "(podman CLI: no API at" in result.err
+    assert same_disk(disk, "qcow2", tmp_path / "short.raw", "raw")
+    # Another store named by the environment: podman finds it (the CLI runs without CONTAINER_CONNECTION).
+    result = converted(name, tmp_path / "other.raw", env={"CONTAINER_CONNECTION": "elsewhere"})
+    assert "(podman CLI: no API at" in result.err
+    assert same_disk(disk, "qcow2", tmp_path / "other.raw", "raw")
