@@ -11,10 +11,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from cdisk.core.commands.build import clone
+from cdisk.core.commands.build.parallel_gzip import ParallelGzip, default_jobs
 from cdisk.core.errors import DiskChanged
 from cdisk.core.oci.media_types import LAYER_TYPES
 
@@ -148,15 +150,15 @@ def data_at(fd: int, offset: int, size: int) -> tuple[int, int]:
     return data, min(hole, size)
 
 
-def _pieces(fd: int, size: int) -> Iterator[bytes | int]:
-    """The disk's bytes in order: data as bytes, holes as their length (never read).
+def _pieces(fd: int, start: int, end: int) -> Iterator[bytes | int]:
+    """The bytes [start, end) of `fd` in order: data as bytes, holes as their length (never read).
 
     Raises:
-        DiskChanged: the file is no longer `size` bytes long.
+        DiskChanged: the file ended before `end`.
     """
-    offset = 0
-    while offset < size:
-        data, hole = data_at(fd, offset, size)
+    offset = start
+    while offset < end:
+        data, hole = data_at(fd, offset, end)
         if data > offset:
             yield data - offset
             offset = data
@@ -164,70 +166,100 @@ def _pieces(fd: int, size: int) -> Iterator[bytes | int]:
         while offset < hole:
             chunk = os.pread(fd, min(CHUNK, hole - offset), offset)
             if not chunk:
-                raise DiskChanged(offset, size)
+                raise DiskChanged(offset, end)
             yield chunk
             offset += len(chunk)
-    if os.fstat(fd).st_size != size:
-        raise DiskChanged(os.fstat(fd).st_size, size)
+
+
+def _unchanged(fd: int, size: int) -> None:
+    """Raises DiskChanged: the disk is no longer `size` bytes long."""
+    if (now := os.fstat(fd).st_size) != size:
+        raise DiskChanged(now, size)
 
 
 class _Blob:
-    """Where the layer goes: hashed as a tar, compressed, hashed again, written to `out` (holes kept as holes
-    when nothing compresses them)."""
+    """Where the layer goes: hashed as a tar, compressed, hashed again (an uncompressed layer once: its blob is
+    its tar), written to `out` (holes kept as holes when nothing compresses them)."""
 
-    def __init__(self, out: int, compression: str) -> None:
+    def __init__(self, out: int, compression: str, jobs: int) -> None:
         self._out = out
         self._tar = hashlib.sha256()
-        self._blob = hashlib.sha256()
+        self._blob = self._tar if compression == "none" else hashlib.sha256()
         self._size = 0
-        self._pending_hole = 0
+        self._skip = 0  # bytes of `out` to pass over before the next write: a hole, or data already there
         self.compression = compression
-        self._compress: Callable[[bytes], bytes] | None = None
-        self._flush: Callable[[], bytes] | None = None
+        self._gzip: ParallelGzip | None = None
+        self._zstd: Any = None
         if compression == "gzip":
-            # zlib's gzip header has mtime 0 and no name: the same bytes every time.
-            gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            self._compress, self._flush = gzip.compress, gzip.flush
+            self._gzip = ParallelGzip(self._emit, jobs, GZIP_LEVEL)
         elif compression == "zstd":
             from cdisk.core.layers.decompressor import zstd
 
-            writer = zstd.ZstdCompressor(level=ZSTD_LEVEL)
-            self._compress, self._flush = writer.compress, writer.flush
+            # Multithreaded zstd writes the same frame for any number of workers from 1 up (not for 0, the
+            # single-threaded mode): its jobs are cut by size, not by thread.
+            self._zstd = zstd.ZstdCompressor(options={zstd.CompressionParameter.compression_level: ZSTD_LEVEL,
+                                                      zstd.CompressionParameter.nb_workers: max(1, jobs)})
+
+    @property
+    def position(self) -> int:
+        """Where the next byte of the blob goes in `out` (of an uncompressed layer: of the tar too)."""
+        return self._size
 
     def add(self, data: bytes) -> None:
+        if self._gzip is not None:
+            self._tar.update(data)
+            self._gzip.write(data)
+        elif self._zstd is not None:
+            self._tar.update(data)
+            self._emit(self._zstd.compress(data))
+        else:
+            self._emit(data)
+
+    def add_present(self, data: bytes) -> None:
+        """Bytes of an uncompressed layer already in `out` where they go (cloned there): hashed, not written."""
+        assert self.compression == "none"
         self._tar.update(data)
-        self._emit(data if self._compress is None else self._compress(data))
+        self._size += len(data)
+        self._skip += len(data)
 
     def add_zeros(self, length: int) -> None:
+        if self._gzip is not None:
+            self._gzip.write_zeros(length)
         while length:
             step = min(length, CHUNK)
             zeros = _ZEROS if step == CHUNK else _ZEROS[:step]
             self._tar.update(zeros)
-            if self._compress is None:
-                self._pending_hole += step
-                self._blob.update(zeros)
+            if self._zstd is not None:
+                self._emit(self._zstd.compress(zeros))
+            elif self._gzip is None:
+                self._skip += step
                 self._size += step
-            else:
-                self._emit(self._compress(zeros))
             length -= step
 
     def _emit(self, data: bytes) -> None:
         if not data:
             return
-        if self._pending_hole:
-            os.lseek(self._out, self._pending_hole, os.SEEK_CUR)
-            self._pending_hole = 0
+        if self._skip:
+            os.lseek(self._out, self._skip, os.SEEK_CUR)
+            self._skip = 0
         self._blob.update(data)
         self._size += len(data)
         write_all(self._out, data)
 
     def close(self) -> Layer:
-        if self._flush is not None:
-            self._emit(self._flush())
-        if self._pending_hole:
-            os.ftruncate(self._out, os.lseek(self._out, self._pending_hole, os.SEEK_CUR))
+        if self._gzip is not None:
+            self._gzip.close()
+        elif self._zstd is not None:
+            self._emit(self._zstd.flush())
+        if self._skip:
+            os.ftruncate(self._out, os.lseek(self._out, self._skip, os.SEEK_CUR))
+            self._skip = 0
         return Layer("sha256:" + self._blob.hexdigest(), self._size, "sha256:" + self._tar.hexdigest(),
                      LAYER_TYPES[self.compression])
+
+    def abandon(self) -> None:
+        if self._gzip is not None:
+            self._gzip.abandon()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -238,19 +270,58 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_layer(disk_fd: int, size: int, out: int, compression: str, mtime: int,
-                progress: Callable[[int], None] = lambda done: None) -> Layer:
+                progress: Callable[[int], None] = lambda done: None, jobs: int | None = None) -> Layer:
     """The containerDisk layer holding the `size` bytes of `disk_fd` as /disk/disk.img, written to `out` (a new
-    file, at its start) compressed as asked ("none", "gzip", "zstd")."""
-    blob = _Blob(out, compression)
-    blob.add(headers(size, mtime))
-    done = 0
-    for piece in _pieces(disk_fd, size):
-        if isinstance(piece, int):
-            blob.add_zeros(piece)
-            done += piece
-        else:
-            blob.add(piece)
-            done += len(piece)
-        progress(done)
-    blob.add(trailer(size))
-    return blob.close()
+    file, at its start) compressed as asked ("none", "gzip", "zstd") on `jobs` threads (default: every core;
+    the bytes do not depend on it).
+
+    Uncompressed, the disk's whole blocks are cloned into `out` where the file system can (`clone`): then the
+    layer's bytes are read back to be hashed, and none is written.
+
+    Raises:
+        DiskChanged: the disk's length changed while it was read.
+    """
+    blob = _Blob(out, compression, default_jobs() if jobs is None else jobs)
+    try:
+        blob.add(headers(size, mtime))
+        done = 0
+        if compression == "none":
+            done = _add_cloned(blob, disk_fd, size, out, progress)
+        for piece in _pieces(disk_fd, done, size):
+            if isinstance(piece, int):
+                blob.add_zeros(piece)
+                done += piece
+            else:
+                blob.add(piece)
+                done += len(piece)
+            progress(done)
+        _unchanged(disk_fd, size)
+        blob.add(trailer(size))
+        return blob.close()
+    finally:
+        blob.abandon()
+
+
+def _add_cloned(blob: _Blob, disk_fd: int, size: int, out: int, progress: Callable[[int], None]) -> int:
+    """Clone the disk's whole blocks into `out` at its position and hash them as the layer holds them (read back
+    from `out`: what is hashed is what the layer holds); how many bytes of the disk that was (0: not cloned)."""
+    at = blob.position
+    cloned = clone.clone_blocks(disk_fd, size, out, at)
+    if not cloned:
+        return 0
+    try:
+        reader = os.open(f"/proc/self/fd/{out}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.ftruncate(out, at)  # cannot read it back to hash it: written as ever instead
+        return 0
+    try:
+        _unchanged(disk_fd, size)
+        for piece in _pieces(reader, at, at + cloned):
+            if isinstance(piece, int):
+                blob.add_zeros(piece)
+            else:
+                blob.add_present(piece)
+            progress(blob.position - at)
+    finally:
+        os.close(reader)
+    return cloned
