@@ -3,7 +3,9 @@ Go's archive/tar writes ustar headers (a PAX size record past 8 GiB), with a fix
 
 The disk is read once; holes of a sparse disk are not read at all (SEEK_DATA), only hashed and compressed as
 the zeros they are, and an uncompressed layer keeps them as holes. The stream is hashed twice on the way (the
-diff ID of the tar, the digest of the blob).
+diff ID of the tar, the digest of the blob; once when they are the same bytes). gzip and zstd compress on every
+core and write the same bytes whatever the number (`parallel_gzip`; zstd's workers). Uncompressed, on a file
+system that clones (XFS, btrfs), the disk's blocks are shared into the layer rather than written (`clone`).
 """
 
 from __future__ import annotations
