@@ -37,6 +37,8 @@ DATA_ALIGNMENT = 4096
 _COMMENT = "cdisk: the disk's data start on a 4 KiB block, so a file system can share them"
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
+# zstd's workers at most (level 3 runs at hundreds of MB/s each: more only take memory).
+ZSTD_MAX_WORKERS = 8
 _ZEROS = bytes(CHUNK)
 
 
@@ -198,9 +200,10 @@ class _Blob:
             from cdisk.core.layers.decompressor import zstd
 
             # Multithreaded zstd writes the same frame for any number of workers from 1 up (not for 0, the
-            # single-threaded mode): its jobs are cut by size, not by thread.
+            # single-threaded mode): its jobs are cut by size, not by thread. Each worker holds about 20 MiB.
+            workers = max(1, min(jobs, ZSTD_MAX_WORKERS))
             self._zstd = zstd.ZstdCompressor(options={zstd.CompressionParameter.compression_level: ZSTD_LEVEL,
-                                                      zstd.CompressionParameter.nb_workers: max(1, jobs)})
+                                                      zstd.CompressionParameter.nb_workers: workers})
 
     @property
     def position(self) -> int:

@@ -35,12 +35,18 @@ _ZERO_WINDOW = bytes(WINDOW)
 _CRC_POLY = 0xEDB88320
 
 
+# Past this many threads the caller's one thread (reading, hashing the tar) is the limit, not compression.
+MAX_JOBS = 32
+
+
 def default_jobs() -> int:
-    """The threads to compress with: the cores this process may run on (taskset and cpusets count)."""
+    """The threads to compress with: the cores this process may run on (taskset and cpusets count), at most
+    `MAX_JOBS`."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_JOBS))
 
 
 def _multiply(a: int, b: int) -> int:
