@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import IO, Any
 
 from cdisk.core.errors import LimitExceeded, ToolError
@@ -289,6 +289,39 @@ def run(cmd: Any, argv: Sequence[str], timeout: float | None = None, stdout_limi
         err = drain(proc, collect, timeout)
         code = proc.wait()
     return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def run_together(*runs: tuple[Any, Sequence[str], dict[str, Any]], timeout: float | None = None,
+                 stdout_limit: int = STDOUT_LIMIT) -> list[tuple[int, str, str]]:
+    """Several children (each `(cmd, argv, popen)`) started at once and run to the end as `run` runs one, each
+    under the same bounds (`timeout` from their common start, `stdout_limit`); stopped and reaped however this ends.
+    Their outputs are read one child after the other: one that waits meanwhile on a full pipe only waits.
+
+    Returns (exit code, stdout, the tail of stderr) of each, in order.
+
+    Raises:
+        LimitExceeded: a child ran past `timeout` seconds or printed more than `stdout_limit` bytes (its argv says
+            which).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    results = []
+    with ExitStack() as stack:
+        procs = [stack.enter_context(running(cmd, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen))
+                 for cmd, argv, popen in runs]
+        for proc in procs:
+            out = bytearray()
+
+            def collect(chunk: bytes, proc: subprocess.Popen[bytes] = proc, out: bytearray = out) -> None:
+                out.extend(chunk)
+                if len(out) > stdout_limit:
+                    proc.kill()
+                    raise LimitExceeded(f"printed more than {stdout_limit} bytes", argv_of(proc))
+
+            # A child that ended before the deadline is read to its end, even when the one before took the time.
+            left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
+            err = drain(proc, collect, left)
+            results.append((proc.wait(), out.decode(errors="replace"), err.decode(errors="replace")))
+    return results
 
 
 def killed_by_signal(code: int) -> bool:

@@ -32,12 +32,15 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
     spec = qemu_img.image_spec(fmt, source.node())
     if fmt == "raw":  # no header to confirm: qemu reads the bytes as they are, their length rounded to a sector
         return InspectedDisk(source, fmt, -(-source.size // qemu_img.SECTOR) * qemu_img.SECTOR, spec)
-    info = qemu_img.info(spec, source.pass_fds)
-    if info.backing or info.data_file:
-        raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
-                               f"cdisk refuses it: {formats.REFUSE_HINT}")
+
+    def no_other_file(info: qemu_img.ImageInfo) -> None:
+        if info.backing or info.data_file:
+            raise UnsafeImageError(f"{source.image_path} names another file ({info.backing or info.data_file}); "
+                                   f"cdisk refuses it: {formats.REFUSE_HINT}")
+
+    # One run's time, not two: check needs nothing of info's answer, and reads only what info reads.
+    info, allocated = qemu_img.info_and_check(spec, source.pass_fds, no_other_file)
     allocation = None
-    allocated = qemu_img.check(spec, source.pass_fds)
     if allocated is not None and info.cluster_size:
         allocation = allocated, info.cluster_size
     return InspectedDisk(source, fmt, info.virtual_size, spec, allocation)

@@ -8,7 +8,7 @@ import re
 import resource
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ INSPECT_WALL_SECONDS = 120
 UNCONFINED_FORMATS = frozenset({"raw", "qcow2"})
 # Protocol drivers of the nodes cdisk builds itself, on paths it chose.
 _PROTOCOLS = frozenset({"file", "host_device"})
+_INFO = ("info", "--output=json")
+_CHECK = ("check", "--output=json")
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -145,15 +147,38 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
 
     Returns its exit code, stdout, the tail of its stderr and the whole argv that ran.
     """
-    cmd, argv = _command(args, [spec], spec_view(spec))
+    ((code, out, err, ran),) = _inspect_together([(what, args)], spec, pass_fds)
+    _refuse_if_stopped(what, code)
+    return code, out, err, ran
+
+
+def _inspect_together(asked: Sequence[tuple[str, list[str]]], spec: str, pass_fds: Sequence[int],
+                      ) -> list[tuple[int, str, str, list[str]]]:
+    """Inspecting qemu-imgs (`(what, args)` each) run at once, each in its sandbox under every limit; a run the wall
+    clock or the output bound stops is a refused image. A run a signal stopped is for the caller to refuse
+    (`_refuse_if_stopped`), in the order its answers are judged.
+
+    Returns each one's exit code, stdout, the tail of its stderr and the whole argv that ran.
+    """
+    runs = []
+    for _, args in asked:
+        cmd, argv = _command(args, [spec], spec_view(spec))
+        runs.append((cmd, argv, {"preexec_fn": _limit_inspection, "pass_fds": tuple(pass_fds),
+                                 "env": {**os.environ, **ONE_ARENA}}))
     try:
-        code, out, err = processes.run(cmd, argv, timeout=INSPECT_WALL_SECONDS, preexec_fn=_limit_inspection,
-                                       pass_fds=tuple(pass_fds), env={**os.environ, **ONE_ARENA})
+        results = processes.run_together(*runs, timeout=INSPECT_WALL_SECONDS)
     except LimitExceeded as error:
+        what = next((what for (what, _), (cmd, argv, _) in zip(asked, runs, strict=True)
+                     if error.argv == [str(cmd), *argv]), asked[0][0])
         raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
                                "or damaged: rebuild or re-pull it") from None
+    return [(code, out, err, [str(cmd), *argv]) for (code, out, err), (cmd, argv, _) in zip(results, runs, strict=True)]
+
+
+def _refuse_if_stopped(what: str, code: int) -> None:
+    """Refuse the disk when a signal stopped its inspection: a limit shows as SIGKILL/SIGSEGV/SIGABRT (memory) or
+    SIGXCPU (CPU), and the signal is named."""
     if processes.killed_by_signal(code):
-        # The signal is named: a limit shows as SIGKILL/SIGSEGV/SIGABRT (memory) or SIGXCPU (CPU).
         signum = -code if code < 0 else code - 128
         try:
             name = signal.Signals(signum).name
@@ -162,7 +187,6 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
         raise UnsafeImageError(f"qemu-img {what} was stopped by its memory or CPU limit "
                                f"({INSPECT_ADDRESS_SPACE >> 20} MiB, {INSPECT_CPU_SECONDS} s: {name}); the image is "
                                "hostile or damaged: rebuild or re-pull it")
-    return code, out, err, [str(cmd), *argv]
 
 
 def _failure(what: str, argv: Sequence[str], code: int, err: str) -> ToolError:
@@ -187,7 +211,40 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
     Raises:
         UnsafeImageError: qemu-img cannot open the disk as its detected format.
     """
-    code, out, err, _ = _inspect("info", ["info", "--output=json", spec], spec, pass_fds)
+    code, out, err, _ = _inspect("info", [*_INFO, spec], spec, pass_fds)
+    return _info_of(code, out, err)
+
+
+def check(spec: str, pass_fds: Sequence[int] = ()) -> int | None:
+    """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused.
+
+    Returns the allocated clusters it counted, where the format has them (qcow2): each holds at most one
+    cluster of the guest's data, so they bound what a conversion writes without a `qemu-img measure`.
+    """
+    code, out, err, _ = _inspect("check", [*_CHECK, spec], spec, pass_fds)
+    return _allocated_of(code, out, err)
+
+
+def info_and_check(spec: str, pass_fds: Sequence[int] = (), judge: Callable[[ImageInfo], None] = lambda _: None,
+                   ) -> tuple[ImageInfo, int | None]:
+    """`info` and `check` of one disk at once, each in its own sandbox under every limit (on two cores, the cost of
+    one): both only read, and `"backing": null`, the header checks and the sandbox keep either from opening any
+    other file. Judged as if run one after the other: info's refusal first, then `judge`'s of info's answer (a
+    backing file), then check's.
+
+    Raises:
+        UnsafeImageError: as `info`, then as `judge`, then as `check`.
+    """
+    (icode, iout, ierr, _), (ccode, cout, cerr, _) = _inspect_together(
+        [("info", [*_INFO, spec]), ("check", [*_CHECK, spec])], spec, pass_fds)
+    _refuse_if_stopped("info", icode)
+    found = _info_of(icode, iout, ierr)
+    judge(found)
+    _refuse_if_stopped("check", ccode)
+    return found, _allocated_of(ccode, cout, cerr)
+
+
+def _info_of(code: int, out: str, err: str) -> ImageInfo:
     if code != 0:
         raise UnsafeImageError(f"qemu-img cannot read the disk: {processes.last_line(err, code)}; "
                                "the image may be damaged: rebuild or re-pull it")
@@ -203,13 +260,7 @@ def info(spec: str, pass_fds: Sequence[int] = ()) -> ImageInfo:
                                "re-pull the image") from None
 
 
-def check(spec: str, pass_fds: Sequence[int] = ()) -> int | None:
-    """`qemu-img check` under resource limits; leaked clusters are harmless, corruption is refused.
-
-    Returns the allocated clusters it counted, where the format has them (qcow2): each holds at most one
-    cluster of the guest's data, so they bound what a conversion writes without a `qemu-img measure`.
-    """
-    code, out, err, _ = _inspect("check", ["check", "--output=json", spec], spec, pass_fds)
+def _allocated_of(code: int, out: str, err: str) -> int | None:
     # 0 clean, 3 leaked clusters only, 63 the format has no check: all fine for reading.
     if code in (0, 3, 63):
         try:
@@ -219,7 +270,7 @@ def check(spec: str, pass_fds: Sequence[int] = ()) -> int | None:
         return int(allocated) if isinstance(allocated, int) and allocated >= 0 else None
     if code == 2:
         raise UnsafeImageError("qemu-img check found the disk corrupted; rebuild or re-pull the image")
-    # 1: the check could not be completed — on a disk that qemu-img info just opened, the disk's doing.
+    # 1: the check could not be completed — on a disk that qemu-img info opened, the disk's doing.
     raise UnsafeImageError(f"qemu-img could not check the disk: {processes.last_line(err, code)}; the image "
                            "may be damaged: rebuild or re-pull it")
 

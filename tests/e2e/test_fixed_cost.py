@@ -12,6 +12,7 @@ import pytest
 from cdisk.core.engines import podman, store_lookup
 from tests.helpers import Images, converted, same_disk
 from tests.images import Entry, make_disk, sh
+from tests.tool_fakes import QemuImgFakes
 
 pytestmark = pytest.mark.needs("podman")
 
@@ -67,3 +68,22 @@ def test_where_the_files_cannot_answer_podman_does(images: Images, tmp_path: Pat
     result = converted(name, tmp_path / "other.raw", env={"CONTAINER_CONNECTION": "elsewhere"})
     assert "(podman CLI: no API at" in result.err
     assert same_disk(disk, "qcow2", tmp_path / "other.raw", "raw")
+
+
+def _meets(mine: Path, other: Path) -> str:
+    """A fake qemu-img's hook: say it started, then wait up to 20 s for the other subcommand's word (exit 9 without
+    it), so that only runs at once both get through."""
+    return (f"open({str(mine)!r}, 'w').close()\nend = time.monotonic() + 20\n"
+            f"while not os.path.exists({str(other)!r}):\n    time.sleep(0.01)\n"
+            "    if time.monotonic() > end: sys.exit(9)\n")
+
+
+def test_info_and_check_run_at_once_and_judge_as_before(images: Images, tmp_path: Path) -> None:
+    disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    info, check = tmp_path / "info-started", tmp_path / "check-started"
+    fakes = QemuImgFakes(tmp_path / "fakes", {"info": _meets(info, check), "check": _meets(check, info)})
+    result = converted(name, tmp_path / "out.raw", env=fakes.env)
+    assert fakes.subcommands()[2:] == ["convert"] and sorted(fakes.subcommands()[:2]) == ["check", "info"]
+    assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
+    assert json.loads(result.out)["virtual_size"] == 8 << 20

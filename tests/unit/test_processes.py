@@ -76,3 +76,31 @@ def test_a_guard_that_cannot_start_is_one_line(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(processes, "GUARD_ARGV", ("/bin/sh", "-c", "echo no"))
     with pytest.raises(ToolError, match=r"cannot start the guard"):
         guard.group()
+
+
+def _meeting(mine: Path, other: Path) -> list[str]:
+    """A child that says it started (`mine`), then waits up to 20 s for the other one's word: only children that run
+    at once both get it."""
+    return _child(f"import os, sys, time\nopen({str(mine)!r}, 'w').close()\nend = time.monotonic() + 20\n"
+                  f"while not os.path.exists({str(other)!r}):\n    time.sleep(0.01)\n"
+                  "    if time.monotonic() > end: sys.exit(9)\nprint('met')")
+
+
+def test_children_run_together_each_under_its_bounds(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    results = processes.run_together((PYTHON, _meeting(a, b), {}), (PYTHON, _meeting(b, a), {}), timeout=60)
+    assert results == [(0, "met\n", ""), (0, "met\n", "")]
+
+
+def test_children_run_together_are_stopped_and_reaped_past_their_deadline(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    sleeper = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
+    endless = "import os\nwhile True: os.write(1, b'y' * 65536)"
+    with pytest.raises(LimitExceeded, match=r"printed more than 1048576 bytes") as raised:
+        processes.run_together((PYTHON, _child("print('quick')"), {}), (PYTHON, _child(endless), {}),
+                               (PYTHON, _child(sleeper), {}), stdout_limit=1 << 20)
+    assert raised.value.argv[-1] == endless
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # the sleeper, stopped with the rest: reaped
+    with pytest.raises(LimitExceeded, match=r"ran longer than"):
+        processes.run_together((PYTHON, _child("print('quick')"), {}), (PYTHON, _child(sleeper), {}), timeout=0.5)
