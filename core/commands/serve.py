@@ -11,6 +11,11 @@ socket removed — also with a client connected.
 
 qemu-storage-daemon, not qemu-nbd: it takes a listening descriptor of any number (qemu-nbd only systemd's fd 3,
 where a disk's descriptor may already be) and serves several exports on one socket (`--all`).
+
+A raw disk (every disk, with `--all`) is served by `core/qemu/raw_export.py` instead, in the same sandbox: with
+nothing to decode, its bytes go from the page cache into the socket by sendfile, so the client's copy is the only
+one — as when it reads the file itself — where qemu-storage-daemon adds two (issue 24: 4 GiB read through the
+export in 1.0× the time of reading the stored file, against 2× through the daemon).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import shutil
 import signal
 import socket as net
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +41,7 @@ from typing import Any
 from cdisk.core import leftovers, processes
 from cdisk.core.errors import TargetError, ToolError, UsageError
 from cdisk.core.progress import Progress
-from cdisk.core.qemu import nbd, qemu_img, sandbox
+from cdisk.core.qemu import nbd, qemu_img, raw_export, sandbox
 from cdisk.core.qemu.nbd import Endpoint
 from cdisk.core.reading.pipeline import OpenedDisk, opened_disks
 from cdisk.core.request import ImageRequest, ReadRequest
@@ -60,6 +66,8 @@ MAX_SHARED = 1000
 # Nothing else of cdisk's environment reaches the server.
 _SERVER_ENV = {"PATH": "/usr/bin:/bin", **qemu_img.ONE_ARENA, "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
                "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+# The raw server as errors name it (a program of cdisk's, run by the interpreter cdisk runs on).
+RAW_SERVER = "cdisk's raw NBD server"
 # Formats whose blockdev options take "backing"; the others refuse the key (qemu-img's json: accepts it anyway).
 _WITH_BACKING = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 
@@ -93,10 +101,12 @@ class Served:
 class Server:
     """A running server; `wait()` until it ends."""
 
-    def __init__(self, served: Served, proc: subprocess.Popen[bytes], errors: processes.StderrTail) -> None:
+    def __init__(self, served: Served, proc: subprocess.Popen[bytes], errors: processes.StderrTail,
+                 name: str = SERVER) -> None:
         self.served = served
         self._proc = proc
         self._errors = errors
+        self._name = name
 
     def wait(self) -> None:
         """Block until the server ends (SIGINT and SIGTERM interrupt this, as everywhere).
@@ -105,7 +115,7 @@ class Server:
             ToolError: the server ended on its own.
         """
         code = self._proc.wait()
-        raise ToolError(f"{SERVER} stopped: {processes.last_line(self._errors.text(), code)}",
+        raise ToolError(f"{self._name} stopped: {processes.last_line(self._errors.text(), code)}",
                         processes.argv_of(self._proc), code, self._errors.text())
 
 
@@ -207,7 +217,36 @@ def server_argv(disks: Sequence[OpenedDisk], listening_fd: int, connections: int
     return argv
 
 
-def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.StderrTail) -> None:
+def raw_slices(disks: Sequence[OpenedDisk]) -> list[tuple[str, str, int, int]] | None:
+    """Each disk as (export name, file, offset, size) where every one is raw bytes of a file, nothing to decode
+    (the file in place, a raw slice of a saved layer, a decompressed copy); else None. The size is the one
+    qemu gives the disk (a partial last sector reads as zeros)."""
+    slices = []
+    for disk in disks:
+        node = blockdev(disk.spec, "disk")
+        file = node.get("file")
+        if (node.get("driver") != "raw" or set(node) - {"driver", "file", "offset", "size", "node-name", "read-only"}
+                or not isinstance(file, dict) or set(file) != {"driver", "filename"} or file["driver"] != "file"):
+            return None
+        slices.append((_export_name(disk), str(file["filename"]), int(node.get("offset", 0)), disk.virtual_size))
+    return slices
+
+
+def raw_server(slices: Sequence[tuple[str, str, int, int]], listening_fd: int, connections: int,
+               ) -> tuple[str, list[str], sandbox.View]:
+    """The raw server's program, arguments and what the sandbox must hold besides the files it serves: the
+    interpreter cdisk runs on, isolated (-I -S: no site, no environment) and its standard library."""
+    program = os.path.realpath(sys.executable)
+    script = os.path.realpath(raw_export.__file__)
+    in_usr = os.path.commonpath([sys.base_prefix, "/usr"]) == "/usr"  # the sandbox holds /usr already
+    extra = (script,) if in_usr else (sys.base_prefix, script)
+    argv = ["-I", "-S", "-B", script, str(listening_fd), str(connections)]
+    for name, filename, offset, size in slices:
+        argv += [name, filename, str(offset), str(size)]
+    return program, argv, sandbox.View(read_only=extra)
+
+
+def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.StderrTail, name: str = SERVER) -> None:
     """Wait until the server answers at `at` (a socket only it was handed: no other server can answer there).
 
     Raises:
@@ -216,12 +255,12 @@ def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.Stderr
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ToolError(f"{SERVER} failed: {processes.last_line(errors.text(), proc.returncode)}",
+            raise ToolError(f"{name} failed: {processes.last_line(errors.text(), proc.returncode)}",
                             processes.argv_of(proc), proc.returncode, errors.text())
         if nbd.answers(at):
             return
         time.sleep(0.005)
-    raise ToolError(f"{SERVER} did not answer on {at.where()} within {READY_SECONDS:.0f} s",
+    raise ToolError(f"{name} did not answer on {at.where()} within {READY_SECONDS:.0f} s",
                     processes.argv_of(proc), None, errors.text())
 
 
@@ -266,15 +305,22 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
             disk.vouch()
         connections = asked.shared * len(disks)  # the daemon counts its clients across exports
         specs = [d.spec for d in disks]
-        cmd, full = qemu_img.confined(SERVER, SERVER_PACKAGE, server_argv(disks, listener.fileno(), connections),
-                                      specs, sandbox.View())
+        slices = raw_slices(disks)
+        if slices is not None:
+            name = RAW_SERVER
+            program, args, view = raw_server(slices, listener.fileno(), connections)
+            cmd, full = qemu_img.confined(program, "python3", args, specs, view)
+        else:
+            name = SERVER
+            cmd, full = qemu_img.confined(SERVER, SERVER_PACKAGE, server_argv(disks, listener.fileno(), connections),
+                                          specs, sandbox.View())
         proc = stack.enter_context(processes.running(
             cmd, full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             pass_fds=(listener.fileno(), *(fd for d in disks for fd in d.source.pass_fds)),
             env=_SERVER_ENV, preexec_fn=_limits(connections)))
         assert proc.stderr is not None
         errors = processes.StderrTail(proc.stderr)
-        _ready(proc, public, errors)
+        _ready(proc, public, errors, name)
         exports = tuple(Export(_export_name(d), public.uri(_export_name(d)), d.source.image_path, d.format,
                                d.virtual_size) for d in disks)
         if overlay is not None:  # last: nothing can fail after it but a signal
@@ -282,7 +328,7 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
         progress.stage(f"serving {', '.join(e.disk for e in exports)} on {public.where()}")
         first = disks[0]
         yield Server(Served(exports[0].uri, public.socket, None if tcp is None else tcp.where(), image.reference,
-                            first.image.engine, first.image.id, exports, overlay, os.getpid()), proc, errors)
+                            first.image.engine, first.image.id, exports, overlay, os.getpid()), proc, errors, name)
 
 
 def _plan_overlay(overlay: str | None, every: bool) -> str | None:
