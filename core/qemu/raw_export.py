@@ -15,11 +15,13 @@ each checked against the export's bounds.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket as net
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 _GREETING = b"NBDMAGIC" + b"IHAVEOPT"
@@ -189,8 +191,11 @@ def serve(listener: net.socket, exports: list[Export], clients: int) -> None:
         slots.acquire()
         try:
             conn, _ = listener.accept()
-        except OSError:
+        except OSError as error:
             slots.release()
+            if error.errno in (errno.EBADF, errno.EINVAL):
+                return  # the listener is closed
+            time.sleep(0.01)  # out of descriptors, or a client gone before it was accepted: again
             continue
         threading.Thread(target=_client, args=(conn, by_name, slots), daemon=True).start()
 

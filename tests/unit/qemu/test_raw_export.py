@@ -1,0 +1,156 @@
+"""core/qemu/raw_export.py: the NBD handshake and reads, spoken byte by byte to a server on a temp file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdisk.core.qemu import raw_export
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+OFFSET = 512  # the export is DATA[OFFSET:OFFSET + SIZE], as a slice of a tar
+SIZE = 8192
+REPLY_MAGIC = 0x3E889045565A9
+ERR_UNSUP, ERR_INVALID, ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 3, (1 << 31) + 6
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A server of two exports (`d`: the slice; `tail`: past the file's end, as a partial last sector) at most
+    two clients at once; its socket's path."""
+    path = tmp_path / "disk"
+    path.write_bytes(DATA)
+    fd = os.open(path, os.O_RDONLY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "nbd.sock"))
+    listener.listen(8)
+    exports = [raw_export.Export(b"d", fd, OFFSET, SIZE), raw_export.Export(b"tail", fd, len(DATA) - 100, 512)]
+    threading.Thread(target=raw_export.serve, args=(listener, exports, 2), daemon=True).start()
+    yield str(tmp_path / "nbd.sock")
+    listener.close()
+
+
+def recv(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return data
+
+
+def connect(path: str, flags: int = 3) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(5)
+    conn.connect(path)
+    assert recv(conn, 18) == b"NBDMAGICIHAVEOPT" + struct.pack(">H", 3)
+    conn.sendall(struct.pack(">I", flags))
+    return conn
+
+
+def option(conn: socket.socket, opt: int, data: bytes = b"") -> list[tuple[int, bytes]]:
+    """Send an option; its replies (type, data) up to the ACK or an error."""
+    conn.sendall(b"IHAVEOPT" + struct.pack(">II", opt, len(data)) + data)
+    replies = []
+    while True:
+        magic, echoed, kind, length = struct.unpack(">QIII", recv(conn, 20))
+        assert magic == REPLY_MAGIC and echoed == opt
+        replies.append((kind, recv(conn, length)))
+        if kind == 1 or kind & (1 << 31):
+            return replies
+
+
+def go(conn: socket.socket, name: bytes, *info: int) -> list[tuple[int, bytes]]:
+    return option(conn, 7, struct.pack(">I", len(name)) + name + struct.pack(f">H{len(info)}H", len(info), *info))
+
+
+def request(conn: socket.socket, kind: int, offset: int, length: int, handle: int = 7) -> tuple[int, bytes]:
+    """Send a request; the reply's error, and the data a successful read carries."""
+    conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, kind, handle, offset, length))
+    magic, error, got = struct.unpack(">IIQ", recv(conn, 16))
+    assert magic == 0x67446698 and got == handle
+    return error, recv(conn, length) if kind == 0 and error == 0 else b""
+
+
+def test_go_then_reads_of_the_slice(server: str) -> None:
+    with connect(server) as conn:
+        replies = go(conn, b"d", 3)
+        assert replies[0] == (3, struct.pack(">HQH", 0, SIZE, 1 | 2 | 256))  # read-only, multi-conn
+        assert replies[1] == (3, struct.pack(">HIII", 3, 1, 4096, 32 << 20))
+        assert replies[-1] == (1, b"")
+        assert request(conn, 0, 0, SIZE) == (0, DATA[OFFSET:OFFSET + SIZE])
+        assert request(conn, 0, 1000, 24) == (0, DATA[OFFSET + 1000:OFFSET + 1024])
+
+
+def test_list_names_every_export_and_info_leaves_the_choice_open(server: str) -> None:
+    with connect(server) as conn:
+        listed = option(conn, 3)
+        assert listed == [(2, b"\0\0\0\x01d"), (2, b"\0\0\0\x04tail"), (1, b"")]
+        assert option(conn, 6, struct.pack(">I", 4) + b"tail" + b"\0\0")[0] == (3, struct.pack(">HQH", 0, 512, 259))
+        go(conn, b"d")
+        assert request(conn, 0, 0, 4)[1] == DATA[OFFSET:OFFSET + 4]
+
+
+def test_an_unknown_export_or_option_is_an_error_reply_and_the_haggling_goes_on(server: str) -> None:
+    with connect(server) as conn:
+        assert go(conn, b"nope") == [(ERR_UNKNOWN, b"")]
+        assert option(conn, 8) == [(ERR_UNSUP, b"")]  # structured replies: not offered
+        assert option(conn, 7, b"\0\0\0\x09d") == [(ERR_INVALID, b"")]  # a name longer than the data
+        assert go(conn, b"d")[-1] == (1, b"")
+
+
+def test_export_name_without_no_zeroes_pads_as_the_protocol_says(server: str) -> None:
+    with connect(server, flags=1) as conn:
+        conn.sendall(b"IHAVEOPT" + struct.pack(">II", 1, 1) + b"d")
+        assert recv(conn, 10 + 124) == struct.pack(">QH", SIZE, 259) + bytes(124)
+        assert request(conn, 0, 8, 8)[1] == DATA[OFFSET + 8:OFFSET + 16]
+
+
+def test_out_of_bounds_too_large_and_write_requests_are_refused_in_step(server: str) -> None:
+    with connect(server) as conn:
+        go(conn, b"d")
+        assert request(conn, 0, SIZE - 4, 8) == (22, b"")
+        assert request(conn, 0, 0, (32 << 20) + 1) == (22, b"")
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 9, 0, 4) + b"abcd")  # a write and its payload
+        assert struct.unpack(">IIQ", recv(conn, 16)) == (0x67446698, 1, 9)  # EPERM
+        assert request(conn, 4, 0, 0) == (22, b"")  # trim
+        assert request(conn, 0, 0, 4) == (0, DATA[OFFSET:OFFSET + 4])
+
+
+def test_past_the_file_end_reads_zeros(server: str) -> None:
+    with connect(server) as conn:
+        go(conn, b"tail")
+        assert request(conn, 0, 0, 512) == (0, DATA[-100:] + bytes(412))
+
+
+def test_a_bad_request_magic_ends_the_connection(server: str) -> None:
+    with connect(server) as conn:
+        go(conn, b"d")
+        conn.sendall(struct.pack(">IHHQQI", 0x12345678, 0, 0, 1, 0, 4))
+        assert conn.recv(16) == b""
+
+
+def test_clients_beyond_the_limit_wait_for_a_free_slot(server: str) -> None:
+    first, second = connect(server), connect(server)
+    third = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    third.settimeout(0.3)
+    third.connect(server)
+    with pytest.raises(TimeoutError):
+        third.recv(18)  # not accepted yet: no greeting
+    first.close()
+    third.settimeout(5)
+    assert recv(third, 18)[:8] == b"NBDMAGIC"
+    second.close()
+    third.close()
+
+
+def test_abort_is_acknowledged(server: str) -> None:
+    with connect(server) as conn:
+        assert option(conn, 2) == [(1, b"")]
+        assert conn.recv(1) == b""
