@@ -1,18 +1,18 @@
-"""`cdisk`: the top-level application. Subcommands are imported only when named, so --help and --version stay
-quick; a usage error of any command ends here as one line on stderr (exit 2)."""
+"""`cdisk`: the entry point. Subcommands are imported only when named, so --help and --version stay quick; a
+usage error of any command ends here as one line on stderr (exit 2). Nothing heavy is imported before `main()` has
+started the sandbox probe of a command that needs one: plumbum and the command's modules load while bwrap works.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from plumbum import cli
-
-from cdisk import __version__
-from cdisk.cli.help import Command
 from cdisk.core import signals
-from cdisk.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from cdisk.cli.top import CDisk as CDisk  # what `__getattr__` gives, for the type checker
 
 # Each command, the module and class that run it, and its line in `cdisk --help`.
 COMMANDS = {
@@ -26,49 +26,30 @@ COMMANDS = {
 }
 
 
-class CDisk(Command):
-    """The top level: a command, or --version."""
-
-    PROGNAME = "cdisk"
-    VERSION = __version__
-    DESCRIPTION = ("Turn a KubeVirt containerDisk image from podman's or docker's cache, an image archive or an "
-                   "OCI layout into a disk file or block device, reading the disk where it lies in the image "
-                   "(nothing is extracted).")
-    SYNOPSIS = ("COMMAND [SWITCHES] ARGUMENTS", "--version [--verbose]")
-    COMMAND_SUMMARIES: ClassVar[Mapping[str, str]] = {name: summary for name, (_, summary) in COMMANDS.items()}
-    HELP_FOOTER = "See `cdisk COMMAND --help` for a command's switches and arguments."
-
-    # `-v` is --verbose here too (as in every command and in qemu-img), never the version: `cdisk -v convert …`
-    # converts, verbosely. plumbum's own -v/--version is replaced, so that --version can see --verbose.
-    verbose = cli.Flag(["-v", "--verbose"], help="Say what is done at each step (in the command that follows); "
-                                                 "with --version, the versions of the tools cdisk runs")
-    show_version = cli.Flag(["--version"], help="Print cdisk's version and exit")
-
-    def main(self, *args: str) -> int:
-        if self.show_version:
-            self.nested_command = None  # `cdisk --version convert …` prints the version only, as podman does
-            print(f"cdisk {__version__}", flush=True)
-            if self.verbose:
-                from cdisk.cli.output import diagnostics_lines
-                from cdisk.core.diagnostics import diagnose
-
-                print("\n".join(diagnostics_lines(diagnose())), flush=True)
-            return 0
-        if args:
-            self.usage_error(f"unknown command {args[0]!r}", f"the commands are {', '.join(COMMANDS)}; "
-                                                              "see `cdisk --help`")
-        if not self.nested_command:
-            self.usage_error("no command given", f"give one of {', '.join(COMMANDS)}; see `cdisk --help`")
-        return 0
+# The commands whose qemu-img (or qemu-storage-daemon) runs in the sandbox.
+SANDBOXED = frozenset({"convert", "ls", "verify", "refresh", "serve"})
+_META = frozenset({"-h", "--help", "--help-all", "--version"})
 
 
-for _name, (_where, _) in COMMANDS.items():
-    CDisk.subcommand(_name, _where)
+def _probe_early(argv: Sequence[str]) -> None:
+    """Start the sandbox probe (`core.qemu.sandbox.start_probe`) before the command's modules are imported, where
+    the command line names a command that runs qemu-img: bwrap builds its namespaces (~10-40 ms) while Python
+    imports the rest, instead of after. Only a guess from the words (a wrong one costs a probe reaped at exit);
+    `--help` and `--version` start nothing."""
+    words = argv[1:]
+    if _META.isdisjoint(words) and next((w for w in words if not w.startswith("-")), None) in SANDBOXED:
+        from cdisk.core.qemu import sandbox
+
+        sandbox.start_probe()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: `argv` as sys.argv has it (the program first)."""
     signals.stop_on_signals()
+    _probe_early(sys.argv if argv is None else argv)
+    from cdisk.cli.top import CDisk
+    from cdisk.core.errors import UsageError
+
     try:
         CDisk.run(list(argv) if argv is not None else None)
     except UsageError as error:
@@ -76,3 +57,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         error_line(error.message)
         sys.exit(error.exit_code)
+
+
+def __getattr__(name: str) -> Any:
+    """`CDisk`, imported from `cli.top` when asked for (completions, tests): importing this module stays light."""
+    if name == "CDisk":
+        from cdisk.cli.top import CDisk
+
+        return CDisk
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,7 +101,7 @@ def command_of(app_class: type[cli.Application], name: str, program: str) -> Com
 
 def commands() -> list[Command]:
     """cdisk itself, then each of its subcommands, in the order `cdisk --help` lists them."""
-    from cdisk.cli.app import CDisk
+    from cdisk.cli.top import CDisk
 
     app = CDisk("cdisk")
     subcommands: dict[str, object] = getattr(app, "_subcommands", {})
