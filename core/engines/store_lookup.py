@@ -9,21 +9,19 @@ What podman reads, read the same way (containers/storage `images.go`, `layers.go
   that is not plain `[a-z0-9.]` base64-encoded behind a `=`;
 - `<graphroot>/overlay-layers/layers.json`: each layer's parent and uncompressed size;
 - both read under their store's lock (`overlay-layers/layers.lock`, then `overlay-images/images.lock`, the order
-  podman takes them), held shared as podman's readers hold it.
+  podman takes them), held shared as podman's readers hold it (`store_pin`).
 
 Only root's store or this user's own, located as containers/storage locates it with no `--root`, no
 `CONTAINERS_STORAGE_CONF`, no STORAGE_DRIVER/STORAGE_OPTS and no remote (CONTAINER_HOST) involved, with the overlay
 driver and no additional image store, transient store or drop-in configuration; only a name that needs no
 resolution (a registry, a tag: `localhost/vm:1`, `quay.io/x/y` as `…:latest`) or a full image ID; only a manifest of
-one image (not a list). Anything else — a short name, a digest reference, a prefix of an ID, a lock a writer holds, a
+one image (not a list). Anything else — a short name, a digest reference, a prefix of an ID, a lock a writer keeps, a
 file that does not parse, an image not found — is answered by podman as before: `lookup()` then says None.
 """
 
 from __future__ import annotations
 
 import base64
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -32,8 +30,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from cdisk.core.engines import store_pin
 from cdisk.core.engines.common import has_registry
 from cdisk.core.engines.seam import Image
+from cdisk.core.errors import ImageError
 
 _SYSTEM_CONFS = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")
 _ROOT_GRAPHROOT = "/var/lib/containers/storage"
@@ -147,25 +147,25 @@ def _settings(conf: str) -> dict[str, Any] | None:
     return storage
 
 
+# A writer's lock is waited for this long (podman's writers hold it for milliseconds, a pull for as long as it
+# writes); past it podman is asked, and waits as it does.
+LOCK_WAIT_SECONDS = 1.0
+
+
 @contextmanager
 def _held(*paths: str) -> Iterator[bool]:
-    """Each lock file's whole-file POSIX lock held shared, in order, while the block runs; False (nothing held)
-    where one is missing or a writer holds it: podman is asked instead, and waits as it does."""
+    """Each lock file's whole-file POSIX lock held shared, in order, while the block runs (`store_pin`'s reader's
+    lock); False, nothing held, where one is missing or unreadable or a writer held it past LOCK_WAIT_SECONDS."""
     with ExitStack() as stack:
         for path in paths:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
+                fd = store_pin.lock_shared(path, lambda _: None, LOCK_WAIT_SECONDS)
+            except ImageError:
+                fd = None
+            if fd is None:
                 yield False
                 return
             stack.callback(os.close, fd)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                yield False
-                return
         yield True
 
 

@@ -36,6 +36,7 @@ LOCK_WAIT_SECONDS = 300.0
 _POLL_SECONDS = (0.002, 0.01, 0.05)
 
 
+
 def removed(image: Image) -> ImageRemoved:
     """The refusal of an image whose layers were removed or replaced while cdisk read them."""
     return ImageRemoved(image.engine, image.reference)
@@ -69,7 +70,7 @@ def _graph_roots(image: Image) -> list[str]:
     return sorted({os.path.dirname(os.path.dirname(os.path.dirname(d))) for d in image.layer_dirs})
 
 
-def _lock_shared(path: str, waiting: Callable[[str], None], wait: float) -> int | None:
+def lock_shared(path: str, waiting: Callable[[str], None], wait: float) -> int | None:
     """A descriptor of `path` holding its whole-file POSIX lock shared; None where there is no such file or this
     process may not open it (the check after the walk still runs).
 
@@ -137,7 +138,7 @@ def pinned(image: Image, waiting: Callable[[str], None] = lambda line: None,
     with ExitStack() as held:
         if image.engine == "podman":
             for root in _graph_roots(image):
-                fd = _lock_shared(os.path.join(root, "overlay-layers", "layers.lock"), waiting, wait)
+                fd = lock_shared(os.path.join(root, "overlay-layers", "layers.lock"), waiting, wait)
                 if fd is not None:
                     held.callback(os.close, fd)  # closing it drops the lock
         before = _identities(image)

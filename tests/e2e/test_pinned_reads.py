@@ -86,7 +86,7 @@ def test_docker_removing_the_image_during_the_walk_is_one_line(images: Images, e
 
     _on_first_lookup(monkeypatch, rmi)
     if engine == "podman":  # podman's rmi would wait for the walk: let the walk's lock wait for nothing
-        monkeypatch.setattr("cdisk.core.engines.store_pin._lock_shared", lambda *args: None)
+        monkeypatch.setattr("cdisk.core.engines.store_pin.lock_shared", lambda *args: None)
     request = ImageRequest(name, engine=engine)
     with pytest.raises(ImageError) as raised, opened_disk(request, ReadRequest(Method.LAYERS), None, Stages()):
         pytest.fail("a disk was opened from an image removed during the walk")
