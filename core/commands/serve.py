@@ -232,15 +232,16 @@ def raw_slices(disks: Sequence[OpenedDisk]) -> list[tuple[str, str, int, int]] |
     return slices
 
 
-def raw_server(slices: Sequence[tuple[str, str, int, int]], listening_fd: int, connections: int,
+def raw_server(slices: Sequence[tuple[str, str, int, int]], listening_fd: int, connections: int, multi_conn: bool,
                ) -> tuple[str, list[str], sandbox.View]:
     """The raw server's program, arguments and what the sandbox must hold besides the files it serves: the
-    interpreter cdisk runs on, isolated (-I -S: no site, no environment) and its standard library."""
+    interpreter cdisk runs on, isolated (-I -S: no site, no environment) and its standard library. `multi_conn`:
+    a client may read an export over several connections (offered only where --shared allows several)."""
     program = os.path.realpath(sys.executable)
     script = os.path.realpath(raw_export.__file__)
     in_usr = os.path.commonpath([sys.base_prefix, "/usr"]) == "/usr"  # the sandbox holds /usr already
     extra = (script,) if in_usr else (sys.base_prefix, script)
-    argv = ["-I", "-S", "-B", script, str(listening_fd), str(connections)]
+    argv = ["-I", "-S", "-B", script, str(listening_fd), str(connections), "1" if multi_conn else "0"]
     for name, filename, offset, size in slices:
         argv += [name, filename, str(offset), str(size)]
     return program, argv, sandbox.View(read_only=extra)
@@ -308,7 +309,7 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
         slices = raw_slices(disks)
         if slices is not None:
             name = RAW_SERVER
-            program, args, view = raw_server(slices, listener.fileno(), connections)
+            program, args, view = raw_server(slices, listener.fileno(), connections, asked.shared > 1)
             cmd, full = qemu_img.confined(program, "python3", args, specs, view)
         else:
             name = SERVER

@@ -5,9 +5,10 @@ socket (a second copy); the client copies it out (a third). For a raw disk there
 Linux (6.5 on) splices a file's page-cache pages into a Unix or TCP socket without copying them: the client's
 copy is then the only one, as when it reads the file itself. This is that server, and nothing more: the NBD
 handshake (fixed newstyle: EXPORT_NAME, INFO, GO, LIST, ABORT; everything else unsupported) and READ; the
-export is read-only, and several connections may read it at once (multi-conn).
+export is read-only, and several connections may read it at once (multi-conn) where several clients may connect.
 
-It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS NAME FILE OFFSET SIZE ...`),
+It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN NAME FILE OFFSET SIZE
+...`),
 standard library only, in the same sandbox as qemu-storage-daemon: the files it serves bound read-only, no
 network but the listening socket it inherits. It never parses the disk; what it parses is the client's requests,
 each checked against the export's bounds.
@@ -15,6 +16,7 @@ each checked against the export's bounds.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket as net
@@ -33,9 +35,11 @@ _OPT_EXPORT_NAME, _OPT_ABORT, _OPT_LIST, _OPT_INFO, _OPT_GO = 1, 2, 3, 6, 7
 _REP_ACK, _REP_SERVER, _REP_INFO = 1, 2, 3
 _REP_ERR_UNSUP, _REP_ERR_INVALID, _REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 3, (1 << 31) + 6
 _INFO_EXPORT, _INFO_BLOCK_SIZE = 0, 3
-# NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN: reads on one connection see what every
-# other sees (nothing writes), so a client may spread its reads over several.
-_EXPORT_FLAGS = 1 | 2 | (1 << 8)
+# NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY; and NBD_FLAG_CAN_MULTI_CONN where more than one client may connect
+# (reads on one connection see what every other sees: nothing writes), as qemu's server offers it: a client that
+# opened a second connection to a server of one client would wait for ever to be accepted.
+_READ_ONLY_FLAGS = 1 | 2
+_MULTI_CONN = 1 << 8
 _REQUEST_MAGIC, _SIMPLE_REPLY_MAGIC = 0x25609513, 0x67446698
 _CMD_READ, _CMD_WRITE, _CMD_DISC = 0, 1, 2
 _EPERM, _EINVAL = 1, 22
@@ -45,6 +49,8 @@ MAX_REQUEST = 32 << 20
 _MAX_OPTION = 4096 + 8
 # A client that has not finished the handshake by then is dropped, as by qemu's server (its slot freed).
 _HANDSHAKE_SECONDS = 10.0
+# Clients waiting to be accepted, as cdisk's listener has it.
+_BACKLOG = 64
 # Replies leave in large pieces: a send buffer of 4 MiB (the kernel caps it at net.core.wmem_max) lets one
 # sendfile move a whole 2 MiB read where the default (208 KiB) wakes the client a dozen times.
 _SEND_BUFFER = 4 << 20
@@ -58,6 +64,7 @@ class Export:
     fd: int
     offset: int
     size: int
+    flags: int = _READ_ONLY_FLAGS
 
 
 class _Gone(Exception):
@@ -93,7 +100,7 @@ def _handshake(conn: net.socket, exports: dict[bytes, Export]) -> Export | None:
             export = exports.get(data)
             if export is None:
                 raise _Gone  # this option has no error reply: the protocol says close
-            conn.sendall(struct.pack(">QH", export.size, _EXPORT_FLAGS)
+            conn.sendall(struct.pack(">QH", export.size, export.flags)
                          + (b"" if client_flags & _C_NO_ZEROES else bytes(124)))
             return export
         if option == _OPT_ABORT:
@@ -113,7 +120,7 @@ def _handshake(conn: net.socket, exports: dict[bytes, Export]) -> Export | None:
                 _reply(conn, option, chosen)
                 continue
             export, asked = chosen
-            _reply(conn, option, _REP_INFO, struct.pack(">HQH", _INFO_EXPORT, export.size, _EXPORT_FLAGS))
+            _reply(conn, option, _REP_INFO, struct.pack(">HQH", _INFO_EXPORT, export.size, export.flags))
             if _INFO_BLOCK_SIZE in asked:
                 _reply(conn, option, _REP_INFO, struct.pack(">HIII", _INFO_BLOCK_SIZE, 1, 4096, MAX_REQUEST))
             _reply(conn, option, _REP_ACK)
@@ -183,10 +190,15 @@ def _client(conn: net.socket, exports: dict[bytes, Export], slots: threading.Bou
         slots.release()
 
 
-def serve(listener: net.socket, exports: list[Export], clients: int) -> None:
-    """Accept clients on `listener` for ever, at most `clients` at once (the others wait to be accepted)."""
-    by_name = {export.name: export for export in exports}
+def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn: bool = False) -> None:
+    """Accept clients on `listener` for ever, at most `clients` at once (the others wait to be accepted); with
+    `multi_conn`, each export tells a client it may read over several connections."""
+    flags = _READ_ONLY_FLAGS | (_MULTI_CONN if multi_conn else 0)
+    by_name = {export.name: dataclasses.replace(export, flags=flags) for export in exports}
     slots = threading.BoundedSemaphore(clients)
+    # listen() again, as qemu's servers do with a socket they are handed: the socket's credentials
+    # (SO_PEERCRED, SO_PEERPIDFD) then name this server, which is how `serve --stop` finds it.
+    listener.listen(_BACKLOG)
     while True:
         slots.acquire()
         try:
@@ -201,15 +213,16 @@ def serve(listener: net.socket, exports: list[Export], clients: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """LISTEN_FD MAX_CLIENTS, then NAME FILE OFFSET SIZE for each export (SIZE -1: to the file's end)."""
-    listen_fd, clients, rest = int(argv[0]), int(argv[1]), argv[2:]
+    """LISTEN_FD MAX_CLIENTS MULTI_CONN (0 or 1), then NAME FILE OFFSET SIZE for each export (SIZE -1: to the
+    file's end)."""
+    listen_fd, clients, multi_conn, rest = int(argv[0]), int(argv[1]), argv[2] == "1", argv[3:]
     exports = []
     for index in range(0, len(rest), 4):
         name, filename, offset, size = rest[index:index + 4]
         fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC)
         length = int(size) if int(size) >= 0 else os.fstat(fd).st_size - int(offset)
         exports.append(Export(os.fsencode(name), fd, int(offset), length))
-    serve(net.socket(fileno=listen_fd), exports, clients)
+    serve(net.socket(fileno=listen_fd), exports, clients, multi_conn)
 
 
 if __name__ == "__main__":

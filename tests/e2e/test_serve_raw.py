@@ -94,6 +94,35 @@ def test_multi_conn_is_offered_and_honoured(images: Images, tmp_path: Path, fmt:
         assert sh("qemu-img", "compare", "-f", "raw", "-F", fmt, out, disk, check=False).returncode == 0
 
 
+@pytest.mark.needs("nbdinfo")
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_one_client_at_a_time_offers_no_multi_conn(images: Images, tmp_path: Path, fmt: str) -> None:
+    """The default --shared 1: no multi-conn (a second connection would wait to be accepted), so nbdcopy reads
+    over one connection and ends."""
+    disk = images.disk(f"disk.{fmt}", fmt, "8M")
+    name = images.build({f"disk.{fmt}": disk})
+    with served(name) as (_, info):
+        [export] = json.loads(sh("nbdinfo", "--json", str(info["uri"])).stdout)["exports"]
+        assert export["can_multi_conn"] is False
+        out = tmp_path / "copied.raw"
+        sh("timeout", "60", "nbdcopy", str(info["uri"]), out)
+        assert sh("qemu-img", "compare", "-f", "raw", "-F", fmt, out, disk, check=False).returncode == 0
+
+
+def test_detach_then_stop_a_raw_server(images: Images, tmp_path: Path) -> None:
+    """--stop finds the raw server by the socket's credentials (it listens again on the socket it is handed)."""
+    disk = images.disk("disk.raw", "raw", "4M")
+    name = images.build({"disk.raw": disk})
+    path = tmp_path / "vm.sock"
+    started = cdisk("serve", "--detach", "--json", "--socket", path, name)
+    assert started.code == 0, started.err
+    info = json.loads(started.out)
+    assert reads_as(info["uri"], disk, "raw")
+    stopped = cdisk("serve", "--stop", path)
+    assert stopped.code == 0, stopped.err
+    assert not path.exists()
+
+
 def test_the_raw_export_refuses_writes(images: Images) -> None:
     disk = images.disk("disk.raw", "raw", "4M")
     name = images.build({"disk.raw": disk})

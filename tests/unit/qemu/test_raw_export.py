@@ -31,7 +31,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     listener.bind(str(tmp_path / "nbd.sock"))
     listener.listen(8)
     exports = [raw_export.Export(b"d", fd, OFFSET, SIZE), raw_export.Export(b"tail", fd, len(DATA) - 100, 512)]
-    threading.Thread(target=raw_export.serve, args=(listener, exports, 2), daemon=True).start()
+    threading.Thread(target=raw_export.serve, args=(listener, exports, 2, True), daemon=True).start()
     yield str(tmp_path / "nbd.sock")
     listener.close()
 
@@ -154,3 +154,16 @@ def test_abort_is_acknowledged(server: str) -> None:
     with connect(server) as conn:
         assert option(conn, 2) == [(1, b"")]
         assert conn.recv(1) == b""
+
+
+def test_multi_conn_is_offered_only_when_asked(tmp_path: Path) -> None:
+    """One client at a time: no multi-conn, or a client's second connection would wait to be accepted for ever."""
+    path = tmp_path / "disk"
+    path.write_bytes(DATA)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "one.sock"))
+    listener.listen(8)
+    export = raw_export.Export(b"d", os.open(path, os.O_RDONLY), 0, 512)
+    threading.Thread(target=raw_export.serve, args=(listener, [export], 1), daemon=True).start()
+    with connect(str(tmp_path / "one.sock")) as conn:
+        assert go(conn, b"d")[0] == (3, struct.pack(">HQH", 0, 512, 1 | 2))
