@@ -27,8 +27,13 @@ blob: one read, what the check costs where nothing else reads the blob (a clone,
 
 Serving (cases serve-raw, serve-qcow2; not run unless named in --cases): `cdisk serve` of the raw (4 GiB) or
 qcow2 containerDisk; its floor is bare `qemu-img convert -W` of the disk file, beside the same command reading
-the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). `first-byte`: from
-starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server each round).
+the NBD export instead (`export`), and both reading only (`-read`: to qemu's null device). The goals' yardsticks,
+reading only: `stored-read`, bare qemu-img of the file as podman stores it (what cdisk serves; a raw layer's is
+fully allocated), and `nbdkit-tar-read`, the peer `nbdkit file LAYER.tar --filter=tar tar-entry=disk/disk.FMT`
+(apt-get install nbdkit) on the saved layer, the client decoding the qcow2 itself; `goals` gives export-read's
+ratio to each. `export-nbdcopy-read`: nbdcopy to null:, 4 connections (the export allows multi-conn).
+`first-byte`: from starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server
+each round).
 
 Reflink (case reflink-xfs; not run unless named in --cases): an XFS (reflink=1) loop file system under
 bench-cache/ (the loop device in direct-io mode) with a podman store of its own, holding raw containerDisks of
@@ -328,19 +333,26 @@ def run_compressed(name: str, fs: Path, rounds: int) -> dict[str, object]:
 LAYOUT_CASES = {"layout-raw": "raw", "layout-qcow2": "qcow2"}
 
 
-def run_layout(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | None) -> dict[str, object]:
-    """A file source whose layer qemu-img reads in place (`podman save --uncompressed --format oci-dir` of the
-    case's containerDisk): cdisk against bare qemu-img of the disk file, beside `sha256sum` of the layer blob (what
-    checking it against its digest costs where nothing else reads it: the clone rows, serve's start)."""
-    fmt = LAYOUT_CASES[name]
-    image, disk = build_case(fmt, fs)
-    layout = CACHE / "layouts" / name
+def saved_layout(fmt: str, fs: Path) -> tuple[Path, Path]:
+    """The case's containerDisk saved by podman as an uncompressed OCI layout (made once), and its layer blob: the
+    disk inside a plain tar."""
+    image, _ = build_case(fmt, fs)
+    layout = CACHE / "layouts" / f"layout-{fmt}"
     if not layout.exists():
         layout.parent.mkdir(exist_ok=True)
         print(f"bench: saving {image} as an uncompressed OCI layout", file=sys.stderr)
         sh("podman", "save", "-q", "--uncompressed", "--format", "oci-dir", "-o", layout.with_suffix(".tmp"), image)
         layout.with_suffix(".tmp").rename(layout)
-    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda path: path.stat().st_size)
+    return layout, max((layout / "blobs" / "sha256").iterdir(), key=lambda path: path.stat().st_size)
+
+
+def run_layout(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | None) -> dict[str, object]:
+    """A file source whose layer qemu-img reads in place (`podman save --uncompressed --format oci-dir` of the
+    case's containerDisk): cdisk against bare qemu-img of the disk file, beside `sha256sum` of the layer blob (what
+    checking it against its digest costs where nothing else reads it: the clone rows, serve's start)."""
+    fmt = LAYOUT_CASES[name]
+    _, disk = build_case(fmt, fs)
+    layout, blob = saved_layout(fmt, fs)
     target = CACHE / "out" / f"{name}.raw"
     target.parent.mkdir(exist_ok=True)
     floor = disk.with_name(f"floor.{fmt}")
@@ -393,9 +405,40 @@ def served(image: str) -> Iterator[tuple[str, Sample]]:
         proc.wait()
 
 
+def stored_file(image: str, member: str) -> Path:
+    """`member` of `image`'s one layer as podman stores it (the file cdisk serves and reads in place)."""
+    data = json.loads(sh("podman", "image", "inspect", image).stdout)[0]["GraphDriver"]["Data"]
+    return Path(data["UpperDir"]) / member
+
+
+@contextmanager
+def nbdkit_tar(blob: Path, member: str) -> Iterator[str]:
+    """The peer the issue names (the seed's approach C): `nbdkit file LAYER.tar --filter=tar tar-entry=MEMBER`,
+    bare, on a socket of its own, while the block runs; its URI. The export is the member as stored: the client
+    decodes a qcow2 itself."""
+    sock = CACHE / "out" / "nbdkit.sock"
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen(["nbdkit", "-f", "-r", "-U", str(sock), "file", str(blob), "--filter=tar",
+                             f"tar-entry={member}"], env=RUN_ENV)
+    try:
+        uri = f"nbd+unix:///?socket={sock}"
+        deadline = time.monotonic() + 10
+        while subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: nbdkit did not serve {blob} (apt-get install nbdkit)")
+            time.sleep(0.05)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
     fmt = SERVE_CASES[name]
     image, disk = build_case(fmt, fs)
+    _, blob = saved_layout(fmt, fs)
+    member = f"disk/disk.{fmt}"
+    stored = str(stored_file(image, member))
     target = CACHE / "out" / f"{name}.raw"
     target.parent.mkdir(exist_ok=True)
     first: list[Sample] = []
@@ -403,7 +446,7 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
         with served(image) as (_, sample):
             if round_:
                 first.append(sample)
-    with served(image) as (uri, _):
+    with served(image) as (uri, _), nbdkit_tar(blob, member) as peer:
         floor = str(disk.with_name(f"floor.{fmt}"))
         size = json.loads(sh("qemu-img", "info", "--output=json", "-f", fmt, floor).stdout)["virtual-size"]
         null = ["--target-image-opts", f"driver=null-co,size={size}"]
@@ -413,10 +456,19 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
             # Reading alone (to qemu's null device): what the NBD hop costs, without the writes' noise.
             "floor-read": ["qemu-img", "convert", "-W", "-n", "-f", fmt, floor, *null],
             "export-read": ["qemu-img", "convert", "-W", "-n", "-f", "raw", uri, *null],
+            # The goals' two yardsticks: the file as podman stores it (a raw layer's is fully allocated), read by
+            # bare qemu-img; and the nbdkit tar filter serving the saved layer's member, decoded by the client.
+            "stored-read": ["qemu-img", "convert", "-W", "-n", "-f", fmt, stored, *null],
+            "nbdkit-tar-read": ["qemu-img", "convert", "-W", "-n", "-f", fmt, peer, *null],
+            # A client that opens several connections where the server allows it (NBD multi-conn): nbdcopy's 4.
+            "export-nbdcopy-read": ["nbdcopy", uri, "null:"],
         }, rounds, target)
     rows["first-byte"] = {"median_s": round(statistics.median(s.seconds for s in first), 3), "ratio": None,
                           "self_peak_mib": round(max(s.self_mib for s in first), 1), "tree_peak_mib": None,
                           "samples_s": [round(s.seconds, 3) for s in first]}
+    export = rows["export-read"]["median_s"]  # type: ignore[index]
+    rows["goals"] = {"export-read/stored-read": round(export / rows["stored-read"]["median_s"], 2),  # type: ignore[index]
+                     "export-read/nbdkit-tar-read": round(export / rows["nbdkit-tar-read"]["median_s"], 2)}  # type: ignore[index]
     return rows
 
 
@@ -635,13 +687,17 @@ def render(results: dict) -> str:  # type: ignore[type-arg]
              f"{startup['noop_refresh']['self_peak_mib']} MiB)", "",
              "| case | command | median s | × floor | cdisk/qemu-img peak MiB | tree peak MiB |",
              "|---|---|---:|---:|---:|---:|"]
+    goals = []
     for case, rows in results["cases"].items():
         for command, row in rows.items():
+            if command == "goals":
+                goals.append(f"{case}: " + ", ".join(f"{k} {v:.2f}×" for k, v in row.items()))
+                continue
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
             tree = "-" if row["tree_peak_mib"] is None else f"{row['tree_peak_mib']:.1f}"
             lines.append(f"| {case} | {command} | {row['median_s']:.3f} | {ratio} | {row['self_peak_mib']:.1f} | "
                          f"{tree} |")
-    return "\n".join(lines)
+    return "\n".join(lines + (["", *goals] if goals else []))
 
 
 if __name__ == "__main__":
