@@ -62,19 +62,20 @@ class _Deferred(types.ModuleType):
 
 
 # plumbum's path module imports `urllib.request` (with http.client, email and ssl: ~10-20 ms, a tenth of a small
-# convert) for one method cdisk never calls (`LocalPath.as_uri`). The podman and docker API clients use it: the
-# stand-in hands them the real module.
-_DEFERRED = ("urllib.request",)
+# convert) for one method cdisk never calls (`LocalPath.as_uri`), its daemons module `pickle`. The podman and docker
+# API clients use urllib.request: the stand-in hands them the real module.
+_DEFERRED = ("urllib.request", "pickle")
 
 
 def _defer_unused_modules() -> None:
     for name in _DEFERRED:
         if name not in sys.modules:
             parent, _, child = name.rpartition(".")
-            __import__(parent)
             stand_in = _Deferred(name)
+            if parent:
+                __import__(parent)
+                setattr(sys.modules[parent], child, stand_in)
             sys.modules[name] = stand_in
-            setattr(sys.modules[parent], child, stand_in)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

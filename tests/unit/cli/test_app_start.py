@@ -1,7 +1,7 @@
 """`cli.app`: the sandbox probe of a command that runs qemu-img starts before plumbum and the command's modules are
 imported (so that bwrap works while Python imports), and never for --help or --version; the process ends as the
 interpreter would end it (threads joined, atexit handlers run, output flushed, the exit status), without the
-finalization of every module; plumbum's unused urllib.request is imported only where something uses it."""
+finalization of every module; plumbum's unused urllib.request and pickle are imported only where something uses them."""
 
 from __future__ import annotations
 
@@ -70,9 +70,10 @@ def test_the_process_ends_after_atexit_without_finalizing_the_modules(argv: list
     assert proc.stderr.startswith(err)
 
 
-def test_urllib_request_is_imported_only_where_used() -> None:
+def test_plumbums_unused_modules_are_imported_only_where_used() -> None:
     code = ("import sys\nfrom cdisk.cli import app\napp._defer_unused_modules()\nimport plumbum.cli\n"
-            "print('http.client' in sys.modules)\nfrom urllib.request import pathname2url\n"
-            "print(pathname2url('/a b'), 'http.client' in sys.modules, type(sys.modules['urllib.request']).__name__)")
+            "print('http.client' in sys.modules, '_pickle' in sys.modules)\nfrom urllib.request import pathname2url\n"
+            "print(pathname2url('/a b'), 'http.client' in sys.modules, type(sys.modules['urllib.request']).__name__)\n"
+            "import pickle\nprint(pickle.loads(pickle.dumps([1])), type(sys.modules['pickle']).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.splitlines() == ["False", "/a%20b True module"]
+    assert proc.stdout.splitlines() == ["False False", "/a%20b True module", "[1] module"]
