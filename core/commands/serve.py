@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdisk.core import leftovers, processes
-from cdisk.core.errors import TargetError, ToolError, UsageError
+from cdisk.core.errors import CdiskError, TargetError, ToolError, UsageError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu import nbd, qemu_img, raw_export, sandbox
 from cdisk.core.qemu.nbd import Endpoint
@@ -217,34 +217,104 @@ def server_argv(disks: Sequence[OpenedDisk], listening_fd: int, connections: int
     return argv
 
 
-def raw_slices(disks: Sequence[OpenedDisk]) -> list[tuple[str, str, int, int]] | None:
-    """Each disk as (export name, file, offset, size) where every one is raw bytes of a file, nothing to decode
-    (the file in place, a raw slice of a saved layer, a decompressed copy); else None. The size is the one
-    qemu gives the disk (a partial last sector reads as zeros)."""
-    slices = []
+def _file_of(node: Any) -> tuple[str, int] | None:
+    """The plain file a protocol node reads and where in it (a raw slice of a saved layer, or the whole file)."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("driver") == "file" and set(node) == {"driver", "filename"}:
+        return str(node["filename"]), 0
+    if node.get("driver") == "raw" and set(node) <= {"driver", "file", "offset", "size"}:
+        inner = _file_of(node.get("file"))
+        if inner is not None and inner[1] == 0:
+            return inner[0], int(node.get("offset", 0))
+    return None
+
+
+def _map(disk: OpenedDisk) -> list[dict[str, Any]] | None:
+    """`qemu-img map` of the disk, confined and bounded as every inspection; None where it fails."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (qemu_img.INSPECT_ADDRESS_SPACE, qemu_img.INSPECT_ADDRESS_SPACE))
+        resource.setrlimit(resource.RLIMIT_CPU, (qemu_img.INSPECT_CPU_SECONDS, qemu_img.INSPECT_CPU_SECONDS))
+
+    # qemu_img.py is the one module that runs qemu-img; a map() of its own there is what this wants (issue 24).
+    try:
+        cmd, argv = qemu_img.confined("qemu-img", "qemu-utils", ["map", "--output=json", disk.spec], [disk.spec],
+                                      sandbox.View())
+        code, out, _ = processes.run(cmd, argv, timeout=qemu_img.INSPECT_WALL_SECONDS,
+                                     pass_fds=tuple(disk.source.pass_fds), preexec_fn=limit,
+                                     env={**os.environ, **qemu_img.ONE_ARENA})
+        entries = json.loads(out) if code == 0 else None
+    except (CdiskError, ValueError):
+        return None
+    return entries if isinstance(entries, list) else None
+
+
+def _extents(entries: list[dict[str, Any]], base: int, size: int) -> list[tuple[int, int, int]] | None:
+    """The map as (start, length, offset in the file or -1 for zeros), covering [0, size) in order; None where
+    a piece has no place in the file (a compressed cluster) or the map does not cover the disk."""
+    extents: list[tuple[int, int, int]] = []
+    at = 0
+    for entry in entries:
+        start, length = int(entry["start"]), int(entry["length"])
+        if start != at or length <= 0:
+            return None
+        if entry.get("zero"):
+            where = -1
+        elif entry.get("data") and "offset" in entry:
+            where = base + int(entry["offset"])
+        else:
+            return None
+        if extents and where < 0 and extents[-1][2] < 0:
+            extents[-1] = (extents[-1][0], extents[-1][1] + length, -1)
+        else:
+            extents.append((start, length, where))
+        at += length
+    return extents if at == size else None
+
+
+def served_by_file(disks: Sequence[OpenedDisk]) -> list[dict[str, Any]] | None:
+    """Each disk as cdisk's own server serves it, where every one can be: raw bytes of a file (in place, a raw
+    slice of a saved layer, a decompressed copy), or a qcow2 whose every cluster lies whole in the file (its
+    map from qemu-img: no decoding left for the server); else None (qemu-storage-daemon serves them). The size
+    is the one qemu gives the disk (a partial last sector reads as zeros)."""
+    described = []
     for disk in disks:
         node = blockdev(disk.spec, "disk")
-        file = node.get("file")
-        if (node.get("driver") != "raw" or set(node) - {"driver", "file", "offset", "size", "node-name", "read-only"}
-                or not isinstance(file, dict) or set(file) != {"driver", "filename"} or file["driver"] != "file"):
+        fmt = node.pop("driver", None)
+        for key in ("node-name", "read-only", "backing"):
+            node.pop(key, None)
+        if fmt == "raw":
+            where = _file_of({"driver": "raw", **node})
+            extents: list[tuple[int, int, int]] | None = []
+        elif fmt == "qcow2" and set(node) == {"file"}:
+            where = _file_of(node["file"])
+            entries = _map(disk) if where is not None else None
+            extents = None if entries is None or where is None else _extents(entries, where[1], disk.virtual_size)
+        else:
             return None
-        slices.append((_export_name(disk), str(file["filename"]), int(node.get("offset", 0)), disk.virtual_size))
-    return slices
+        if where is None or extents is None:
+            return None
+        described.append({"name": _export_name(disk), "file": where[0], "offset": where[1],
+                          "size": disk.virtual_size, "extents": extents})
+    return described
 
 
-def raw_server(slices: Sequence[tuple[str, str, int, int]], listening_fd: int, connections: int, multi_conn: bool,
-               ) -> tuple[str, list[str], sandbox.View]:
-    """The raw server's program, arguments and what the sandbox must hold besides the files it serves: the
-    interpreter cdisk runs on, isolated (-I -S: no site, no environment) and its standard library. `multi_conn`:
-    a client may read an export over several connections (offered only where --shared allows several)."""
+def raw_server(exports: list[dict[str, Any]], listening_fd: int, connections: int, multi_conn: bool,
+               ) -> tuple[str, list[str], sandbox.View, int]:
+    """The raw server's program, arguments, what the sandbox must hold besides the files it serves (the
+    interpreter cdisk runs on, isolated: -I -S, no site, no environment; its standard library), and the
+    descriptor it reads the exports from (a memfd; the caller closes it). `multi_conn`: a client may read an
+    export over several connections (offered only where --shared allows several)."""
     program = os.path.realpath(sys.executable)
     script = os.path.realpath(raw_export.__file__)
     in_usr = os.path.commonpath([sys.base_prefix, "/usr"]) == "/usr"  # the sandbox holds /usr already
     extra = (script,) if in_usr else (sys.base_prefix, script)
-    argv = ["-I", "-S", "-B", script, str(listening_fd), str(connections), "1" if multi_conn else "0"]
-    for name, filename, offset, size in slices:
-        argv += [name, filename, str(offset), str(size)]
-    return program, argv, sandbox.View(read_only=extra)
+    described = os.memfd_create("cdisk-exports")
+    os.write(described, json.dumps(exports).encode())  # names keep undecodable bytes as \udcXX escapes
+    os.lseek(described, 0, os.SEEK_SET)
+    argv = ["-I", "-S", "-B", script, str(listening_fd), str(connections), "1" if multi_conn else "0",
+            str(described)]
+    return program, argv, sandbox.View(read_only=extra), described
 
 
 def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.StderrTail, name: str = SERVER) -> None:
@@ -306,10 +376,13 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
             disk.vouch()
         connections = asked.shared * len(disks)  # the daemon counts its clients across exports
         specs = [d.spec for d in disks]
-        slices = raw_slices(disks)
-        if slices is not None:
+        by_file = served_by_file(disks)
+        extra_fds: tuple[int, ...] = ()
+        if by_file is not None:
             name = RAW_SERVER
-            program, args, view = raw_server(slices, listener.fileno(), connections, asked.shared > 1)
+            program, args, view, described = raw_server(by_file, listener.fileno(), connections, asked.shared > 1)
+            stack.callback(os.close, described)
+            extra_fds = (described,)
             cmd, full = qemu_img.confined(program, "python3", args, specs, view)
         else:
             name = SERVER
@@ -317,7 +390,7 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
                                           specs, sandbox.View())
         proc = stack.enter_context(processes.running(
             cmd, full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(listener.fileno(), *(fd for d in disks for fd in d.source.pass_fds)),
+            pass_fds=(listener.fileno(), *extra_fds, *(fd for d in disks for fd in d.source.pass_fds)),
             env=_SERVER_ENV, preexec_fn=_limits(connections)))
         assert proc.stderr is not None
         errors = processes.StderrTail(proc.stderr)

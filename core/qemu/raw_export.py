@@ -7,8 +7,7 @@ copy is then the only one, as when it reads the file itself. This is that server
 handshake (fixed newstyle: EXPORT_NAME, INFO, GO, LIST, ABORT; everything else unsupported) and READ; the
 export is read-only, and several connections may read it at once (multi-conn) where several clients may connect.
 
-It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN NAME FILE OFFSET SIZE
-...`),
+It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN EXPORTS_FD`),
 standard library only, in the same sandbox as qemu-storage-daemon: the files it serves bound read-only, no
 network but the listening socket it inherits. It never parses the disk; what it parses is the client's requests,
 each checked against the export's bounds.
@@ -18,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import socket as net
 import struct
@@ -32,7 +32,16 @@ _C_NO_ZEROES = 2
 _OPT_MAGIC = b"IHAVEOPT"
 _REPLY_MAGIC = 0x3E889045565A9
 _OPT_EXPORT_NAME, _OPT_ABORT, _OPT_LIST, _OPT_INFO, _OPT_GO = 1, 2, 3, 6, 7
-_REP_ACK, _REP_SERVER, _REP_INFO = 1, 2, 3
+_OPT_STRUCTURED_REPLY, _OPT_LIST_META_CONTEXT, _OPT_SET_META_CONTEXT = 8, 9, 10
+_REP_ACK, _REP_SERVER, _REP_INFO, _REP_META_CONTEXT = 1, 2, 3, 4
+# The one metadata context: which extents are data and which read as zeros, so that a client skips the zeros.
+_BASE_ALLOCATION = b"base:allocation"
+_CONTEXT_ID = 1
+_STRUCTURED_MAGIC = 0x668E33EF
+_CHUNK_DONE = 1
+_CHUNK_NONE, _CHUNK_DATA, _CHUNK_HOLE, _CHUNK_BLOCK_STATUS, _CHUNK_ERROR = 0, 1, 2, 5, (1 << 15) + 1
+_STATE_HOLE_ZERO = 3  # NBD_STATE_HOLE | NBD_STATE_ZERO
+_REQ_ONE = 1 << 3
 _REP_ERR_UNSUP, _REP_ERR_INVALID, _REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 3, (1 << 31) + 6
 _INFO_EXPORT, _INFO_BLOCK_SIZE = 0, 3
 # NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY; and NBD_FLAG_CAN_MULTI_CONN where more than one client may connect
@@ -41,7 +50,7 @@ _INFO_EXPORT, _INFO_BLOCK_SIZE = 0, 3
 _READ_ONLY_FLAGS = 1 | 2
 _MULTI_CONN = 1 << 8
 _REQUEST_MAGIC, _SIMPLE_REPLY_MAGIC = 0x25609513, 0x67446698
-_CMD_READ, _CMD_WRITE, _CMD_DISC = 0, 1, 2
+_CMD_READ, _CMD_WRITE, _CMD_DISC, _CMD_BLOCK_STATUS = 0, 1, 2, 7
 _EPERM, _EINVAL = 1, 22
 # The largest request served, as qemu's server (its clients never ask more); a larger one is refused.
 MAX_REQUEST = 32 << 20
@@ -49,8 +58,10 @@ MAX_REQUEST = 32 << 20
 _MAX_OPTION = 4096 + 8
 # A client that has not finished the handshake by then is dropped, as by qemu's server (its slot freed).
 _HANDSHAKE_SECONDS = 10.0
-# Clients waiting to be accepted, as cdisk's listener has it.
-_BACKLOG = 64
+# Clients waiting to be accepted (the kernel caps it at net.core.somaxconn).
+_BACKLOG = 4096
+# A client's thread only parses requests and calls sendfile: a small stack, for servers of many clients.
+_STACK = 256 << 10
 # Replies leave in large pieces: a send buffer of 4 MiB (the kernel caps it at net.core.wmem_max) lets one
 # sendfile move a whole 2 MiB read where the default (208 KiB) wakes the client a dozen times.
 _SEND_BUFFER = 4 << 20
@@ -58,13 +69,39 @@ _SEND_BUFFER = 4 << 20
 
 @dataclass(frozen=True)
 class Export:
-    """One disk: its export name, and `size` bytes at `offset` in the open file `fd`."""
+    """One disk: its export name, and `size` bytes at `offset` in the open file `fd`; or, given `extents`
+    ((start, length, offset in the file, or -1 where it reads as zeros), covering the export in order), the disk
+    as those pieces of the file (a qcow2 as `qemu-img map` maps it)."""
 
     name: bytes
     fd: int
     offset: int
     size: int
+    extents: tuple[tuple[int, int, int], ...] = ()
     flags: int = _READ_ONLY_FLAGS
+
+    def pieces(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """The extents of [offset, offset + length), cut to it: (start, length, file offset or -1)."""
+        if not self.extents:
+            return [(offset, length, self.offset + offset)]
+        out = []
+        end = offset + length
+        for start, size, where in self.extents:
+            if start + size <= offset:
+                continue
+            if start >= end:
+                break
+            first, last = max(start, offset), min(start + size, end)
+            out.append((first, last - first, -1 if where < 0 else where + first - start))
+        return out
+
+
+@dataclass
+class _Connection:
+    """What a client negotiated: structured replies, and the base:allocation context."""
+
+    structured: bool = False
+    allocation: bool = False
 
 
 class _Gone(Exception):
@@ -85,7 +122,7 @@ def _reply(conn: net.socket, option: int, kind: int, data: bytes = b"") -> None:
     conn.sendall(struct.pack(">QIII", _REPLY_MAGIC, option, kind, len(data)) + data)
 
 
-def _handshake(conn: net.socket, exports: dict[bytes, Export]) -> Export | None:
+def _handshake(conn: net.socket, exports: dict[bytes, Export], state: _Connection) -> Export | None:
     """The option haggling; the export the client chose (None: it left, as ABORT says)."""
     conn.sendall(_GREETING + struct.pack(">H", _HANDSHAKE_FLAGS))
     (client_flags,) = struct.unpack(">I", _recv(conn, 4))
@@ -127,7 +164,28 @@ def _handshake(conn: net.socket, exports: dict[bytes, Export]) -> Export | None:
             if option == _OPT_GO:
                 return export
             continue
-        _reply(conn, option, _REP_ERR_UNSUP)  # structured replies, meta contexts, TLS, ...
+        if option == _OPT_STRUCTURED_REPLY:
+            if data:
+                _reply(conn, option, _REP_ERR_INVALID)
+                continue
+            state.structured = True
+            _reply(conn, option, _REP_ACK)
+            continue
+        if option in (_OPT_LIST_META_CONTEXT, _OPT_SET_META_CONTEXT):
+            queries = _queries(data, exports)
+            if isinstance(queries, int) or (option == _OPT_SET_META_CONTEXT and not state.structured):
+                _reply(conn, option, queries if isinstance(queries, int) else _REP_ERR_INVALID)
+                continue
+            listing = option == _OPT_LIST_META_CONTEXT
+            matched = any(q == _BASE_ALLOCATION or (listing and q == b"base:") for q in queries) or (
+                listing and not queries)
+            if not listing:
+                state.allocation = matched
+            if matched:
+                _reply(conn, option, _REP_META_CONTEXT, struct.pack(">I", _CONTEXT_ID) + _BASE_ALLOCATION)
+            _reply(conn, option, _REP_ACK)
+            continue
+        _reply(conn, option, _REP_ERR_UNSUP)  # TLS, ...
 
 
 def _chosen(data: bytes, exports: dict[bytes, Export]) -> tuple[Export, set[int]] | int:
@@ -148,10 +206,95 @@ def _chosen(data: bytes, exports: dict[bytes, Export]) -> tuple[Export, set[int]
     return export, set(struct.unpack(f">{count}H", items))
 
 
-def _transmit(conn: net.socket, export: Export) -> None:
+def _queries(data: bytes, exports: dict[bytes, Export]) -> list[bytes] | int:
+    """The context queries of a LIST or SET_META_CONTEXT, or the error to reply."""
+    try:
+        (name_length,) = struct.unpack(">I", data[:4])
+        name, rest = data[4:4 + name_length], data[4 + name_length:]
+        (count,) = struct.unpack(">I", rest[:4])
+        rest, queries = rest[4:], []
+        for _ in range(count):
+            (length,) = struct.unpack(">I", rest[:4])
+            if len(rest) < 4 + length:
+                return _REP_ERR_INVALID
+            queries.append(rest[4:4 + length])
+            rest = rest[4 + length:]
+    except struct.error:
+        return _REP_ERR_INVALID
+    if rest or len(name) != name_length:
+        return _REP_ERR_INVALID
+    return queries if name in exports else _REP_ERR_UNKNOWN
+
+
+def _chunk(conn: net.socket, flags: int, kind: int, handle: int, payload: bytes, more: int = 0) -> None:
+    """A structured reply chunk's header and `payload`; `more` bytes of it follow (a read's data)."""
+    conn.sendall(struct.pack(">IHHQI", _STRUCTURED_MAGIC, flags, kind, handle, len(payload) + more) + payload)
+
+
+def _error(conn: net.socket, state: _Connection, handle: int, error: int) -> None:
+    if state.structured:
+        _chunk(conn, _CHUNK_DONE, _CHUNK_ERROR, handle, struct.pack(">IH", error, 0))
+    else:
+        conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, error, handle))
+
+
+def _send_file(conn: net.socket, fd: int, where: int, length: int) -> None:
+    """`length` bytes of the file at `where` by sendfile; past its end (a partial last sector), zeros, as qemu
+    reads it."""
+    sent = 0
+    while sent < length:
+        done = os.sendfile(conn.fileno(), fd, where + sent, length - sent)
+        if done == 0:
+            _send_zeros(conn, length - sent)
+            return
+        sent += done
+
+
+def _send_zeros(conn: net.socket, length: int) -> None:
+    zeros = bytes(min(length, 1 << 20))
+    while length > 0:
+        conn.sendall(zeros[:length])
+        length -= len(zeros)
+
+
+def _read(conn: net.socket, export: Export, state: _Connection, handle: int, offset: int, length: int) -> None:
+    pieces = export.pieces(offset, length)
+    if not state.structured:
+        conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, 0, handle))
+        for _, size, where in pieces:
+            if where < 0:
+                _send_zeros(conn, size)
+            else:
+                _send_file(conn, export.fd, where, size)
+        return
+    for start, size, where in pieces:
+        if where < 0:
+            _chunk(conn, 0, _CHUNK_HOLE, handle, struct.pack(">QI", start, size))
+        else:
+            _chunk(conn, 0, _CHUNK_DATA, handle, struct.pack(">Q", start), size)
+            _send_file(conn, export.fd, where, size)
+    _chunk(conn, _CHUNK_DONE, _CHUNK_NONE, handle, b"")
+
+
+def _block_status(conn: net.socket, export: Export, handle: int, flags: int, offset: int, length: int) -> None:
+    """base:allocation of [offset, offset + length): data, or a hole that reads as zeros."""
+    described: list[list[int]] = []
+    for _, size, where in export.pieces(offset, length):
+        state = _STATE_HOLE_ZERO if where < 0 else 0
+        if described and described[-1][1] == state:
+            described[-1][0] += size
+        else:
+            described.append([size, state])
+    if flags & _REQ_ONE:
+        described = described[:1]
+    payload = struct.pack(">I", _CONTEXT_ID) + b"".join(struct.pack(">II", size, state) for size, state in described)
+    _chunk(conn, _CHUNK_DONE, _CHUNK_BLOCK_STATUS, handle, payload)
+
+
+def _transmit(conn: net.socket, export: Export, state: _Connection) -> None:
     """Answer requests until the client disconnects: a READ by sendfile from the file, anything else refused."""
     while True:
-        magic, _, kind, handle, offset, length = struct.unpack(">IHHQQI", _recv(conn, 28))
+        magic, flags, kind, handle, offset, length = struct.unpack(">IHHQQI", _recv(conn, 28))
         if magic != _REQUEST_MAGIC:
             raise _Gone
         if kind == _CMD_DISC:
@@ -162,66 +305,72 @@ def _transmit(conn: net.socket, export: Export) -> None:
             _recv(conn, length)  # its payload, to stay in step with the client
             conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, _EPERM, handle))
             continue
-        if kind != _CMD_READ or length > MAX_REQUEST or offset + length > export.size:
-            conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, _EINVAL, handle))
+        if kind == _CMD_BLOCK_STATUS and state.allocation and length > 0 and offset + length <= export.size:
+            _block_status(conn, export, handle, flags, offset, length)
             continue
-        conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, 0, handle))
-        sent = 0
-        while sent < length:
-            done = os.sendfile(conn.fileno(), export.fd, export.offset + offset + sent, length - sent)
-            if done == 0:  # past the file's end (its last partial sector): zeros, as qemu reads it
-                conn.sendall(bytes(length - sent))
-                break
-            sent += done
+        if kind != _CMD_READ or length > MAX_REQUEST or offset + length > export.size:
+            _error(conn, state, handle, _EINVAL)
+            continue
+        _read(conn, export, state, handle, offset, length)
 
 
-def _client(conn: net.socket, exports: dict[bytes, Export], slots: threading.BoundedSemaphore) -> None:
+def _client(conn: net.socket, exports: dict[bytes, Export]) -> None:
     try:
         with conn:
             conn.setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, _SEND_BUFFER)
             conn.settimeout(_HANDSHAKE_SECONDS)
-            export = _handshake(conn, exports)
+            state = _Connection()
+            export = _handshake(conn, exports, state)
             if export is not None:
                 conn.settimeout(None)
-                _transmit(conn, export)
+                _transmit(conn, export, state)
     except (_Gone, OSError):
         pass
-    finally:
-        slots.release()
 
 
-def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn: bool = False) -> None:
-    """Accept clients on `listener` for ever, at most `clients` at once (the others wait to be accepted); with
-    `multi_conn`, each export tells a client it may read over several connections."""
-    flags = _READ_ONLY_FLAGS | (_MULTI_CONN if multi_conn else 0)
-    by_name = {export.name: dataclasses.replace(export, flags=flags) for export in exports}
-    slots = threading.BoundedSemaphore(clients)
-    # listen() again, as qemu's servers do with a socket they are handed: the socket's credentials
-    # (SO_PEERCRED, SO_PEERPIDFD) then name this server, which is how `serve --stop` finds it.
-    listener.listen(_BACKLOG)
+def _accepting(listener: net.socket, exports: dict[bytes, Export]) -> None:
+    """One client after another, until the listener is closed."""
     while True:
-        slots.acquire()
         try:
             conn, _ = listener.accept()
         except OSError as error:
-            slots.release()
             if error.errno in (errno.EBADF, errno.EINVAL):
                 return  # the listener is closed
             time.sleep(0.01)  # out of descriptors, or a client gone before it was accepted: again
             continue
-        threading.Thread(target=_client, args=(conn, by_name, slots), daemon=True).start()
+        _client(conn, exports)
+
+
+def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn: bool = False) -> None:
+    """Serve clients on `listener` until it is closed, at most `clients` at once: as many threads, each taking
+    the next client when its own has left (the others wait to be accepted, as with qemu's max-connections; no
+    thread is started per client, so clients that come and go at once cannot outrun the server). With
+    `multi_conn`, each export tells a client it may read over several connections."""
+    flags = _READ_ONLY_FLAGS | (_MULTI_CONN if multi_conn else 0)
+    by_name = {export.name: dataclasses.replace(export, flags=flags) for export in exports}
+    # listen() again, as qemu's servers do with a socket they are handed: the socket's credentials
+    # (SO_PEERCRED, SO_PEERPIDFD) then name this server, which is how `serve --stop` finds it.
+    listener.listen(_BACKLOG)
+    threading.stack_size(_STACK)
+    threads = [threading.Thread(target=_accepting, args=(listener, by_name), daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def main(argv: list[str]) -> None:
-    """LISTEN_FD MAX_CLIENTS MULTI_CONN (0 or 1), then NAME FILE OFFSET SIZE for each export (SIZE -1: to the
-    file's end)."""
-    listen_fd, clients, multi_conn, rest = int(argv[0]), int(argv[1]), argv[2] == "1", argv[3:]
+    """LISTEN_FD MAX_CLIENTS MULTI_CONN (0 or 1) EXPORTS_FD: a descriptor to read the exports from, a JSON list of
+    {"name", "file", "offset", "size", "extents"} (`Export`'s fields; the name as text, undecodable bytes escaped
+    as surrogates)."""
+    listen_fd, clients, multi_conn, exports_fd = int(argv[0]), int(argv[1]), argv[2] == "1", int(argv[3])
+    with os.fdopen(exports_fd, "rb") as f:
+        described = json.loads(f.read())
     exports = []
-    for index in range(0, len(rest), 4):
-        name, filename, offset, size = rest[index:index + 4]
-        fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC)
-        length = int(size) if int(size) >= 0 else os.fstat(fd).st_size - int(offset)
-        exports.append(Export(os.fsencode(name), fd, int(offset), length))
+    for export in described:
+        fd = os.open(export["file"], os.O_RDONLY | os.O_CLOEXEC)
+        exports.append(Export(os.fsencode(export["name"]), fd, int(export["offset"]), int(export["size"]),
+                              tuple((int(a), int(b), int(c)) for a, b, c in export["extents"])))
     serve(net.socket(fileno=listen_fd), exports, clients, multi_conn)
 
 

@@ -275,7 +275,7 @@ def test_the_image_removed_meanwhile_is_still_served(images: Images) -> None:
 
 
 def test_the_server_dying_ends_serve_with_one_line(images: Images) -> None:
-    name = images.build({"disk.qcow2": images.disk()})
+    name = images.build({"disk.vmdk": images.disk("disk.vmdk", "vmdk")})  # qemu-storage-daemon's (a qcow2: cdisk's)
     with served(name) as (proc, info):
         [bwrap] = server_children(proc.pid)
         os.kill(bwrap, signal.SIGKILL)

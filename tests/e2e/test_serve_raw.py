@@ -1,5 +1,6 @@
-"""`cdisk serve` of a raw disk: served by cdisk's own sendfile server (core/qemu/raw_export.py) in the sandbox,
-read with the real qemu-img and nbdcopy; a qcow2 disk stays with qemu-storage-daemon. Several connections may
+"""`cdisk serve` of a raw disk, or a qcow2 whose clusters lie whole in the file: served by cdisk's own sendfile
+server (core/qemu/raw_export.py) in the sandbox, read with the real qemu-img and nbdcopy; a compressed qcow2 (or
+any other format) stays with qemu-storage-daemon. Several connections may
 read either export at once (NBD multi-conn).
 """
 
@@ -48,8 +49,22 @@ def test_a_raw_disk_is_served_by_the_sendfile_server(images: Images, method: str
         assert export["source_format"] == "raw" and export["virtual_size"] == 8 << 20
 
 
-def test_a_qcow2_disk_stays_with_qemu_storage_daemon(images: Images) -> None:
+def test_a_qcow2_disk_is_served_by_its_map(images: Images, tmp_path: Path) -> None:
+    """Every cluster whole in the file: cdisk's server, by qemu-img's map (data by sendfile, zeros as holes that
+    block status reports, so a client skips them)."""
     disk = images.disk()
+    name = images.build({"disk.qcow2": disk})
+    with served(name) as (proc, info):
+        assert _is_raw_server(_server_argv(proc.pid))
+        assert reads_as(info["uri"], disk, "qcow2")
+        mapped = json.loads(sh("qemu-img", "map", "--output=json", "-f", "raw", str(info["uri"])).stdout)
+        assert [(e["start"], e["data"]) for e in mapped][:3] == [(0, True), (64 << 10, False), (1 << 20, True)]
+
+
+def test_a_compressed_qcow2_stays_with_qemu_storage_daemon(images: Images, tmp_path: Path) -> None:
+    """A compressed cluster has no place in the file to send from: qemu decodes it."""
+    disk = tmp_path / "compressed.qcow2"
+    sh("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", images.disk(), disk)
     name = images.build({"disk.qcow2": disk})
     with served(name) as (proc, info):
         argv = _server_argv(proc.pid)
