@@ -12,10 +12,11 @@ socket removed — also with a client connected.
 qemu-storage-daemon, not qemu-nbd: it takes a listening descriptor of any number (qemu-nbd only systemd's fd 3,
 where a disk's descriptor may already be) and serves several exports on one socket (`--all`).
 
-A raw disk (every disk, with `--all`) is served by `core/qemu/raw_export.py` instead, in the same sandbox: with
-nothing to decode, its bytes go from the page cache into the socket by sendfile, so the client's copy is the only
-one — as when it reads the file itself — where qemu-storage-daemon adds two (issue 24: the server's CPU for a
-4 GiB read fell from 1.3-1.7 s to 0.2-0.3 s; docs/bench/README.md).
+A raw disk, or a qcow2 whose every cluster lies whole in the file (qemu-img maps it once: no compressed
+cluster), is served by `core/qemu/raw_export.py` instead (with `--all`, when every disk is), in the same
+sandbox: with nothing left to decode, its bytes go from the page cache into the socket by sendfile, so the
+client's copy is the only one — as when it reads the file itself — where qemu-storage-daemon adds two (issue
+24; docs/bench/README.md).
 """
 
 from __future__ import annotations

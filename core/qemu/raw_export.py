@@ -1,16 +1,18 @@
-"""A raw disk served read-only over NBD, its bytes handed to the socket by sendfile: no copy in the server.
+"""A disk served read-only over NBD, its bytes handed to the socket by sendfile: no copy in the server.
 
 qemu-storage-daemon reads each request into a buffer (one copy out of the page cache) and writes it into the
-socket (a second copy); the client copies it out (a third). For a raw disk there is nothing to decode, and
-Linux (6.5 on) splices a file's page-cache pages into a Unix or TCP socket without copying them: the client's
+socket (a second copy); the client copies it out (a third). Where the disk is pieces of a file — a raw disk, or
+a qcow2 whose every cluster lies whole in the file, as `qemu-img map` maps it — there is nothing left to decode,
+and Linux (6.5 on) splices a file's page-cache pages into a Unix or TCP socket without copying them: the client's
 copy is then the only one, as when it reads the file itself. This is that server, and nothing more: the NBD
-handshake (fixed newstyle: EXPORT_NAME, INFO, GO, LIST, ABORT; everything else unsupported) and READ; the
-export is read-only, and several connections may read it at once (multi-conn) where several clients may connect.
+handshake (fixed newstyle: EXPORT_NAME, INFO, GO, LIST, ABORT, structured replies, the base:allocation context;
+everything else unsupported), READ, and BLOCK_STATUS (zeros as holes, so a client skips them). The export is
+read-only, and several connections may read it at once (multi-conn) where several clients may connect.
 
 It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN EXPORTS_FD`),
 standard library only, in the same sandbox as qemu-storage-daemon: the files it serves bound read-only, no
-network but the listening socket it inherits. It never parses the disk; what it parses is the client's requests,
-each checked against the export's bounds.
+network but the listening socket it inherits. It never parses the disk (the map comes from qemu-img); what it
+parses is the client's requests, each checked against the export's bounds.
 """
 
 from __future__ import annotations

@@ -167,3 +167,80 @@ def test_multi_conn_is_offered_only_when_asked(tmp_path: Path) -> None:
     threading.Thread(target=raw_export.serve, args=(listener, [export], 1), daemon=True).start()
     with connect(str(tmp_path / "one.sock")) as conn:
         assert go(conn, b"d")[0] == (3, struct.pack(">HQH", 0, 512, 1 | 2))
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> Iterator[str]:
+    """An export mapped as a qcow2 is: 4 KiB of data at file offset 1024, 8 KiB of zeros, 4 KiB at offset 0."""
+    path = tmp_path / "disk"
+    path.write_bytes(DATA)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "map.sock"))
+    listener.listen(8)
+    extents = ((0, 4096, 1024), (4096, 8192, -1), (12288, 4096, 0))
+    export = raw_export.Export(b"m", os.open(path, os.O_RDONLY), 0, 16384, extents)
+    threading.Thread(target=raw_export.serve, args=(listener, [export], 2), daemon=True).start()
+    yield str(tmp_path / "map.sock")
+    listener.close()
+
+
+def meta_context(conn: socket.socket, opt: int, *queries: bytes) -> list[tuple[int, bytes]]:
+    data = struct.pack(">I", 1) + b"m" + struct.pack(">I", len(queries))
+    return option(conn, opt, data + b"".join(struct.pack(">I", len(q)) + q for q in queries))
+
+
+def chunks(conn: socket.socket, handle: int) -> list[tuple[int, int, bytes]]:
+    """A structured reply's chunks (flags, type, payload) up to the one flagged done."""
+    got = []
+    while True:
+        magic, flags, kind, echoed, length = struct.unpack(">IHHQI", recv(conn, 20))
+        assert magic == 0x668E33EF and echoed == handle
+        got.append((flags, kind, recv(conn, length)))
+        if flags & 1:
+            return got
+
+
+def structured(path: str) -> socket.socket:
+    conn = connect(path)
+    assert option(conn, 8) == [(1, b"")]
+    assert meta_context(conn, 10, b"qemu:allocation-depth", b"base:allocation") == [
+        (4, b"\0\0\0\x01base:allocation"), (1, b"")]
+    go(conn, b"m")
+    return conn
+
+
+def test_a_mapped_export_reads_as_its_pieces(mapped: str) -> None:
+    with connect(mapped) as conn:
+        go(conn, b"m")
+        assert request(conn, 0, 0, 16384)[1] == DATA[1024:5120] + bytes(8192) + DATA[:4096]
+        assert request(conn, 0, 4000, 200)[1] == DATA[5024:5120] + bytes(104)
+
+
+def test_structured_reads_send_the_zeros_as_holes(mapped: str) -> None:
+    with structured(mapped) as conn:
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 5, 2048, 12288))
+        assert chunks(conn, 5) == [(0, 1, struct.pack(">Q", 2048) + DATA[3072:5120]),
+                                   (0, 2, struct.pack(">QI", 4096, 8192)),
+                                   (0, 1, struct.pack(">Q", 12288) + DATA[:2048]), (1, 0, b"")]
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 6, 16000, 1000))  # past the end
+        assert chunks(conn, 6) == [(1, (1 << 15) + 1, struct.pack(">IH", 22, 0))]
+
+
+def test_block_status_says_where_the_zeros_are(mapped: str) -> None:
+    with structured(mapped) as conn:
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 8, 1024, 15360))
+        assert chunks(conn, 8) == [(1, 5, struct.pack(">IIIIIII", 1, 3072, 0, 8192, 3, 4096, 0))]
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 8, 7, 9, 4096, 12288))  # NBD_CMD_FLAG_REQ_ONE
+        assert chunks(conn, 9) == [(1, 5, struct.pack(">III", 1, 8192, 3))]
+
+
+def test_meta_contexts_need_structured_replies_and_a_known_export(mapped: str) -> None:
+    with connect(mapped) as conn:
+        assert meta_context(conn, 10, b"base:allocation") == [(ERR_INVALID, b"")]
+        assert meta_context(conn, 9) == [(4, b"\0\0\0\x01base:allocation"), (1, b"")]  # LIST: what there is
+        option(conn, 8)
+        data = struct.pack(">I", 4) + b"nope" + struct.pack(">I", 0)
+        assert option(conn, 10, data) == [(ERR_UNKNOWN, b"")]
+        go(conn, b"m")
+        conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 3, 0, 4096))  # block status, no context chosen
+        assert chunks(conn, 3) == [(1, (1 << 15) + 1, struct.pack(">IH", 22, 0))]
