@@ -10,22 +10,11 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from cdisk.cli.commands import COMMANDS  # noqa: F401 - the table, re-exported where it always was
 from cdisk.core import signals
 
 if TYPE_CHECKING:
     from cdisk.cli.top import CDisk as CDisk  # what `__getattr__` gives, for the type checker
-
-# Each command, the module and class that run it, and its line in `cdisk --help`.
-COMMANDS = {
-    "convert": ("cdisk.cli.convert.Convert", "Write the image's disk to TARGET (a file or a block device)"),
-    "ls": ("cdisk.cli.ls.Ls", "Show what the image holds, without converting"),
-    "verify": ("cdisk.cli.verify.Verify",
-               "Check that TARGET holds exactly the image's disk, or without TARGET that IMAGE is intact"),
-    "refresh": ("cdisk.cli.refresh.Refresh", "Make TARGET current (for cron and systemd timers)"),
-    "serve": ("cdisk.cli.serve.Serve", "Serve the disk as a read-only NBD export, no conversion"),
-    "build": ("cdisk.cli.build.Build", "Build a containerDisk from a disk file, without a Containerfile"),
-}
-
 
 # The commands whose qemu-img (or qemu-storage-daemon) runs in the sandbox.
 SANDBOXED = frozenset({"convert", "ls", "verify", "refresh", "serve"})
@@ -93,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except UsageError as error:
             from cdisk.cli.output import error_line
 
+            if "cdisk.core.qemu.sandbox" in sys.modules:  # a probe started on a guess from the words: not needed
+                sys.modules["cdisk.core.qemu.sandbox"].reap_probe()
             error_line(error.message)
             sys.exit(error.exit_code)
     except SystemExit as done:

@@ -1,4 +1,4 @@
-"""`cdisk` itself: the application that holds the commands (`app.COMMANDS`), and `--version`."""
+"""`cdisk` itself: the application that holds the commands (`commands.COMMANDS`), and `--version`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import ClassVar
 from plumbum import cli
 
 from cdisk import __version__
-from cdisk.cli.app import COMMANDS
+from cdisk.cli.commands import COMMANDS
 from cdisk.cli.help import Command
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdisk.core import target
+from cdisk.core import clone, target
 from cdisk.core.engines import choice
 from cdisk.core.engines.seam import Engine, Image
 from cdisk.core.errors import TargetError, ToolError, UserNamespaceUnavailable
@@ -208,8 +207,6 @@ def _copied_as_asked(disk: OpenedDisk, write: WriteRequest, planned: target.Targ
     return source if same else None
 
 
-_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-_FICLONERANGE = 0x4020940D  # linux/fs.h: _IOW(0x94, 13, struct file_clone_range)
 # Formats whose file is the whole disk and nothing else (judged: no backing, no data file): a clone of it is
 # the very file qemu-img would have to rewrite.
 _CLONABLE = frozenset({"raw", "qcow2"})
@@ -248,7 +245,7 @@ def _clone(source: DiskSource, fd: int) -> bool:
     on a block of the file system, as the target's do (in the layers podman and docker write they start at byte
     1024; in those `cdisk build` writes, on a 4 KiB block). Raises OSError where the file system cannot."""
     if isinstance(source, InPlaceFile):
-        fcntl.ioctl(fd, _FICLONE, source.fd)
+        fcntl.ioctl(fd, clone.FICLONE, source.fd)
         return True
     if not isinstance(source, TarMember) or not source.fds:
         return False
@@ -256,7 +253,7 @@ def _clone(source: DiskSource, fd: int) -> bool:
     whole = source.size - source.size % block
     if source.offset % block or not whole:
         return False
-    fcntl.ioctl(fd, _FICLONERANGE, struct.pack("=qQQQ", source.fds[0], source.offset, whole, 0))
+    clone.clone_range(fd, source.fds[0], source.offset, whole, 0)
     tail = source.read_at(whole, block)
     if len(tail) != source.size - whole:
         raise OSError(errno.EIO, "the tar ended early")  # cut meanwhile: qemu-img says so

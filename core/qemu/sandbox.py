@@ -125,7 +125,7 @@ def start_probe() -> None:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          process_group=processes.guard_group()))
         # A run that ends before it needs the answer (the image was not found, say) still reaps the probe.
-        atexit.register(_reap_probe)
+        atexit.register(reap_probe)
 
 
 def _stop(probe: subprocess.Popen[bytes]) -> None:
@@ -139,10 +139,16 @@ def _stop(probe: subprocess.Popen[bytes]) -> None:
         probe.stderr.close()
 
 
-def _reap_probe() -> None:
+def reap_probe() -> None:
+    """Stop the probe if it still runs (a run that ended before it needed the answer: a usage error, say). A
+    probe stopped so says nothing of the sandbox: unless its answer was taken, a later question starts another."""
+    stopped = False
     for probe in _started:
         if probe.returncode is None:
             _stop(probe)
+            stopped = True
+    if stopped and not unavailable.cache_info().currsize:
+        _started.clear()
 
 
 @functools.cache

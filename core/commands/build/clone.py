@@ -10,11 +10,9 @@ a partial last block is written by the caller.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import struct
 
-_FICLONERANGE = 0x4020940D  # linux/fs.h: _IOW(0x94, 13, struct file_clone_range)
+from cdisk.core.clone import clone_range
 
 
 def clone_blocks(disk_fd: int, size: int, out: int, at: int) -> int:
@@ -29,7 +27,7 @@ def clone_blocks(disk_fd: int, size: int, out: int, at: int) -> int:
     if not whole or at % block:
         return 0
     try:
-        fcntl.ioctl(out, _FICLONERANGE, struct.pack("=qQQQ", disk_fd, 0, whole, at))
+        clone_range(out, disk_fd, 0, whole, at)
     except OSError:  # EOPNOTSUPP, EXDEV, EINVAL (not aligned there, or the disk shrank), ENOSPC, EPERM
         with contextlib.suppress(OSError):
             os.ftruncate(out, at)  # nothing half cloned stays: the layer is written over it as ever

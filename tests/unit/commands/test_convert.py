@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core import clone
+from cdisk.core.clone import FICLONERANGE
 from cdisk.core.commands import convert as convert_module
 from cdisk.core.sources.tar_member import TarMember
 
@@ -18,11 +20,11 @@ def test_a_member_clone_places_its_last_partial_block_and_refuses_a_cut_tar(
     clones are in test_reflink): the last partial block follows the cloned ones, and a tar cut after it was read
     is no clone — the target is left empty for qemu-img, which then says what is wrong."""
     def clone_range(fd: int, request: int, arg: bytes) -> None:
-        assert request == convert_module._FICLONERANGE
+        assert request == FICLONERANGE
         src, offset, length, dest = struct.unpack("=qQQQ", arg)
         os.pwrite(fd, os.pread(src, length, offset), dest)
 
-    monkeypatch.setattr(convert_module.fcntl, "ioctl", clone_range)
+    monkeypatch.setattr(clone.fcntl, "ioctl", clone_range)
     block = os.statvfs(tmp_path).f_bsize
     data = os.urandom(3 * block + 100)
     (tmp_path / "layer.tar").write_bytes(bytes(block) + data + bytes(1024))  # the member's data on a block
