@@ -43,6 +43,7 @@ _ELSEWHERE = ("CONTAINER_HOST", "CONTAINER_CONNECTION", "CONTAINERS_STORAGE_CONF
 _OTHER_DRIVERS = ("aufs", "btrfs", "devicemapper", "vfs", "zfs")
 _FULL_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 _PLAIN_KEY = re.compile(r"^[0-9a-z.]*$")
+_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
 _SINGLE_MANIFESTS = ("application/vnd.oci.image.manifest.v1+json",
                      "application/vnd.docker.distribution.manifest.v2+json")
 _MAX_JSON = 64 << 20  # images.json of a store with thousands of images stays far below
@@ -200,6 +201,8 @@ def _image(reference: str, root: str, record: dict[str, Any], layers: list[dict[
     """The `Image` `podman image inspect` gives for the image `record` of images.json; None where podman would read
     it otherwise (a manifest list, a schema 1 manifest)."""
     image_id = str(record["id"])
+    if not _HEX_ID.match(image_id):  # a name in a path below: only what podman itself writes there
+        return None
     manifest = json.loads(_big_data(root, image_id, "manifest"))
     media = manifest.get("mediaType") or ("application/vnd.oci.image.manifest.v1+json"
                                           if manifest.get("schemaVersion") == 2 and "config" in manifest else "")
@@ -214,6 +217,8 @@ def _image(reference: str, root: str, record: dict[str, Any], layers: list[dict[
     layer_id = str(record.get("layer") or "")
     while layer_id:
         if layer_id in chain or len(chain) > 1000:
+            return None
+        if not _HEX_ID.match(layer_id):
             return None
         layer = by_id[layer_id]
         diff_size = layer.get("diff-size")

@@ -198,3 +198,12 @@ def test_a_storage_conf_of_another_driver_or_extra_stores_is_podmans(tmp_path: P
                   "not toml ["):
         conf.write_text(f'[storage]\ngraphroot = "{tmp_path / "root"}"\n{extra}\n')
         assert store_lookup.graph_root() is None, extra
+
+
+def test_an_id_that_is_no_hex_digest_names_no_path(tmp_path: Path) -> None:
+    # Layer and image IDs become paths (`overlay/<id>/diff`, `overlay-images/<id>/…`): only what podman writes.
+    _store(tmp_path / "a", layers=2)
+    records = json.loads((tmp_path / "a" / "overlay-layers" / "layers.json").read_text())
+    records[0]["id"] = records[1]["parent"] = "../../../../etc"
+    (tmp_path / "a" / "overlay-layers" / "layers.json").write_text(json.dumps(records))
+    assert store_lookup.lookup("localhost/vm:1", str(tmp_path / "a")) is None
