@@ -107,9 +107,14 @@ def _exit(code: object) -> None:
     else:
         print(code, file=sys.stderr)
         status = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter's own exit does first: its shutdown hooks (they wake an idle ThreadPoolExecutor's
+    # workers, which a bare join would wait on for ever), then every non-daemon thread joined.
+    from cdisk.core.errors import Interrupted
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except Interrupted as stopped:  # a signal during the wait: the run ends as that signal says, without a trace
+        status = 128 + stopped.signum
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -218,16 +218,18 @@ def server_argv(disks: Sequence[OpenedDisk], listening_fd: int, connections: int
     return argv
 
 
-def _file_of(node: Any) -> tuple[str, int] | None:
-    """The plain file a protocol node reads and where in it (a raw slice of a saved layer, or the whole file)."""
+def _file_of(node: Any) -> tuple[str, int, int | None] | None:
+    """The plain file a protocol node reads, where in it, and where the node's bytes end (a raw slice of a saved
+    layer; None: the whole file, whose end qemu reads as zeros, as the server does)."""
     if not isinstance(node, dict):
         return None
     if node.get("driver") == "file" and set(node) == {"driver", "filename"}:
-        return str(node["filename"]), 0
+        return str(node["filename"]), 0, None
     if node.get("driver") == "raw" and set(node) <= {"driver", "file", "offset", "size"}:
         inner = _file_of(node.get("file"))
-        if inner is not None and inner[1] == 0:
-            return inner[0], int(node.get("offset", 0))
+        if inner is not None and inner[1] == 0 and inner[2] is None:
+            offset = int(node.get("offset", 0))
+            return inner[0], offset, (offset + int(node["size"])) if "size" in node else None
     return None
 
 
@@ -250,9 +252,11 @@ def _map(disk: OpenedDisk) -> list[dict[str, Any]] | None:
     return entries if isinstance(entries, list) else None
 
 
-def _extents(entries: list[dict[str, Any]], base: int, size: int) -> list[tuple[int, int, int]] | None:
+def _extents(entries: list[dict[str, Any]], base: int, size: int, end: int | None = None,
+             ) -> list[tuple[int, int, int]] | None:
     """The map as (start, length, offset in the file or -1 for zeros), covering [0, size) in order; None where
-    a piece has no place in the file (a compressed cluster) or the map does not cover the disk."""
+    a piece has no place in the file (a compressed cluster), lies past `end` (the slice the disk is: qemu reads
+    no byte after it, so neither may the server), or the map does not cover the disk."""
     extents: list[tuple[int, int, int]] = []
     at = 0
     for entry in entries:
@@ -263,6 +267,8 @@ def _extents(entries: list[dict[str, Any]], base: int, size: int) -> list[tuple[
             where = -1
         elif entry.get("data") and "offset" in entry:
             where = base + int(entry["offset"])
+            if end is not None and where + length > end:
+                return None
         else:
             return None
         if extents and where < 0 and extents[-1][2] < 0:
@@ -290,7 +296,8 @@ def served_by_file(disks: Sequence[OpenedDisk]) -> list[dict[str, Any]] | None:
         elif fmt == "qcow2" and set(node) == {"file"}:
             where = _file_of(node["file"])
             entries = _map(disk) if where is not None else None
-            extents = None if entries is None or where is None else _extents(entries, where[1], disk.virtual_size)
+            extents = None if entries is None or where is None else _extents(entries, where[1], disk.virtual_size,
+                                                                             where[2])
         else:
             return None
         if where is None or extents is None:

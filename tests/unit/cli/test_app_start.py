@@ -77,3 +77,13 @@ def test_plumbums_unused_modules_are_imported_only_where_used() -> None:
             "import pickle\nprint(pickle.loads(pickle.dumps([1])), type(sys.modules['pickle']).__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines() == ["False False", "/a%20b True module", "[1] module"]
+
+
+def test_the_fast_exit_ends_with_an_idle_thread_pool_left_open() -> None:
+    # The interpreter's own exit wakes an idle ThreadPoolExecutor's workers before it joins them; a bare join of
+    # every thread waited for them for ever.
+    script = ("import sys\nfrom concurrent.futures import ThreadPoolExecutor\npool = ThreadPoolExecutor(2)\n"
+              "pool.submit(lambda: 1).result()\nsys.argv = ['cdisk', '--version']\nfrom cdisk.cli import app\n"
+              "app.main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.split()[0], done.stderr) == (0, "cdisk", "")

@@ -19,3 +19,18 @@ def test_blockdev_of_a_spec() -> None:
         "driver": "file", "filename": "/tmp/layer.tar"}, "node-name": "disk1", "read-only": True}
     vpc = qemu_img.image_spec("vpc", qemu_img.file_node("/dev/fd/4"))
     assert "backing" not in blockdev(vpc, "disk2")
+
+
+def test_a_qcow2_in_a_slice_is_mapped_only_within_the_slice() -> None:
+    # A qcow2 member of a saved layer: its last cluster may start inside the member and end past it (qemu-img
+    # check lets that pass); qemu reads no byte after the slice, so cdisk's server may not serve the tar's next ones.
+    from cdisk.core.commands.serve import _extents, _file_of
+
+    node = {"driver": "raw", "offset": 1536, "size": 196608,
+            "file": {"driver": "file", "filename": "/dev/fd/5"}}
+    assert _file_of(node) == ("/dev/fd/5", 1536, 1536 + 196608)
+    inside = [{"start": 0, "length": 65536, "data": True, "zero": False, "offset": 131072}]
+    past = [{"start": 0, "length": 65536, "data": True, "zero": False, "offset": 196608 - 4096}]
+    assert _extents(inside, 1536, 65536, 1536 + 196608) == [(0, 65536, 1536 + 131072)]
+    assert _extents(past, 1536, 65536, 1536 + 196608) is None
+    assert _file_of({"driver": "file", "filename": "/dev/fd/5"}) == ("/dev/fd/5", 0, None)
