@@ -43,7 +43,8 @@ def test_stdout_past_its_bound_stops_the_child() -> None:
 
 def test_a_child_past_its_deadline_is_killed_and_reaped(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    sleeper = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
+    sleeper = (f"import os, time\nopen({str(pid_file)!r} + '.new', 'w').write(str(os.getpid()))\n"
+               f"os.rename({str(pid_file)!r} + '.new', {str(pid_file)!r})\ntime.sleep(600)")
     with pytest.raises(LimitExceeded, match=r"ran longer than 0.5 s and was stopped"):
         processes.run(PYTHON, _child(sleeper), timeout=0.5)
     with pytest.raises(ProcessLookupError):
@@ -94,8 +95,11 @@ def test_children_run_together_each_under_its_bounds(tmp_path: Path) -> None:
 
 def test_children_run_together_are_stopped_and_reaped_past_their_deadline(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    sleeper = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)"
-    endless = "import os\nwhile True: os.write(1, b'y' * 65536)"
+    sleeper = (f"import os, time\nopen({str(pid_file)!r} + '.new', 'w').write(str(os.getpid()))\n"
+               f"os.rename({str(pid_file)!r} + '.new', {str(pid_file)!r})\ntime.sleep(600)")
+    # Floods only once the sleeper runs (a loaded machine may start it late): the sleeper is then surely one to stop.
+    endless = (f"import os, time\nwhile not os.path.exists({str(pid_file)!r}): time.sleep(0.01)\n"
+               "while True: os.write(1, b'y' * 65536)")
     with pytest.raises(LimitExceeded, match=r"printed more than 1048576 bytes") as raised:
         processes.run_together((PYTHON, _child("print('quick')"), {}), (PYTHON, _child(endless), {}),
                                (PYTHON, _child(sleeper), {}), stdout_limit=1 << 20)
