@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from cdisk.core.engines.podman import PODMAN, _give_back_dead_runs_mount, _inspect_cli, _kept, _unmount, mount_image
+from cdisk.core.engines.podman import (
+    PODMAN,
+    _give_back_dead_runs_mount,
+    _inspect_cli,
+    _is_mount_point,
+    _kept,
+    _unmount,
+    mount_image,
+)
 from cdisk.core.engines.seam import Image
 from cdisk.core.errors import ImageError, ToolError
 from cdisk.core.request import Pull
@@ -149,6 +157,13 @@ def _fake_podman(tmp_path: Path, script: str) -> str:
     return f"{bin_dir}:{local.env['PATH']}"
 
 
+def _saving_is_told_removed(tmp_path: Path, path: str) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
+        PODMAN.save(_local("localhost/vm:1"), workdir)
+
+
 _REMOVED = r"^localhost/vm:1 was removed or replaced in podman's store while cdisk read it \(an rmi or prune by " \
            r"another job\?\); run cdisk again$"
 
@@ -168,10 +183,7 @@ def test_an_image_removed_before_its_mount_is_told_removed(tmp_path: Path) -> No
 
 def test_a_save_that_lost_its_image_is_told_removed(tmp_path: Path) -> None:
     path = _fake_podman(tmp_path, 'echo "Error: $1: image not known" >&2\nexit 125\n')
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
-        PODMAN.save(_local("localhost/vm:1"), workdir)
+    _saving_is_told_removed(tmp_path, path)
 
 
 def test_a_save_that_fails_otherwise_says_so(tmp_path: Path) -> None:
@@ -189,10 +201,7 @@ def test_a_saved_layout_without_the_image_is_told_removed(tmp_path: Path) -> Non
                                   '[ "$out" = next ] && [ "$a" != -o ] && out="$a"; done\n'
                                   'mkdir -p "$out" && echo \'{"imageLayoutVersion": "1.0.0"}\' > "$out/oci-layout" '
                                   '&& echo \'{"schemaVersion": 2, "manifests": []}\' > "$out/index.json"\n')
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
-        PODMAN.save(_local("localhost/vm:1"), workdir)
+    _saving_is_told_removed(tmp_path, path)
 
 
 @pytest.fixture
@@ -207,18 +216,13 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
     sh("umount", merged, check=False)
 
 
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        return any(line.split(" ")[4] == str(path) for line in mountinfo)
-
-
 def test_a_mount_of_a_removed_image_is_detached_only_when_no_image_holds_its_layer(
         tmp_path: Path, mount_point: Path) -> None:
     path = _fake_podman(tmp_path, 'case "$1 $2" in "image unmount") echo "Error: $4: image not known" >&2; '
                                   'exit 125;; "images --all") exit 0;; esac\nexit 1\n')
     with local.env(PATH=path):
         _unmount("1" * 64, str(mount_point))
-    assert not _mounted(mount_point)
+    assert not _is_mount_point(str(mount_point))
 
 
 def test_a_mount_is_left_and_named_when_podman_cannot_list_the_images(tmp_path: Path, mount_point: Path) -> None:
@@ -226,7 +230,7 @@ def test_a_mount_is_left_and_named_when_podman_cannot_list_the_images(tmp_path: 
                                   'exit 125;; esac\necho "Error: database is locked" >&2\nexit 125\n')
     with local.env(PATH=path), pytest.raises(ToolError, match=rf"still mounted at {mount_point}; run `umount "):
         _unmount("1" * 64, str(mount_point))
-    assert _mounted(mount_point), "detached on a guess"
+    assert _is_mount_point(str(mount_point)), "detached on a guess"
 
 
 def test_a_full_id_no_image_has_is_absent(tmp_path: Path) -> None:
@@ -273,10 +277,7 @@ def test_a_save_that_lost_its_image_is_told_removed_though_it_is_back(tmp_path: 
     path = _fake_podman(tmp_path, 'case "$1" in save) echo "Error: creating an updated image manifest: locating '
                                   'image with ID \\"1111\\": image not known" >&2; exit 125;; '
                                   '*) echo "[{\\"Id\\": \\"1111\\"}]";; esac\n')
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    with local.env(PATH=path), pytest.raises(ImageError, match=_REMOVED):
-        PODMAN.save(_local("localhost/vm:1"), workdir)
+    _saving_is_told_removed(tmp_path, path)
 
 
 def test_the_images_on_a_layer_are_listed_though_one_went_meanwhile(tmp_path: Path) -> None:
