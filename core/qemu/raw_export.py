@@ -17,6 +17,7 @@ parses is the client's requests, each checked against the export's bounds.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import errno
 import json
@@ -83,16 +84,18 @@ class Export:
     flags: int = _READ_ONLY_FLAGS
 
     def pieces(self, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """The extents of [offset, offset + length), cut to it: (start, length, file offset or -1)."""
+        """The extents of [offset, offset + length), cut to it: (start, length, file offset or -1). Found by
+        bisection: a qcow2 of many clusters maps to as many extents, and a request must not cost a scan."""
         if not self.extents:
             return [(offset, length, self.offset + offset)]
         out = []
         end = offset + length
-        for start, size, where in self.extents:
-            if start + size <= offset:
-                continue
+        index = max(bisect.bisect_right(self.extents, (offset, 1 << 64, 1 << 64)) - 1, 0)
+        for start, size, where in self.extents[index:]:
             if start >= end:
                 break
+            if start + size <= offset:
+                continue
             first, last = max(start, offset), min(start + size, end)
             out.append((first, last - first, -1 if where < 0 else where + first - start))
         return out
@@ -108,9 +111,16 @@ class _Connection:
 
 # A client that closed the connection or broke the protocol is dropped by raising ConnectionAbortedError (an
 # OSError, caught with the socket's own): this file runs alone in the sandbox, with no cdisk module to import.
-def _recv(conn: net.socket, size: int) -> bytes:
+def _recv(conn: net.socket, size: int, deadline: float | None = None) -> bytes:
+    """`size` bytes; with a `deadline` (time.monotonic()), all of them by then (a client sending a byte at a
+    time cannot hold its slot by keeping each wait short)."""
     data = bytearray()
     while len(data) < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionAbortedError
+            conn.settimeout(left)
         chunk = conn.recv(min(size - len(data), 1 << 16))
         if not chunk:
             raise ConnectionAbortedError
@@ -118,21 +128,31 @@ def _recv(conn: net.socket, size: int) -> bytes:
     return bytes(data)
 
 
+def _discard(conn: net.socket, size: int) -> None:
+    """Read `size` bytes and keep none (a refused write's payload: the client sends it anyway)."""
+    while size > 0:
+        chunk = conn.recv(min(size, 1 << 16))
+        if not chunk:
+            raise ConnectionAbortedError
+        size -= len(chunk)
+
+
 def _reply(conn: net.socket, option: int, kind: int, data: bytes = b"") -> None:
     conn.sendall(struct.pack(">QIII", _REPLY_MAGIC, option, kind, len(data)) + data)
 
 
-def _handshake(conn: net.socket, exports: dict[bytes, Export], state: _Connection) -> Export | None:
-    """The option haggling; the export the client chose (None: it left, as ABORT says)."""
+def _handshake(conn: net.socket, exports: dict[bytes, Export], state: _Connection,
+               deadline: float) -> Export | None:
+    """The option haggling, over by `deadline`; the export the client chose (None: it left, as ABORT says)."""
     conn.sendall(_GREETING + struct.pack(">H", _HANDSHAKE_FLAGS))
-    (client_flags,) = struct.unpack(">I", _recv(conn, 4))
+    (client_flags,) = struct.unpack(">I", _recv(conn, 4, deadline))
     if client_flags & ~3:
         raise ConnectionAbortedError
     while True:
-        magic, option, length = struct.unpack(">8sII", _recv(conn, 16))
+        magic, option, length = struct.unpack(">8sII", _recv(conn, 16, deadline))
         if magic != _OPT_MAGIC or length > _MAX_OPTION:
             raise ConnectionAbortedError
-        data = _recv(conn, length)
+        data = _recv(conn, length, deadline)
         if option == _OPT_EXPORT_NAME:
             export = exports.get(data)
             if export is None:
@@ -302,7 +322,7 @@ def _transmit(conn: net.socket, export: Export, state: _Connection) -> None:
         if kind == _CMD_WRITE:
             if length > MAX_REQUEST:
                 raise ConnectionAbortedError
-            _recv(conn, length)  # its payload, to stay in step with the client
+            _discard(conn, length)  # its payload, to stay in step with the client
             conn.sendall(struct.pack(">IIQ", _SIMPLE_REPLY_MAGIC, _EPERM, handle))
             continue
         if kind == _CMD_BLOCK_STATUS and state.allocation and length > 0 and offset + length <= export.size:
@@ -314,37 +334,25 @@ def _transmit(conn: net.socket, export: Export, state: _Connection) -> None:
         _read(conn, export, state, handle, offset, length)
 
 
-def _client(conn: net.socket, exports: dict[bytes, Export]) -> None:
+def _client(conn: net.socket, exports: dict[bytes, Export], slots: threading.BoundedSemaphore) -> None:
     try:
         with conn:
             conn.setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, _SEND_BUFFER)
-            conn.settimeout(_HANDSHAKE_SECONDS)
             state = _Connection()
-            export = _handshake(conn, exports, state)
+            export = _handshake(conn, exports, state, time.monotonic() + _HANDSHAKE_SECONDS)
             if export is not None:
                 conn.settimeout(None)
                 _transmit(conn, export, state)
     except OSError:
         pass
-
-
-def _accepting(listener: net.socket, exports: dict[bytes, Export]) -> None:
-    """One client after another, until the listener is closed."""
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError as error:
-            if error.errno in (errno.EBADF, errno.EINVAL):
-                return  # the listener is closed
-            time.sleep(0.01)  # out of descriptors, or a client gone before it was accepted: again
-            continue
-        _client(conn, exports)
+    finally:
+        slots.release()
 
 
 def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn: bool = False) -> None:
-    """Serve clients on `listener` until it is closed, at most `clients` at once: as many threads, each taking
-    the next client when its own has left (the others wait to be accepted, as with qemu's max-connections; no
-    thread is started per client, so clients that come and go at once cannot outrun the server). With
+    """Serve clients on `listener` until it is closed, at most `clients` at once: a thread per client, started
+    once a slot is free (the others wait to be accepted, as with qemu's max-connections, so clients that come
+    and go at once cannot outrun the server, and an idle server of many allowed clients holds no thread). With
     `multi_conn`, each export tells a client it may read over several connections."""
     flags = _READ_ONLY_FLAGS | (_MULTI_CONN if multi_conn else 0)
     by_name = {export.name: dataclasses.replace(export, flags=flags) for export in exports}
@@ -352,11 +360,22 @@ def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn:
     # (SO_PEERCRED, SO_PEERPIDFD) then name this server, which is how `serve --stop` finds it.
     listener.listen(_BACKLOG)
     threading.stack_size(_STACK)
-    threads = [threading.Thread(target=_accepting, args=(listener, by_name), daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    slots = threading.BoundedSemaphore(clients)
+    while True:
+        slots.acquire()
+        try:
+            conn, _ = listener.accept()
+        except OSError as error:
+            slots.release()
+            if error.errno in (errno.EBADF, errno.EINVAL):
+                return  # the listener is closed
+            time.sleep(0.01)  # out of descriptors, or a client gone before it was accepted: again
+            continue
+        try:
+            threading.Thread(target=_client, args=(conn, by_name, slots), daemon=True).start()
+        except RuntimeError:  # no thread to be had (a limit on tasks): this client is turned away, not the next
+            conn.close()
+            slots.release()
 
 
 def main(argv: list[str]) -> None:

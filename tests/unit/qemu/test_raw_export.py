@@ -244,3 +244,87 @@ def test_meta_contexts_need_structured_replies_and_a_known_export(mapped: str) -
         go(conn, b"m")
         conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 3, 0, 4096))  # block status, no context chosen
         assert chunks(conn, 3) == [(1, (1 << 15) + 1, struct.pack(">IH", 22, 0))]
+
+
+def test_pieces_of_many_extents_are_found_as_a_scan_finds_them() -> None:
+    """A qcow2 maps to an extent per run of clusters: the pieces of any range, found by bisection, are the ones
+    a scan from the start finds (edges, one extent, several, the last)."""
+    extents = tuple((i * 4096, 4096, -1 if i % 3 == 0 else (i * 7919 % 1000) * 4096) for i in range(1000))
+    export = raw_export.Export(b"m", -1, 0, 1000 * 4096, extents)
+
+    def scanned(offset: int, length: int) -> list[tuple[int, int, int]]:
+        out = []
+        for start, size, where in extents:
+            first, last = max(start, offset), min(start + size, offset + length)
+            if first < last:
+                out.append((first, last - first, -1 if where < 0 else where + first - start))
+        return out
+
+    for offset, length in ((0, 1), (0, 4096), (4095, 2), (4096, 4096), (123456, 50000), (999 * 4096, 4096),
+                           (1000 * 4096 - 1, 1), (0, 1000 * 4096)):
+        assert export.pieces(offset, length) == scanned(offset, length)
+
+
+def test_a_client_trickling_its_handshake_is_dropped_at_the_deadline(monkeypatch: pytest.MonkeyPatch,
+                                                                     server: str) -> None:
+    """The handshake's bound is on the whole of it, not on each wait: a byte every little while must not keep a
+    client's slot (the limit of clients is two) beyond it."""
+    monkeypatch.setattr(raw_export, "_HANDSHAKE_SECONDS", 0.6)
+    with connect(server) as conn:
+        option_header = b"IHAVEOPT" + struct.pack(">II", 1, 1)
+        dropped = False
+        for byte in option_header:
+            try:
+                conn.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+            conn.settimeout(0.2)
+            try:
+                if conn.recv(1) == b"":
+                    dropped = True
+                    break
+            except TimeoutError:
+                pass
+        assert dropped, "a client sending a byte every 0.2 s kept its handshake going past the 0.6 s bound"
+
+
+def test_a_refused_writes_payload_is_not_held_in_memory(server: str) -> None:
+    """The largest write a client may send (32 MiB) is read and dropped piece by piece, not kept whole."""
+    import tracemalloc
+
+    with connect(server) as conn:
+        go(conn, b"d")
+        tracemalloc.start()
+        try:
+            conn.settimeout(30)
+            size = 32 << 20
+            conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 9, 0, size))
+            piece = bytes(1 << 20)
+            for _ in range(size >> 20):
+                conn.sendall(piece)
+            assert struct.unpack(">IIQ", recv(conn, 16)) == (0x67446698, 1, 9)  # EPERM
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"{peak} bytes held while a 32 MiB write was refused"
+        assert request(conn, 0, 0, 4) == (0, DATA[OFFSET:OFFSET + 4])
+
+
+def test_an_idle_server_of_many_allowed_clients_holds_no_thread_per_client(tmp_path: Path) -> None:
+    """`serve --shared 1000` over eight exports may allow thousands of clients: threads start as clients come."""
+    path = tmp_path / "disk"
+    path.write_bytes(DATA)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "many.sock"))
+    listener.listen(8)
+    before = threading.active_count()
+    export = raw_export.Export(b"d", os.open(path, os.O_RDONLY), 0, 512)
+    threading.Thread(target=raw_export.serve, args=(listener, [export], 5000), daemon=True).start()
+    try:
+        with connect(str(tmp_path / "many.sock")) as conn:
+            go(conn, b"d")
+            assert request(conn, 0, 0, 4) == (0, DATA[:4])
+            assert threading.active_count() <= before + 2  # the server's loop and this one client's thread
+    finally:
+        listener.close()
