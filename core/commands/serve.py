@@ -234,22 +234,11 @@ def _file_of(node: Any) -> tuple[str, int, int | None] | None:
 
 
 def _map(disk: OpenedDisk) -> list[dict[str, Any]] | None:
-    """`qemu-img map` of the disk, confined and bounded as every inspection; None where it fails."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (qemu_img.INSPECT_ADDRESS_SPACE, qemu_img.INSPECT_ADDRESS_SPACE))
-        resource.setrlimit(resource.RLIMIT_CPU, (qemu_img.INSPECT_CPU_SECONDS, qemu_img.INSPECT_CPU_SECONDS))
-
-    # qemu_img.py is the one module that runs qemu-img; a map() of its own there is what this wants (issue 24).
+    """The disk's extents as `qemu-img map` lists them; None where it cannot say (qemu-storage-daemon serves)."""
     try:
-        cmd, argv = qemu_img.confined("qemu-img", "qemu-utils", ["map", "--output=json", disk.spec], [disk.spec],
-                                      sandbox.View())
-        code, out, _ = processes.run(cmd, argv, timeout=qemu_img.INSPECT_WALL_SECONDS,
-                                     pass_fds=tuple(disk.source.pass_fds), preexec_fn=limit,
-                                     env={**os.environ, **qemu_img.ONE_ARENA})
-        entries = json.loads(out) if code == 0 else None
-    except (CdiskError, ValueError):
+        return qemu_img.map_extents(disk.spec, disk.source.pass_fds)
+    except CdiskError:
         return None
-    return entries if isinstance(entries, list) else None
 
 
 def _extents(entries: list[dict[str, Any]], base: int, size: int, end: int | None = None,

@@ -294,6 +294,26 @@ def measure(spec: str, out_format: str, pass_fds: Sequence[int] = (), options: S
 _MISMATCH = re.compile(r"Content mismatch at offset (\d+)")
 
 
+def map_extents(spec: str, pass_fds: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """`qemu-img map --output=json` of a disk under every limit of an inspection: its extents as qemu-img lists
+    them (start, length, data, zero, offset in the file where it has one).
+
+    Raises:
+        UnsafeImageError: a limit stopped it.
+        ToolError: it failed, or its output is not a list.
+    """
+    code, out, err, ran = _inspect("map", ["map", "--output=json", spec], spec, pass_fds)
+    if code != 0:
+        raise _failure("map", ran, code, err)
+    try:
+        entries = json.loads(out)
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list):
+        raise ToolError("qemu-img map's output is not a list of extents", ran, code, err)
+    return entries
+
+
 def compare(spec: str, other_spec: str, pass_fds: Sequence[int] = ()) -> int | None:
     """`qemu-img compare` of two specs: None when identical, else the first differing offset.
 

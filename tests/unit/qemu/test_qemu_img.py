@@ -92,3 +92,16 @@ def test_slice_spec_reads_a_member_of_a_real_tar(tmp_path: Path) -> None:
     container.write_bytes(b"\xee" * 1536 + data + b"\0" * (-len(data) % 512))
     info = qemu_img.info(image_spec("qcow2", slice_node(str(container), 1536, len(data))))
     assert (info.format, info.virtual_size, info.backing) == ("qcow2", 3 << 20, None)
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_map_lists_where_each_cluster_lies_and_refuses_what_is_not_a_list(tmp_path: Path) -> None:
+    disk = tmp_path / "d.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", disk, "1M")
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 64k 64k", disk)
+    entries = qemu_img.map_extents(image_spec("qcow2", file_node(str(disk))))
+    assert [(e["start"], e["length"], e["data"]) for e in entries] == [
+        (0, 64 << 10, False), (64 << 10, 64 << 10, True), (128 << 10, 896 << 10, False)]
+    assert "offset" in entries[1]
+    with pytest.raises(ToolError, match="map failed"):
+        qemu_img.map_extents(image_spec("qcow2", file_node(str(tmp_path / "absent"))))
