@@ -134,13 +134,15 @@ class LayerDirsUnusable(CdiskError):
 class LimitExceeded(ToolError):
     """A child ran past its wall-clock deadline or printed more than its stdout bound; it was stopped.
 
-    `what` says which limit, e.g. "ran longer than 120 s".
+    `what` says which limit, e.g. "ran longer than 120 s". `finished`: where children ran together, the
+    (exit code, stdout, stderr tail) of those read to their end before this one, in order.
     """
 
     def __init__(self, what: str, argv: Sequence[str], stderr: str = "") -> None:
         name = argv[0].rsplit("/", 1)[-1] if argv else "a child process"
         super().__init__(f"{name} {what} and was stopped", argv, None, stderr)
         self.what = what
+        self.finished: list[tuple[int, str, str]] = []
 
 
 class UserNamespaceUnavailable(ToolError):

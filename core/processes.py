@@ -204,14 +204,16 @@ def running(cmd: Any, argv: Sequence[str], group: bool = False, **popen: Any) ->
                 stream.close()
 
 
-def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], timeout: float | None = None) -> bytes:
+def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], timeout: float | None = None,
+          bound: float | None = None) -> bytes:
     """Read the child's stdout and stderr until both close, and return the tail of its stderr.
 
     stdout goes to `on_stdout` chunk by chunk; of stderr only the last `STDERR_TAIL` bytes are kept.
     Both pipes are read together, so a child that fills one while we wait on the other cannot stall.
 
     Raises:
-        LimitExceeded: `timeout` seconds passed; the child is then killed.
+        LimitExceeded: `timeout` seconds passed; the child is then killed. The message names `bound` (the
+            limit the caller set, where `timeout` is what was left of it), else `timeout`.
     """
     assert proc.stdout is not None and proc.stderr is not None
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -223,7 +225,7 @@ def drain(proc: subprocess.Popen[bytes], on_stdout: Callable[[bytes], None], tim
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 proc.kill()
-                raise LimitExceeded(f"ran longer than {timeout:g} s", argv_of(proc),
+                raise LimitExceeded(f"ran longer than {timeout if bound is None else bound:g} s", argv_of(proc),
                                     bytes(tail).decode(errors="replace"))
             for key, _ in selector.select(wait):
                 chunk = os.read(key.fd, _CHUNK)
@@ -301,10 +303,10 @@ def run_together(*runs: tuple[Any, Sequence[str], dict[str, Any]], timeout: floa
 
     Raises:
         LimitExceeded: a child ran past `timeout` seconds or printed more than `stdout_limit` bytes (its argv says
-            which).
+            which; `finished` holds the results of the children before it, for a caller that judges them first).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    results = []
+    results: list[tuple[int, str, str]] = []
     with ExitStack() as stack:
         procs = [stack.enter_context(running(cmd, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen))
                  for cmd, argv, popen in runs]
@@ -319,7 +321,11 @@ def run_together(*runs: tuple[Any, Sequence[str], dict[str, Any]], timeout: floa
 
             # A child that ended before the deadline is read to its end, even when the one before took the time.
             left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
-            err = drain(proc, collect, left)
+            try:
+                err = drain(proc, collect, left, timeout)
+            except LimitExceeded as error:
+                error.finished = results
+                raise
             results.append((proc.wait(), out.decode(errors="replace"), err.decode(errors="replace")))
     return results
 

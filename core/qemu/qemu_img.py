@@ -147,18 +147,20 @@ def _inspect(what: str, args: list[str], spec: str, pass_fds: Sequence[int]) -> 
 
     Returns its exit code, stdout, the tail of its stderr and the whole argv that ran.
     """
-    ((code, out, err, ran),) = _inspect_together([(what, args)], spec, pass_fds)
-    _refuse_if_stopped(what, code)
-    return code, out, err, ran
+    (ran,) = _inspect_together([(what, args)], spec, pass_fds)
+    return _judged(what, ran)
+
+
+_Ran = tuple[int, str, str, list[str]]
 
 
 def _inspect_together(asked: Sequence[tuple[str, list[str]]], spec: str, pass_fds: Sequence[int],
-                      ) -> list[tuple[int, str, str, list[str]]]:
-    """Inspecting qemu-imgs (`(what, args)` each) run at once, each in its sandbox under every limit; a run the wall
-    clock or the output bound stops is a refused image. A run a signal stopped is for the caller to refuse
-    (`_refuse_if_stopped`), in the order its answers are judged.
+                      ) -> list[_Ran | UnsafeImageError]:
+    """Inspecting qemu-imgs (`(what, args)` each) run at once, each in its sandbox under every limit.
 
-    Returns each one's exit code, stdout, the tail of its stderr and the whole argv that ran.
+    Returns each one's exit code, stdout, the tail of its stderr and the whole argv that ran; or, from the one
+    the wall clock or the output bound stopped on, the refusal (the ones before it stand, to be judged first:
+    `_judged`, in the order the caller judges its answers).
     """
     runs = []
     for _, args in asked:
@@ -168,11 +170,26 @@ def _inspect_together(asked: Sequence[tuple[str, list[str]]], spec: str, pass_fd
     try:
         results = processes.run_together(*runs, timeout=INSPECT_WALL_SECONDS)
     except LimitExceeded as error:
-        what = next((what for (what, _), (cmd, argv, _) in zip(asked, runs, strict=True)
-                     if error.argv == [str(cmd), *argv]), asked[0][0])
-        raise UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is hostile "
-                               "or damaged: rebuild or re-pull it") from None
-    return [(code, out, err, [str(cmd), *argv]) for (code, out, err), (cmd, argv, _) in zip(results, runs, strict=True)]
+        results = error.finished
+        what = asked[len(results)][0] if len(results) < len(asked) else asked[-1][0]
+        refusal = UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is "
+                                   "hostile or damaged: rebuild or re-pull it")
+        return [*_with_argv(results, runs[:len(results)]), *[refusal] * (len(asked) - len(results))]
+    return list(_with_argv(results, runs))
+
+
+def _with_argv(results: list[tuple[int, str, str]], runs: list[tuple[Any, list[str], dict[str, Any]]],
+               ) -> Iterator[_Ran]:
+    for (code, out, err), (cmd, argv, _) in zip(results, runs, strict=True):
+        yield code, out, err, [str(cmd), *argv]
+
+
+def _judged(what: str, ran: _Ran | UnsafeImageError) -> _Ran:
+    """A run's answer, or its refusal: a limit stopped it (`_inspect_together`, `_refuse_if_stopped`)."""
+    if isinstance(ran, UnsafeImageError):
+        raise ran
+    _refuse_if_stopped(what, ran[0])
+    return ran
 
 
 def _refuse_if_stopped(what: str, code: int) -> None:
@@ -235,12 +252,11 @@ def info_and_check(spec: str, pass_fds: Sequence[int] = (), judge: Callable[[Ima
     Raises:
         UnsafeImageError: as `info`, then as `judge`, then as `check`.
     """
-    (icode, iout, ierr, _), (ccode, cout, cerr, _) = _inspect_together(
-        [("info", [*_INFO, spec]), ("check", [*_CHECK, spec])], spec, pass_fds)
-    _refuse_if_stopped("info", icode)
+    info_ran, check_ran = _inspect_together([("info", [*_INFO, spec]), ("check", [*_CHECK, spec])], spec, pass_fds)
+    icode, iout, ierr, _ = _judged("info", info_ran)
     found = _info_of(icode, iout, ierr)
     judge(found)
-    _refuse_if_stopped("check", ccode)
+    ccode, cout, cerr, _ = _judged("check", check_ran)
     return found, _allocated_of(ccode, cout, cerr)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,31 @@ def test_map_lists_where_each_cluster_lies_and_refuses_what_is_not_a_list(tmp_pa
     assert "offset" in entries[1]
     with pytest.raises(ToolError, match="map failed"):
         qemu_img.map_extents(image_spec("qcow2", file_node(str(tmp_path / "absent"))))
+
+
+@pytest.mark.needs("qemu-img", "bwrap")
+def test_info_and_check_judge_infos_refusal_before_a_limit_that_stopped_check(tmp_path: Path) -> None:
+    """Run at once, judged as if one after the other: info's own refusal is the one told, though check (read
+    second) ran into its output bound meanwhile. (In a child of its own: the fakes are found on its PATH.)"""
+    import subprocess
+    import sys
+
+    from tests.tool_fakes import QemuImgFakes
+
+    disk = tmp_path / "d.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", disk, "1M")
+    run = ("from cdisk.core.qemu import qemu_img\n"
+           "from cdisk.core.errors import UnsafeImageError\n"
+           "try:\n"
+           f"    qemu_img.info_and_check(qemu_img.image_spec('qcow2', qemu_img.file_node({str(disk)!r})))\n"
+           "except UnsafeImageError as error:\n"
+           "    print(error)\n")
+    flood = "while True: os.write(1, b'y' * 65536)\n"
+    refusing = "sys.stderr.write('qemu-img: Image is not in qcow2 format\\n'); sys.exit(1)\n"
+    told = []
+    for name, hooks in (("both", {"info": refusing, "check": flood}), ("check", {"check": flood})):
+        fakes = QemuImgFakes(tmp_path / name, hooks)
+        told.append(subprocess.run([sys.executable, "-c", run], env={**os.environ, **fakes.env}, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert "cannot read the disk: qemu-img: Image is not in qcow2 format" in told[0]
+    assert "qemu-img check of the disk printed more than" in told[1]
