@@ -67,12 +67,24 @@ def _defer_unused_modules() -> None:
             sys.modules[name] = stand_in
 
 
+def _no_uname_child() -> None:
+    """plumbum reads `platform.uname()[0]` as it loads, and indexing uname's result (Python >= 3.9) fills its
+    `processor` field by running `uname -p`: a fork and exec of a child, 3-10 ms of every run, for a field nobody
+    here reads. The field is set first, as uname -p answers on most Linux hosts (the machine), so the child is not
+    run; the other fields stay the kernel's own (os.uname)."""
+    import os
+    import platform
+
+    platform.uname().__dict__.setdefault("processor", os.uname().machine)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: `argv` as sys.argv has it (the program first). Run as the process itself (no
     `argv`), the process ends here once the atexit handlers ran (`_exit`)."""
     signals.stop_on_signals()
     _probe_early(sys.argv if argv is None else argv)
     _defer_unused_modules()
+    _no_uname_child()
     from cdisk.cli.top import CDisk
     from cdisk.core.errors import UsageError
 

@@ -291,7 +291,27 @@ def run_case(name: str, fs: Path, rounds: int, socket: str, only: set[str],
     if fmt == "raw":
         commands["floor-sparse"] = ["qemu-img", "convert", "-W", "-f", fmt, "-O", "raw", str(disk), str(target)]
     commands = {k: v for k, v in commands.items() if k == "floor" or not only or k.split("@")[0] in only}
+    if "knobs" in only:
+        commands.update(knobs(commands["floor"], floor, target))
     return _interleaved(commands, rounds, target)
+
+
+def knobs(floor: list[str], source: Path, target: Path) -> dict[str, list[str]]:
+    """The floor with each qemu-img knob a host might turn (`--commands knobs`): more or fewer coroutines, the
+    target's cache through the kernel (writeback) instead of qemu-img's default (unsafe: no flushes), the
+    source's cache bypassed (O_DIRECT), and the floor inside the sandbox cdisk runs qemu-img in (what the
+    sandbox itself costs)."""
+    from cdisk.core.qemu import sandbox
+
+    def with_(*extra: str) -> list[str]:
+        return [*floor[:2], *extra, *floor[2:]]
+
+    program = shutil.which("qemu-img") or "qemu-img"
+    confined = sandbox.confine([program, *floor[1:]],
+                               sandbox.View(read_only=(str(source),), writable=(str(target.parent),)))
+    return {"floor-m4": with_("-m", "4"), "floor-m16": with_("-m", "16"), "floor-m32": with_("-m", "32"),
+            "floor-writeback": with_("-t", "writeback"), "floor-src-direct": with_("-T", "none"),
+            "floor-sandboxed": confined}
 
 
 COMPRESSED_CASES = {"raw-gzip": ("raw", "gzip"), "raw-zstd": ("raw", "zstd"),

@@ -87,3 +87,14 @@ def test_the_fast_exit_ends_with_an_idle_thread_pool_left_open() -> None:
               "app.main()\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.split()[0], done.stderr) == (0, "cdisk", "")
+
+
+def test_loading_plumbum_runs_no_uname_child() -> None:
+    """plumbum indexes platform.uname() as it loads, which would run `uname -p` (a fork and exec every run)."""
+    code = ("import subprocess, sys\nran = []\nreal = subprocess.Popen.__init__\n"
+            "def seen(self, args, *a, **k):\n    ran.append(args)\n    real(self, args, *a, **k)\n"
+            "subprocess.Popen.__init__ = seen\n"
+            "from cdisk.cli import app\napp._no_uname_child()\nimport plumbum.cli, platform, os\n"
+            "print(ran, platform.uname().system == os.uname().sysname, platform.processor() == os.uname().machine)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["[]", "True", "True"]
