@@ -47,7 +47,14 @@ dropped from the page cache before each run (posix_fadvise DONTNEED), so qemu-im
 Building (cases build-raw, build-qcow2; not run unless named in --cases): `cdisk build` of the raw (4 GiB, 1.4
 GiB data) or qcow2 disk into podman's store, against its floor `podman build --no-cache` of a Containerfile
 `FROM scratch` / `COPY --chown=107:107 disk /disk/`; beside them `cdisk build --output oci:` with a zstd and a
-gzip layer (what a push sends). Each image is removed after its round, untimed.
+gzip layer (what a push sends), and the compressors' yardsticks: `pigz -p N -6` and `zstd -T N -3` on every core,
+compressing the same layer tar (cdisk's own, uncompressed) to a file; `goals` gives cdisk's ratio to each in wall
+and in CPU time (user + system of the whole process tree). Each image is removed after its round, untimed.
+
+Knobs (`--commands knobs` with any of the first cases): the floor with `-m 2`/`-m 4`/`-m 16` coroutines (16 is
+qemu-img's most), a writeback target cache (`-t writeback`), an O_DIRECT source (`-T none`), and the floor inside
+the sandbox cdisk runs qemu-img in: which qemu-img setting would make the floor itself faster here, and what the
+sandbox costs.
 """
 
 from __future__ import annotations
@@ -154,6 +161,7 @@ class Sample:
     seconds: float
     self_mib: float  # peak RSS of the process started (cdisk's Python, or qemu-img for the floor)
     tree_mib: float  # peak RSS of the largest process in its tree (qemu-img, podman, …)
+    cpu_s: float = 0.0  # user + system time of the process and every child it waited for
 
 
 def _hwm(pid: int) -> int:
@@ -188,7 +196,7 @@ def timed(argv: list[str]) -> Sample:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return Sample(seconds, peak / 1024, usage.ru_maxrss / 1024)
+    return Sample(seconds, peak / 1024, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def naive(image: str, fmt: str, work: Path, out: Path) -> list[str]:
@@ -309,7 +317,7 @@ def knobs(floor: list[str], source: Path, target: Path) -> dict[str, list[str]]:
     program = shutil.which("qemu-img") or "qemu-img"
     confined = sandbox.confine([program, *floor[1:]],
                                sandbox.View(read_only=(str(source),), writable=(str(target.parent),)))
-    return {"floor-m4": with_("-m", "4"), "floor-m16": with_("-m", "16"), "floor-m32": with_("-m", "32"),
+    return {"floor-m4": with_("-m", "4"), "floor-m16": with_("-m", "16"), "floor-m2": with_("-m", "2"),
             "floor-writeback": with_("-t", "writeback"), "floor-src-direct": with_("-T", "none"),
             "floor-sandboxed": confined}
 
@@ -588,12 +596,28 @@ def run_build(name: str, fs: Path, rounds: int) -> dict[str, object]:
                            str(source), f"{tag}:oci"],
         "cdisk-oci-gzip": [CDISK, "build", "-q", "--output", f"oci:{layout}", str(source), f"{tag}:oci"],
     }
+    # The compressors' own yardsticks, on every core: pigz and zstd compressing the same layer tar (cdisk's own,
+    # uncompressed, made once untimed) at the levels cdisk uses (gzip 6, zstd 3), to a file.
+    plain = CACHE / "out" / f"{name}-plain"
+    if not (plain / "index.json").exists():
+        shutil.rmtree(plain, ignore_errors=True)
+        sh(CDISK, "build", "-q", "--layer-compression", "none", "--output", f"oci:{plain}", source, f"{tag}:plain")
+    layer = max((plain / "blobs" / "sha256").iterdir(), key=lambda blob: blob.stat().st_size)
+    squeezed = CACHE / "out" / f"{name}-layer.compressed"
+    cores = str(os.cpu_count() or 1)
+    commands["pigz"] = ["sh", "-c", 'pigz -p "$1" -6 < "$2" > "$3"', "pigz", cores, str(layer), str(squeezed)]
+    commands["zstd"] = ["sh", "-c", 'zstd -q -T"$1" -3 < "$2" > "$3"', "zstd", cores, str(layer), str(squeezed)]
 
     def clean() -> None:
         subprocess.run(["podman", "rmi", "-f", f"{tag}:podman", f"{tag}:cdisk"], capture_output=True)
         shutil.rmtree(layout, ignore_errors=True)
+        squeezed.unlink(missing_ok=True)
 
-    return _interleaved(commands, rounds, None, clean)
+    rows = _interleaved(commands, rounds, None, clean)
+    rows["goals"] = {f"{mine}/{peer}{what}": round(rows[mine][key] / rows[peer][key], 2)  # type: ignore[index]
+                     for mine, peer in (("cdisk-oci-gzip", "pigz"), ("cdisk-oci-zstd", "zstd"))
+                     for what, key in (("", "median_s"), (" cpu", "cpu_median_s"))}
+    return rows
 
 
 def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path | None,
@@ -622,6 +646,7 @@ def _interleaved(commands: dict[str, list[str]], rounds: int, target: Path | Non
         rows[key] = {"median_s": round(median, 3), "ratio": round(median / floor, 2),
                      "self_peak_mib": round(max(s.self_mib for s in got), 1),
                      "tree_peak_mib": round(max(s.tree_mib for s in got), 1),
+                     "cpu_median_s": round(statistics.median(s.cpu_s for s in got), 3),
                      "samples_s": [round(s.seconds, 3) for s in got]}
     return rows
 
