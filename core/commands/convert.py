@@ -297,7 +297,7 @@ def _write_into(disk: OpenedDisk, write: WriteRequest, planned: target.Target, r
     _check_room(disk, write, planned)  # a clone takes none: checked only now
     progress.stage("converting")
     options = qemu_img.ConvertOptions(write.out_format, write.compressed, existing_target=planned.is_block,
-                                      target_is_zero=write.target_is_zero)
+                                      target_is_zero=write.target_is_zero, compressed_source=disk.compressed)
     try:
         qemu_img.convert(disk.spec, output, options, progress, disk.source.pass_fds)
     except ToolError as error:

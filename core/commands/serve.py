@@ -323,7 +323,8 @@ def _ready(proc: subprocess.Popen[bytes], at: Endpoint, errors: processes.Stderr
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ToolError(f"{name} failed: {processes.last_line(errors.text(), proc.returncode)}",
+            raise ToolError(f"{name} failed to start: {processes.last_line(errors.text(), proc.returncode)}; run "
+                            "again with --debug for all it said, and `cdisk --version -v` for what this host lacks",
                             processes.argv_of(proc), proc.returncode, errors.text())
         if nbd.answers(at):
             return
@@ -396,7 +397,7 @@ def serving(image: ImageRequest, read: ReadRequest, progress: Progress, asked: S
                                d.virtual_size) for d in disks)
         if overlay is not None:  # last: nothing can fail after it but a signal
             _make_overlay(overlay, exports[0])
-        progress.stage(f"serving {', '.join(e.disk for e in exports)} on {public.where()}")
+        progress.stage(f"serving {', '.join(e.disk for e in exports)} on {public.where()} by {name}")
         first = disks[0]
         yield Server(Served(exports[0].uri, public.socket, None if tcp is None else tcp.where(), image.reference,
                             first.image.engine, first.image.id, exports, overlay, os.getpid()), proc, errors, name)

@@ -14,7 +14,8 @@ from cdisk.core.sources import DiskSource
 class InspectedDisk:
     """A disk that passed every check: its format as told by its bytes and (past raw) as qemu-img read it.
 
-    `allocation`: the clusters qemu-img check counted allocated, and their size (qcow2; None elsewhere).
+    `allocation`: the clusters qemu-img check counted allocated, and their size (qcow2; None elsewhere);
+    `compressed`: whether any cluster is compressed.
     """
 
     source: DiskSource
@@ -22,6 +23,7 @@ class InspectedDisk:
     virtual_size: int
     spec: str
     allocation: tuple[int, int] | None = None
+    compressed: bool = False
 
 
 def inspect_disk(source: DiskSource) -> InspectedDisk:
@@ -39,8 +41,8 @@ def inspect_disk(source: DiskSource) -> InspectedDisk:
                                    f"cdisk refuses it: {formats.REFUSE_HINT}")
 
     # One run's time, not two: check needs nothing of info's answer, and reads only what info reads.
-    info, allocated = qemu_img.info_and_check(spec, source.pass_fds, no_other_file)
+    info, clusters = qemu_img.info_and_check(spec, source.pass_fds, no_other_file)
     allocation = None
-    if allocated is not None and info.cluster_size:
-        allocation = allocated, info.cluster_size
-    return InspectedDisk(source, fmt, info.virtual_size, spec, allocation)
+    if clusters.allocated is not None and info.cluster_size:
+        allocation = clusters.allocated, info.cluster_size
+    return InspectedDisk(source, fmt, info.virtual_size, spec, allocation, clusters.compressed)

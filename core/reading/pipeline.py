@@ -51,6 +51,7 @@ class OpenedDisk:
     virtual_size: int
     spec: str
     allocation: tuple[int, int] | None = None
+    compressed: bool = False  # some cluster is compressed (a qcow2's)
     # Waits until the image's layers from outside are checked against their digests (`ImageView.vouch`): a
     # command calls it before it publishes anything of the disk.
     vouch: Callable[[], None] = lambda: None
@@ -125,7 +126,7 @@ def _open(engine: Engine, image: Image, reading: Reading, read: ReadRequest, tar
         for path, source in sources:
             judged = _naming_disk(path, every, inspect_disk, source)
             opened.append(OpenedDisk(image, reading, source, judged.format, judged.virtual_size, judged.spec,
-                                     judged.allocation, view.vouch))
+                                     judged.allocation, judged.compressed, view.vouch))
         return stack.pop_all(), opened
 
 

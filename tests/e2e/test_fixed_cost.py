@@ -4,6 +4,7 @@ writes the same disk; where the files cannot answer, podman is asked as before."
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -87,3 +88,19 @@ def test_info_and_check_run_at_once_and_judge_as_before(images: Images, tmp_path
     assert fakes.subcommands()[2:] == ["convert"] and sorted(fakes.subcommands()[:2]) == ["check", "info"]
     assert same_disk(disk, "qcow2", tmp_path / "out.raw", "raw")
     assert json.loads(result.out)["virtual_size"] == 8 << 20
+
+
+def test_a_compressed_disk_is_converted_with_the_most_requests_in_flight(images: Images, tmp_path: Path) -> None:
+    """qemu-img convert -m 16 where the disk has compressed clusters (CPU-bound: more requests keep the writes
+    going); the default elsewhere."""
+    plain = images.disk()
+    compressed = tmp_path / "compressed.qcow2"
+    sh("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", plain, compressed)
+    seen = tmp_path / "convert-args"
+    fakes = QemuImgFakes(tmp_path / "fakes", {"convert": f"open({str(seen)!r}, 'a').write(repr(args) + '\\n')\n"})
+    for disk in (compressed, plain):
+        converted(images.build({"disk.qcow2": disk}), tmp_path / f"{disk.stem}.raw", env=fakes.env)
+        assert same_disk(disk, "qcow2", tmp_path / f"{disk.stem}.raw", "raw")
+    runs = [ast.literal_eval(line) for line in seen.read_text().splitlines()]
+    assert runs[0][runs[0].index("-m"):runs[0].index("-m") + 2] == ["-m", "16"]
+    assert "-m" not in runs[1]

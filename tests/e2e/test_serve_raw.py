@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +188,18 @@ def test_a_refused_raw_disk_is_refused_as_by_convert(images: Images, tmp_path: P
     refused = cdisk("serve", "-q", name)
     converted = cdisk("convert", "-q", name, tmp_path / "out.raw")
     assert refused.code == converted.code != 0 and refused.err == converted.err
+
+
+def test_verbose_says_which_server_serves(images: Images, tmp_path: Path) -> None:
+    raw = images.build({"disk.raw": images.disk("disk.raw", "raw", "8M")})
+    compressed = tmp_path / "compressed.qcow2"
+    sh("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", images.disk(), compressed)
+    for name, server in ((raw, "cdisk's raw NBD server"), (images.build({"disk.qcow2": compressed}),
+                                                          "qemu-storage-daemon")):
+        proc = subprocess.Popen([sys.executable, "-m", "cdisk", "serve", "-v", "--json", name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]
+        assert f" by {server}" in err, err

@@ -201,8 +201,8 @@ def build(request: BuildRequest, progress: Progress) -> BuildResult:
             converted = os.path.join(work, f"disk.{wanted}")
             os.close(os.open(converted, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # the sandbox binds a file
             progress.stage(f"converting {judged.format} to {wanted}{' (compressed)' if request.compress else ''}")
-            qemu_img.convert(judged.spec, converted, qemu_img.ConvertOptions(wanted, request.compress), progress,
-                             source.pass_fds)
+            options = qemu_img.ConvertOptions(wanted, request.compress, compressed_source=judged.compressed)
+            qemu_img.convert(judged.spec, converted, options, progress, source.pass_fds)
             made = stack.enter_context(_opened(converted))
             disk_fd, size, fmt = made.fd, made.size, wanted
         progress.stage(f"writing the layer ({compression})")

@@ -34,3 +34,24 @@ def test_a_qcow2_in_a_slice_is_mapped_only_within_the_slice() -> None:
     assert _extents(inside, 1536, 65536, 1536 + 196608) == [(0, 65536, 1536 + 131072)]
     assert _extents(past, 1536, 65536, 1536 + 196608) is None
     assert _file_of({"driver": "file", "filename": "/dev/fd/5"}) == ("/dev/fd/5", 0, None)
+
+
+def test_a_server_that_ends_before_it_answers_is_told_with_its_last_word_and_the_way_on(tmp_path: object) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from cdisk.core import processes
+    from cdisk.core.commands.serve import RAW_SERVER, _ready
+    from cdisk.core.errors import ToolError
+    from cdisk.core.qemu.nbd import Endpoint
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no such file: /usr/lib/python3')"],
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    errors = processes.StderrTail(proc.stderr)
+    with pytest.raises(ToolError) as told:
+        _ready(proc, Endpoint(socket=f"{tmp_path}/nobody.sock"), errors, RAW_SERVER)
+    assert told.value.message == (f"{RAW_SERVER} failed to start: no such file: /usr/lib/python3; run again with "
+                                  "--debug for all it said, and `cdisk --version -v` for what this host lacks")

@@ -51,6 +51,9 @@ def test_convert_argv() -> None:
         "convert", "-p", "-O", "qcow2", "-o", "compat=1.1", "-c", "json:{}", "/t"]
     assert convert_argv("json:{}", "/dev/x", ConvertOptions("raw", existing_target=True, target_is_zero=True)) == [
         "convert", "-p", "-O", "raw", "-W", "-n", "--target-is-zero", "json:{}", "/dev/x"]
+    # A compressed source's conversion is CPU-bound: qemu-img's most requests in flight.
+    assert convert_argv("json:{}", "/t", ConvertOptions("raw", compressed_source=True)) == [
+        "convert", "-p", "-O", "raw", "-W", "-m", "16", "json:{}", "/t"]
 
 
 @pytest.mark.parametrize(("fmt", "compressed", "expected"), [
@@ -134,3 +137,18 @@ def test_info_and_check_judge_infos_refusal_before_a_limit_that_stopped_check(tm
                                    capture_output=True, text=True).stdout)
     assert "cannot read the disk: qemu-img: Image is not in qcow2 format" in told[0]
     assert "qemu-img check of the disk printed more than" in told[1]
+
+
+@pytest.mark.needs("qemu-img", "qemu-io", "bwrap")
+def test_check_tells_a_compressed_qcow2_from_a_plain_one(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", plain, "4M")
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", plain)
+    compressed = tmp_path / "compressed.qcow2"
+    sh("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", plain, compressed)
+    _, counted = qemu_img.info_and_check(image_spec("qcow2", file_node(str(plain))))
+    assert counted == qemu_img.Clusters(allocated=16, compressed=False)
+    assert qemu_img.check(image_spec("qcow2", file_node(str(compressed)))).compressed
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(bytes(4096))
+    assert qemu_img.check(image_spec("raw", file_node(str(raw)))) == qemu_img.Clusters()
