@@ -156,32 +156,33 @@ def test_abort_is_acknowledged(server: str) -> None:
         assert conn.recv(1) == b""
 
 
-def test_multi_conn_is_offered_only_when_asked(tmp_path: Path) -> None:
-    """One client at a time: no multi-conn, or a client's second connection would wait to be accepted for ever."""
+def one_export(tmp_path: Path, clients: int, name: bytes = b"d", size: int = 512,
+               extents: tuple[tuple[int, int, int], ...] = ()) -> tuple[socket.socket, str]:
+    """A server of one export of DATA (`size` bytes from its start, or `extents` of it) to at most `clients` at
+    once: its listener (the test closes it) and its socket's path."""
     path = tmp_path / "disk"
     path.write_bytes(DATA)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "one.sock"))
     listener.listen(8)
-    export = raw_export.Export(b"d", os.open(path, os.O_RDONLY), 0, 512)
-    threading.Thread(target=raw_export.serve, args=(listener, [export], 1), daemon=True).start()
-    with connect(str(tmp_path / "one.sock")) as conn:
+    export = raw_export.Export(name, os.open(path, os.O_RDONLY), 0, size, extents)
+    threading.Thread(target=raw_export.serve, args=(listener, [export], clients), daemon=True).start()
+    return listener, str(tmp_path / "one.sock")
+
+
+def test_multi_conn_is_offered_only_when_asked(tmp_path: Path) -> None:
+    """One client at a time: no multi-conn, or a client's second connection would wait to be accepted for ever."""
+    listener, path = one_export(tmp_path, 1)
+    with listener, connect(path) as conn:
         assert go(conn, b"d")[0] == (3, struct.pack(">HQH", 0, 512, 1 | 2))
 
 
 @pytest.fixture
 def mapped(tmp_path: Path) -> Iterator[str]:
     """An export mapped as a qcow2 is: 4 KiB of data at file offset 1024, 8 KiB of zeros, 4 KiB at offset 0."""
-    path = tmp_path / "disk"
-    path.write_bytes(DATA)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / "map.sock"))
-    listener.listen(8)
-    extents = ((0, 4096, 1024), (4096, 8192, -1), (12288, 4096, 0))
-    export = raw_export.Export(b"m", os.open(path, os.O_RDONLY), 0, 16384, extents)
-    threading.Thread(target=raw_export.serve, args=(listener, [export], 2), daemon=True).start()
-    yield str(tmp_path / "map.sock")
-    listener.close()
+    listener, path = one_export(tmp_path, 2, b"m", 16384, ((0, 4096, 1024), (4096, 8192, -1), (12288, 4096, 0)))
+    with listener:
+        yield path
 
 
 def meta_context(conn: socket.socket, opt: int, *queries: bytes) -> list[tuple[int, bytes]]:
@@ -313,18 +314,9 @@ def test_a_refused_writes_payload_is_not_held_in_memory(server: str) -> None:
 
 def test_an_idle_server_of_many_allowed_clients_holds_no_thread_per_client(tmp_path: Path) -> None:
     """`serve --shared 1000` over eight exports may allow thousands of clients: threads start as clients come."""
-    path = tmp_path / "disk"
-    path.write_bytes(DATA)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / "many.sock"))
-    listener.listen(8)
     before = threading.active_count()
-    export = raw_export.Export(b"d", os.open(path, os.O_RDONLY), 0, 512)
-    threading.Thread(target=raw_export.serve, args=(listener, [export], 5000), daemon=True).start()
-    try:
-        with connect(str(tmp_path / "many.sock")) as conn:
-            go(conn, b"d")
-            assert request(conn, 0, 0, 4) == (0, DATA[:4])
-            assert threading.active_count() <= before + 2  # the server's loop and this one client's thread
-    finally:
-        listener.close()
+    listener, path = one_export(tmp_path, 5000)
+    with listener, connect(path) as conn:
+        go(conn, b"d")
+        assert request(conn, 0, 0, 4) == (0, DATA[:4])
+        assert threading.active_count() <= before + 2  # the server's loop and this one client's thread
