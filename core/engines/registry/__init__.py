@@ -1,0 +1,86 @@
+"""A registry asked for a tag's digest with one HEAD, as the engine in use would ask it (its mirrors, insecure
+registries and credentials), so that an unchanged image costs the registry no pull.
+
+`head_digest()` is the one entry point. `reference` splits a reference; `config` finds the endpoints (podman's
+registries.conf, docker's daemon settings); `auth` the credentials; `head` does the HTTP exchange. Only the
+standard library: `http.client`, `ssl` and `tomllib` are imported when a registry is first asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cdisk.core.engines.registry.reference import parse_reference, qualified
+
+if TYPE_CHECKING:
+    from cdisk.core.engines.registry.auth import Credentials
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the registry said: `digest` ("" when no endpoint gave one, `why` then says why in one line with no
+    secret in it) and `endpoint`, the host[:port] that answered (a mirror or the registry itself; "" when the
+    reference carried its digest and nothing was asked)."""
+
+    digest: str
+    endpoint: str
+    why: str
+
+
+def head_digest(reference: str, engine: str, tls_verify: bool | None = None) -> Answer:
+    """The digest `reference`'s tag points at now, asked of the endpoints `engine` ("podman" or "docker")
+    would pull from, in its order; the first digest wins. `tls_verify`: None, as the engine's configuration
+    says; False, unverified TLS and plain http allowed; True, verified TLS everywhere.
+
+    A reference with `@digest` is that digest, nothing asked. Never raises for what a registry, a
+    configuration or the network does: `Answer.why` says it.
+
+    Raises:
+        ValueError: `engine` is neither podman nor docker.
+    """
+    from cdisk.core.engines.registry import auth, config, head
+
+    if engine not in ("podman", "docker"):
+        raise ValueError(f"engine {engine!r}: podman or docker")
+    try:
+        ref = parse_reference(reference)
+    except ValueError as error:
+        return Answer("", "", str(error))
+    if ref.digest:
+        return Answer(ref.digest, "", "")
+    if engine == "podman" and not qualified(reference):
+        return Answer("", "", f"{reference} names no registry; podman would resolve it as a short name")
+    plan = config.podman_plan(ref, tls_verify) if engine == "podman" else config.docker_plan(ref, tls_verify)
+    if not plan.endpoints:
+        return Answer("", "", plan.why)
+    deadline = time.monotonic() + head.TOTAL
+    failed: list[tuple[str, str]] = []
+    for endpoint in plan.endpoints:
+        if engine == "podman":
+            def credentials(e: config.Endpoint = endpoint) -> auth.Credentials | None:
+                return auth.podman_credentials(e.registry, e.name, plan.helpers)
+        else:
+            def credentials(e: config.Endpoint = endpoint) -> auth.Credentials | None:
+                return auth.docker_credentials(ref.registry)
+        digest, why = head.endpoint_digest(endpoint, ref.tag, _once(credentials), deadline)
+        if digest:
+            return Answer(digest, endpoint.host, "")
+        failed.append((endpoint.host, why))
+    primary_host, primary_why = failed[-1]
+    mirrors = "; ".join(f"{host}: {why}" for host, why in failed[:-1])
+    return Answer("", "", f"{primary_host}: {primary_why}" + (f" (mirrors also failed: {mirrors})" if mirrors else ""))
+
+
+def _once(find: Callable[[], Credentials | None]) -> Callable[[], Credentials | None]:
+    """`find` asked at most once: a credential helper runs once per endpoint, and only if a registry asks."""
+    found: list[Credentials | None] = []
+
+    def cached() -> Credentials | None:
+        if not found:
+            found.append(find())
+        return found[0]
+
+    return cached
