@@ -256,7 +256,7 @@ def _extents(entries: list[dict[str, Any]], base: int, size: int, end: int | Non
             where = -1
         elif entry.get("data") and "offset" in entry:
             where = base + int(entry["offset"])
-            if end is not None and where + length > end:
+            if where < base or (end is not None and where + length > end):
                 return None
         else:
             return None
@@ -282,7 +282,7 @@ def served_by_file(disks: Sequence[OpenedDisk]) -> list[dict[str, Any]] | None:
         if fmt == "raw":
             where = _file_of({"driver": "raw", **node})
             extents: list[tuple[int, int, int]] | None = []
-        elif fmt == "qcow2" and set(node) == {"file"}:
+        elif fmt == "qcow2" and set(node) == {"file"} and not disk.compressed:  # a compressed cluster: decoded
             where = _file_of(node["file"])
             entries = _map(disk) if where is not None else None
             extents = None if entries is None or where is None else _extents(entries, where[1], disk.virtual_size,

@@ -392,9 +392,12 @@ def convert_argv(spec: str, target: str, options: ConvertOptions) -> list[str]:
       qcow2), 0.98x in a second A/B; reading alone, equal. For other sources within noise (0.84x to 1.21x): not
       used (each coroutine holds a 2 MiB buffer).
     - `-C` (copy offload): 1.1× to 5× slower here: not used.
-    - `-T none` (O_DIRECT source): 1.3× to 4× slower on a warm cache: not used.
-    - target cache: qemu-img's default (unsafe: no flushes) is 1.5× to 3× faster than writeback;
-      durability is bought once at the end instead (target.writing syncs for refresh).
+    - `-T none` (O_DIRECT source): 1.3× to 4× slower on a warm cache (the knobs run: 1.07× to 4.95×): not used.
+    - target cache: qemu-img's default (unsafe: no flushes) is 1.5× to 3× faster than writeback (the knobs run:
+      writeback 1.08× to 2.4× the default's time); durability is bought once at the end instead (target.writing
+      syncs for refresh).
+    - the sandbox (bwrap) costs ~5 ms a run: within the noise of a conversion (the knobs run: 0.93× to 1.16× the
+      bare floor's time).
     - `--target-is-zero` with `-n`: only when the operator says a block device reads as zeros
       (a fresh thin LV); qemu-img then skips writing the disk's unallocated areas.
     - `-o`: the options a VM host expects of the format (`output_formats.FORMATS`); none with `-n`, where

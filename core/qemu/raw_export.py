@@ -27,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _GREETING = b"NBDMAGIC" + b"IHAVEOPT"
@@ -59,6 +60,9 @@ _EPERM, _EINVAL = 1, 22
 MAX_REQUEST = 32 << 20
 # An option's data is an export name and a few info requests: anything longer is not a client of this server.
 _MAX_OPTION = 4096 + 8
+# The most runs one block status reply describes (qemu's server sends at most as many as fit its buffers; its client
+# asks for one at a time): a request over a fragmented disk's whole map costs no more.
+_MAX_DESCRIPTORS = 1024
 # A client that has not finished the handshake by then is dropped, as by qemu's server (its slot freed).
 _HANDSHAKE_SECONDS = 10.0
 # Clients waiting to be accepted (the kernel caps it at net.core.somaxconn).
@@ -83,22 +87,24 @@ class Export:
     extents: tuple[tuple[int, int, int], ...] = ()
     flags: int = _READ_ONLY_FLAGS
 
-    def pieces(self, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """The extents of [offset, offset + length), cut to it: (start, length, file offset or -1). Found by
-        bisection: a qcow2 of many clusters maps to as many extents, and a request must not cost a scan."""
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """The extents of [offset, offset + length), cut to it, in order: (start, length, file offset or -1). The
+        first found by bisection, the rest walked one by one as the caller takes them: a qcow2 of many clusters
+        maps to as many extents, and no request may cost a walk of the whole map."""
         if not self.extents:
-            return [(offset, length, self.offset + offset)]
-        out = []
+            yield offset, length, self.offset + offset
+            return
         end = offset + length
         index = max(bisect.bisect_right(self.extents, (offset, 1 << 64, 1 << 64)) - 1, 0)
-        for start, size, where in self.extents[index:]:
+        while index < len(self.extents):
+            start, size, where = self.extents[index]
+            index += 1
             if start >= end:
-                break
+                return
             if start + size <= offset:
                 continue
             first, last = max(start, offset), min(start + size, end)
-            out.append((first, last - first, -1 if where < 0 else where + first - start))
-        return out
+            yield first, last - first, -1 if where < 0 else where + first - start
 
 
 @dataclass
@@ -297,16 +303,19 @@ def _read(conn: net.socket, export: Export, state: _Connection, handle: int, off
 
 
 def _block_status(conn: net.socket, export: Export, handle: int, flags: int, offset: int, length: int) -> None:
-    """base:allocation of [offset, offset + length): data, or a hole that reads as zeros."""
+    """base:allocation of [offset, offset + length): data, or a hole that reads as zeros. At most
+    `_MAX_DESCRIPTORS` runs (one with NBD_CMD_FLAG_REQ_ONE, as qemu's client asks): the protocol lets a reply cover
+    less than was asked, and the client asks again from where it ends."""
+    limit = 1 if flags & _REQ_ONE else _MAX_DESCRIPTORS
     described: list[list[int]] = []
     for _, size, where in export.pieces(offset, length):
         state = _STATE_HOLE_ZERO if where < 0 else 0
         if described and described[-1][1] == state:
             described[-1][0] += size
+        elif len(described) == limit:
+            break
         else:
             described.append([size, state])
-    if flags & _REQ_ONE:
-        described = described[:1]
     payload = struct.pack(">I", _CONTEXT_ID) + b"".join(struct.pack(">II", size, state) for size, state in described)
     _chunk(conn, _CHUNK_DONE, _CHUNK_BLOCK_STATUS, handle, payload)
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -199,7 +200,10 @@ def test_verbose_says_which_server_serves(images: Images, tmp_path: Path) -> Non
         proc = subprocess.Popen([sys.executable, "-m", "cdisk", "serve", "-v", "--json", name],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
+        hung = threading.Timer(60, proc.kill)  # a serve that never answers fails the test, not the suite
+        hung.start()
         assert proc.stdout.readline()
+        hung.cancel()
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=30)[1]
         assert f" by {server}" in err, err
