@@ -9,6 +9,7 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: an exception no class here describes
 EXIT_DIFFERENT = 8  # verify: TARGET differs from the image's disk, or (no TARGET) the image from what it says
+EXIT_NOT_CHECKED = 10  # refresh: no registry answered whether the tag moved; TARGET stands, from the local image
 
 
 class CdiskError(Exception):

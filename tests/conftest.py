@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Generator, Iterator
@@ -38,16 +36,17 @@ from tests.helpers import (
     skip_reason,
     tagged_processes,
     tools_required,
-    wait_for,
 )
 from tests.images import sh
 from tests.private_dockerd import private_dockerd
+from tests.registries import Registry
 
 # What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
 FIXTURE_TOOLS = {
     "images": ("podman", "qemu-img", "qemu-io", "bwrap"),
     "method": ("podman", "qemu-img", "bwrap"),
     "registry": ("podman", "docker-registry"),
+    "logged_registry": ("podman", "docker-registry"),
     "dockerd": ("docker", "dockerd"),
 }
 
@@ -175,41 +174,24 @@ def no_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PATH": path_without(("podman", "docker"), tmp_path_factory.mktemp("no-engines") / "bin")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1 with temp storage; stopped afterwards."""
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
     # Started by whichever test first needs it, it serves the whole session: it must not carry that test's
     # tag or TMPDIR (removed after the test), so it is not taken for that test's leftover.
     env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR")}
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
+    started = Registry(tmp_path_factory.mktemp("registry"), env)
+    yield started.address
+    started.stop()
 
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(up)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+@pytest.fixture
+def logged_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A docker-registry of this test's own, its access log read by the test (what it was asked); stopped at its
+    end (the test may stop it earlier: a registry that no longer answers)."""
+    started = Registry(tmp_path / "registry", dict(os.environ))
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")
@@ -247,6 +229,19 @@ def docker_host(dockerd: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def remote(images: Images, registry: str) -> Iterator[Remote]:
     made = Remote(images, registry)
     yield made
+    _forget(images, made)
+
+
+@pytest.fixture
+def logged_remote(images: Images, logged_registry: Registry) -> Iterator[Remote]:
+    """A repository in this test's own registry (`logged_registry`: its log says what it was asked)."""
+    made = Remote(images, logged_registry.address)
+    yield made
+    _forget(images, made)
+
+
+def _forget(images: Images, made: Remote) -> None:
+    """Every image of the remote's repository removed from the stores that may hold it."""
     repository = made.ref.rpartition(":")[0]
     for engine in dict.fromkeys((images.engine, "podman")):  # whatever pulled it
         sh(engine, "rmi", "-f", made.ref, check=False)

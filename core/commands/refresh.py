@@ -21,11 +21,12 @@ from typing import Any
 from cdisk.core import target
 from cdisk.core.commands.convert import write_disk
 from cdisk.core.engines import choice
-from cdisk.core.engines.seam import Image
+from cdisk.core.engines.common import has_registry, looks_like_id
+from cdisk.core.engines.seam import FILE_TRANSPORTS, Image
 from cdisk.core.errors import BusyError, TargetError
 from cdisk.core.progress import Progress
 from cdisk.core.qemu.output_formats import suffix_mismatch
-from cdisk.core.request import ImageRequest, ReadRequest, WriteRequest, check_write
+from cdisk.core.request import ImageRequest, Pull, ReadRequest, WriteRequest, check_write
 
 RECORD_SUFFIX = ".cdisk.json"
 LOCK_SUFFIX = ".cdisk.lock"
@@ -55,6 +56,9 @@ class Record:
     disktype: str = ""
     # What kind of source it came from (podman, docker, oci, oci-archive, docker-archive).
     source: str = ""
+    # The digest the registry gave for IMAGE's tag (one HEAD request) before the image was taken: while the tag
+    # stays there, the next refresh pulls nothing. Records of earlier versions have none: they pull once.
+    tag_digest: str = ""
 
 
 # A Record field's JSON type by its annotation (a string: the module postpones annotations).
@@ -64,7 +68,9 @@ _JSON_KINDS = {str: "a string", bool: "true or false", int: "a whole number"}
 
 @dataclass(frozen=True)
 class RefreshResult:
-    """The outcome; the fields of `--json`. `action` is `updated` or `unchanged`."""
+    """The outcome; the fields of `--json`. `action` is `updated` or `unchanged`; `checked` false where the
+    registry could not be asked whether the tag moved (the local image served: exit `EXIT_NOT_CHECKED`);
+    `tag_digest` what the registry said the tag is; `written` the bytes the new TARGET holds (0 unchanged)."""
 
     action: str
     image: str
@@ -78,6 +84,9 @@ class RefreshResult:
     method: str | None
     kept: list[str]
     copy: str | None = None
+    checked: bool = True
+    tag_digest: str = ""
+    written: int = 0
 
 
 def record_path(target_path: str) -> str:
@@ -215,6 +224,54 @@ def _check_name_room(target_path: str) -> None:
                           "bytes")
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What the registry said of IMAGE's tag before the image was taken: `digest` ("" not asked, or no answer),
+    `checked` false where it was asked and did not answer, and the request as it then goes on."""
+
+    image: ImageRequest
+    digest: str = ""
+    checked: bool = True
+    engine: str = ""
+
+
+def _tag_of(image: ImageRequest) -> str | None:
+    """The registry reference to ask about, or None: an image file, a local store's transport, an ID, a digest
+    (it names one image: nothing can move), a short name (the engine's own search rules resolve it) or a name
+    under `localhost/` without a port (podman's name for an image built here: no registry holds it)."""
+    if image.engine == "file" or image.reference.startswith((*FILE_TRANSPORTS, "containers-storage:",
+                                                             "docker-daemon:")):
+        return None
+    reference = image.reference.removeprefix("docker://")
+    if looks_like_id(reference) or "@" in reference or not has_registry(reference):
+        return None
+    return None if reference.partition("/")[0] == "localhost" else reference
+
+
+def _ask_registry(image: ImageRequest, record: Record | None, progress: Progress) -> _Asked:
+    """With `--pull newer` and a registry to ask: one HEAD of the tag (`engines.registry`). Where it names the
+    digest the record keeps, nothing is pulled (the local image serves, pulled only if gone); where it moved, the
+    image is pulled; where no registry answers, the local image serves and the run says it was not checked."""
+    tag = _tag_of(image) if image.pull is Pull.NEWER else None
+    if tag is None:
+        return _Asked(image)
+    from cdisk.core.engines import registry  # only refresh pays for the client
+
+    engine = image.engine if image.engine in ("podman", "docker") else "podman"
+    progress.stage(f"asking the registry whether {tag} moved (one HEAD request)")
+    said = registry.head_digest(tag, engine, image.tls_verify)
+    if not said.digest:
+        progress.warn(f"the registry did not answer for {tag} ({said.why}): {image.reference} is not checked; the "
+                      "local image serves")
+        return _Asked(replace(image, pull=Pull.MISSING), checked=False, engine=engine)
+    if record is not None and record.tag_digest == said.digest:
+        return _Asked(replace(image, pull=Pull.MISSING), said.digest, engine=engine)
+    # Moved (or never recorded): the engine pulls, and the record keeps what the registry said before the pull, so
+    # a tag that moves again meanwhile is pulled again next time, never missed.
+    return _Asked(replace(image, pull=Pull.ALWAYS if record is not None and record.tag_digest else Pull.NEWER),
+                  said.digest, engine=engine)
+
+
 def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: bool,
             progress: Progress) -> RefreshResult:
     """Make `write.target` hold the current disk of `image`.
@@ -249,18 +306,28 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
                 image = replace(image, platform=record.platform)
             if record.disktype and not image.disktype:
                 image = replace(image, disktype=record.disktype)
-        found = choice.find(image, progress)[1]
+        asked = _ask_registry(image, record if record is not None and record.image == image.reference else None,
+                              progress)
+        found = choice.find(asked.image, progress)[1]
+        # The digest the registry gave holds for the store that was asked for it; from another (auto chose the
+        # other engine), the next refresh asks again.
+        tag_digest = asked.digest if asked.engine in ("", found.engine) else ""
+        if not asked.checked and record is not None and record.image_id == found.id:
+            tag_digest = record.tag_digest  # not asked: what was known stands
         if is_current(record, found, read, write):
             assert record is not None
+            if tag_digest != record.tag_digest:
+                _write_record(path, replace(record, tag_digest=tag_digest))
             return RefreshResult("unchanged", image.reference, found.engine, found.source, found.id, found.digest, path,
-                                 round(time.monotonic() - started, 3), record.disk, None, [])
+                                 round(time.monotonic() - started, 3), record.disk, None, [], None, asked.checked,
+                                 tag_digest)
         written = write_disk(found, read, write, planned, progress)
         with target.os_errors(path):
             st = os.stat(path)
         _write_record(path, Record(image.reference, found.id, found.digest, written.disk, written.source_format,
                                    write.out_format, write.compressed, st.st_size, st.st_mtime_ns, found.engine,
-                                   found.platform, found.disktype, found.source))
+                                   found.platform, found.disktype, found.source, tag_digest))
     kept = [f"{path}.{n}" for n in range(1, write.keep + 1) if os.path.exists(f"{path}.{n}")]
     return RefreshResult("updated", image.reference, found.engine, found.source, found.id, found.digest, path,
                          round(time.monotonic() - started, 3), written.disk, written.reading.method, kept,
-                         written.copy)
+                         written.copy, asked.checked, tag_digest, st.st_blocks * 512)

@@ -12,7 +12,6 @@ Every call goes to the daemon `DOCKER_HOST` names (local unix sockets only), els
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -56,6 +55,11 @@ def default_socket() -> str:
 def _cli(socket: str) -> Any:
     # The socket is named on every call, so a docker context pointing elsewhere cannot redirect us.
     return processes.command("docker", "docker.io")["--host", f"unix://{socket}"]
+
+
+# `docker info` answers in well under a second; its RegistryConfig is a few KiB.
+REGISTRY_CONFIG_SECONDS = 10.0
+REGISTRY_CONFIG_LIMIT = 1 << 20
 
 
 def _docker(socket: str, argv: Sequence[str], what: str) -> str:
@@ -126,20 +130,23 @@ def registry_of(reference: str) -> str:
     return "docker.io"
 
 
+def registry_config(socket: str) -> dict[str, Any]:
+    """The daemon's `RegistryConfig` (`docker info`: its mirrors, insecure registries and CIDRs); {} where docker
+    does not answer in time or says nothing readable (the daemon's defaults then stand)."""
+    try:
+        code, out, _ = processes.run(_cli(socket), ["info", "--format", "{{json .RegistryConfig}}"],
+                                     timeout=REGISTRY_CONFIG_SECONDS, stdout_limit=REGISTRY_CONFIG_LIMIT)
+        config = json.loads(out) if code == 0 else {}
+    except (ToolError, ValueError, OSError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def _daemon_verifies_tls(socket: str, registry: str) -> bool:
     """Whether the daemon talks to `registry` over verified HTTPS (its insecure-registries say otherwise)."""
-    config = json.loads(_docker(socket, ["info", "--format", "{{json .RegistryConfig}}"], "info") or "{}")
-    indexed = (config.get("IndexConfigs") or {}).get(registry)
-    if indexed is not None:
-        return bool(indexed.get("Secure", True))
-    host = registry.rsplit(":", 1)[0].strip("[]") if registry.count(":") == 1 or registry.startswith("[") \
-        else registry
-    try:
-        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
-    except ValueError:
-        return True  # a name: docker would resolve it; cdisk asks no DNS and takes the daemon's default
-    return not any(address in ipaddress.ip_network(cidr, strict=False)
-                   for cidr in config.get("InsecureRegistryCIDRs") or [])
+    from cdisk.core.engines.registry.config import docker_insecure, docker_registry_config
+
+    return not docker_insecure(docker_registry_config(socket), registry)
 
 
 def _check_tls(socket: str, reference: str, tls_verify: bool | None) -> None:

@@ -213,8 +213,10 @@ def test_refresh_warns_when_the_registry_does_not_answer(images: Images, tmp_pat
     podman = RecordingEngine(tmp_path / "bin")
     for action in ("updated", "unchanged"):
         result = cdisk("refresh", "-v", "--json", unanswered, target, env={**_private(tmp_path), **podman.env})
-        assert result.code == 0 and json.loads(result.out)["action"] == action, result.err
-        assert (f"the registry did not answer for {unanswered} (dial tcp 127.0.0.1:1: connect: connection refused): "
-                "using the local image") in result.err
+        # Not checked (exit 10): the target is made from the local image, and the run says the registry was not asked.
+        assert result.code == 10 and json.loads(result.out)["action"] == action, result.err
+        assert json.loads(result.out)["checked"] is False
+        assert (f"the registry did not answer for {unanswered} (127.0.0.1:1: ") in result.err
+        assert f"{unanswered} is not checked; the local image serves" in result.err
     assert podman.services() == []
     assert same_disk(disk, "qcow2", target, "raw")

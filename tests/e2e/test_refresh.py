@@ -19,6 +19,7 @@ import pytest
 from tests.devices import loop_device
 from tests.helpers import Remote, Run, assert_one_line_error, cdisk, private_services, same_disk, wait_for
 from tests.images import sh
+from tests.registries import Registry
 from tests.tool_fakes import faulty_convert
 
 TLS = ("--tls-verify", "false")
@@ -201,8 +202,10 @@ def test_podman_service_dying_mid_run(tmp_path: Path) -> None:
 
     threading.Thread(target=accept, daemon=True).start()
     target = tmp_path / "vm.raw"
-    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "refresh", "-q", *TLS, f"127.0.0.1:{port}/cdisk/stall:1",
-                             str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # --pull always: podman's pull is the first to reach the registry (no HEAD of cdisk's own before it).
+    proc = subprocess.Popen([sys.executable, "-m", "cdisk", "refresh", "-q", *TLS, "--pull", "always",
+                             f"127.0.0.1:{port}/cdisk/stall:1", str(target)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert connected.wait(60), "podman never reached the registry"
         # The service this refresh started, and no other: what other runs on the machine started is not ours.
@@ -294,3 +297,83 @@ def test_an_unreadable_record_is_none_and_says_why(tmp_path: Path) -> None:
     assert_one_line_error(result, 6, "its record vm.raw.cdisk.json is unreadable (it is a symlink); pass --force")
     assert (tmp_path / "vm.raw").read_bytes() == b"\0" * 512
 
+
+
+def _manifest_requests(registry: Registry, since: int) -> list[tuple[str, int]]:
+    return [(r.method, r.status) for r in registry.requests(since) if "/manifests/" in r.uri]
+
+
+def _metrics(path: Path) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            got[sample.name + (f"/{sample.labels['outcome']}" if "outcome" in sample.labels else "")] = sample.value
+    return got
+
+
+@pytest.fixture(params=["podman", "docker"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine whose store the test's images are built in and refresh reads (`images` follows it)."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_host")
+    return str(request.param)
+
+
+def test_an_unchanged_refresh_asks_the_registry_one_head_and_pulls_nothing(
+        engine: str, logged_remote: Remote, logged_registry: Registry, tmp_path: Path) -> None:
+    """The fleet's case (issue 25): the registry's own log shows one HEAD of the tag and no manifest GET while the
+    tag stays; a moved tag is pulled; a registry that does not answer leaves TARGET as it was (exit 10), and the
+    metrics file says each outcome."""
+    target, metrics = tmp_path / "vm.raw", tmp_path / "cdisk-refresh-vm.prom"
+    first = logged_remote.push(0x31)
+    result = refresh(logged_remote, target, "--engine", engine, "--metrics-file", metrics)
+    assert action(result) == "updated" and same_disk(first, "qcow2", target, "raw")
+    tag_digest = json.loads((tmp_path / "vm.raw.cdisk.json").read_text())["tag_digest"]
+    assert tag_digest.startswith("sha256:") and json.loads(result.out.splitlines()[-1])["tag_digest"] == tag_digest
+    assert _metrics(metrics)["cdisk_refresh_outcome/updated"] == 1
+
+    mark = logged_registry.mark()
+    for _ in range(2):
+        assert action(refresh(logged_remote, target, "--engine", engine, "--metrics-file", metrics)) == "unchanged"
+    assert _manifest_requests(logged_registry, mark) == [("HEAD", 200)] * 2  # no GET: no pull counted
+    seen = _metrics(metrics)
+    assert seen["cdisk_refresh_outcome/unchanged"] == 1 and seen["cdisk_refresh_written_bytes"] == 0
+
+    second = logged_remote.push(0x32)
+    mark = logged_registry.mark()
+    assert action(refresh(logged_remote, target, "--engine", engine, "--metrics-file", metrics)) == "updated"
+    assert same_disk(second, "qcow2", target, "raw")
+    asked = _manifest_requests(logged_registry, mark)
+    assert asked[0] == ("HEAD", 200) and ("GET", 200) in asked  # moved: asked, then pulled
+    last_success = _metrics(metrics)["cdisk_refresh_last_success_timestamp_seconds"]
+
+    written = _identity(target)
+    logged_registry.stop()
+    result = refresh(logged_remote, target, "--engine", engine, "--metrics-file", metrics)
+    assert result.code == 10, result.err
+    assert "cdisk: warning: the registry did not answer for" in result.err and "is not checked" in result.err
+    data = json.loads(result.out.splitlines()[-1])
+    assert (data["action"], data["checked"]) == ("unchanged", False)
+    assert _identity(target) == written
+    seen = _metrics(metrics)
+    assert seen["cdisk_refresh_outcome/not_checked"] == 1 and seen["cdisk_refresh_exit_code"] == 10
+    assert seen["cdisk_refresh_last_success_timestamp_seconds"] == last_success
+
+
+def test_a_record_of_an_earlier_version_pulls_once_then_asks_by_head(logged_remote: Remote,
+                                                                        logged_registry: Registry,
+                                                                        tmp_path: Path) -> None:
+    logged_remote.push(0x33)
+    target = tmp_path / "vm.raw"
+    assert action(refresh(logged_remote, target)) == "updated"
+    record_path = tmp_path / "vm.raw.cdisk.json"
+    old = json.loads(record_path.read_text())
+    del old["tag_digest"]  # as cdisk wrote it before issue 25
+    record_path.write_text(json.dumps(old))
+    assert action(refresh(logged_remote, target)) == "unchanged"
+    assert json.loads(record_path.read_text())["tag_digest"].startswith("sha256:")
+    mark = logged_registry.mark()
+    assert action(refresh(logged_remote, target)) == "unchanged"
+    assert _manifest_requests(logged_registry, mark) == [("HEAD", 200)]

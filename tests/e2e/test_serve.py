@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import Images, Run, assert_one_line_error, cdisk
 from tests.images import make_disk, sh
+from tests.registries import free_port
 
 pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "qemu-storage-daemon", "bwrap")
 
@@ -247,16 +248,10 @@ def test_a_pid_file_of_a_running_process_is_refused(images: Images, tmp_path: Pa
     assert pid_file.read_text() == f"{os.getpid()}\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_listen_on_tcp(images: Images) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
-    port = _free_port()
+    port = free_port()
     with served("--listen", f"127.0.0.1:{port}", name) as (_, info):
         assert info["uri"] == f"nbd://127.0.0.1:{port}/disk/disk.qcow2" and info["socket"] is None
         assert info["listen"] == f"127.0.0.1:{port}"
@@ -361,7 +356,7 @@ def test_a_taken_port_or_socket_is_refused_before_the_image_is_opened(tmp_path: 
 def test_listen_by_name(images: Images) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
-    port = _free_port()
+    port = free_port()
     with served("--listen", f"localhost:{port}", name) as (_, info):
         assert reads_as(info["uri"], disk, "qcow2")
 

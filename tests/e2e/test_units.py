@@ -40,16 +40,14 @@ def test_units_verify(tmp_path: Path) -> None:
 
 def _exec_start(config: dict[str, str], unit: str = "cdisk-refresh@.service", instance: str = "demo",
                 runtime: str = "/run") -> list[str]:
-    """ExecStart as systemd expands it: $VAR splits into words, ${VAR} stays one argument; %t and %i."""
+    """ExecStart as systemd expands it: $VAR alone splits into words, ${VAR} is replaced within its word; %t, %i."""
     line = next(x for x in (UNITS / unit).read_text().splitlines() if x.startswith("ExecStart="))
     argv: list[str] = []
     for word in line.removeprefix("ExecStart=").replace("%t", runtime).replace("%i", instance).split():
-        if braced := re.fullmatch(r"\$\{(\w+)\}", word):
-            argv.append(config[braced.group(1)])
-        elif bare := re.fullmatch(r"\$(\w+)", word):
+        if bare := re.fullmatch(r"\$(\w+)", word):
             argv.extend(config[bare.group(1)].split())
-        else:
-            argv.append(word)
+        else:  # ${VAR}, alone or within a word, is replaced as it is
+            argv.append(re.sub(r"\$\{(\w+)\}", lambda m: config[m.group(1)], word))
     return argv
 
 
@@ -57,14 +55,33 @@ def test_example_config_runs_a_refresh(images: Images, tmp_path: Path) -> None:
     disk = images.disk()
     name = images.build({"disk.qcow2": disk})
     example = (UNITS / "cdisk-refresh.conf.example").read_text()
-    config = dict(line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#"))
-    config.update(IMAGE=name, TARGET=str(tmp_path / "vm raw.img"), OPTIONS=config["OPTIONS"] + " --pull never")
+    config = _environment("cdisk-refresh@.service")
+    config.update(line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#"))
+    assert config["METRICS_DIR"] == "/var/lib/prometheus/node-exporter"  # Debian's node_exporter reads there
+    config.update(IMAGE=name, TARGET=str(tmp_path / "vm raw.img"), OPTIONS=config["OPTIONS"] + " --pull never",
+                  METRICS_DIR=str(tmp_path / "textfile"))
+    (tmp_path / "textfile").mkdir()  # ExecStartPre
     argv = _exec_start(config)
     assert argv[0] == "/usr/local/bin/cdisk"
     result = subprocess.run([_cdisk_bin(), *argv[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert '"action": "updated"' in result.stdout.splitlines()[-1]
     assert same_disk(disk, "qcow2", tmp_path / "vm raw.img", "raw")
+    assert 'cdisk_refresh_outcome{target="' in (tmp_path / "textfile" / "cdisk-refresh-demo.prom").read_text()
+
+
+def _environment(unit: str) -> dict[str, str]:
+    """The unit's own Environment= settings (the config file read after them may override each)."""
+    lines = (UNITS / unit).read_text().splitlines()
+    return dict(line.removeprefix("Environment=").split("=", 1) for line in lines if line.startswith("Environment="))
+
+
+def test_the_refresh_unit_counts_busy_and_not_checked_as_success() -> None:
+    from cdisk.core.errors import EXIT_NOT_CHECKED, BusyError
+
+    line = next(x for x in (UNITS / "cdisk-refresh@.service").read_text().splitlines()
+                if x.startswith("SuccessExitStatus="))
+    assert set(line.removeprefix("SuccessExitStatus=").split()) == {str(BusyError.exit_code), str(EXIT_NOT_CHECKED)}
 
 
 @pytest.mark.needs("qemu-storage-daemon", "qemu-img")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ DOCKER_CERT_DIR = Path("/etc/docker/certs.d")
 # What registries.conf may hold: beyond this it is not a configuration.
 CONF_LIMIT = 1 << 20
 # `docker info` answers in well under a second; a daemon that does not is taken as its defaults.
-DOCKER_INFO_SECONDS = 10.0
 # moby registry/config.go: loopback is an insecure registry unless the daemon is told otherwise.
 DOCKER_DEFAULT_INSECURE = ("127.0.0.0/8",)
 AUTH_FILES = "containers-auth.json"
@@ -329,19 +327,11 @@ def podman_plan(ref: Reference, tls_verify: bool | None) -> Plan:
 
 @functools.cache
 def docker_registry_config(socket: str) -> dict[str, Any]:
-    """The daemon's `RegistryConfig` (`docker info`), asked once per run and socket; {} when docker does not
-    answer in time or says nothing readable (the defaults)."""
-    from cdisk.core import processes
-    from cdisk.core.errors import ToolError
+    """The daemon's `RegistryConfig`, asked once per run and socket (`docker.registry_config`: docker.py is the
+    one module that runs docker); {} when docker does not answer (the defaults)."""
+    from cdisk.core.engines.docker import registry_config
 
-    try:
-        cli = processes.command("docker", "docker.io")["--host", f"unix://{socket}"]
-        code, out, _ = processes.run(cli, ["info", "--format", "{{json .RegistryConfig}}"],
-                                     timeout=DOCKER_INFO_SECONDS, stdout_limit=CONF_LIMIT)
-        config = json.loads(out) if code == 0 else {}
-    except (ToolError, ValueError, OSError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return registry_config(socket)
 
 
 def _docker_socket() -> str | None:
