@@ -293,13 +293,21 @@ def _read(conn: net.socket, export: Export, state: _Connection, handle: int, off
             else:
                 _send_file(conn, export.fd, where, size)
         return
-    for start, size, where in pieces:
+    # The last chunk carries the done flag itself (the protocol allows it on any chunk): no empty chunk after it,
+    # one reply header and one wake-up of the client less per read.
+    piece = next(pieces, None)
+    if piece is None:
+        _chunk(conn, _CHUNK_DONE, _CHUNK_NONE, handle, b"")
+        return
+    while piece is not None:
+        start, size, where = piece
+        piece = next(pieces, None)
+        flags = _CHUNK_DONE if piece is None else 0
         if where < 0:
-            _chunk(conn, 0, _CHUNK_HOLE, handle, struct.pack(">QI", start, size))
+            _chunk(conn, flags, _CHUNK_HOLE, handle, struct.pack(">QI", start, size))
         else:
-            _chunk(conn, 0, _CHUNK_DATA, handle, struct.pack(">Q", start), size)
+            _chunk(conn, flags, _CHUNK_DATA, handle, struct.pack(">Q", start), size)
             _send_file(conn, export.fd, where, size)
-    _chunk(conn, _CHUNK_DONE, _CHUNK_NONE, handle, b"")
 
 
 def _block_status(conn: net.socket, export: Export, handle: int, flags: int, offset: int, length: int) -> None:
