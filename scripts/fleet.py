@@ -5,8 +5,9 @@ Each host is a podman store of its own (CONTAINERS_STORAGE_CONF: graphroot and r
 own TARGET, record and metrics file, and a registries.conf (CONTAINERS_REGISTRIES_CONF) that names the cache as
 the upstream's mirror, as a fleet behind a pull-through cache is configured. The rounds: `first` (every host
 pulls the image: through the cache, which fetches it once from the upstream), `unchanged` (nothing moved),
-`update` (a new image pushed to the tag: every host pulls it once), and `unchanged` again with the timer's jitter
-(`--jitter S`: each host starts at a random second within S, as systemd's RandomizedDelaySec spreads them).
+`update` (a new image pushed to the tag: every host pulls it once), then `unchanged` and `update` again with the
+timer's jitter (`--jitter S`: each host starts at a random moment within S, as systemd's RandomizedDelaySec
+spreads them).
 Within a round without jitter, `--concurrency` hosts run at once (the worst case: timers that fire together).
 
 For each round: the hosts' outcomes (from their metrics files, read back by Prometheus' own parser where
@@ -38,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.mounts import mounts_under  # noqa: E402
 from tests.registries import Registry, Request  # noqa: E402
 
 CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
@@ -80,11 +82,16 @@ def store_env(base: dict[str, str], home: Path, registries: Path | None = None) 
 
 
 def push_image(builder: dict[str, str], work: Path, upstream: str, version: int, size: str) -> str:
-    """A containerDisk whose qcow2 holds `size` of data written with byte `version`, pushed to the upstream's tag;
-    the tag's reference."""
+    """A containerDisk whose qcow2 holds `size` of random data (as incompressible as a real disk's mostly is: the
+    bytes counted are what a fleet would move), pushed to the upstream's tag; the tag's reference."""
     disk = work / f"disk-{version}.qcow2"
-    sh("qemu-img", "create", "-q", "-f", "qcow2", disk, size)
-    sh("qemu-io", "-f", "qcow2", "-c", f"write -P {version} 0 {size}", disk)
+    raw = work / f"disk-{version}.raw"
+    sh("qemu-img", "create", "-q", "-f", "raw", raw, size)
+    with open(raw, "r+b") as f:
+        for _ in range(os.path.getsize(raw) >> 20):
+            f.write(os.urandom(1 << 20))
+    sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk)
+    raw.unlink()
     context = work / f"context-{version}"
     context.mkdir(exist_ok=True)
     shutil.copy(disk, context / "disk.qcow2")
@@ -199,7 +206,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50, help="hosts at once in a round without jitter")
     parser.add_argument("--jitter", type=float, default=60.0, help="the last round's spread, in seconds")
-    parser.add_argument("--size", default="64M", help="the disk's data (qemu-img size)")
+    parser.add_argument("--size", default="32M", help="the disk's data, random (qemu-img size, whole MiB)")
     parser.add_argument("--seed", type=int, default=25)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the fleet's dir (its logs) at the end")
@@ -230,10 +237,11 @@ def main() -> None:
         print(f"fleet: {args.hosts} hosts, upstream {upstream.address}, cache {cache.address}, {args.size} of data",
               file=sys.stderr)
         rounds = []
-        plan = [("first", 0.0), ("unchanged", 0.0), ("update", 0.0), ("unchanged, jittered", args.jitter)]
+        plan = [("first", 0.0), ("unchanged", 0.0), ("update", 0.0), ("unchanged, jittered", args.jitter),
+                ("update, jittered", args.jitter)]
         for name, jitter in plan:
-            if name == "update":
-                push_image(builder, work, upstream.address, 2, args.size)
+            if name.startswith("update"):
+                push_image(builder, work, upstream.address, len(rounds) + 2, args.size)
             marks = upstream.mark(), cache.mark()
             begun = time.monotonic()
             ran = run_round(hosts, reference, args.concurrency, jitter, args.seed)
@@ -257,6 +265,9 @@ def main() -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda env: subprocess.run(["podman", "system", "reset", "-f"], env=env,
                                                      capture_output=True), stores))
+        # What podman leaves mounted (its overlay home, mounted privately) goes too: deepest first.
+        for point in sorted(mounts_under([str(work)]), reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

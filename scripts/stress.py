@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.images import Entry, docker_archive, layer_tar, make_disk  # noqa: E402
+from tests.mounts import mounts_under  # noqa: E402
 from tests.private_dockerd import private_dockerd  # noqa: E402
 
 # Every process the stress starts carries this variable: the leftover check looks for those alone.
@@ -297,7 +298,7 @@ class Stress:
 
     def leftovers(self, roots: list[str], mounts_before: set[str]) -> dict[str, list[str]]:
         """Mounts under the stores that were not there before, cdisk's temp names, processes of the runs."""
-        mounts = [m for m in _mounts_under(roots) if m not in mounts_before]
+        mounts = [m for m in mounts_under(roots) if m not in mounts_before]
         names = [str(p) for directory in (self.targets, self.tmp) for p in directory.rglob("*")
                  if TEMP_NAME.search(p.name)]
         processes = []
@@ -336,15 +337,6 @@ def _locked(path: Path | None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _mounts_under(roots: list[str]) -> set[str]:
-    found = set()
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if any(point == root or point.startswith(root.rstrip("/") + "/") for root in roots):
-            found.add(point)
-    return found
 
 
 @contextmanager
@@ -452,7 +444,7 @@ def _run(stress: Stress, args: argparse.Namespace, seed: int, docker_root: str) 
         detail = error.stderr.strip().splitlines()[-1:] if isinstance(error, subprocess.CalledProcessError) else []
         cannot_start(f"stress: cannot set up the images: {error}{': ' + detail[0] if detail else ''}")
     roots = [str(stress.store)] + ([docker_root] if docker_root else [])
-    mounts_before = _mounts_under(roots)
+    mounts_before = mounts_under(roots)
     planned = stress.plan(args.runs)
     start = time.monotonic()
     loops = [threading.Thread(target=stress.removal_loop, args=(engine,)) for engine in stress.engines]

@@ -1,0 +1,36 @@
+"""scripts/fleet, small: two hosts behind a pull-through cache; what the registries were asked, and nothing left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.mounts import mounts_under
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.needs("podman", "docker-registry", "qemu-img", "qemu-io", "bwrap")
+def test_a_small_fleet_asks_by_head_and_pulls_each_update_once_per_host(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    before = set(Path("/var/tmp").glob("cdisk-fleet-*"))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fleet.py"), "--hosts", "2", "--concurrency", "2",
+                           "--jitter", "1", "--size", "2M", "--json", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    rounds = {r["round"]: r for r in json.loads(out.read_text())["rounds"]}
+    for name in ("unchanged", "unchanged, jittered"):
+        assert rounds[name]["outcomes"] == {"unchanged (exit 0)": 2}
+        assert rounds[name]["cache"]["by_kind"] == {"manifest HEAD": 2}  # one HEAD a host, no manifest GET
+    for name in ("first", "update", "update, jittered"):
+        assert rounds[name]["outcomes"] == {"updated (exit 0)": 2}
+        assert rounds[name]["cache"]["by_kind"]["manifest GET"] == 2  # pulled once per host
+        # At the upstream once, or once per host that missed the cache at the same moment (docker-registry's proxy
+        # does not merge concurrent misses: docs/fleet.md).
+        assert 1 <= rounds[name]["upstream"]["by_kind"]["manifest GET"] <= 2
+    assert set(Path("/var/tmp").glob("cdisk-fleet-*")) == before
+    assert mounts_under(["/var/tmp"]) == {m for m in mounts_under(["/var/tmp"]) if "cdisk-fleet-" not in m}
