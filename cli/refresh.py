@@ -8,7 +8,7 @@ from plumbum import cli
 
 from cdisk.cli.output import failed, report
 from cdisk.cli.switches import WriteSwitches
-from cdisk.core.errors import EXIT_NOT_CHECKED, EXIT_OK, CdiskError
+from cdisk.core.errors import EXIT_NOT_CHECKED, EXIT_OK, BusyError, CdiskError
 from cdisk.core.progress import Progress
 from cdisk.core.request import Pull, values
 
@@ -39,7 +39,7 @@ def _outcome(target: str, done: list[RefreshResult], code: int, seconds: float) 
         outcome = "not_checked" if not result.checked else result.action
         return refresh_metrics.Outcome(result.target, outcome, code, time.time(), seconds, result.written,
                                        result.image, result.digest)
-    path = os.path.abspath(target)
+    path = os.path.realpath(target)  # as a successful run names it: the file a symlink TARGET names
     record = load_record(path) if os.path.isfile(path) else None
     return refresh_metrics.Outcome(path, "failed", code, time.time(), seconds, 0, record.image if record else "",
                                    record.digest if record else "")
@@ -83,8 +83,8 @@ class Refresh(WriteSwitches):
             return done[-1]
 
         code = report(self, work, summary, lambda result: EXIT_OK if result.checked else EXIT_NOT_CHECKED)
-        if self.metrics_file is None:
-            return code
+        if self.metrics_file is None or code == BusyError.exit_code:
+            return code  # busy: the run that holds TARGET writes its own outcome
         try:
             refresh_metrics.write(self.metrics_file, _outcome(target, done, code, time.monotonic() - started))
         except CdiskError as error:

@@ -184,9 +184,14 @@ def _write_record(target_path: str, record: Record) -> None:
     # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
     # disk that is not there.
     with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
-            target.os_errors(record_path(target_path)), open(temp, "w") as f:
+            target.os_errors(record_path(target_path)), open(temp, "w", opener=_no_link) as f:
         json.dump(asdict(record), f, indent=1)
         f.write("\n")
+
+
+def _no_link(path: str, flags: int) -> int:
+    """The temp name opened as it was made: a link put in its place meanwhile is refused, not followed."""
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def is_current(record: Record | None, image: Image, read: ReadRequest, write: WriteRequest) -> bool:
@@ -235,6 +240,15 @@ class _Asked:
     engine: str = ""
 
 
+# The variables that send an engine's registry requests through an HTTP proxy (Go's net/http reads both cases).
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def _known(image: Image) -> set[str]:
+    """Every manifest digest the store knows `image` by (its own, its repositories', an index's it came from)."""
+    return {image.digest, *image.digests} - {""}
+
+
 def _tag_of(image: ImageRequest) -> str | None:
     """The registry reference to ask about, or None: an image file, a local store's transport, an ID, a digest
     (it names one image: nothing can move), a short name (the engine's own search rules resolve it) or a name
@@ -258,8 +272,17 @@ def _ask_registry(image: ImageRequest, record: Record | None, progress: Progress
     from cdisk.core.engines import registry  # only refresh pays for the client
 
     engine = image.engine if image.engine in ("podman", "docker") else "podman"
+    if any(os.environ.get(name) for name in _PROXIES):
+        # cdisk's client goes to no HTTP proxy: the engine, which does, asks as it always has.
+        progress.stage(f"an HTTP proxy is set: {engine} asks the registry whether {tag} moved")
+        return _Asked(image)
     progress.stage(f"asking the registry whether {tag} moved (one HEAD request)")
     said = registry.head_digest(tag, engine, image.tls_verify)
+    if not said.digest and said.reached:
+        # It answered, without a digest (a login it wants, no such tag, blocked, …): the engine's own pull
+        # judges, and says what is wrong where it is wrong.
+        progress.stage(f"the registry gave no digest for {tag} ({said.why}): {engine} asks as it pulls")
+        return _Asked(image)
     if not said.digest:
         progress.warn(f"the registry did not answer for {tag} ({said.why}): {image.reference} is not checked; the "
                       "local image serves")
@@ -309,11 +332,17 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
         asked = _ask_registry(image, record if record is not None and record.image == image.reference else None,
                               progress)
         found = choice.find(asked.image, progress)[1]
-        # The digest the registry gave holds for the store that was asked for it; from another (auto chose the
-        # other engine), the next refresh asks again.
-        tag_digest = asked.digest if asked.engine in ("", found.engine) else ""
-        if not asked.checked and record is not None and record.image_id == found.id:
-            tag_digest = record.tag_digest  # not asked: what was known stands
+        if asked.digest and asked.image.pull is Pull.MISSING and asked.digest not in _known(found):
+            # The tag is where the record says, but the local image of that name is not the one it names (retagged
+            # or pulled by another job meanwhile): the registry's is taken.
+            progress.stage(f"the local {image.reference} is not the registry's {asked.digest}: pulling it")
+            found = choice.find(replace(asked.image, pull=Pull.ALWAYS), progress)[1]
+        # The record keeps the registry's digest only for the image that has it, from the store that was asked for
+        # it: never a digest newer than the image taken (a tag that moved between the HEAD and the pull is asked
+        # about again next time, and pulled).
+        tag_digest = asked.digest if asked.engine in ("", found.engine) and asked.digest in _known(found) else ""
+        if not asked.digest and record is not None and record.image_id == found.id:
+            tag_digest = record.tag_digest  # not asked (or no answer): what was known of this image stands
         if is_current(record, found, read, write):
             assert record is not None
             if tag_digest != record.tag_digest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from cdisk.core import target
@@ -59,10 +60,18 @@ def _label(value: str) -> str:
 def previous_success(path: str) -> float | None:
     """The last success the file at `path` records, or None (no file, not cdisk's, unreadable)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(_READ_LIMIT).decode(errors="replace")
+        # Never through a link, never blocking on a FIFO someone put there: a regular file of cdisk's, or nothing.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, _READ_LIMIT).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     found = _LAST_SUCCESS.search(text)
     try:
         return float(found.group(1)) if found else None
@@ -76,13 +85,13 @@ def render(outcome: Outcome, last_success: float | None) -> str:
     metrics: list[tuple[str, str, list[tuple[str, float]]]] = [
         ("last_run_timestamp_seconds", "When the last refresh of the target ended (Unix time).",
          [("", outcome.ended)]),
-        ("last_success_timestamp_seconds", "When a refresh of the target last ended updated or unchanged, the "
-         "registry asked (Unix time).", [("", last_success)] if last_success is not None else []),
+        ("last_success_timestamp_seconds", "When a refresh of the target last ended updated or unchanged (not "
+         "not_checked) (Unix time).", [("", last_success)] if last_success is not None else []),
         ("outcome", "The last refresh's outcome: 1 for the one it had (not_checked: no registry answered).",
          [(f',outcome="{name}"', 1.0 if name == outcome.outcome else 0.0) for name in OUTCOMES]),
         ("exit_code", "The last refresh's exit code (cdisk(1)).", [("", outcome.exit_code)]),
         ("duration_seconds", "How long the last refresh took.", [("", outcome.seconds)]),
-        ("written_bytes", "The bytes the last refresh wrote to the target (0 when unchanged or failed).",
+        ("written_bytes", "The bytes the new target holds on disk, as allocated (0 when unchanged or failed).",
          [("", outcome.written)]),
         ("image_info", "The image and digest the target holds (always 1).",
          [(f',image="{_label(outcome.image)}",digest="{_label(outcome.digest)}"', 1.0)] if outcome.image else []),
@@ -105,5 +114,10 @@ def write(path: str, outcome: Outcome) -> None:
     success = outcome.ended if outcome.outcome in ("updated", "unchanged") else previous_success(path)
     text = render(outcome, success)
     with target.writing(target.Target(os.path.abspath(path), is_block=False)) as temp, target.os_errors(path), \
-            open(temp, "w") as f:
+            open(temp, "w", opener=_no_link) as f:
         f.write(text)
+
+
+def _no_link(path: str, flags: int) -> int:
+    """The temp name opened as it was made: a link put in its place meanwhile is refused, not followed."""
+    return os.open(path, flags | os.O_NOFOLLOW)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.devices import loop_device
-from tests.helpers import Remote, Run, assert_one_line_error, cdisk, private_services, same_disk, wait_for
+from tests.helpers import Images, Remote, Run, assert_one_line_error, cdisk, private_services, same_disk, wait_for
 from tests.images import sh
 from tests.registries import Registry
 from tests.tool_fakes import faulty_convert
@@ -377,3 +377,19 @@ def test_a_record_of_an_earlier_version_pulls_once_then_asks_by_head(logged_remo
     mark = logged_registry.mark()
     assert action(refresh(logged_remote, target)) == "unchanged"
     assert _manifest_requests(logged_registry, mark) == [("HEAD", 200)]
+
+
+def test_a_local_image_retagged_meanwhile_is_not_taken_for_the_registrys(logged_remote: Remote, images: Images,
+                                                                          tmp_path: Path) -> None:
+    """The tag stays where the record says, but another job tagged another image with its name in the local
+    store: refresh takes the registry's image (it pulls it), not the stranger, and the record keeps its digest."""
+    first = logged_remote.push(0x34)
+    target = tmp_path / "vm.raw"
+    assert action(refresh(logged_remote, target)) == "updated"
+    stranger = images.build({"disk.qcow2": images.disk("other.qcow2", pattern=0x35)})
+    sh("podman", "tag", stranger, logged_remote.ref)
+    result = refresh(logged_remote, target)
+    assert action(result) == "unchanged", result.err
+    assert same_disk(first, "qcow2", target, "raw")
+    record = json.loads((tmp_path / "vm.raw.cdisk.json").read_text())
+    assert record["tag_digest"] == json.loads(result.out.splitlines()[-1])["tag_digest"] != ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cdisk.core.engines.registry.reference import parse_reference, qualified
@@ -28,6 +28,9 @@ class Answer:
     digest: str
     endpoint: str
     why: str
+    # Whether some registry answered (an HTTP status), as against none reached at all: a registry that answered
+    # without a digest (401, 404, blocked, ...) is for the engine's own pull to judge.
+    reached: bool = field(default=False, compare=False)
 
 
 def head_digest(reference: str, engine: str, tls_verify: bool | None = None) -> Answer:
@@ -41,21 +44,29 @@ def head_digest(reference: str, engine: str, tls_verify: bool | None = None) -> 
     Raises:
         ValueError: `engine` is neither podman nor docker.
     """
-    from cdisk.core.engines.registry import auth, config, head
-
     if engine not in ("podman", "docker"):
         raise ValueError(f"engine {engine!r}: podman or docker")
     try:
+        return _asked(reference, engine, tls_verify)
+    except Exception as error:  # a hostile answer or file: JSON or TOML nested past the stack, a v1 table, …
+        return Answer("", "", f"could not read the registry's answer or a configuration file "
+                              f"({type(error).__name__})", reached=True)
+
+
+def _asked(reference: str, engine: str, tls_verify: bool | None) -> Answer:
+    from cdisk.core.engines.registry import auth, config, head
+
+    try:
         ref = parse_reference(reference)
     except ValueError as error:
-        return Answer("", "", str(error))
+        return Answer("", "", str(error), reached=True)
     if ref.digest:
         return Answer(ref.digest, "", "")
     if engine == "podman" and not qualified(reference):
-        return Answer("", "", f"{reference} names no registry; podman would resolve it as a short name")
+        return Answer("", "", f"{reference} names no registry; podman would resolve it as a short name", reached=True)
     plan = config.podman_plan(ref, tls_verify) if engine == "podman" else config.docker_plan(ref, tls_verify)
     if not plan.endpoints:
-        return Answer("", "", plan.why)
+        return Answer("", "", plan.why, reached=True)  # blocked, or a configuration that says no endpoint
     deadline = time.monotonic() + head.TOTAL
     failed: list[tuple[str, str]] = []
     for endpoint in plan.endpoints:
@@ -71,7 +82,9 @@ def head_digest(reference: str, engine: str, tls_verify: bool | None = None) -> 
         failed.append((endpoint.host, why))
     primary_host, primary_why = failed[-1]
     mirrors = "; ".join(f"{host}: {why}" for host, why in failed[:-1])
-    return Answer("", "", f"{primary_host}: {primary_why}" + (f" (mirrors also failed: {mirrors})" if mirrors else ""))
+    reached = any(not why.startswith(head.UNREACHABLE) for _, why in failed)
+    return Answer("", "", f"{primary_host}: {primary_why}" + (f" (mirrors also failed: {mirrors})" if mirrors else ""),
+                  reached)
 
 
 def _once(find: Callable[[], Credentials | None]) -> Callable[[], Credentials | None]:

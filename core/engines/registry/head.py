@@ -252,6 +252,10 @@ class _Exchange:
         headers: dict[str, str | tuple[str, ...]] = {
             "Accept": ACCEPT, "Docker-Distribution-API-Version": "registry/2.0", "User-Agent": USER_AGENT}
         answer = self.request("HEAD", url, headers)
+        if answer.status == 401 and urlsplit(answer.url).netloc != self.endpoint.host:
+            # Redirected elsewhere: that host's challenge may name any realm; the registry's credentials are its
+            # own and go to no other host.
+            self.credentials = lambda: None
         if answer.status == 401:
             challenges = _challenges(answer.headers)
             if not challenges:
@@ -290,6 +294,10 @@ def _cut(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+# How a why begins where no HTTP answer came at all (the registry not reached).
+UNREACHABLE = "unreachable: "
+
+
 def _unreachable(error: Exception) -> str:
     """Why a connection gave no answer, in a few words (never what was sent)."""
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -317,7 +325,7 @@ def endpoint_digest(endpoint: Endpoint, tag: str, credentials: Credentialed, dea
         except (OSError, http.client.HTTPException, ValueError) as error:
             # ValueError: http.client refusing a header value — its message could hold it: not repeated.
             if time.monotonic() >= deadline:
-                return "", f"unreachable: no answer within {TOTAL:g} s"
-            why = "unreachable: " + (_unreachable(error) if not isinstance(error, ValueError)
+                return "", f"{UNREACHABLE}no answer within {TOTAL:g} s"
+            why = UNREACHABLE + (_unreachable(error) if not isinstance(error, ValueError)
                                      else "a header http.client refused")
     return "", why

@@ -68,3 +68,18 @@ def test_a_metrics_file_in_no_directory_is_refused_before_any_work(tmp_path: Pat
     with pytest.raises(TargetError, match="is a directory"):
         refresh_metrics.check_place(str(tmp_path))
     refresh_metrics.check_place(str(tmp_path / "x.prom"))
+
+
+def test_a_fifo_or_a_link_at_the_path_is_no_previous_file_and_never_waited_on(tmp_path: Path) -> None:
+    """Someone's FIFO at the path would hang a reader that opens it by name; a link would lead elsewhere."""
+    fifo = tmp_path / "fifo.prom"
+    os.mkfifo(fifo)
+    assert refresh_metrics.previous_success(str(fifo)) is None
+    real = tmp_path / "real.prom"
+    refresh_metrics.write(str(real), Outcome("/t", "updated", 0, 5.0, 0.1))
+    link = tmp_path / "link.prom"
+    link.symlink_to(real)
+    assert refresh_metrics.previous_success(str(real)) == 5.0
+    assert refresh_metrics.previous_success(str(link)) is None
+    refresh_metrics.write(str(fifo), Outcome("/t", "failed", 3, 6.0, 0.1))  # replaced by a file, not written into
+    assert fifo.is_file()
