@@ -329,6 +329,7 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
                 image = replace(image, platform=record.platform)
             if record.disktype and not image.disktype:
                 image = replace(image, disktype=record.disktype)
+        choice.check(image)  # a request no engine could take is refused before the registry is asked
         asked = _ask_registry(image, record if record is not None and record.image == image.reference else None,
                               progress)
         found = choice.find(asked.image, progress)[1]

@@ -53,7 +53,9 @@ def check_place(path: str) -> None:
 
 
 def _label(value: str) -> str:
-    """A label value as the text format escapes it: backslash, double quote and line feed."""
+    """A label value as the text format escapes it: backslash, double quote and line feed (a name's bytes that are
+    no UTF-8 as backslash escapes: the file is UTF-8)."""
+    value = os.fsencode(value).decode("utf-8", "backslashreplace")
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -114,7 +116,7 @@ def write(path: str, outcome: Outcome) -> None:
     success = outcome.ended if outcome.outcome in ("updated", "unchanged") else previous_success(path)
     text = render(outcome, success)
     with target.writing(target.Target(os.path.abspath(path), is_block=False)) as temp, target.os_errors(path), \
-            open(temp, "w", opener=_no_link) as f:
+            open(temp, "w", encoding="utf-8", opener=_no_link) as f:
         f.write(text)
 
 

@@ -53,3 +53,24 @@ def test_a_lock_planted_as_a_symlink_is_never_followed(tmp_path: Path) -> None:
             target_lock(str(tmp_path / "vm.raw"), wait=False):
         pass
     assert not elsewhere.exists()
+
+
+@pytest.mark.parametrize(("reference", "engine", "asked"), [
+    ("quay.io/containerdisks/fedora:40", "auto", "quay.io/containerdisks/fedora:40"),
+    ("docker://quay.io/x/y", "auto", "quay.io/x/y"),
+    ("127.0.0.1:5000/x/y:1", "podman", "127.0.0.1:5000/x/y:1"),
+    ("localhost:5000/x/y", "docker", "localhost:5000/x/y"),
+    ("localhost/built-here:latest", "auto", None),  # podman's name for an image built on this host
+    ("fedora:40", "auto", None),  # a short name: the engine's search rules
+    ("quay.io/x/y@sha256:" + "a" * 64, "auto", None),  # a digest moves nowhere
+    ("0123456789ab", "auto", None),  # an ID
+    ("containers-storage:quay.io/x/y", "auto", None),
+    ("docker-daemon:quay.io/x/y:1", "auto", None),
+    ("oci:/srv/layout", "auto", None),
+    ("quay.io/x/y", "file", None),
+])
+def test_what_refresh_asks_a_registry_about(reference: str, engine: str, asked: str | None) -> None:
+    from cdisk.core.commands.refresh import _tag_of
+    from cdisk.core.request import ImageRequest
+
+    assert _tag_of(ImageRequest(reference, engine=engine)) == asked

@@ -83,3 +83,10 @@ def test_a_fifo_or_a_link_at_the_path_is_no_previous_file_and_never_waited_on(tm
     assert refresh_metrics.previous_success(str(link)) is None
     refresh_metrics.write(str(fifo), Outcome("/t", "failed", 3, 6.0, 0.1))  # replaced by a file, not written into
     assert fifo.is_file()
+
+
+def test_a_target_name_of_no_utf8_is_written_escaped(tmp_path: Path) -> None:
+    odd = os.fsdecode(b"/vms/\xff.raw")
+    path = tmp_path / "m.prom"
+    refresh_metrics.write(str(path), Outcome(odd, "updated", 0, 1.0, 0.1))
+    assert samples(path.read_text())[("cdisk_refresh_exit_code", (("target", "/vms/\\xff.raw"),))] == 0
