@@ -12,6 +12,8 @@ Every call goes to the daemon `DOCKER_HOST` names (local unix sockets only), els
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -130,6 +132,7 @@ def registry_of(reference: str) -> str:
     return "docker.io"
 
 
+@functools.cache
 def registry_config(socket: str) -> dict[str, Any]:
     """The daemon's `RegistryConfig` (`docker info`: its mirrors, insecure registries and CIDRs); {} where docker
     does not answer in time or says nothing readable (the daemon's defaults then stand)."""
@@ -144,9 +147,39 @@ def registry_config(socket: str) -> dict[str, Any]:
 
 def _daemon_verifies_tls(socket: str, registry: str) -> bool:
     """Whether the daemon talks to `registry` over verified HTTPS (its insecure-registries say otherwise)."""
-    from cdisk.core.engines.registry.config import docker_insecure, docker_registry_config
+    return not insecure_registry(registry_config(socket), registry)
 
-    return not docker_insecure(docker_registry_config(socket), registry)
+
+# moby registry/config.go: loopback is an insecure registry unless the daemon is told otherwise.
+DEFAULT_INSECURE = ("127.0.0.0/8",)
+
+
+def insecure_registry(config: dict[str, Any], registry: str) -> bool:
+    """Whether the daemon takes `registry` (host[:port]) as insecure (isSecureIndex): its IndexConfigs entry,
+    else whether its address is in InsecureRegistryCIDRs (loopback by default). A host name is not resolved:
+    only `localhost` and literal addresses are matched against the CIDRs."""
+    indexed = (config.get("IndexConfigs") or {}).get(registry)
+    if isinstance(indexed, dict) and "Secure" in indexed:
+        return not bool(indexed["Secure"])
+    host = registry
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+    except ValueError:
+        return False
+    cidrs = config.get("InsecureRegistryCIDRs")
+    if not isinstance(cidrs, list):
+        cidrs = list(DEFAULT_INSECURE)
+    for cidr in cidrs:
+        try:
+            if address in ipaddress.ip_network(str(cidr), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _check_tls(socket: str, reference: str, tls_verify: bool | None) -> None:

@@ -475,6 +475,10 @@ def _unmount(image_id: str, root: str = "") -> None:
                         code, err)
 
 
+# How often `_give_back` asks which images hold the layer before it gives up (each asking is two podman runs).
+_GIVE_BACK_TRIES = 8
+
+
 def _give_back(root: str) -> bool:
     """Give back the mount at `root` of an image removed meanwhile (an rmi or prune of another job); whether it is
     gone.
@@ -486,18 +490,20 @@ def _give_back(root: str) -> bool:
     mount shares it); containers/storage mounts it again when next asked (`layers.go` Mount: a mount gone behind
     its back). Listings that fail detach nothing.
     """
-    if not _is_mount_point(root):
-        return True
     layer = os.path.basename(os.path.dirname(root))
     empty = 0
-    for _asked in range(4):  # a listing fails when an image goes between its two questions: ask again
+    for _asked in range(_GIVE_BACK_TRIES):
+        if not _is_mount_point(root):
+            return True
+        # A listing fails when an image goes between its two questions, and the image it names may go before
+        # its unmount (a prune under way): ask again, until the layer is given back or no image holds it.
         others = _images_on_layer(layer)
-        if others:
-            return any(_unmount_image(other)[0] == 0 for other in others)
-        empty = 0 if others is None else empty + 1
+        if others and any(_unmount_image(other)[0] == 0 for other in others):
+            return True
+        empty = empty + 1 if others == [] else 0
         if empty == 2:
             return _detach(root)
-    return False
+    return not _is_mount_point(root)
 
 
 def _detach(path: str) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ DOCKER_CERT_DIR = Path("/etc/docker/certs.d")
 # What registries.conf may hold: beyond this it is not a configuration.
 CONF_LIMIT = 1 << 20
 # `docker info` answers in well under a second; a daemon that does not is taken as its defaults.
-# moby registry/config.go: loopback is an insecure registry unless the daemon is told otherwise.
-DOCKER_DEFAULT_INSECURE = ("127.0.0.0/8",)
 AUTH_FILES = "containers-auth.json"
 
 
@@ -342,31 +339,10 @@ def _docker_socket() -> str | None:
 
 
 def docker_insecure(config: dict[str, Any], registry: str) -> bool:
-    """Whether the daemon takes `registry` (host[:port]) as insecure (isSecureIndex): its IndexConfigs entry,
-    else whether its address is in InsecureRegistryCIDRs (loopback by default). A host name is not resolved:
-    only `localhost` and literal addresses are matched against the CIDRs."""
-    indexed = (config.get("IndexConfigs") or {}).get(registry)
-    if isinstance(indexed, dict) and "Secure" in indexed:
-        return not bool(indexed["Secure"])
-    host = registry
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    try:
-        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
-    except ValueError:
-        return False
-    cidrs = config.get("InsecureRegistryCIDRs")
-    if not isinstance(cidrs, list):
-        cidrs = list(DOCKER_DEFAULT_INSECURE)
-    for cidr in cidrs:
-        try:
-            if address in ipaddress.ip_network(str(cidr), strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    """Whether the daemon takes `registry` as insecure (`docker.insecure_registry`: docker's own rules live there)."""
+    from cdisk.core.engines.docker import insecure_registry
+
+    return insecure_registry(config, registry)
 
 
 def _docker_mirror(url: Any, ref: Reference, config: dict[str, Any], tls_verify: bool | None) -> Endpoint | None:

@@ -293,3 +293,21 @@ esac
 ''')
     with local.env(PATH=path):
         assert _images_on_layer("c" * 64) == [a]
+
+
+def test_a_mount_is_given_back_though_the_image_holding_its_layer_went_before_its_unmount(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stress's case (a prune under way): the listing names an image on the layer, which is gone before its
+    unmount; the next listings find none: the layer's mount is detached, not left (and not an error)."""
+    from cdisk.core.engines import podman
+
+    other, layer = "a" * 64, "c" * 64
+    root = f"/s/overlay/{layer}/merged"
+    listings = iter([[other], [], []])
+    detached: list[str] = []
+    monkeypatch.setattr(podman, "_images_on_layer", lambda _: next(listings))
+    monkeypatch.setattr(podman, "_unmount_image", lambda _: (125, f"Error: {other}: image not known"))
+    monkeypatch.setattr(podman, "_is_mount_point", lambda path: not detached)
+    monkeypatch.setattr(podman, "_detach", lambda path: bool(detached.append(path)) or True)
+    assert podman._give_back(root) is True
+    assert detached == [root]
