@@ -7,7 +7,7 @@ the upstream's mirror, as a fleet behind a pull-through cache is configured. The
 pulls the image: through the cache, which fetches it once from the upstream), `unchanged` (nothing moved),
 `update` (a new image pushed to the tag: every host pulls it once), then `unchanged` and `update` again with the
 timer's jitter (`--jitter S`: each host starts at a random moment within S, as systemd's RandomizedDelaySec
-spreads them).
+spreads them), and a last `update` where one host (a canary) refreshes first and warms the cache, then the rest.
 Within a round without jitter, `--concurrency` hosts run at once (the worst case: timers that fire together).
 
 For each round: the hosts' outcomes (from their metrics files, read back by Prometheus' own parser where
@@ -239,13 +239,16 @@ def main() -> None:
               file=sys.stderr)
         rounds = []
         plan = [("first", 0.0), ("unchanged", 0.0), ("update", 0.0), ("unchanged, jittered", args.jitter),
-                ("update, jittered", args.jitter)]
+                ("update, jittered", args.jitter), ("update, a canary first", 0.0)]
         for name, jitter in plan:
             if name.startswith("update"):
                 push_image(builder, work, upstream.address, len(rounds) + 2, args.size)
             marks = upstream.mark(), cache.mark()
             begun = time.monotonic()
-            ran = run_round(hosts, reference, args.concurrency, jitter, args.seed)
+            if name.endswith("canary first"):  # one host warms the cache, then the rest at once
+                ran = [refresh(hosts[0], reference), *run_round(hosts[1:], reference, args.concurrency, 0.0, 0)]
+            else:
+                ran = run_round(hosts, reference, args.concurrency, jitter, args.seed)
             took = time.monotonic() - begun
             time.sleep(0.5)  # the registries write their access log after the response
             done = summary(name, ran, kinds(upstream.requests(marks[0])), kinds(cache.requests(marks[1])), took)

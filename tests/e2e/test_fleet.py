@@ -26,11 +26,15 @@ def test_a_small_fleet_asks_by_head_and_pulls_each_update_once_per_host(tmp_path
     for name in ("unchanged", "unchanged, jittered"):
         assert rounds[name]["outcomes"] == {"unchanged (exit 0)": 2}
         assert rounds[name]["cache"]["by_kind"] == {"manifest HEAD": 2}  # one HEAD a host, no manifest GET
-    for name in ("first", "update", "update, jittered"):
+    for name in ("first", "update", "update, jittered", "update, a canary first"):
         assert rounds[name]["outcomes"] == {"updated (exit 0)": 2}
         assert rounds[name]["cache"]["by_kind"]["manifest GET"] == 2  # pulled once per host
         # At the upstream once, or once per host that missed the cache at the same moment (docker-registry's proxy
         # does not merge concurrent misses: docs/fleet.md).
         assert 1 <= rounds[name]["upstream"]["by_kind"]["manifest GET"] <= 2
+    # A canary warmed the cache: the upstream sent the new image as for one host (its manifest once; its config and
+    # layer blobs, each fetched twice by docker-registry 2.8's proxy on its first pull), nothing for the other host.
+    warmed = rounds["update, a canary first"]["upstream"]["by_kind"]
+    assert warmed["manifest GET"] == 1 and warmed["blob GET"] <= 4
     assert set(Path("/var/tmp").glob("cdisk-fleet-*")) == before
     assert mounts_under(["/var/tmp"]) == {m for m in mounts_under(["/var/tmp"]) if "cdisk-fleet-" not in m}
