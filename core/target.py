@@ -330,6 +330,12 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def no_follow(path: str, flags: int) -> int:
+    """An `open()` opener for the temp name `writing` yields: opened as it was made, a link put in its place
+    meanwhile refused, not followed."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 @contextmanager
 def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[str]:
     """The path qemu-img should write. A file is renamed over the target only if the block succeeds

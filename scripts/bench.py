@@ -75,6 +75,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.private_dockerd import private_dockerd  # noqa: E402
+
 CACHE = ROOT / "bench-cache"
 CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
 FS_SIZE = "4G"
@@ -238,22 +242,9 @@ def docker_daemon() -> Iterator[str]:
         return
     root = CACHE / "docker"
     root.mkdir(exist_ok=True)
-    host = f"unix://{root}/docker.sock"
-    log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(["dockerd", "--host", host, "--data-root", str(root / "data"), "--exec-root",
-                             "/run/cdisk-bench-docker", "--pidfile", str(root / "dockerd.pid"), "--iptables=false",
-                             "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2"],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench: dockerd did not start; see {root / 'dockerd.log'}")
-            time.sleep(0.1)
+    # The test suite's own daemon, its data root cached here: the images built into it stay between runs.
+    with private_dockerd(root, os.environ) as host:
         yield host
-    finally:
-        proc.terminate()
-        proc.wait()
-        log.close()
 
 
 def baseline_cdisk(rev: str) -> tuple[str, str]:

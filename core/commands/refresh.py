@@ -184,14 +184,9 @@ def _write_record(target_path: str, record: Record) -> None:
     # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
     # disk that is not there.
     with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
-            target.os_errors(record_path(target_path)), open(temp, "w", opener=_no_link) as f:
+            target.os_errors(record_path(target_path)), open(temp, "w", opener=target.no_follow) as f:
         json.dump(asdict(record), f, indent=1)
         f.write("\n")
-
-
-def _no_link(path: str, flags: int) -> int:
-    """The temp name opened as it was made: a link put in its place meanwhile is refused, not followed."""
-    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def is_current(record: Record | None, image: Image, read: ReadRequest, write: WriteRequest) -> bool:

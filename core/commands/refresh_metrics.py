@@ -116,10 +116,5 @@ def write(path: str, outcome: Outcome) -> None:
     success = outcome.ended if outcome.outcome in ("updated", "unchanged") else previous_success(path)
     text = render(outcome, success)
     with target.writing(target.Target(os.path.abspath(path), is_block=False)) as temp, target.os_errors(path), \
-            open(temp, "w", encoding="utf-8", opener=_no_link) as f:
+            open(temp, "w", encoding="utf-8", opener=target.no_follow) as f:
         f.write(text)
-
-
-def _no_link(path: str, flags: int) -> int:
-    """The temp name opened as it was made: a link put in its place meanwhile is refused, not followed."""
-    return os.open(path, flags | os.O_NOFOLLOW)

@@ -269,13 +269,17 @@ def test_the_image_removed_meanwhile_is_still_served(images: Images) -> None:
         assert reads_as(info["uri"], disk, "qcow2")
 
 
-def test_the_server_dying_ends_serve_with_one_line(images: Images) -> None:
-    name = images.build({"disk.vmdk": images.disk("disk.vmdk", "vmdk")})  # qemu-storage-daemon's (a qcow2: cdisk's)
+@pytest.mark.parametrize(("disk", "fmt", "server"), [
+    ("disk.vmdk", "vmdk", "qemu-storage-daemon"),  # qemu-storage-daemon's (a qcow2: cdisk's)
+    ("disk.raw", "raw", "cdisk's raw NBD server"),
+])
+def test_the_server_dying_ends_serve_with_one_line(images: Images, disk: str, fmt: str, server: str) -> None:
+    name = images.build({disk: images.disk(disk, fmt, "4M")})
     with served(name) as (proc, info):
         [bwrap] = server_children(proc.pid)
         os.kill(bwrap, signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
-        assert_one_line_error(Run(proc.returncode, "", err), 7, "qemu-storage-daemon stopped")
+        assert_one_line_error(Run(proc.returncode, "", err), 7, f"{server} stopped")
         assert not os.path.exists(os.path.dirname(str(info["socket"])))
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cdisk.core.engines.registry.reference import parse_reference, qualified
+from cdisk.core.engines.common import has_registry
+from cdisk.core.engines.registry.reference import parse_reference
 
 if TYPE_CHECKING:
     from cdisk.core.engines.registry.auth import Credentials
@@ -62,7 +63,7 @@ def _asked(reference: str, engine: str, tls_verify: bool | None) -> Answer:
         return Answer("", "", str(error), reached=True)
     if ref.digest:
         return Answer(ref.digest, "", "")
-    if engine == "podman" and not qualified(reference):
+    if engine == "podman" and not has_registry(reference):
         return Answer("", "", f"{reference} names no registry; podman would resolve it as a short name", reached=True)
     plan = config.podman_plan(ref, tls_verify) if engine == "podman" else config.docker_plan(ref, tls_verify)
     if not plan.endpoints:

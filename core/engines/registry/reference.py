@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cdisk.core.engines.common import has_registry
+
 DOCKER_HUB = "docker.io"
 # Where Docker Hub's registry API answers (c/image docker/docker_client.go, moby registry/config.go).
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -55,13 +57,6 @@ def api_host(registry: str) -> str:
     return DOCKER_HUB_API if registry == DOCKER_HUB else registry
 
 
-def qualified(reference: str) -> bool:
-    """Whether `reference` names its registry (`quay.io/x`, `localhost:5000/x`, `localhost/x`), as
-    distribution's `splitDockerDomain` decides: a first component with a `.` or a `:`, or `localhost`."""
-    first, slash, _ = reference.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
-
-
 def parse_reference(reference: str) -> Reference:
     """`reference` split into registry, repository and tag or digest; no tag and no digest means `latest`.
     A name without a registry is Docker Hub's, as docker reads it.
@@ -78,7 +73,7 @@ def parse_reference(reference: str) -> Reference:
         rest, tag = rest.rsplit(":", 1)
         if not _TAG.fullmatch(tag):
             raise ValueError(f"{reference!r} has no valid tag")
-    if qualified(rest):
+    if has_registry(rest):
         registry, path = rest.split("/", 1)
     else:
         registry, path = DOCKER_HUB, rest

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdisk.core.engines.registry.reference import Reference, parse_reference, qualified
+from cdisk.core.engines.common import has_registry
+from cdisk.core.engines.registry.reference import Reference, parse_reference
 
 HEX = "0123456789abcdef" * 4
 
@@ -46,4 +47,4 @@ def test_invalid_references_are_refused(text: str) -> None:
 @pytest.mark.parametrize(("text", "expected"), [("quay.io/x", True), ("localhost/x", True), ("h:5000/x", True),
                                                 ("library/alpine", False), ("alpine", False)])
 def test_qualified(text: str, expected: bool) -> None:
-    assert qualified(text) is expected
+    assert has_registry(text) is expected  # the one rule the registry client and refresh share
