@@ -31,7 +31,9 @@ the NBD export instead (`export`), and both reading only (`-read`: to qemu's nul
 reading only: `stored-read`, bare qemu-img of the file as podman stores it (what cdisk serves; a raw layer's is
 fully allocated), and `nbdkit-tar-read`, the peer `nbdkit file LAYER.tar --filter=tar tar-entry=disk/disk.FMT`
 (apt-get install nbdkit) on the saved layer, the client decoding the qcow2 itself; `goals` gives export-read's
-ratio to each. `export-nbdcopy-read`: nbdcopy to null:, 4 connections (the export allows multi-conn).
+ratio to each. `export-nbdcopy-read`: nbdcopy to null:, 4 connections (the export allows multi-conn). Each
+command meets a server started for it (untimed): the export rows are a new server's first client, a raw
+disk's zero scan included.
 `first-byte`: from starting `cdisk serve` to the first 512 bytes read from the export by qemu-io (a new server
 each round).
 
@@ -424,6 +426,36 @@ def served(image: str) -> Iterator[tuple[str, Sample]]:
         proc.wait()
 
 
+@contextmanager
+def fresh_server(image: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """`cdisk serve` of `image` on one socket, and a callable that starts it anew (untimed, before each command):
+    every export row is then a new server's first client, whatever the server learns once per serve (a raw
+    disk's zeros) paid within the row."""
+    sock = CACHE / "out" / "serve.sock"
+    running: list[subprocess.Popen[bytes]] = []
+    uri: list[str] = []
+
+    def stop() -> None:
+        for proc in running:
+            proc.terminate()
+            proc.wait()
+        running.clear()
+
+    def restart() -> None:
+        stop()
+        proc = subprocess.Popen([CDISK, "serve", "--json", "--shared", "8", "--socket", str(sock), image],
+                                stdout=subprocess.PIPE, env=RUN_ENV)
+        running.append(proc)
+        assert proc.stdout is not None
+        uri[:] = [json.loads(proc.stdout.readline())["uri"]]
+
+    try:
+        restart()
+        yield uri[0], restart
+    finally:
+        stop()
+
+
 def stored_file(image: str, member: str) -> Path:
     """`member` of `image`'s one layer as podman stores it (the file cdisk serves and reads in place)."""
     data = json.loads(sh("podman", "image", "inspect", image).stdout)[0]["GraphDriver"]["Data"]
@@ -465,7 +497,7 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
         with served(image) as (_, sample):
             if round_:
                 first.append(sample)
-    with served(image) as (uri, _), nbdkit_tar(blob, member) as peer:
+    with fresh_server(image) as (uri, restart), nbdkit_tar(blob, member) as peer:
         floor = str(disk.with_name(f"floor.{fmt}"))
         size = json.loads(sh("qemu-img", "info", "--output=json", "-f", fmt, floor).stdout)["virtual-size"]
         null = ["--target-image-opts", f"driver=null-co,size={size}"]
@@ -481,7 +513,7 @@ def run_serve(name: str, fs: Path, rounds: int) -> dict[str, object]:
             "nbdkit-tar-read": ["qemu-img", "convert", "-W", "-n", "-f", fmt, peer, *null],
             # A client that opens several connections where the server allows it (NBD multi-conn): nbdcopy's 4.
             "export-nbdcopy-read": ["nbdcopy", uri, "null:"],
-        }, rounds, target)
+        }, rounds, target, restart)
     rows["first-byte"] = {"median_s": round(statistics.median(s.seconds for s in first), 3), "ratio": None,
                           "self_peak_mib": round(max(s.self_mib for s in first), 1), "tree_peak_mib": None,
                           "samples_s": [round(s.seconds, 3) for s in first]}

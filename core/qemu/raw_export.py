@@ -6,7 +6,8 @@ a qcow2 whose every cluster lies whole in the file, as `qemu-img map` maps it â€
 and Linux (6.5 on) splices a file's page-cache pages into a Unix or TCP socket without copying them: the client's
 copy is then the only one, as when it reads the file itself. This is that server, and nothing more: the NBD
 handshake (fixed newstyle: EXPORT_NAME, INFO, GO, LIST, ABORT, structured replies, the base:allocation context;
-everything else unsupported), READ, and BLOCK_STATUS (zeros as holes, so a client skips them). The export is
+everything else unsupported), READ, and BLOCK_STATUS (a qcow2's unallocated clusters as holes; a raw disk's
+runs of zeros, found by reading it once, as allocated zeros: either way a client skips them). The export is
 read-only, and several connections may read it at once (multi-conn) where several clients may connect.
 
 It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN EXPORTS_FD`),
@@ -44,7 +45,7 @@ _CONTEXT_ID = 1
 _STRUCTURED_MAGIC = 0x668E33EF
 _CHUNK_DONE = 1
 _CHUNK_NONE, _CHUNK_DATA, _CHUNK_HOLE, _CHUNK_BLOCK_STATUS, _CHUNK_ERROR = 0, 1, 2, 5, (1 << 15) + 1
-_STATE_HOLE_ZERO = 3  # NBD_STATE_HOLE | NBD_STATE_ZERO
+_STATE_DATA, _STATE_ZERO, _STATE_HOLE_ZERO = 0, 2, 3  # NBD_STATE_ZERO; | NBD_STATE_HOLE
 _REQ_ONE = 1 << 3
 _REP_ERR_UNSUP, _REP_ERR_INVALID, _REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 3, (1 << 31) + 6
 _INFO_EXPORT, _INFO_BLOCK_SIZE = 0, 3
@@ -72,6 +73,108 @@ _STACK = 256 << 10
 # Replies leave in large pieces: a send buffer of 4 MiB (the kernel caps it at net.core.wmem_max) lets one
 # sendfile move a whole 2 MiB read where the default (208 KiB) wakes the client a dozen times.
 _SEND_BUFFER = 4 << 20
+# A raw disk's zeros are found in blocks of 64 KiB (qcow2's cluster: a finer map would split a client's reads
+# into more requests than the zeros save); waiting requests are told of the scan's progress each 1 MiB.
+_ZERO_BLOCK = 64 << 10
+_SCAN_STEP = 1 << 20
+_MAX_BLOCKS = 16 << 20
+_FIRST_LOOK = 4 << 10
+# A block status request waits until the scan has passed this far beyond where it starts (or the end): a reply
+# then describes a long run, not only what the scan had reached (one round trip per run, not per block).
+_LOOKAHEAD = 64 << 20
+
+
+class _Holes:
+    """Where a file's holes are (SEEK_DATA, SEEK_HOLE), asked as a scan goes forward: two calls per run of data,
+    so a sparse file's holes are never read."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = self.hole = 0  # the next data at or after the last place asked, and the hole that ends it
+
+    def cover(self, start: int, end: int) -> bool:
+        """Whether [start, end) lies in a hole, or past the file's end (it reads as zeros there too)."""
+        if start >= self.hole:
+            try:
+                self.data = os.lseek(self.fd, start, os.SEEK_DATA)
+                self.hole = os.lseek(self.fd, self.data, os.SEEK_HOLE)
+            except OSError:  # ENXIO: no data from there on
+                self.data = self.hole = 1 << 64
+        return self.data >= end
+
+
+class _Zeros:
+    """Which blocks of a raw disk read as zeros. A layer's file has no holes, so a raw disk of 4 GiB holding 1.4
+    GiB would cross the socket whole, zeros and all, where a client reading the file itself skips them after
+    reading them: one thread reads the disk once, in order, from the first block status request on (a client
+    that never asks costs nothing), for every client of the server; a request waits only until the scan has
+    passed what it asks about. Blocks of 64 KiB, larger on a disk of more than 1 TiB: the map never takes more
+    than `_MAX_BLOCKS` bytes."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self.fd, self.offset, self.size = fd, offset, size
+        self.block = _ZERO_BLOCK
+        while size > self.block * _MAX_BLOCKS:
+            self.block *= 2
+        self.zero = bytearray(-(-size // self.block))  # 1 where the block reads as zeros
+        self.scanned = 0  # bytes from the start whose blocks are known
+        self.changed = threading.Condition()
+        self.started = False
+
+    def runs(self, offset: int, length: int, limit: int) -> list[list[int]]:
+        """[length, state] of the data and zero runs from `offset`, at most `limit`, covering [offset, offset
+        + length) or the part of it the scan has passed."""
+        with self.changed:
+            if not self.started:
+                self.started = True
+                threading.Thread(target=self._scan, daemon=True).start()
+            needed = min(offset + length, offset + _LOOKAHEAD, self.size)
+            self.changed.wait_for(lambda: self.scanned >= needed)
+            end = min(offset + length, self.scanned)
+        described: list[list[int]] = []
+        while offset < end and len(described) < limit:
+            block = offset // self.block
+            zero = self.zero[block]
+            other = self.zero.find(b"\0" if zero else b"\1", block)
+            stop = end if other < 0 else min(other * self.block, end)
+            described.append([stop - offset, _STATE_ZERO if zero else _STATE_DATA])
+            offset = stop
+        return described
+
+    def _scan(self) -> None:
+        """Each block compared with zeros, a piece of at most 1 MiB at a time (a read into bytes and one memcmp
+        beat a buffer compared by slices), up to the first piece that is not. A short read leaves its block
+        described as data, and so does a read that fails, for the rest: never wrong, only slower."""
+        zeros = bytes(min(self.block, _SCAN_STEP))
+        holes = _Holes(self.fd)
+        try:
+            for start in range(0, self.size, self.block):
+                end = min(start + self.block, self.size)
+                self.zero[start // self.block] = self._reads_as_zeros(start, end, zeros, holes)
+                if end % _SCAN_STEP == 0 or end == self.size:
+                    with self.changed:
+                        self.scanned = end
+                        self.changed.notify_all()
+        except OSError:
+            pass  # the rest stays data
+        finally:
+            with self.changed:
+                self.scanned = self.size
+                self.changed.notify_all()
+
+    def _reads_as_zeros(self, start: int, end: int, zeros: bytes, holes: _Holes) -> bool:
+        if holes.cover(self.offset + start, self.offset + end):
+            return True
+        # Its first 4 KiB first: a block of data mostly shows it there, and the copy of the rest is spared.
+        look = min(_FIRST_LOOK, end - start)
+        if os.pread(self.fd, look, self.offset + start) != zeros[:look]:
+            return False
+        for at in range(start, end, len(zeros)):
+            want = min(len(zeros), end - at)
+            data = os.pread(self.fd, want, self.offset + at)
+            if len(data) != want or data != zeros[:want]:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -86,6 +189,7 @@ class Export:
     size: int
     extents: tuple[tuple[int, int, int], ...] = ()
     flags: int = _READ_ONLY_FLAGS
+    zeros: _Zeros | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
         """The extents of [offset, offset + length), cut to it, in order: (start, length, file offset or -1). The
@@ -310,20 +414,27 @@ def _read(conn: net.socket, export: Export, state: _Connection, handle: int, off
             _send_file(conn, export.fd, where, size)
 
 
-def _block_status(conn: net.socket, export: Export, handle: int, flags: int, offset: int, length: int) -> None:
-    """base:allocation of [offset, offset + length): data, or a hole that reads as zeros. At most
-    `_MAX_DESCRIPTORS` runs (one with NBD_CMD_FLAG_REQ_ONE, as qemu's client asks): the protocol lets a reply cover
-    less than was asked, and the client asks again from where it ends."""
-    limit = 1 if flags & _REQ_ONE else _MAX_DESCRIPTORS
+def _mapped(export: Export, offset: int, length: int, limit: int) -> list[list[int]]:
+    """[length, state] of a qcow2's runs from `offset` as its map has them: data, or holes."""
     described: list[list[int]] = []
     for _, size, where in export.pieces(offset, length):
-        state = _STATE_HOLE_ZERO if where < 0 else 0
+        state = _STATE_HOLE_ZERO if where < 0 else _STATE_DATA
         if described and described[-1][1] == state:
             described[-1][0] += size
         elif len(described) == limit:
             break
         else:
             described.append([size, state])
+    return described
+
+
+def _block_status(conn: net.socket, export: Export, handle: int, flags: int, offset: int, length: int) -> None:
+    """base:allocation of [offset, offset + length): data, or zeros (a qcow2's holes, a raw disk's runs). At most
+    `_MAX_DESCRIPTORS` runs (one with NBD_CMD_FLAG_REQ_ONE, as qemu's client asks): the protocol lets a reply cover
+    less than was asked, and the client asks again from where it ends."""
+    limit = 1 if flags & _REQ_ONE else _MAX_DESCRIPTORS
+    zeros = export.zeros
+    described = zeros.runs(offset, length, limit) if zeros is not None else _mapped(export, offset, length, limit)
     payload = struct.pack(">I", _CONTEXT_ID) + b"".join(struct.pack(">II", size, state) for size, state in described)
     _chunk(conn, _CHUNK_DONE, _CHUNK_BLOCK_STATUS, handle, payload)
 
@@ -372,7 +483,9 @@ def serve(listener: net.socket, exports: list[Export], clients: int, multi_conn:
     and go at once cannot outrun the server, and an idle server of many allowed clients holds no thread). With
     `multi_conn`, each export tells a client it may read over several connections."""
     flags = _READ_ONLY_FLAGS | (_MULTI_CONN if multi_conn else 0)
-    by_name = {export.name: dataclasses.replace(export, flags=flags) for export in exports}
+    by_name = {export.name: dataclasses.replace(
+        export, flags=flags, zeros=None if export.extents else _Zeros(export.fd, export.offset, export.size))
+        for export in exports}
     # listen() again, as qemu's servers do with a socket they are handed: the socket's credentials
     # (SO_PEERCRED, SO_PEERPIDFD) then name this server, which is how `serve --stop` finds it.
     listener.listen(_BACKLOG)

@@ -51,6 +51,21 @@ def test_a_raw_disk_is_served_by_the_sendfile_server(images: Images, method: str
         assert export["source_format"] == "raw" and export["virtual_size"] == 8 << 20
 
 
+def test_a_raw_disks_zeros_are_told_to_the_client(images: Images) -> None:
+    """A layer's file has no holes: the server finds a raw disk's runs of zeros (in 64 KiB blocks) and block
+    status reports them as zeros, so qemu-img skips them rather than read them through the socket."""
+    disk = images.disk("disk.raw", "raw", "8M")
+    name = images.build({"disk.raw": disk})
+    with served(name) as (_, info):
+        uri = str(info["uri"])
+        mapped = json.loads(sh("qemu-img", "map", "--output=json", "-f", "raw", uri).stdout)
+        assert [(e["start"], e["length"], e["zero"]) for e in mapped] == [
+            (0, 64 << 10, False), (64 << 10, (1 << 20) - (64 << 10), True), (1 << 20, 64 << 10, False),
+            ((1 << 20) + (64 << 10), (2 << 20) - (64 << 10), True), (3 << 20, 128 << 10, False),
+            ((3 << 20) + (128 << 10), (5 << 20) - (128 << 10), True)]
+        assert reads_as(uri, disk, "raw")
+
+
 def test_a_qcow2_disk_is_served_by_its_map(images: Images, tmp_path: Path) -> None:
     """Every cluster whole in the file: cdisk's server, by qemu-img's map (data by sendfile, zeros as holes that
     block status reports, so a client skips them)."""

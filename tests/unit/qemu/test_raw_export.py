@@ -350,3 +350,55 @@ def test_block_status_of_a_fragmented_map_looks_at_no_more_than_it_describes(tmp
             assert kind == 5 and len(described) == 2 * most
             assert described[:4] == ((4096, 0, 4096, 3) if most > 1 else (4096, 0))
             assert _Counted.looked < most + 100  # the bisection's steps and the runs described
+
+
+BLOCK = 64 << 10
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[str]:
+    """A raw export `m` at offset 512 of its file, as in a tar: a block of data, two of zeros, a block of zeros
+    but for its last byte, and 1,000 bytes more of which the file holds 500 (a partial last sector)."""
+    disk = b"\1" * BLOCK + bytes(2 * BLOCK) + bytes(BLOCK - 1) + b"\1" + bytes(500)
+    path = tmp_path / "disk"
+    path.write_bytes(b"\1" * 512 + disk)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "raw.sock"))
+    listener.listen(8)
+    export = raw_export.Export(b"m", os.open(path, os.O_RDONLY), 512, 4 * BLOCK + 1000)
+    threading.Thread(target=raw_export.serve, args=(listener, [export], 2), daemon=True).start()
+    with listener:
+        yield str(tmp_path / "raw.sock")
+
+
+def status(conn: socket.socket, flags: int, offset: int, length: int) -> list[tuple[int, int]]:
+    conn.sendall(struct.pack(">IHHQQI", 0x25609513, flags, 7, 3, offset, length))
+    [(done, kind, payload)] = chunks(conn, 3)
+    assert done == 1 and kind == 5
+    described = struct.unpack(f">I{(len(payload) - 4) // 4}I", payload)[1:]
+    return list(zip(described[::2], described[1::2], strict=True))
+
+
+def test_block_status_of_a_raw_export_tells_its_zero_blocks(raw: str) -> None:
+    """A layer's file has no holes: the server reads the disk once to find its 64 KiB blocks of zeros, and tells
+    them as zeros (allocated: the bytes are stored) so that a client skips them. A block with one byte set is
+    data, and so is the last, short block (the file ends inside it: never a zero the file does not hold)."""
+    with structured(raw) as conn:
+        size = 4 * BLOCK + 1000
+        assert status(conn, 0, 0, size) == [(BLOCK, 0), (2 * BLOCK, 2), (BLOCK + 1000, 0)]
+        assert status(conn, 1 << 3, BLOCK + 4096, size - BLOCK - 4096) == [(2 * BLOCK - 4096, 2)]  # REQ_ONE
+        assert status(conn, 0, 512, 1024) == [(1024, 0)]
+        assert status(conn, 0, 2 * BLOCK, BLOCK + 512) == [(BLOCK, 2), (512, 0)]
+        assert request_structured(conn, 0, 4 * BLOCK) == b"\1" * BLOCK + bytes(2 * BLOCK) + bytes(BLOCK - 1) + b"\1"
+
+
+def request_structured(conn: socket.socket, offset: int, length: int) -> bytes:
+    conn.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 4, offset, length))
+    return b"".join(payload[8:] for _, kind, payload in chunks(conn, 4) if kind == 1)
+
+
+def test_a_disk_that_cannot_be_read_is_told_as_data(tmp_path: Path) -> None:
+    """A read that fails (here: the descriptor is a directory's) leaves every block described as data, and no
+    request waits for a scan that ended."""
+    zeros = raw_export._Zeros(os.open(tmp_path, os.O_RDONLY), 0, 8 * BLOCK)
+    assert zeros.runs(0, 8 * BLOCK, 1024) == [[8 * BLOCK, 0]]
