@@ -15,7 +15,8 @@ where a disk's descriptor may already be) and serves several exports on one sock
 A raw disk, or a qcow2 whose every cluster lies whole in the file (qemu-img maps it once: no compressed
 cluster), is served by `core/qemu/raw_export.py` instead (with `--all`, when every disk is), in the same
 sandbox: with nothing left to decode, its bytes go from the page cache into the socket by sendfile, so the
-client's copy is the only one — as when it reads the file itself — where qemu-storage-daemon adds two (issue
+client's copy is the only one — as when it reads the file itself — where qemu-storage-daemon adds two; and
+a raw disk's runs of zeros are told by block status (found by reading it once), so a client skips them (issue
 24; docs/bench/README.md).
 """
 
