@@ -439,6 +439,8 @@ def fresh_server(image: str) -> Iterator[tuple[str, Callable[[], None]]]:
         for proc in running:
             proc.terminate()
             proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         running.clear()
 
     def restart() -> None:
@@ -447,7 +449,10 @@ def fresh_server(image: str) -> Iterator[tuple[str, Callable[[], None]]]:
                                 stdout=subprocess.PIPE, env=RUN_ENV)
         running.append(proc)
         assert proc.stdout is not None
-        uri[:] = [json.loads(proc.stdout.readline())["uri"]]
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench: cdisk serve {image} ended before it served (exit {proc.wait()})")
+        uri[:] = [json.loads(line)["uri"]]
 
     try:
         restart()

@@ -77,11 +77,14 @@ _SEND_BUFFER = 4 << 20
 # into more requests than the zeros save); waiting requests are told of the scan's progress each 1 MiB.
 _ZERO_BLOCK = 64 << 10
 _SCAN_STEP = 1 << 20
+# The map of a disk's blocks never takes more than 16 MiB (a byte a block): past 1 TiB the blocks grow instead.
 _MAX_BLOCKS = 16 << 20
+# A block's first 4 KiB are read first: a block of data mostly shows it there, and the rest need not be read.
 _FIRST_LOOK = 4 << 10
 # A block status request waits until the scan has passed this far beyond where it starts (or the end): a reply
 # then describes a long run, not only what the scan had reached (one round trip per run, not per block).
 _LOOKAHEAD = 64 << 20
+_NO_MORE_DATA = 1 << 64
 
 
 class _Holes:
@@ -93,64 +96,83 @@ class _Holes:
         self.data = self.hole = 0  # the next data at or after the last place asked, and the hole that ends it
 
     def cover(self, start: int, end: int) -> bool:
-        """Whether [start, end) lies in a hole, or past the file's end (it reads as zeros there too)."""
+        """Whether [start, end) lies in a hole, or past the file's end (the disk reads as zeros there: `_send_file`
+        sends zeros)."""
         if start >= self.hole:
             try:
                 self.data = os.lseek(self.fd, start, os.SEEK_DATA)
                 self.hole = os.lseek(self.fd, self.data, os.SEEK_HOLE)
-            except OSError:  # ENXIO: no data from there on
-                self.data = self.hole = 1 << 64
+            except OSError as error:
+                if error.errno != errno.ENXIO:  # a file that cannot say: everything from here on is read
+                    self.data, self.hole = start, _NO_MORE_DATA
+                else:  # no data from here on
+                    self.data = self.hole = _NO_MORE_DATA
         return self.data >= end
 
 
 class _Zeros:
-    """Which blocks of a raw disk read as zeros. A layer's file has no holes, so a raw disk of 4 GiB holding 1.4
-    GiB would cross the socket whole, zeros and all, where a client reading the file itself skips them after
-    reading them: one thread reads the disk once, in order, from the first block status request on (a client
-    that never asks costs nothing), for every client of the server; a request waits only until the scan has
-    passed what it asks about. Blocks of 64 KiB, larger on a disk of more than 1 TiB: the map never takes more
-    than `_MAX_BLOCKS` bytes."""
+    """Which blocks of a raw disk read as zeros. A layer's file has no holes, so all of a raw disk (4 GiB that
+    hold 1.4 GiB) would cross the socket, zeros too: a client reading the file can skip the zeros it finds, one
+    reading the export cannot unless told. One thread reads the disk once, in order, from the first block status
+    request on (a client that never asks costs nothing: no thread, no map), for every client of the export; a
+    request waits only until the scan has passed what it asks about. Each export of a server (`--all`) has a
+    scan of its own, started by its own clients."""
 
     def __init__(self, fd: int, offset: int, size: int) -> None:
         self.fd, self.offset, self.size = fd, offset, size
         self.block = _ZERO_BLOCK
         while size > self.block * _MAX_BLOCKS:
             self.block *= 2
-        self.zero = bytearray(-(-size // self.block))  # 1 where the block reads as zeros
+        self.zero_blocks: bytearray | None = None  # 1 where the block reads as zeros; made when the scan starts
         self.scanned = 0  # bytes from the start whose blocks are known
         self.changed = threading.Condition()
-        self.started = False
 
     def runs(self, offset: int, length: int, limit: int) -> list[list[int]]:
         """[length, state] of the data and zero runs from `offset`, at most `limit`, covering [offset, offset
         + length) or the part of it the scan has passed."""
         with self.changed:
-            if not self.started:
-                self.started = True
-                threading.Thread(target=self._scan, daemon=True).start()
+            if self.zero_blocks is None and self.scanned == 0:
+                self._start()
             needed = min(offset + length, offset + _LOOKAHEAD, self.size)
             self.changed.wait_for(lambda: self.scanned >= needed)
             end = min(offset + length, self.scanned)
+        zero_blocks = self.zero_blocks
+        if zero_blocks is None:  # no scan to be had: all data, as before there was one
+            return [[end - offset, _STATE_DATA]]
         described: list[list[int]] = []
+        last = -(-end // self.block)
         while offset < end and len(described) < limit:
             block = offset // self.block
-            zero = self.zero[block]
-            other = self.zero.find(b"\0" if zero else b"\1", block)
+            zero = zero_blocks[block]
+            other = zero_blocks.find(b"\0" if zero else b"\1", block, last)  # no further than the request
             stop = end if other < 0 else min(other * self.block, end)
             described.append([stop - offset, _STATE_ZERO if zero else _STATE_DATA])
             offset = stop
         return described
 
+    def _start(self) -> None:
+        """The map and the scan's thread; where either cannot be had (no memory, no thread), the disk is described
+        as data, and no request waits."""
+        try:
+            self.zero_blocks = bytearray(-(-self.size // self.block))
+            threading.Thread(target=self._scan, daemon=True).start()
+        except (MemoryError, RuntimeError):
+            self.zero_blocks = None
+            self.scanned = self.size
+
     def _scan(self) -> None:
         """Each block compared with zeros, a piece of at most 1 MiB at a time (a read into bytes and one memcmp
-        beat a buffer compared by slices), up to the first piece that is not. A short read leaves its block
-        described as data, and so does a read that fails, for the rest: never wrong, only slower."""
-        zeros = bytes(min(self.block, _SCAN_STEP))
+        beat a buffer compared by slices), up to the first piece that is not. Past the file's end the disk reads
+        as zeros (`_Holes.cover`); the block the file ends in is read, and its short read makes it data. A read
+        that fails leaves the rest described as data: never wrong, only slower."""
+        zero_blocks = self.zero_blocks
+        assert zero_blocks is not None
+        zero_piece = bytes(min(self.block, _SCAN_STEP))
         holes = _Holes(self.fd)
         try:
             for start in range(0, self.size, self.block):
                 end = min(start + self.block, self.size)
-                self.zero[start // self.block] = self._reads_as_zeros(start, end, zeros, holes)
+                zero_blocks[start // self.block] = self._reads_as_zeros(start, end, zero_piece, holes)
                 if end % _SCAN_STEP == 0 or end == self.size:
                     with self.changed:
                         self.scanned = end
@@ -162,17 +184,17 @@ class _Zeros:
                 self.scanned = self.size
                 self.changed.notify_all()
 
-    def _reads_as_zeros(self, start: int, end: int, zeros: bytes, holes: _Holes) -> bool:
+    def _reads_as_zeros(self, start: int, end: int, zero_piece: bytes, holes: _Holes) -> bool:
         if holes.cover(self.offset + start, self.offset + end):
             return True
-        # Its first 4 KiB first: a block of data mostly shows it there, and the copy of the rest is spared.
         look = min(_FIRST_LOOK, end - start)
-        if os.pread(self.fd, look, self.offset + start) != zeros[:look]:
+        if os.pread(self.fd, look, self.offset + start) != zero_piece[:look]:
             return False
-        for at in range(start, end, len(zeros)):
-            want = min(len(zeros), end - at)
+        # Then the whole block, its first 4 KiB again: one compare with a template of its size, no copy of one.
+        for at in range(start, end, len(zero_piece)):
+            want = min(len(zero_piece), end - at)
             data = os.pread(self.fd, want, self.offset + at)
-            if len(data) != want or data != zeros[:want]:
+            if len(data) != want or data != zero_piece[:want]:
                 return False
         return True
 

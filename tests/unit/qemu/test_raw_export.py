@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -397,8 +398,102 @@ def request_structured(conn: socket.socket, offset: int, length: int) -> bytes:
     return b"".join(payload[8:] for _, kind, payload in chunks(conn, 4) if kind == 1)
 
 
-def test_a_disk_that_cannot_be_read_is_told_as_data(tmp_path: Path) -> None:
-    """A read that fails (here: the descriptor is a directory's) leaves every block described as data, and no
-    request waits for a scan that ended."""
-    zeros = raw_export._Zeros(os.open(tmp_path, os.O_RDONLY), 0, 8 * BLOCK)
-    assert zeros.runs(0, 8 * BLOCK, 1024) == [[8 * BLOCK, 0]]
+def zeros_of(tmp_path: Path, data: bytes, size: int | None = None) -> raw_export._Zeros:
+    """The zero map of a raw export of a file holding `data` (`size` bytes of it: more reads past its end)."""
+    path = tmp_path / "scanned"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    return raw_export._Zeros(fd, 0, len(data) if size is None else size)
+
+
+def test_blocks_past_the_files_end_are_zeros_and_the_block_it_ends_in_is_data(tmp_path: Path) -> None:
+    """The server sends zeros past the file's end: a block wholly there is told as zeros; the one the file ends in
+    (100 stored zero bytes, then nothing) is data: never a zero the scan has not seen."""
+    zeros = zeros_of(tmp_path, b"\1" * BLOCK + bytes(100), 3 * BLOCK)
+    assert zeros.runs(0, 3 * BLOCK, 1024) == [[2 * BLOCK, 0], [BLOCK, 2]]
+
+
+def test_a_sparse_files_holes_are_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEEK_DATA says where the data is: of a sparse file of 64 blocks, only its one block of data is read."""
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.truncate(64 * BLOCK)
+        f.seek(10 * BLOCK)
+        f.write(b"\1" * BLOCK)
+    read: list[int] = []
+    pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: read.append(at) or pread(fd, n, at))
+    zeros = raw_export._Zeros(os.open(path, os.O_RDONLY), 0, 64 * BLOCK)
+    assert zeros.runs(0, 64 * BLOCK, 1024) == [[10 * BLOCK, 2], [BLOCK, 0], [53 * BLOCK, 2]]
+    assert read and all(10 * BLOCK <= at < 11 * BLOCK for at in read)
+
+
+def test_a_file_that_cannot_tell_its_holes_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEEK_DATA failing otherwise than with ENXIO (a FUSE or NFS server's EIO) says nothing about holes: the
+    blocks are read, never taken for zeros."""
+    def lseek(fd: int, at: int, whence: int) -> int:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "lseek", lseek)
+    zeros = zeros_of(tmp_path, b"\1" * BLOCK + bytes(BLOCK) + b"\1" * BLOCK)
+    assert zeros.runs(0, 3 * BLOCK, 1024) == [[BLOCK, 0], [BLOCK, 2], [BLOCK, 0]]
+
+
+def test_a_read_that_fails_leaves_the_rest_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk's third block cannot be read: the two before it are known, everything from it on is data."""
+    pread = os.pread
+
+    def failing(fd: int, n: int, at: int) -> bytes:
+        if at >= 2 * BLOCK:
+            raise OSError(errno.EIO, "injected")
+        return pread(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", failing)
+    zeros = zeros_of(tmp_path, b"\1" * BLOCK + bytes(5 * BLOCK))
+    assert zeros.runs(0, 6 * BLOCK, 1024) == [[BLOCK, 0], [BLOCK, 2], [4 * BLOCK, 0]]
+
+
+def test_no_thread_to_scan_with_is_all_data_and_no_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server at its limit of tasks cannot start the scan: the disk is told as data, now and next time."""
+    class NoThread:
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(raw_export.threading, "Thread", NoThread)
+    zeros = zeros_of(tmp_path, bytes(4 * BLOCK))
+    assert zeros.runs(0, 4 * BLOCK, 1024) == [[4 * BLOCK, 0]]
+    assert zeros.runs(BLOCK, BLOCK, 1) == [[BLOCK, 0]]
+
+
+def test_a_reply_describes_no_further_than_the_scan_has_read(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan held at 2 MiB: a request that may be answered then (2 MiB of look-ahead here) describes the 2 MiB
+    read, not the rest, which the map does not know yet."""
+    gate = threading.Event()
+    pread = os.pread
+
+    def held(fd: int, n: int, at: int) -> bytes:
+        if at >= 2 << 20:
+            gate.wait(10)
+        return pread(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", held)
+    monkeypatch.setattr(raw_export, "_LOOKAHEAD", 2 << 20)
+    zeros = zeros_of(tmp_path, bytes(8 << 20))
+    try:
+        assert zeros.runs(0, 8 << 20, 1024) == [[2 << 20, 2]]
+    finally:
+        gate.set()
+    assert zeros.runs(6 << 20, 2 << 20, 1024) == [[2 << 20, 2]]  # waits for the scan to reach the end
+
+
+def test_the_blocks_grow_so_that_the_map_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map of at most 4 blocks (16 Mi on a real server: 1 TiB of 64 KiB blocks): a 1 MiB disk has blocks of
+    256 KiB, one byte of data making its whole block data."""
+    monkeypatch.setattr(raw_export, "_MAX_BLOCKS", 4)
+    zeros = zeros_of(tmp_path, b"\1" + bytes((1 << 20) - 1))
+    assert zeros.block == 256 << 10
+    assert zeros.runs(0, 1 << 20, 1024) == [[256 << 10, 0], [768 << 10, 2]]
