@@ -145,12 +145,22 @@ def _read_toml(path: Path) -> dict[str, Any] | None:
         raise ValueError(f"not valid TOML ({error})") from None
 
 
+def _shown(location: str) -> str:
+    """`location` fit for a warning: a user and password written before its host (`user:secret@host`, with or
+    without a scheme) shown as `***@`, as docker redacts a mirror's URI."""
+    scheme, _, rest = location.rpartition("://")
+    host, slash, path = rest.partition("/")
+    if "@" in host:
+        host = "***@" + host.rpartition("@")[2]
+    return repr(f"{scheme}://" * bool(scheme) + host + slash + path)
+
+
 def _location(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} is not a string")
     trimmed = value.rstrip("/")
     if trimmed.startswith(("http://", "https://")):
-        raise ValueError(f"invalid location {value!r}: URI schemes are not supported")
+        raise ValueError(f"invalid location {_shown(value)}: URI schemes are not supported")
     return trimmed
 
 
@@ -204,9 +214,9 @@ def _parse_conf(document: dict[str, Any], drop_in: bool) -> _Conf:
                 raise ValueError("invalid condition: location is unset and prefix is not in the format: "
                                  "*.example.com")
         if prefix.startswith("*.") and any(c in prefix for c in "/@:"):
-            raise ValueError(f"wildcarded prefix should be in the format: *.example.com, not {prefix!r}")
+            raise ValueError(f"wildcarded prefix should be in the format: *.example.com, not {_shown(prefix)}")
         if table.get("pull-from-mirror"):
-            raise ValueError(f"pull-from-mirror must not be set for a non-mirror registry {prefix!r}")
+            raise ValueError(f"pull-from-mirror must not be set for a non-mirror registry {_shown(prefix)}")
         reg = _Registry(prefix, location, _flag(table, "insecure"), _flag(table, "blocked"),
                         _flag(table, "mirror-by-digest-only"))
         for mirror in table.get("mirror") or []:
@@ -217,10 +227,10 @@ def _parse_conf(document: dict[str, Any], drop_in: bool) -> _Conf:
                 raise ValueError("invalid condition: mirror location is unset")
             usage = mirror.get("pull-from-mirror", "")
             if reg.mirror_by_digest_only and usage:
-                raise ValueError(f"cannot set mirror-by-digest-only for {prefix!r} and pull-from-mirror for "
-                                 f"{where!r} at the same time")
+                raise ValueError(f"cannot set mirror-by-digest-only for {_shown(prefix)} and pull-from-mirror for "
+                                 f"{_shown(where)} at the same time")
             if usage not in ("", "all", "digest-only", "tag-only"):
-                raise ValueError(f"unsupported pull-from-mirror value {usage!r} for mirror {where!r}")
+                raise ValueError(f"unsupported pull-from-mirror value {usage!r} for mirror {_shown(where)}")
             reg.mirrors.append((where, _flag(mirror, "insecure"), usage))
         conf.registries[prefix] = reg  # a later table of the same prefix wins, as in a drop-in
     return conf
@@ -315,7 +325,9 @@ def podman_plan(ref: Reference, tls_verify: bool | None) -> Plan:
                                   insecure if tls_verify is None else not tls_verify, mirror,
                                   cert_dirs=_cert_dirs(physical.registry)))
     if not endpoints:
-        return Plan((), f"registry {blocked[0] if blocked else ref.registry} is blocked in registries.conf", helpers)
+        why = (f"registry {blocked[0]} is blocked in registries.conf" if blocked else
+               f"registries.conf rewrites {ref.registry} to no valid reference")  # as c/image, which fails the pull
+        return Plan((), why, helpers)
     return Plan(tuple(endpoints), "", helpers)
 
 
@@ -351,8 +363,8 @@ def _docker_mirror(url: Any, ref: Reference, config: dict[str, Any], tls_verify:
     if not isinstance(url, str):
         return None
     parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return None  # docker refuses a mirror with a user and password in it (ValidateMirror)
     host = parts.netloc
     insecure = docker_insecure(config, host) if tls_verify is None else not tls_verify
     return Endpoint(host, host, ref.repository, insecure, mirror=True, plain_http=parts.scheme == "http",

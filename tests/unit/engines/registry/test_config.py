@@ -106,6 +106,17 @@ def test_blocked_registry_is_not_asked(registries_conf: Path) -> None:
     assert plan.endpoints == () and plan.why == "registry quay.io is blocked in registries.conf"
 
 
+def test_a_rewrite_to_no_reference_is_said_so_and_a_password_never_shown(registries_conf: Path) -> None:
+    """A location with a user and password before its host is no reference (c/image fails the pull): the plan
+    says so, not that the registry is blocked; a refused file's line shows no password."""
+    registries_conf.write_text('[[registry]]\nprefix = "quay.io"\nlocation = "user:s3cret@mirror.example"\n')
+    plan = podman_plan(parse_reference("quay.io/a/b:1"), None)
+    assert plan.endpoints == () and plan.why == "registries.conf rewrites quay.io to no valid reference"
+    registries_conf.write_text('[[registry]]\nprefix = "quay.io"\nlocation = "https://user:s3cret@mirror.example/x"\n')
+    why = podman_plan(parse_reference("quay.io/a/b:1"), None).why
+    assert "s3cret" not in why and "'https://***@mirror.example/x'" in why
+
+
 def test_a_blocked_mirror_is_skipped(registries_conf: Path) -> None:
     registries_conf.write_text("""
 [[registry]]
@@ -216,7 +227,8 @@ DAEMON = {
     "IndexConfigs": {"docker.io": {"Name": "docker.io", "Mirrors": ["https://mirror.example/"], "Secure": True},
                      "named.example:5000": {"Name": "named.example:5000", "Secure": False},
                      "127.0.0.1:6000": {"Name": "127.0.0.1:6000", "Secure": True}},
-    "Mirrors": ["https://mirror.example/", "http://plain.example:5000"],
+    # The first as docker itself refuses it (a user and password in a mirror's URI): never asked.
+    "Mirrors": ["https://u:s3cret@secret.example/", "https://mirror.example/", "http://plain.example:5000"],
 }
 
 
