@@ -713,7 +713,9 @@ def main() -> None:
                "qemu_img": sh("qemu-img", "--version").stdout.splitlines()[0],
                "podman": sh("podman", "--version").stdout.strip(),
                "storage": sh("podman", "info", "--format", "{{.Store.GraphDriverName}}").stdout.strip(),
-               "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)}
+               "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+               # What a socket's send buffer may be: the serve rows depend on it (docs/decisions.md, Serving).
+               "wmem_max": int(Path("/proc/sys/net/core/wmem_max").read_text())}
     small, _ = build_case("qcow2-256g-sparse", fs)
     results: dict[str, object] = {"machine": machine, "rounds": args.rounds,
                                   "startup": startup(args.rounds, small), "cases": {}}
@@ -754,7 +756,8 @@ def main() -> None:
 def render(results: dict) -> str:  # type: ignore[type-arg]
     m, startup = results["machine"], results["startup"]
     lines = [f"machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel {m['kernel']}, {m['qemu_img']}, "
-             f"{m['podman']} ({m['storage']}); medians of {results['rounds']} interleaved rounds, warm cache",
+             f"{m['podman']} ({m['storage']}), net.core.wmem_max {m.get('wmem_max', '?')}; medians of "
+             f"{results['rounds']} interleaved rounds, warm cache",
              f"cdisk --version: {startup['version']['median_s']:.3f} s; no-op `cdisk refresh --pull never`: "
              f"{startup['noop_refresh']['median_s']:.3f} s ({startup['noop_ratio']:.2f}× --version, "
              f"{startup['noop_refresh']['self_peak_mib']} MiB)", "",
