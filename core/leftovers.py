@@ -28,6 +28,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ MARK = ".cdisk-held"
 _RANDOM = r"[a-z0-9_]{8}"  # what tempfile's mkstemp and mkdtemp add
 _LOCK_BYTE = 1 << 62  # beyond any disk, and far from qemu's lock bytes (block/file-posix.c: 100 and 200 on)
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+# A dead run's directory is emptied again while something still writes in it, up to ~1 s (a child stopping).
+_EMPTYING_PASSES = 20
+_EMPTYING_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -248,8 +252,7 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
             os.rmdir(name, dir_fd=dir_fd)
             return True
         if is_dir:
-            shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
-            return not _exists(name, dir_fd)
+            return _remove_marked_dir(dir_fd, name, fd)
         if undo is not None and not undo(fd):
             return False
         os.unlink(name, dir_fd=dir_fd)
@@ -259,6 +262,36 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
     finally:
         with suppress(OSError):
             os.close(fd)
+
+
+def _remove_marked_dir(dir_fd: int, name: str, fd: int) -> bool:
+    """Remove a dead run's directory (`fd`, locked by this run), its mark last. The dead run's child (a `podman
+    save` told to stop when cdisk died) may still be writing in it while it goes: what it adds meanwhile is removed
+    again, for a bounded time; a directory still growing after that keeps its mark, for a later run to take."""
+    for attempt in range(_EMPTYING_PASSES):
+        left = [entry for entry in os.listdir(fd) if entry != MARK]
+        if not left:
+            break
+        if attempt:
+            time.sleep(_EMPTYING_PAUSE)  # something came in after the first pass: let its writer end
+        for entry in left:
+            with suppress(OSError):
+                if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(entry, ignore_errors=True, dir_fd=fd)
+                else:
+                    os.unlink(entry, dir_fd=fd)
+    else:
+        return False
+    try:
+        os.unlink(MARK, dir_fd=fd)
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        # A name came in after the last look: the directory is marked again, so that a later run takes it (an
+        # unmarked one is only ever removed empty).
+        with suppress(OSError):
+            os.close(os.open(MARK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=fd))
+        return False
+    return True
 
 
 def _exists(name: str, dir_fd: int) -> bool:

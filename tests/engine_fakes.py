@@ -2,9 +2,10 @@
 argv, then runs the real one with the same argv, so a test sees what cdisk asked of the engine without changing
 what the engine does.
 
-Every call but `save -o DEST` becomes the real tool at once (exec, same pid). A save runs the real tool as
-a child, and then logs every file it left at DEST (podman: a directory; docker: one archive): the proof of
-where the layers really went. docker's calls start with `--host SOCKET`, which the log leaves out.
+Every call but a save becomes the real tool at once (exec, same pid). A save runs the real tool as a child,
+and then logs every file it left at DEST (podman's `-o DEST`: a directory; docker's standard output: one
+archive): the proof of where the layers really went. docker's calls start with `--host SOCKET`, which the log
+leaves out.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import json, os, subprocess, sys
 REAL, LOG = {real!r}, {log!r}
 args = sys.argv[1:]
 command = args[2:] if args[:1] == ["--host"] else args
-if command[:1] == ["save"] and "-o" in command:
+if command[:1] == ["save"]:
+    destination = command[command.index("-o") + 1] if "-o" in command else os.readlink("/proc/self/fd/1")
     code = subprocess.call([REAL, *args])
-    destination = command[command.index("-o") + 1]
     saved = {{}}
     if os.path.isfile(destination):
         saved[os.path.basename(destination)] = os.path.getsize(destination)
@@ -32,7 +33,7 @@ if command[:1] == ["save"] and "-o" in command:
             path = os.path.join(directory, name)
             saved[os.path.relpath(path, destination)] = os.path.getsize(path)
     with open(LOG, "a") as log:
-        log.write(json.dumps({{"argv": command, "code": code, "saved": saved}}) + "\\n")
+        log.write(json.dumps({{"argv": command, "code": code, "saved": saved, "destination": destination}}) + "\\n")
     sys.exit(code)
 with open(LOG, "a") as log:
     log.write(json.dumps({{"argv": command}}) + "\\n")
@@ -42,18 +43,15 @@ os.execv(REAL, [REAL, *args])
 
 @dataclass(frozen=True)
 class EngineCall:
-    """One run of the engine's CLI: its arguments and, for a `save -o DEST`, its exit code and what it left at
-    DEST (each file's path in DEST, or DEST's own name -> size), as it ended.
+    """One run of the engine's CLI: its arguments and, for a save, where it wrote (`destination`: its `-o`, or the
+    file its standard output was), its exit code and what it left there (each file's path in it, or its own name
+    -> size), as it ended.
     """
 
     argv: list[str]
     code: int | None = None
     saved: dict[str, int] | None = None
-
-    @property
-    def destination(self) -> str:
-        """Where a `save` wrote (its `-o`)."""
-        return self.argv[self.argv.index("-o") + 1]
+    destination: str | None = None
 
 
 class RecordingEngine:

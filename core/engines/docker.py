@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import json
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -310,11 +311,21 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
     from cdisk.core.oci import docker_archive
 
     archive = workdir / "image.tar"
-    argv = ["save", "-o", str(archive), "--", image.id]
-    # The client dies with cdisk: killed with SIGKILL, cdisk leaves no `docker save` writing into a temp dir the
-    # next run removes.
+    argv = ["save", "--", image.id]
     socket = default_socket()
-    code, _, err = processes.run(_cli(socket), argv, preexec_fn=processes.die_with_parent)
+    # Onto its standard output, a file made here: with `-o` the client writes a temp file of its own beside the
+    # archive and renames it, and a client still ending after cdisk was killed could make that name while the next
+    # run removes the directory. The client dies with cdisk (SIGKILL included).
+    out = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with processes.running(_cli(socket), argv, stdout=out, stderr=subprocess.PIPE,
+                               preexec_fn=processes.die_with_parent) as proc:
+            assert proc.stderr is not None
+            errors = processes.StderrTail(proc.stderr)
+            code = proc.wait()
+            err = errors.text()
+    finally:
+        os.close(out)
     if code != 0:
         # dockerd's answer to an image removed under its save: "No such image", or a layer's file gone ("failed to
         # get digest sha256:…: open …: no such file or directory") — removed, when the image is gone or back with

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,49 @@ def test_a_users_directory_renamed_to_a_name_of_cdisks_is_kept(where: Path) -> N
     (where / ".cdisk-save-ijklmnop").mkdir()  # a run killed before it marked its directory: empty
     assert leftovers.sweep(str(where), _ALL) == [".cdisk-save-ijklmnop"]
     assert len(list(where.glob("*/precious"))) == 3
+
+
+def _dead_save_dir(where: Path) -> Path:
+    """A save directory of a run killed with SIGKILL (three blobs in it), its lock free."""
+    [save] = [where / name for name in _killed_run(where) if name.startswith(".cdisk-save-")]
+    for name in ("blob2", "blob3"):
+        (save / name).write_bytes(b"y")
+    return save
+
+
+def _writer_at_unlink(monkeypatch: pytest.MonkeyPatch, save: Path, times: int | None) -> None:
+    """The dead run's child still writing while its directory goes: each removal of a name in it lets one more name
+    in (`times` of them; None: for ever). A race too narrow to be caught for real on demand."""
+    unlink, made = os.unlink, [0]
+
+    def racing(path: str, *args: object, **kwargs: object) -> None:
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        if times is None or made[0] < times:
+            made[0] += 1
+            with suppress(OSError):
+                (save / f"late{made[0]}").write_bytes(b"z")
+
+    monkeypatch.setattr(os, "unlink", racing)
+
+
+def test_a_dead_runs_directory_still_written_by_its_child_goes_all_the_same(
+        where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `podman save` told to stop when cdisk died may add a name while the next run removes the directory: the
+    sweep empties it again until nothing comes in, then removes it."""
+    save = _dead_save_dir(where)
+    _writer_at_unlink(monkeypatch, save, times=4)
+    assert save.name in leftovers.sweep(str(where), _ALL)
+    assert not save.exists()
+
+
+def test_a_directory_that_keeps_growing_keeps_its_mark_for_a_later_run(
+        where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that does not stop: the sweep gives up after a bounded time and leaves the directory marked, so that
+    the next run, once the writer is gone, removes it (an unmarked one would only ever be removed empty)."""
+    save = _dead_save_dir(where)
+    _writer_at_unlink(monkeypatch, save, times=None)
+    assert save.name not in leftovers.sweep(str(where), _ALL)
+    assert (save / leftovers.MARK).exists()
+    monkeypatch.undo()
+    assert save.name in leftovers.sweep(str(where), _ALL)
+    assert not save.exists()
