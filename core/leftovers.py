@@ -246,7 +246,7 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
     try:
         if not _same(fd, name, dir_fd) or _lock(fd, is_dir, wait=False) is not True:
             return False  # replaced meanwhile, a live run holds it, or no lock here to tell
-        if is_dir and not _exists(MARK, fd):
+        if is_dir and not _marked(fd):
             # Not marked: a run killed between making it and marking it left it empty, and rmdir removes only an
             # empty one (which whoever may write here could remove anyway); another's tree stays.
             os.rmdir(name, dir_fd=dir_fd)
@@ -264,32 +264,53 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
             os.close(fd)
 
 
+def _marked(fd: int) -> bool:
+    """Whether the directory `fd` is one of cdisk's: its mark a regular file of this user's, and nobody else may
+    write in it (a directory another user could write in, renamed to a name of cdisk's with a mark they made,
+    is not taken for one)."""
+    try:
+        mark = os.stat(MARK, dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(mark.st_mode) and mark.st_uid == os.geteuid() and not os.fstat(fd).st_mode & 0o022
+
+
 def _remove_marked_dir(dir_fd: int, name: str, fd: int) -> bool:
     """Remove a dead run's directory (`fd`, locked by this run), its mark last. The dead run's child (a `podman
     save` told to stop when cdisk died) may still be writing in it while it goes: what it adds meanwhile is removed
-    again, for a bounded time; a directory still growing after that keeps its mark, for a later run to take."""
+    again while new names keep coming, for a bounded time. A directory still growing after that, or holding a name
+    that cannot be removed, keeps its mark, for a later run to take."""
+    before: set[str] = set()
     for attempt in range(_EMPTYING_PASSES):
-        left = [entry for entry in os.listdir(fd) if entry != MARK]
-        if not left:
-            break
         if attempt:
             time.sleep(_EMPTYING_PAUSE)  # something came in after the first pass: let its writer end
+        left = set(os.listdir(fd)) - {MARK}
+        if not left:
+            break
+        if left <= before:
+            return False  # nothing new, nothing removed: a name that cannot go
+        before = left
         for entry in left:
-            with suppress(OSError):
+            with suppress(OSError, RecursionError):  # RecursionError: a tree deeper than rmtree recurses
                 if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
-                    shutil.rmtree(entry, ignore_errors=True, dir_fd=fd)
+                    shutil.rmtree(entry, dir_fd=fd)
                 else:
                     os.unlink(entry, dir_fd=fd)
+        if not set(os.listdir(fd)) - {MARK}:
+            break
     else:
         return False
+    if not _same(fd, name, dir_fd):
+        return False  # the name is another directory's now
     try:
         os.unlink(MARK, dir_fd=fd)
         os.rmdir(name, dir_fd=dir_fd)
     except OSError:
         # A name came in after the last look: the directory is marked again, so that a later run takes it (an
         # unmarked one is only ever removed empty).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with suppress(OSError):
-            os.close(os.open(MARK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            os.close(os.open(MARK, flags, 0o600, dir_fd=fd))
         return False
     return True
 

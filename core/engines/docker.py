@@ -333,6 +333,8 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
         if "no such image" in err.lower() or ("no such file or directory" in err and _replaced(socket, image)):
             raise ImageRemoved("docker", image.reference)
         last = processes.last_line(err, code)
+        if "no space" in last.lower():  # it wrote onto its standard output: say where that was
+            last = f"no space left on device writing {archive}"
         hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
             else (f"check the image with `cdisk verify {image.reference}`; remove it and pull it again"
                   if "no such file or directory" in err else f"check `docker image inspect {image.id}`")

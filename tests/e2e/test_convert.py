@@ -150,7 +150,7 @@ def test_tmpdir_switch_holds_the_save(convert: Convert, engine: str, method: str
     if method == "save":
         # The engine saved into the given dir (not beside the target, the default), and the layers were there.
         [save] = recording.saves()
-        assert save.code == 0 and save.destination.startswith(f"{scratch}/.cdisk-save-"), save.argv
+        assert save.code == 0 and str(save.destination).startswith(f"{scratch}/.cdisk-save-"), save.argv
         assert save.saved is not None and ("index.json" if engine == "podman" else "image.tar") in save.saved
         assert max(save.saved.values()) >= disk.stat().st_size  # the layer that holds the disk
     else:

@@ -284,3 +284,50 @@ def test_a_directory_that_keeps_growing_keeps_its_mark_for_a_later_run(
     monkeypatch.undo()
     assert save.name in leftovers.sweep(str(where), _ALL)
     assert not save.exists()
+
+
+def test_a_name_come_in_after_the_last_look_gets_the_mark_back(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's last name lands between the mark's removal and the rmdir: the directory is marked again (an
+    unmarked one is only ever removed empty), and the next run removes it."""
+    save = _dead_save_dir(where)
+    unlink = os.unlink
+
+    def racing(path: str, *args: object, **kwargs: object) -> None:
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        if path == leftovers.MARK:
+            (save / "last").write_bytes(b"z")
+
+    monkeypatch.setattr(os, "unlink", racing)
+    assert save.name not in leftovers.sweep(str(where), _ALL)
+    assert sorted(os.listdir(save)) == [leftovers.MARK, "last"]
+    monkeypatch.undo()
+    assert save.name in leftovers.sweep(str(where), _ALL)
+
+
+def test_a_name_that_cannot_go_is_not_tried_for_ever(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name the sweep cannot remove (EPERM) is no writer at work: one more look, and the directory is left,
+    marked, after one pause, not after every pause the bound allows."""
+    save = _dead_save_dir(where)
+    unlink = os.unlink
+    pauses: list[float] = []
+
+    def stuck(path: str, *args: object, **kwargs: object) -> None:
+        if path == "blob2":
+            raise PermissionError(1, "injected")
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", stuck)
+    monkeypatch.setattr(leftovers.time, "sleep", pauses.append)
+    removed = leftovers.sweep(str(where), _ALL)
+    monkeypatch.undo()
+    assert save.name not in removed and sorted(os.listdir(save)) == [leftovers.MARK, "blob2"]
+    assert len(pauses) <= 1
+
+
+def test_a_directory_others_may_write_in_is_not_emptied(where: Path) -> None:
+    """A directory another user could write in, wearing a name and a mark of cdisk's (they could have made both),
+    is not a run's: nothing in it is removed."""
+    save = _dead_save_dir(where)
+    save.chmod(0o777)
+    assert save.name not in leftovers.sweep(str(where), _ALL)
+    assert sorted(os.listdir(save)) == [leftovers.MARK, "blob", "blob2", "blob3"]
