@@ -11,15 +11,19 @@ for whatever the first two missed — when it runs a missing tool itself or thro
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Generator, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
+from cdisk.core import leftovers
 from tests.helpers import (
     READINGS,
     REQUIRE_TOOLS,
@@ -38,6 +42,7 @@ from tests.helpers import (
     tools_required,
 )
 from tests.images import sh
+from tests.mounts import mounts_under
 from tests.private_dockerd import private_dockerd
 from tests.registries import Registry
 
@@ -58,6 +63,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if tools_required() and (absent := missing_tools(TOOLS)):
         pytest.exit(f"{', '.join(absent)} missing and {REQUIRE_TOOLS} is set: run scripts/test, which installs "
                     "everything the tests need", returncode=1)
+
+
+_TEST_TMPDIR = leftovers.Pattern(re.compile(r"pytest-tmpdir-[a-z0-9_]{8}"), is_dir=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """What suites killed before their end left in /tmp of the tests' own TMPDIRs: each is held under a lock while
+    its test runs, and only an empty one is removed (cdisk's own sweep, whose rule for a directory not marked as
+    cdisk's is just that)."""
+    leftovers.sweep("/tmp", (_TEST_TMPDIR,))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -123,6 +138,8 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # left there is this test's doing.
     temp_root = Path(tempfile.mkdtemp(prefix="pytest-tmpdir-", dir="/tmp"))
     temp_root.chmod(0o1777)
+    held = os.open(temp_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(held, fcntl.LOCK_EX)  # while the test runs: a suite killed before its end leaves it free
     monkeypatch.setenv("TMPDIR", str(temp_root))
     try:
         yield
@@ -135,6 +152,7 @@ def no_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         assert leftovers == [], f"partial files or temp dirs left: {leftovers}"
     finally:
         shutil.rmtree(temp_root, ignore_errors=True)
+        os.close(held)
 
 
 @pytest.fixture(params=READINGS, ids=["-".join(r) for r in READINGS])
@@ -204,8 +222,12 @@ def dockerd() -> Iterator[str]:
         if tools_required():
             pytest.fail(f"{', '.join(absent)} missing: run scripts/test, which installs everything")
         pytest.skip(skip_reason(absent))
-    # In /tmp (not pytest's 0700 dir): the docker-group test's user must reach the socket.
-    root = Path(tempfile.mkdtemp(prefix="cdisk-test-dockerd-", dir="/tmp"))
+    # In /tmp (not pytest's 0700 dir): the docker-group test's user must reach the socket. Held under a lock for
+    # the session, as cdisk holds its temp dirs: what a suite killed before its end left is removed here, once its
+    # dockerd (which dies with the suite) is gone and nothing is mounted under it.
+    _sweep_dead_dockerd_dirs()
+    held, made = leftovers.locked_dir("/tmp", "cdisk-test-dockerd-")
+    root = Path(made)
     root.chmod(0o711)
     env = {name: value for name, value in os.environ.items() if name not in (TAG_VARIABLE, "TMPDIR", "DOCKER_HOST")}
     try:
@@ -214,6 +236,23 @@ def dockerd() -> Iterator[str]:
     finally:
         # Nothing ran, so nothing of it is mounted; its overlay2 dirs are plain files by now.
         shutil.rmtree(root, ignore_errors=True)
+        os.close(held)
+
+
+_DOCKERD_DIR = leftovers.Pattern(re.compile(r"cdisk-test-dockerd-[a-z0-9_]{8}"), is_dir=True)
+
+
+def _sweep_dead_dockerd_dirs() -> None:
+    """The dirs of suites that ended before their end (no lock held on them), unless a dockerd still runs from
+    one (its pid file names a live process) or something is mounted under one: then all are left for later."""
+    found = [path for path in Path("/tmp").glob("cdisk-test-dockerd-*") if _DOCKERD_DIR.name.fullmatch(path.name)]
+    if not found or mounts_under([str(path) for path in found]):
+        return
+    for path in found:
+        with suppress(OSError, ValueError):
+            os.kill(int((path / "dockerd.pid").read_text()), 0)
+            return  # a dockerd still running
+    leftovers.sweep("/tmp", (_DOCKERD_DIR,))
 
 
 @pytest.fixture

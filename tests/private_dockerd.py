@@ -1,6 +1,7 @@
 """A docker daemon of one's own, for the test suite and `scripts/stress` alike: a private socket, data and exec
 roots in a directory of the caller's, no networking of its own (no iptables, no bridge), overlay2; stopped when the
-block ends. No pytest here: the stress script imports it too."""
+block ends, and when its starter dies (SIGKILL included: a parent-death signal). No pytest here: the stress script
+imports it too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from cdisk.core.processes import die_with_parent
 
 START_SECONDS = 60
 
@@ -27,7 +30,8 @@ def private_dockerd(root: Path, env: Mapping[str, str]) -> Iterator[str]:
             ["dockerd", "--host", host, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
              "--pidfile", str(root / "dockerd.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
              "--storage-driver=overlay2", "--group", "root"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True,
+            preexec_fn=die_with_parent)
         try:
             deadline = time.monotonic() + START_SECONDS
             while subprocess.run(["docker", "--host", host, "version"], capture_output=True).returncode != 0:
