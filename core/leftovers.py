@@ -139,7 +139,7 @@ def locked_dir(directory: str | None, prefix: str, suffix: str = "") -> tuple[in
         path = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            os.close(os.open(MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            _mark(fd)
         except FileNotFoundError:
             continue  # a sweeper took it between mkdtemp and its lock: another name
         if _hold(fd, path, is_dir=True):
@@ -246,13 +246,13 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
     try:
         if not _same(fd, name, dir_fd) or _lock(fd, is_dir, wait=False) is not True:
             return False  # replaced meanwhile, a live run holds it, or no lock here to tell
-        if is_dir and not _marked(fd):
+        if is_dir:
+            if _marked(fd, seen.st_mode):
+                return _remove_marked_dir(dir_fd, name, fd)
             # Not marked: a run killed between making it and marking it left it empty, and rmdir removes only an
             # empty one (which whoever may write here could remove anyway); another's tree stays.
             os.rmdir(name, dir_fd=dir_fd)
             return True
-        if is_dir:
-            return _remove_marked_dir(dir_fd, name, fd)
         if undo is not None and not undo(fd):
             return False
         os.unlink(name, dir_fd=dir_fd)
@@ -264,15 +264,21 @@ def _remove_if_dead(dir_fd: int, name: str, is_dir: bool, undo: Callable[[int], 
             os.close(fd)
 
 
-def _marked(fd: int) -> bool:
-    """Whether the directory `fd` is one of cdisk's: its mark a regular file of this user's, and nobody else may
-    write in it (a directory another user could write in, renamed to a name of cdisk's with a mark they made,
-    is not taken for one)."""
+def _mark(fd: int) -> None:
+    """The mark in the directory `fd`: made new, never through a link, never waiting on a FIFO."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    os.close(os.open(MARK, flags, 0o600, dir_fd=fd))
+
+
+def _marked(fd: int, mode: int) -> bool:
+    """Whether the directory `fd` (of `mode`) is one of cdisk's: its mark a regular file of this user's, and
+    nobody else may write in it (a directory another user could write in, renamed to a name of cdisk's with a
+    mark they made, is not taken for one)."""
     try:
         mark = os.stat(MARK, dir_fd=fd, follow_symlinks=False)
     except OSError:
         return False
-    return stat.S_ISREG(mark.st_mode) and mark.st_uid == os.geteuid() and not os.fstat(fd).st_mode & 0o022
+    return stat.S_ISREG(mark.st_mode) and mark.st_uid == os.geteuid() and not mode & 0o022
 
 
 def _remove_marked_dir(dir_fd: int, name: str, fd: int) -> bool:
@@ -308,16 +314,7 @@ def _remove_marked_dir(dir_fd: int, name: str, fd: int) -> bool:
     except OSError:
         # A name came in after the last look: the directory is marked again, so that a later run takes it (an
         # unmarked one is only ever removed empty).
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with suppress(OSError):
-            os.close(os.open(MARK, flags, 0o600, dir_fd=fd))
-        return False
-    return True
-
-
-def _exists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
+            _mark(fd)
         return False
     return True

@@ -194,7 +194,8 @@ def running(cmd: Any, argv: Sequence[str], group: bool = False, **popen: Any) ->
 
     With `group` it leads a session of its own, and the whole session is stopped.
     """
-    proc = spawn(cmd, argv, stdin=subprocess.DEVNULL, start_new_session=group, **popen)
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    proc = spawn(cmd, argv, start_new_session=group, **popen)
     try:
         yield proc
     finally:
@@ -288,8 +289,12 @@ def run(cmd: Any, argv: Sequence[str], timeout: float | None = None, stdout_limi
                 proc.kill()
                 raise LimitExceeded(f"printed more than {stdout_limit} bytes", argv_of(proc))
 
+        started = time.monotonic()
         err = drain(proc, collect, timeout)
-        code = proc.wait()
+        try:  # a child that closed its pipes but runs on is bound by the same timeout
+            code = proc.wait(None if timeout is None else max(0.1, timeout - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            raise LimitExceeded(f"ran longer than {timeout:g} s", argv_of(proc)) from None
     return code, out.decode(errors="replace"), err.decode(errors="replace")
 
 

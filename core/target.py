@@ -374,3 +374,15 @@ def writing(target: Target, keep: int = 0, durable: bool = False) -> Iterator[st
                 os.unlink(temp)
         finally:
             os.close(fd)
+
+
+def replace_text(path: str, text: str, durable: bool = False) -> None:
+    """Replace the file at `path` with `text` (UTF-8) whole, as `writing` replaces a disk: under a temp name
+    beside it, never through a link, then renamed (with `durable`, synced first).
+
+    Raises:
+        TargetError: it cannot be written.
+    """
+    with writing(Target(path, is_block=False), durable=durable) as temp, os_errors(path), \
+            open(temp, "w", encoding="utf-8", opener=no_follow) as f:
+        f.write(text)

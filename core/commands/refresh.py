@@ -183,10 +183,7 @@ def _record_of(document: object) -> tuple[Record | None, str]:
 def _write_record(target_path: str, record: Record) -> None:
     # The same temp-beside-and-rename as the disk itself, synced: a record never describes a
     # disk that is not there.
-    with target.writing(target.Target(record_path(target_path), is_block=False), durable=True) as temp, \
-            target.os_errors(record_path(target_path)), open(temp, "w", opener=target.no_follow) as f:
-        json.dump(asdict(record), f, indent=1)
-        f.write("\n")
+    target.replace_text(record_path(target_path), json.dumps(asdict(record), indent=1) + "\n", durable=True)
 
 
 def is_current(record: Record | None, image: Image, read: ReadRequest, write: WriteRequest) -> bool:
@@ -248,8 +245,7 @@ def _tag_of(image: ImageRequest) -> str | None:
     """The registry reference to ask about, or None: an image file, a local store's transport, an ID, a digest
     (it names one image: nothing can move), a short name (the engine's own search rules resolve it) or a name
     under `localhost/` without a port (podman's name for an image built here: no registry holds it)."""
-    if image.engine == "file" or image.reference.startswith((*FILE_TRANSPORTS, "containers-storage:",
-                                                             "docker-daemon:")):
+    if image.engine == "file" or image.reference.startswith((*FILE_TRANSPORTS, *choice.LOCAL_STORES)):
         return None
     reference = image.reference.removeprefix("docker://")
     if looks_like_id(reference) or "@" in reference or not has_registry(reference):
@@ -318,15 +314,15 @@ def refresh(image: ImageRequest, read: ReadRequest, write: WriteRequest, wait: b
             raise TargetError(f"{path} exists but no refresh wrote it (no {named}); pass --force to let refresh "
                               "replace it")
         # The record's engine serves the image it recorded; another IMAGE at the same TARGET is chosen afresh.
-        if record is not None and record.image == image.reference:
-            image = choice.settled(image, record.engine)
-            if record.platform and not image.platform:
-                image = replace(image, platform=record.platform)
-            if record.disktype and not image.disktype:
-                image = replace(image, disktype=record.disktype)
+        same = record if record is not None and record.image == image.reference else None
+        if same is not None:
+            image = choice.settled(image, same.engine)
+            if same.platform and not image.platform:
+                image = replace(image, platform=same.platform)
+            if same.disktype and not image.disktype:
+                image = replace(image, disktype=same.disktype)
         choice.check(image)  # a request no engine could take is refused before the registry is asked
-        asked = _ask_registry(image, record if record is not None and record.image == image.reference else None,
-                              progress)
+        asked = _ask_registry(image, same, progress)
         found = choice.find(asked.image, progress)[1]
         if asked.digest and asked.image.pull is Pull.MISSING and asked.digest not in _known(found):
             # The tag is where the record says, but the local image of that name is not the one it names (retagged

@@ -114,7 +114,4 @@ def write(path: str, outcome: Outcome) -> None:
         TargetError: it cannot be written.
     """
     success = outcome.ended if outcome.outcome in ("updated", "unchanged") else previous_success(path)
-    text = render(outcome, success)
-    with target.writing(target.Target(os.path.abspath(path), is_block=False)) as temp, target.os_errors(path), \
-            open(temp, "w", encoding="utf-8", opener=target.no_follow) as f:
-        f.write(text)
+    target.replace_text(os.path.abspath(path), render(outcome, success))

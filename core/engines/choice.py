@@ -43,7 +43,7 @@ def of(image: Image) -> Engine:
 # Transports naming an engine's store, as skopeo names them; `docker://` pulls into the engine chosen.
 _STORES = {"containers-storage:": "podman", "docker-daemon:": "docker", "docker://": AUTO}
 # Those that name an image already in a store: skopeo never pulls for them, nor does cdisk.
-_LOCAL_STORES = ("containers-storage:", "docker-daemon:")
+LOCAL_STORES = ("containers-storage:", "docker-daemon:")
 
 
 def _transport(request: ImageRequest) -> ImageRequest:
@@ -117,7 +117,7 @@ def check(request: ImageRequest) -> None:
 def _prepared(request: ImageRequest) -> tuple[ImageRequest, str, str]:
     """The request with its transport resolved and its platform normal; the local store's transport it names
     ("" for none); and the usage error for a path IMAGE to raise where no store holds an image of its name ("")."""
-    local = next((prefix for prefix in _LOCAL_STORES if request.reference.startswith(prefix)), "")
+    local = next((prefix for prefix in LOCAL_STORES if request.reference.startswith(prefix)), "")
     store = next((prefix for prefix in _STORES if request.reference.startswith(prefix)), "")
     bare = request.engine != "file" and not request.reference.startswith((*FILE_TRANSPORTS, *_STORES))
     if bare and not request.reference:

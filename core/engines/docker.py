@@ -333,9 +333,10 @@ def save(image: Image, workdir: Path) -> list[LayerBlob]:
         if "no such image" in err.lower() or ("no such file or directory" in err and _replaced(socket, image)):
             raise ImageRemoved("docker", image.reference)
         last = processes.last_line(err, code)
-        if "no space" in last.lower():  # it wrote onto its standard output: say where that was
+        no_space = "no space" in last.lower()
+        if no_space:  # it wrote onto its standard output: say where that was
             last = f"no space left on device writing {archive}"
-        hint = "free some space or pass --tmpdir on a larger filesystem" if "no space" in last.lower() \
+        hint = "free some space or pass --tmpdir on a larger filesystem" if no_space \
             else (f"check the image with `cdisk verify {image.reference}`; remove it and pull it again"
                   if "no such file or directory" in err else f"check `docker image inspect {image.id}`")
         raise ToolError(f"docker save failed: {last}; {hint}", ["docker", *argv], code, err)

@@ -37,9 +37,9 @@ UNCONFINED_FORMATS = frozenset({"raw", "qcow2"})
 # Protocol drivers of the nodes cdisk builds itself, on paths it chose.
 _PROTOCOLS = frozenset({"file", "host_device"})
 _INFO = ("info", "--output=json")
+_CHECK = ("check", "--output=json")
 # qemu-img convert's most requests in flight (-m).
 MAX_COROUTINES = 16
-_CHECK = ("check", "--output=json")
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -173,7 +173,7 @@ def _inspect_together(asked: Sequence[tuple[str, list[str]]], spec: str, pass_fd
         results = processes.run_together(*runs, timeout=INSPECT_WALL_SECONDS)
     except LimitExceeded as error:
         results = error.finished
-        what = asked[len(results)][0] if len(results) < len(asked) else asked[-1][0]
+        what = asked[len(results)][0]  # the one stopped: each before it had finished
         refusal = UnsafeImageError(f"qemu-img {what} of the disk {error.what} and was stopped; the image is "
                                    "hostile or damaged: rebuild or re-pull it")
         return [*_with_argv(results, runs[:len(results)]), *[refusal] * (len(asked) - len(results))]

@@ -81,6 +81,7 @@ _SCAN_STEP = 1 << 20
 _MAX_BLOCKS = 16 << 20
 # A block's first 4 KiB are read first: a block of data mostly shows it there, and the rest need not be read.
 _FIRST_LOOK = 4 << 10
+_FIRST_ZEROS = bytes(_FIRST_LOOK)
 # A block status request waits until the scan has passed this far beyond where it starts (or the end): a reply
 # then describes a long run, not only what the scan had reached (one round trip per run, not per block).
 _LOOKAHEAD = 64 << 20
@@ -133,7 +134,7 @@ class _Zeros:
         with self.changed:
             if self.zero_blocks is None and self.scanned == 0:
                 self._start()
-            needed = min(offset + length, offset + _LOOKAHEAD, self.size)
+            needed = min(offset + length, offset + _LOOKAHEAD)
             self.changed.wait_for(lambda: self.scanned >= needed)
             end = min(offset + length, self.scanned)
         zero_blocks = self.zero_blocks
@@ -188,7 +189,7 @@ class _Zeros:
         if holes.cover(self.offset + start, self.offset + end):
             return True
         look = min(_FIRST_LOOK, end - start)
-        if os.pread(self.fd, look, self.offset + start) != zero_piece[:look]:
+        if os.pread(self.fd, look, self.offset + start) != _FIRST_ZEROS[:look]:  # whole: no copy
             return False
         # Then the whole block, its first 4 KiB again: one compare with a template of its size, no copy of one.
         for at in range(start, end, len(zero_piece)):

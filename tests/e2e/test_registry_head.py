@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.engines import docker
 from cdisk.core.engines.registry import Answer, config, head_digest
 from tests.images import Entry, layer_tar, oci_artifact_layout, oci_layout, sh
 from tests.unit.engines.registry.servers import counting_proxy
@@ -97,11 +98,11 @@ def test_a_dead_mirror_then_the_registry(registry: str, isolated: Path, tmp_path
 def test_docker_reads_its_daemons_settings(registry: str, docker_host: str, isolated: Path, tmp_path: Path) -> None:
     layout, _ = oci_layout(tmp_path, [layer_tar([Entry("disk/vm.img", data=b"\x41" * 4096)])])
     ref, digest, _ = pushed(layout, registry)
-    config.docker_registry_config.cache_clear()
+    docker.registry_config.cache_clear()
     try:
         # 127.0.0.0/8 is an insecure registry to dockerd unless told otherwise: plain http is allowed.
         assert head_digest(ref, "docker") == Answer(digest, registry, "")
         assert "127.0.0.0/8" in config.docker_registry_config(docker_host.removeprefix("unix://"))[
             "InsecureRegistryCIDRs"]
     finally:
-        config.docker_registry_config.cache_clear()
+        docker.registry_config.cache_clear()

@@ -8,6 +8,7 @@ standard library: `http.client`, `ssl` and `tomllib` are imported when a registr
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,14 +71,12 @@ def _asked(reference: str, engine: str, tls_verify: bool | None) -> Answer:
         return Answer("", "", plan.why, reached=True)  # blocked, or a configuration that says no endpoint
     deadline = time.monotonic() + head.TOTAL
     failed: list[tuple[str, str]] = []
+    # docker logs in to the registry named, whichever endpoint answers: one lookup (a helper run) for them all.
+    docker_login = _once(lambda: auth.docker_credentials(ref.registry))
     for endpoint in plan.endpoints:
-        if engine == "podman":
-            def credentials(e: config.Endpoint = endpoint) -> auth.Credentials | None:
-                return auth.podman_credentials(e.registry, e.name, plan.helpers)
-        else:
-            def credentials(e: config.Endpoint = endpoint) -> auth.Credentials | None:
-                return auth.docker_credentials(ref.registry)
-        digest, why = head.endpoint_digest(endpoint, ref.tag, _once(credentials), deadline)
+        find = docker_login if engine == "docker" else \
+            _once(functools.partial(auth.podman_credentials, endpoint.registry, endpoint.name, plan.helpers))
+        digest, why = head.endpoint_digest(endpoint, ref.tag, find, deadline)
         if digest:
             return Answer(digest, endpoint.host, "")
         failed.append((endpoint.host, why))

@@ -16,13 +16,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdisk.core.engines.registry.config import read_small_file
+from cdisk.core.engines.registry.config import home, read_small_file
 from cdisk.core.engines.registry.reference import DOCKER_HUB
 
 # An auth file is a few KiB; beyond this it is not read.
@@ -88,36 +86,21 @@ def helper_credentials(helper: str, server: str) -> Credentials | None:
         return None
     from plumbum import local
 
-    out = bytearray()
+    asked = server.encode()
+    if len(asked) > 4096:
+        return None  # no host's name: and what goes on stdin must fit a pipe's buffer, written before the helper runs
+    read, write = os.pipe()
     try:
-        proc = processes.spawn(local[found], ["get"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    except OSError:
-        return None
-    try:
-        assert proc.stdin is not None
         try:
-            proc.stdin.write(server.encode())
-            proc.stdin.close()
-        except OSError:
-            pass
-
-        def collect(chunk: bytes) -> None:
-            out.extend(chunk)
-            if len(out) > HELPER_LIMIT:
-                proc.kill()
-                raise ToolError("a credential helper printed too much")
-
-        started = time.monotonic()
-        processes.drain(proc, collect, HELPER_SECONDS)
-        code = proc.wait(max(0.1, HELPER_SECONDS - (time.monotonic() - started)))
-    except (ToolError, OSError, subprocess.TimeoutExpired):
+            os.write(write, asked)
+        finally:
+            os.close(write)
+        code, out, _ = processes.run(local[found], ["get"], timeout=HELPER_SECONDS, stdout_limit=HELPER_LIMIT,
+                                     stdin=read)
+    except (ToolError, OSError):  # over its bounds, or not to be run
         return None
     finally:
-        processes.stop(proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        os.close(read)
     if code != 0:
         return None
     try:
@@ -147,12 +130,16 @@ def podman_auth_files() -> list[Path]:
         files.append(Path(runtime) / "containers/auth.json")
     else:
         files.append(Path(f"/run/containers/{os.getuid()}/auth.json"))
-    home = Path(os.environ.get("HOME") or Path.home())
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home() / ".config")
     files.append(config_home / "containers/auth.json")
-    docker_dir = os.environ.get("DOCKER_CONFIG")
-    files.append(Path(docker_dir) / "config.json" if docker_dir else home / ".docker/config.json")
+    files.append(_docker_config_file())
     return list(dict.fromkeys(files))
+
+
+def _docker_config_file() -> Path:
+    """docker's config.json: in $DOCKER_CONFIG, else ~/.docker."""
+    directory = os.environ.get("DOCKER_CONFIG")
+    return Path(directory) / "config.json" if directory else home() / ".docker/config.json"
 
 
 def _normalised_key(key: str) -> str:
@@ -205,9 +192,7 @@ def podman_credentials(registry: str, name: str, helpers: tuple[str, ...] = ("co
 def docker_credentials(registry: str) -> Credentials | None:
     """docker's credentials for `registry` (the CLI's; dockerd reads no file): by host, Docker Hub under its
     index URL; `credHelpers[host]`, else `credsStore`, else the file's own entry."""
-    directory = os.environ.get("DOCKER_CONFIG")
-    home = Path(os.environ.get("HOME") or Path.home())
-    document = _read_json(Path(directory) / "config.json" if directory else home / ".docker/config.json")
+    document = _read_json(_docker_config_file())
     if document is None:
         return None
     key = DOCKER_HUB_KEY if registry == DOCKER_HUB else registry

@@ -12,7 +12,6 @@ that is malformed gives a `Plan` with no endpoints and `why` naming the file.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ SYSTEM_CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d")
 DOCKER_CERT_DIR = Path("/etc/docker/certs.d")
 # What registries.conf may hold: beyond this it is not a configuration.
 CONF_LIMIT = 1 << 20
-# `docker info` answers in well under a second; a daemon that does not is taken as its defaults.
 AUTH_FILES = "containers-auth.json"
 
 
@@ -82,15 +80,15 @@ class _Conf:
     helpers: list[str] | None = None
 
 
-def _home() -> Path:
+def home() -> Path:
     return Path(os.environ.get("HOME") or Path.home())
 
 
 def _conf_files() -> tuple[Path, list[Path]]:
     """registries.conf and its drop-ins, in the order containers/image reads them (newConfigWrapperWithHomeDir,
     dropInConfigs)."""
-    user_file = _home() / ".config/containers/registries.conf"
-    user_dir = _home() / ".config/containers/registries.conf.d"
+    user_file = home() / ".config/containers/registries.conf"
+    user_dir = home() / ".config/containers/registries.conf.d"
     explicit = os.environ.get("CONTAINERS_REGISTRIES_CONF") or os.environ.get("REGISTRIES_CONFIG_PATH")
     if explicit:
         main, dirs = Path(explicit), [SYSTEM_REGISTRIES_DIR, user_dir]
@@ -284,7 +282,7 @@ def _find(conf: _Conf, name: str) -> _Registry | None:
 
 
 def _cert_dirs(registry: str) -> tuple[Path, ...]:
-    for base in (_home() / ".config/containers/certs.d", *SYSTEM_CERT_DIRS):
+    for base in (home() / ".config/containers/certs.d", *SYSTEM_CERT_DIRS):
         if (base / registry).is_dir():
             return (base / registry,)
     return ()
@@ -334,31 +332,18 @@ def podman_plan(ref: Reference, tls_verify: bool | None) -> Plan:
 # --- docker: the daemon's RegistryConfig ------------------------------------------------------------------
 
 
-@functools.cache
 def docker_registry_config(socket: str) -> dict[str, Any]:
-    """The daemon's `RegistryConfig`, asked once per run and socket (`docker.registry_config`: docker.py is the
+    """The daemon's `RegistryConfig` (`docker.registry_config`, asked once per run and socket: docker.py is the
     one module that runs docker); {} when docker does not answer (the defaults)."""
     from cdisk.core.engines.docker import registry_config
 
     return registry_config(socket)
 
 
-def _docker_socket() -> str | None:
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host:
-        return "/var/run/docker.sock"
-    return host.removeprefix("unix://") if host.startswith("unix://") else None
-
-
-def docker_insecure(config: dict[str, Any], registry: str) -> bool:
-    """Whether the daemon takes `registry` as insecure (`docker.insecure_registry`: docker's own rules live there)."""
-    from cdisk.core.engines.docker import insecure_registry
-
-    return insecure_registry(config, registry)
-
-
 def _docker_mirror(url: Any, ref: Reference, config: dict[str, Any], tls_verify: bool | None) -> Endpoint | None:
     from urllib.parse import urlsplit
+
+    from cdisk.core.engines.docker import insecure_registry
 
     if not isinstance(url, str):
         return None
@@ -366,7 +351,7 @@ def _docker_mirror(url: Any, ref: Reference, config: dict[str, Any], tls_verify:
     if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
         return None  # docker refuses a mirror with a user and password in it (ValidateMirror)
     host = parts.netloc
-    insecure = docker_insecure(config, host) if tls_verify is None else not tls_verify
+    insecure = insecure_registry(config, host) if tls_verify is None else not tls_verify
     return Endpoint(host, host, ref.repository, insecure, mirror=True, plain_http=parts.scheme == "http",
                     cert_dirs=(DOCKER_CERT_DIR / host,) if (DOCKER_CERT_DIR / host).is_dir() else ())
 
@@ -374,8 +359,13 @@ def _docker_mirror(url: Any, ref: Reference, config: dict[str, Any], tls_verify:
 def docker_plan(ref: Reference, tls_verify: bool | None) -> Plan:
     """Where dockerd pulls `ref`'s tag from: for Docker Hub its mirrors, then Docker Hub; any other registry
     alone, insecure as the daemon says (lookupV2Endpoints)."""
-    socket = _docker_socket()
-    config = docker_registry_config(socket) if socket else {}
+    from cdisk.core.engines.docker import default_socket, insecure_registry
+    from cdisk.core.errors import ImageError
+
+    try:
+        config = docker_registry_config(default_socket())
+    except ImageError:  # DOCKER_HOST elsewhere than a local socket: the daemon's defaults
+        config = {}
     endpoints = []
     if ref.registry == DOCKER_HUB:
         for url in config.get("Mirrors") or []:
@@ -383,7 +373,7 @@ def docker_plan(ref: Reference, tls_verify: bool | None) -> Plan:
                 endpoints.append(mirror)
         insecure = False if tls_verify is None else not tls_verify
     else:
-        insecure = docker_insecure(config, ref.registry) if tls_verify is None else not tls_verify
+        insecure = insecure_registry(config, ref.registry) if tls_verify is None else not tls_verify
     certs = DOCKER_CERT_DIR / ref.registry
     endpoints.append(Endpoint(ref.registry, ref.api_host, ref.repository, insecure,
                               cert_dirs=(certs,) if certs.is_dir() else ()))

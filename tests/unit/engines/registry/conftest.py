@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cdisk.core.engines import docker
 from cdisk.core.engines.registry import config
 
 
@@ -24,7 +25,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(config, "SYSTEM_REGISTRIES_CONF", tmp_path / "etc/registries.conf")
     monkeypatch.setattr(config, "SYSTEM_REGISTRIES_DIR", tmp_path / "etc/registries.conf.d")
     monkeypatch.setattr(config, "SYSTEM_CERT_DIRS", ())
-    config.docker_registry_config.cache_clear()
+    docker.registry_config.cache_clear()
     return home
 
 
