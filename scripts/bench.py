@@ -80,6 +80,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.private_dockerd import private_dockerd  # noqa: E402
+from tests.stores import storage_conf  # noqa: E402
 
 CACHE = ROOT / "bench-cache"
 CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
@@ -411,19 +412,34 @@ def run_ls(name: str, fs: Path, rounds: int, baseline: tuple[str, str] | None) -
 SERVE_CASES = {"serve-raw": "raw", "serve-qcow2": "qcow2"}
 
 
+def _start_serve(image: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`cdisk serve --json --shared 8 EXTRA IMAGE` started, and its URI once it serves."""
+    proc = subprocess.Popen([CDISK, "serve", "--json", "--shared", "8", *extra, image], stdout=subprocess.PIPE,
+                            env=RUN_ENV)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"bench: cdisk serve {image} ended before it served (exit {proc.wait()})")
+    return proc, json.loads(line)["uri"]
+
+
+def _stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 @contextmanager
 def served(image: str) -> Iterator[tuple[str, Sample]]:
     """`cdisk serve` of `image` while the block runs: its URI, and the time until a client read the first bytes."""
     start = time.perf_counter()
-    proc = subprocess.Popen([CDISK, "serve", "--json", "--shared", "8", image], stdout=subprocess.PIPE, env=RUN_ENV)
+    proc, uri = _start_serve(image)
     try:
-        assert proc.stdout is not None
-        uri = json.loads(proc.stdout.readline())["uri"]
         sh("qemu-io", "-r", "-f", "raw", "-c", "read 0 512", uri)
         yield uri, Sample(time.perf_counter() - start, _hwm(proc.pid) / 1024, 0.0)
     finally:
-        proc.terminate()
-        proc.wait()
+        _stop_serve(proc)
 
 
 @contextmanager
@@ -431,34 +447,23 @@ def fresh_server(image: str) -> Iterator[tuple[str, Callable[[], None]]]:
     """`cdisk serve` of `image` on one socket, and a callable that starts it anew (untimed, before each command):
     every export row is then a new server's first client, whatever the server learns once per serve (a raw
     disk's zeros) paid within the row."""
-    sock = CACHE / "out" / "serve.sock"
+    sock = str(CACHE / "out" / "serve.sock")
     running: list[subprocess.Popen[bytes]] = []
     uri: list[str] = []
 
-    def stop() -> None:
-        for proc in running:
-            proc.terminate()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        running.clear()
-
     def restart() -> None:
-        stop()
-        proc = subprocess.Popen([CDISK, "serve", "--json", "--shared", "8", "--socket", str(sock), image],
-                                stdout=subprocess.PIPE, env=RUN_ENV)
+        while running:
+            _stop_serve(running.pop())
+        proc, address = _start_serve(image, "--socket", sock)
         running.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"bench: cdisk serve {image} ended before it served (exit {proc.wait()})")
-        uri[:] = [json.loads(line)["uri"]]
+        uri[:] = [address]
 
     try:
         restart()
         yield uri[0], restart
     finally:
-        stop()
+        while running:
+            _stop_serve(running.pop())
 
 
 def stored_file(image: str, member: str) -> Path:
@@ -546,8 +551,7 @@ def xfs_store() -> Iterator[tuple[Path, dict[str, str]]]:
     try:
         sh("mount", device, root)
         try:
-            conf = root / "storage.conf"
-            conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+            conf = storage_conf(root / "storage.conf", root)
             yield root, {**RUN_ENV, "CONTAINERS_STORAGE_CONF": str(conf)}
         finally:
             sh("umount", root)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.mounts import mounts_under  # noqa: E402
 from tests.registries import Registry, Request  # noqa: E402
+from tests.stores import storage_conf  # noqa: E402
 
 CDISK = str(ROOT / ".venv" / "bin" / "cdisk")
 REPOSITORY = "fleet/vm"
@@ -73,8 +74,7 @@ def sh(*argv: str | Path, env: dict[str, str] | None = None) -> str:
 def store_env(base: dict[str, str], home: Path, registries: Path | None = None) -> dict[str, str]:
     """The environment of a podman of its own: a store under `home`, a TMPDIR there, and `registries`."""
     (home / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = home / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{home}/graph"\nrunroot = "{home}/run"\n')
+    conf = storage_conf(home / "storage.conf", home)
     env = {**base, "CONTAINERS_STORAGE_CONF": str(conf), "TMPDIR": str(home / "tmp")}
     if registries is not None:
         env["CONTAINERS_REGISTRIES_CONF"] = str(registries)
@@ -84,17 +84,15 @@ def store_env(base: dict[str, str], home: Path, registries: Path | None = None) 
 def push_image(builder: dict[str, str], work: Path, upstream: str, version: int, size: str) -> str:
     """A containerDisk whose qcow2 holds `size` of random data (as incompressible as a real disk's mostly is: the
     bytes counted are what a fleet would move), pushed to the upstream's tag; the tag's reference."""
-    disk = work / f"disk-{version}.qcow2"
     raw = work / f"disk-{version}.raw"
-    sh("qemu-img", "create", "-q", "-f", "raw", raw, size)
+    sh("qemu-img", "create", "-q", "-f", "raw", raw, size)  # its size as qemu-img reads `size`, then filled
     with open(raw, "r+b") as f:
         for _ in range(os.path.getsize(raw) >> 20):
             f.write(os.urandom(1 << 20))
-    sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk)
-    raw.unlink()
     context = work / f"context-{version}"
     context.mkdir(exist_ok=True)
-    shutil.copy(disk, context / "disk.qcow2")
+    sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, context / "disk.qcow2")
+    raw.unlink()
     (context / "Containerfile").write_text("FROM scratch\nCOPY --chown=107:107 disk.qcow2 /disk/\n")
     local = f"localhost/fleet-build:{version}"
     sh("podman", "build", "-q", "-t", local, context, env=builder)
@@ -113,13 +111,8 @@ def refresh(host: Host, reference: str) -> Ran:
 
 def _outcome(metrics: Path) -> str:
     """The outcome the host's metrics file says (`cdisk_refresh_outcome{outcome=…} 1`)."""
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-    except ImportError:  # the bench's setup installs it; without it, the lines are read as they are
-        for line in metrics.read_text().splitlines():
-            if line.startswith("cdisk_refresh_outcome{") and line.endswith(" 1"):
-                return line.split('outcome="', 1)[1].split('"', 1)[0]
-        return "?"
+    from prometheus_client.parser import text_string_to_metric_families  # the test extras (scripts/fleet installs them)
+
     for family in text_string_to_metric_families(metrics.read_text()):
         for sample in family.samples:
             if sample.name == "cdisk_refresh_outcome" and sample.value == 1:

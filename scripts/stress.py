@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from tests.images import Entry, docker_archive, layer_tar, make_disk  # noqa: E402
 from tests.mounts import mounts_under  # noqa: E402
 from tests.private_dockerd import private_dockerd  # noqa: E402
+from tests.stores import storage_conf  # noqa: E402
 
 # Every process the stress starts carries this variable: the leftover check looks for those alone.
 TAG_VARIABLE = "CDISK_STRESS_TAG"
@@ -143,8 +144,7 @@ class Stress:
         for directory in (self.targets, self.tmp, self.store / "graph", self.store / "run"):
             directory.mkdir(parents=True)
         self.tmp.chmod(0o1777)
-        (self.work / "storage.conf").write_text(
-            f'[storage]\ndriver = "overlay"\ngraphroot = "{self.store}/graph"\nrunroot = "{self.store}/run"\n')
+        storage_conf(self.work / "storage.conf", self.store)
         disks = self.work / "disks"
         disks.mkdir()
         base = make_disk(disks / "base.qcow2", "qcow2", "64M", 0x11)

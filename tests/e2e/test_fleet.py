@@ -37,4 +37,4 @@ def test_a_small_fleet_asks_by_head_and_pulls_each_update_once_per_host(tmp_path
     warmed = rounds["update, a canary first"]["upstream"]["by_kind"]
     assert warmed["manifest GET"] == 1 and warmed["blob GET"] <= 4
     assert set(Path("/var/tmp").glob("cdisk-fleet-*")) == before
-    assert mounts_under(["/var/tmp"]) == {m for m in mounts_under(["/var/tmp"]) if "cdisk-fleet-" not in m}
+    assert not any("cdisk-fleet-" in m for m in mounts_under(["/var/tmp"]))

@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import cdisk, same_disk
 from tests.images import make_disk, sh
+from tests.stores import storage_conf
 
 pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io", "bwrap")
 
@@ -26,8 +27,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        conf = root / "storage.conf"
-        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+        conf = storage_conf(root / "storage.conf", root)
         self.env = {"CONTAINERS_STORAGE_CONF": str(conf)}
 
     def podman(self, *args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -379,16 +379,16 @@ def test_a_record_of_an_earlier_version_pulls_once_then_asks_by_head(logged_remo
     assert _manifest_requests(logged_registry, mark) == [("HEAD", 200)]
 
 
-def test_a_local_image_retagged_meanwhile_is_not_taken_for_the_registrys(logged_remote: Remote, images: Images,
+def test_a_local_image_retagged_meanwhile_is_not_taken_for_the_registrys(remote: Remote, images: Images,
                                                                           tmp_path: Path) -> None:
     """The tag stays where the record says, but another job tagged another image with its name in the local
     store: refresh takes the registry's image (it pulls it), not the stranger, and the record keeps its digest."""
-    first = logged_remote.push(0x34)
+    first = remote.push(0x34)
     target = tmp_path / "vm.raw"
-    assert action(refresh(logged_remote, target)) == "updated"
+    assert action(refresh(remote, target)) == "updated"
     stranger = images.build({"disk.qcow2": images.disk("other.qcow2", pattern=0x35)})
-    sh("podman", "tag", stranger, logged_remote.ref)
-    result = refresh(logged_remote, target)
+    sh("podman", "tag", stranger, remote.ref)
+    result = refresh(remote, target)
     assert action(result) == "unchanged", result.err
     assert same_disk(first, "qcow2", target, "raw")
     record = json.loads((tmp_path / "vm.raw.cdisk.json").read_text())

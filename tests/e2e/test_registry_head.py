@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from cdisk.core.engines import docker
 from cdisk.core.engines.registry import Answer, config, head_digest
 from tests.images import Entry, layer_tar, oci_artifact_layout, oci_layout, sh
+from tests.registries import free_port
 from tests.unit.engines.registry.servers import counting_proxy
 
 pytestmark = pytest.mark.needs("skopeo")
@@ -81,9 +81,7 @@ def test_a_dead_mirror_then_the_registry(registry: str, isolated: Path, tmp_path
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     layout, _ = oci_layout(tmp_path, [layer_tar([Entry("disk/vm.img", data=b"\x31" * 4096)])])
     ref, digest, _ = pushed(layout, registry)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    dead = f"127.0.0.1:{free_port()}"  # closed again: nothing listens there
     insecure(isolated, monkeypatch, f'[[registry]]\nprefix = "mirrored.example"\nlocation = "{registry}"\n'
                                     f'insecure = true\nmirror = [{{location = "{dead}", insecure = true}}]\n')
     asked = ref.replace(registry, "mirrored.example", 1)

@@ -158,15 +158,16 @@ def test_abort_is_acknowledged(server: str) -> None:
 
 
 def one_export(tmp_path: Path, clients: int, name: bytes = b"d", size: int = 512,
-               extents: tuple[tuple[int, int, int], ...] = ()) -> tuple[socket.socket, str]:
-    """A server of one export of DATA (`size` bytes from its start, or `extents` of it) to at most `clients` at
-    once: its listener (the test closes it) and its socket's path."""
+               extents: tuple[tuple[int, int, int], ...] = (), data: bytes = DATA,
+               offset: int = 0) -> tuple[socket.socket, str]:
+    """A server of one export of a file holding `data` (`size` bytes from `offset`, or `extents` of it) to at most
+    `clients` at once: its listener (the test closes it) and its socket's path."""
     path = tmp_path / "disk"
-    path.write_bytes(DATA)
+    path.write_bytes(data)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "one.sock"))
     listener.listen(8)
-    export = raw_export.Export(name, os.open(path, os.O_RDONLY), 0, size, extents)
+    export = raw_export.Export(name, os.open(path, os.O_RDONLY), offset, size, extents)
     threading.Thread(target=raw_export.serve, args=(listener, [export], clients), daemon=True).start()
     return listener, str(tmp_path / "one.sock")
 
@@ -361,15 +362,9 @@ def raw(tmp_path: Path) -> Iterator[str]:
     """A raw export `m` at offset 512 of its file, as in a tar: a block of data, two of zeros, a block of zeros
     but for its last byte, and 1,000 bytes more of which the file holds 500 (a partial last sector)."""
     disk = b"\1" * BLOCK + bytes(2 * BLOCK) + bytes(BLOCK - 1) + b"\1" + bytes(500)
-    path = tmp_path / "disk"
-    path.write_bytes(b"\1" * 512 + disk)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / "raw.sock"))
-    listener.listen(8)
-    export = raw_export.Export(b"m", os.open(path, os.O_RDONLY), 512, 4 * BLOCK + 1000)
-    threading.Thread(target=raw_export.serve, args=(listener, [export], 2), daemon=True).start()
+    listener, path = one_export(tmp_path, 2, b"m", 4 * BLOCK + 1000, data=b"\1" * 512 + disk, offset=512)
     with listener:
-        yield str(tmp_path / "raw.sock")
+        yield path
 
 
 def status(conn: socket.socket, flags: int, offset: int, length: int) -> list[tuple[int, int]]:

@@ -11,10 +11,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 DIGEST = "sha256:" + "ab" * 32
 TOKEN = "tok.en-123"
+
+
+def insecure(conf: Path, *locations: str) -> None:
+    """registries.conf at `conf`, each of `locations` an insecure registry (these servers speak plain http)."""
+    conf.write_text("".join(f'[[registry]]\nlocation = "{loc}"\ninsecure = true\n' for loc in locations))
+
+
+def basic_entry(user: str, password: str) -> dict[str, str]:
+    """An auth file's entry for `user`:`password`."""
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ helpers that fail."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
@@ -18,10 +17,7 @@ from cdisk.core.engines.registry.auth import (
     podman_auth_files,
     podman_credentials,
 )
-
-
-def auth(user: str, password: str) -> dict[str, str]:
-    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+from tests.unit.engines.registry.servers import basic_entry
 
 
 def write(path: Path, document: object) -> Path:
@@ -58,19 +54,20 @@ def test_podmans_files_in_order(home: Path, tmp_path: Path, monkeypatch: pytest.
 
 
 def test_the_first_file_with_credentials_wins(home: Path, tmp_path: Path) -> None:
-    write(home / ".config/containers/auth.json", {"auths": {"quay.io": auth("second", "p2")}})
-    write(home / ".docker/config.json", {"auths": {"quay.io": auth("third", "p3")}})
+    write(home / ".config/containers/auth.json", {"auths": {"quay.io": basic_entry("second", "p2")}})
+    write(home / ".docker/config.json", {"auths": {"quay.io": basic_entry("third", "p3")}})
     assert podman_credentials("quay.io", "quay.io/ns/img") == Credentials("second", "p2")
-    write(tmp_path / "run/containers/auth.json", {"auths": {"other.io": auth("x", "y")}})
+    write(tmp_path / "run/containers/auth.json", {"auths": {"other.io": basic_entry("x", "y")}})
     assert podman_credentials("quay.io", "quay.io/ns/img") == Credentials("second", "p2")
-    write(tmp_path / "run/containers/auth.json", {"auths": {"quay.io/ns": auth("first", "p1")}})
+    write(tmp_path / "run/containers/auth.json", {"auths": {"quay.io/ns": basic_entry("first", "p1")}})
     assert podman_credentials("quay.io", "quay.io/ns/img") == Credentials("first", "p1")
 
 
 def test_repository_keys_before_the_host(home: Path) -> None:
     write(home / ".config/containers/auth.json", {"auths": {
-        "quay.io": auth("host", "h"), "quay.io/ns": auth("ns", "n"), "quay.io/ns/img": auth("img", "i"),
-        "quay.io/other": auth("other", "o")}})
+        "quay.io": basic_entry("host", "h"), "quay.io/ns": basic_entry("ns", "n"),
+        "quay.io/ns/img": basic_entry("img", "i"),
+        "quay.io/other": basic_entry("other", "o")}})
     assert podman_credentials("quay.io", "quay.io/ns/img").username == "img"  # type: ignore[union-attr]
     assert podman_credentials("quay.io", "quay.io/ns/x").username == "ns"  # type: ignore[union-attr]
     assert podman_credentials("quay.io", "quay.io/x/y").username == "host"  # type: ignore[union-attr]
@@ -78,7 +75,8 @@ def test_repository_keys_before_the_host(home: Path) -> None:
 
 
 def test_docker_hub_under_its_index_url(home: Path) -> None:
-    write(home / ".docker/config.json", {"auths": {"https://index.docker.io/v1/": auth("hub", "pw:with:colons")}})
+    write(home / ".docker/config.json",
+          {"auths": {"https://index.docker.io/v1/": basic_entry("hub", "pw:with:colons")}})
     assert podman_credentials("docker.io", "docker.io/library/alpine") == Credentials("hub", "pw:with:colons")
     assert docker_credentials("docker.io") == Credentials("hub", "pw:with:colons")
     assert docker_credentials("quay.io") is None
@@ -92,14 +90,14 @@ def test_an_empty_entry_and_an_identity_token(home: Path) -> None:
 
 def test_podman_asks_the_hosts_helper_first(home: Path, helper: Path) -> None:
     write(home / ".config/containers/auth.json", {"credHelpers": {"quay.io": "x"},
-                                                  "auths": {"quay.io": auth("file", "f")}})
+                                                  "auths": {"quay.io": basic_entry("file", "f")}})
     assert podman_credentials("quay.io", "quay.io/ns/img") == Credentials("hu", "hs")
     assert (helper / "argv").read_text() == "get\n"
     assert (helper / "stdin").read_text() == "quay.io"
 
 
 def test_registries_conf_helpers(home: Path, helper: Path) -> None:
-    write(home / ".config/containers/auth.json", {"auths": {"quay.io": auth("file", "f")}})
+    write(home / ".config/containers/auth.json", {"auths": {"quay.io": basic_entry("file", "f")}})
     assert podman_credentials("quay.io", "quay.io/a", ("x", "containers-auth.json")) == Credentials("hu", "hs")
     (helper / "answer").write_text("1\ncredentials not found in native keychain\n")
     assert podman_credentials("quay.io", "quay.io/a", ("x", "containers-auth.json")) == Credentials("file", "f")
@@ -108,7 +106,7 @@ def test_registries_conf_helpers(home: Path, helper: Path) -> None:
 
 def test_docker_helpers_then_the_store(home: Path, helper: Path) -> None:
     write(home / ".docker/config.json", {"credsStore": "x", "credHelpers": {"quay.io": "missing"},
-                                         "auths": {"ghcr.io": auth("file", "f")}})
+                                         "auths": {"ghcr.io": basic_entry("file", "f")}})
     assert docker_credentials("ghcr.io") == Credentials("hu", "hs")  # the store, not the file's entry
     assert (helper / "stdin").read_text() == "ghcr.io"
     assert docker_credentials("docker.io") == Credentials("hu", "hs")
@@ -157,7 +155,7 @@ def test_broken_files_are_anonymous(home: Path, content: bytes) -> None:
 
 
 def test_large_or_unreadable_files_are_not_read(home: Path) -> None:
-    path = write(home / ".config/containers/auth.json", {"auths": {"quay.io": auth("u", "p")},
+    path = write(home / ".config/containers/auth.json", {"auths": {"quay.io": basic_entry("u", "p")},
                                                          "pad": "x" * FILE_LIMIT})
     assert podman_credentials("quay.io", "quay.io/a") is None
     path.unlink()

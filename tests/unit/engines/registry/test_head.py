@@ -14,16 +14,13 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.engines.registry import Answer, config, head, head_digest
-from tests.unit.engines.registry.servers import DIGEST, TOKEN, FakeRegistry, serving
+from tests.registries import free_port
+from tests.unit.engines.registry.servers import DIGEST, TOKEN, FakeRegistry, basic_entry, insecure, serving
 
 ACCEPT = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
           "application/vnd.docker.distribution.manifest.v1+prettyjws",
           "application/vnd.docker.distribution.manifest.v1+json",
           "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json"]
-
-
-def insecure(conf: Path, *locations: str) -> None:
-    conf.write_text("".join(f'[[registry]]\nlocation = "{loc}"\ninsecure = true\n' for loc in locations))
 
 
 def login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, entry: dict[str, str]) -> None:
@@ -32,14 +29,8 @@ def login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, entry: dict
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(path))
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
 def dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    return f"127.0.0.1:{free_port()}"  # closed again: nothing listens there
 
 
 def test_one_head_with_an_anonymous_token(registries_conf: Path) -> None:
@@ -69,11 +60,11 @@ def test_a_token_with_a_login(registries_conf: Path, tmp_path: Path, monkeypatch
     with serving(FakeRegistry(users={"me": "s3cret"})) as reg:
         insecure(registries_conf, reg.address)
         assert "401" in head_digest(f"{reg.address}/ns/img:v1", "podman").why  # anonymous: no token
-        login(tmp_path, monkeypatch, reg.address, basic("me", "wrong"))
+        login(tmp_path, monkeypatch, reg.address, basic_entry("me", "wrong"))
         answer = head_digest(f"{reg.address}/ns/img:v1", "podman")
         assert answer.digest == "" and "token endpoint answered HTTP 401" in answer.why
         assert "wrong" not in answer.why
-        login(tmp_path, monkeypatch, f"{reg.address}/ns", basic("me", "s3cret"))
+        login(tmp_path, monkeypatch, f"{reg.address}/ns", basic_entry("me", "s3cret"))
         reg.seen.clear()
         assert head_digest(f"{reg.address}/ns/img:v1", "podman").digest == DIGEST
     token = reg.seen[1]
@@ -97,7 +88,7 @@ def test_basic_auth(registries_conf: Path, tmp_path: Path, monkeypatch: pytest.M
         answer = head_digest(f"{reg.address}/ns/img:v1", "podman")
         assert answer == Answer("", "", f"{reg.address}: 401: the registry wants a login (Basic) and there are no "
                                         "credentials")
-        login(tmp_path, monkeypatch, reg.address, basic("me", "pw"))
+        login(tmp_path, monkeypatch, reg.address, basic_entry("me", "pw"))
         assert head_digest(f"{reg.address}/ns/img:v1", "podman").digest == DIGEST
     assert reg.seen[-1].header("Authorization") == ["Basic " + base64.b64encode(b"me:pw").decode()]
 

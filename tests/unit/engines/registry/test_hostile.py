@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 
 from cdisk.core.engines.registry import head_digest
-from tests.unit.engines.registry.servers import FakeRegistry, _Quiet, _served, serving
-
-
-def _insecure(conf: Path, *locations: str) -> None:
-    conf.write_text("".join(f'[[registry]]\nlocation = "{loc}"\ninsecure = true\n' for loc in locations))
+from tests.unit.engines.registry.servers import FakeRegistry, _Quiet, _served, insecure, serving
 
 
 def test_a_token_nested_past_the_stack_is_no_answer_not_a_crash(registries_conf: Path) -> None:
     deep = b"[" * 200_000 + b"]" * 200_000  # under the 1 MiB bound
     with serving(FakeRegistry(token_body=deep)) as reg:
-        _insecure(registries_conf, reg.address)
+        insecure(registries_conf, reg.address)
         said = head_digest(f"{reg.address}/ns/img:v1", "podman")
     assert said.digest == "" and said.reached
 
@@ -60,7 +56,7 @@ def test_credentials_go_to_no_host_a_redirect_names(registries_conf: Path, tmp_p
 
         handler: type[BaseHTTPRequestHandler] = Redirecting
         with _served(handler) as address:
-            _insecure(registries_conf, address, other)
+            insecure(registries_conf, address, other)
             auth = tmp_path / "auth.json"
             secret = base64.b64encode(b"me:s3cret").decode()
             auth.write_text(json.dumps({"auths": {address: {"auth": secret}, other: {}}}))
