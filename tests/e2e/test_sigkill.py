@@ -298,7 +298,10 @@ def test_a_killed_runs_mount_is_given_back_by_the_next(images: Images, tmp_path:
     out.mkdir()
     target = out / "vm.raw"
     argv = ["convert", "--engine", engine, "--method", method, "--force", name, str(target)]
-    _kill_when(argv, _holds(out, ".cdisk-part"))
+    for _ in range(3):  # a run that ended between the sight of its partial disk and the kill (seen in CI): again
+        _kill_when(argv, _holds(out, ".cdisk-part"))
+        if _mounts_of({name}):
+            break
     assert _mounts_of({name}), "the killed run left no mount: nothing was tested"
     _timed(argv)
     assert _mounts_of({name}) == set(), "the dead run's mount was not given back"
