@@ -41,7 +41,7 @@ from tests.helpers import (
     tagged_processes,
     tools_required,
 )
-from tests.images import sh
+from tests.images import keep_ledger, sh
 from tests.mounts import mounts_under
 from tests.private_dockerd import private_dockerd
 from tests.registries import Registry
@@ -63,6 +63,37 @@ def pytest_configure(config: pytest.Config) -> None:
     if tools_required() and (absent := missing_tools(TOOLS)):
         pytest.exit(f"{', '.join(absent)} missing and {REQUIRE_TOOLS} is set: run scripts/test, which installs "
                     "everything the tests need", returncode=1)
+
+
+_IMAGE_LEDGER = leftovers.Pattern(re.compile(r"cdisk-test-images-[a-z0-9_]{8}"), is_dir=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_ledger() -> Iterator[None]:
+    """The session's ledger of the images it names (`tests.images.record_image`), held locked while it runs; the
+    ledgers of sessions killed before their end (their lock free) have their images removed first."""
+    leftovers.sweep("/tmp", (_IMAGE_LEDGER,), undo=_forget_ledger)
+    fd, path = leftovers.locked_file("/tmp", "cdisk-test-images-")
+    keep_ledger(fd)
+    try:
+        yield
+    finally:
+        keep_ledger(None)
+        os.unlink(path)
+        os.close(fd)
+
+
+def _forget_ledger(fd: int) -> bool:
+    """Every image a dead session's ledger names removed from podman's store (docker's went with its dockerd);
+    whether the ledger may go."""
+    names = os.pread(fd, 1 << 22, 0).decode(errors="replace").split()
+    if names and shutil.which("podman") is None:
+        return False
+    for name in dict.fromkeys(names):
+        ids = sh("podman", "images", "--quiet", "--", name, check=False).stdout.split()
+        if ids:
+            sh("podman", "rmi", "-f", *dict.fromkeys(ids), check=False)
+    return True
 
 
 _TEST_TMPDIR = leftovers.Pattern(re.compile(r"pytest-tmpdir-[a-z0-9_]{8}"), is_dir=True)

@@ -30,6 +30,7 @@ from tests.images import (
     make_disk,
     oci_image,
     podman_build,
+    record_image,
     remove_image,
     sh,
 )
@@ -209,6 +210,7 @@ class Remote:
     def __init__(self, images: Images, registry: str) -> None:
         self.images = images
         self.ref = f"{registry}/cdisk/{images.engine}-{uuid.uuid4().hex[:8]}:latest"
+        record_image(self.ref.rpartition(":")[0])
 
     def push(self, pattern: int, size: str = "8M", fmt: str = "qcow2", fill: bool = False) -> Path:
         disk = self.images.disk(f"d{pattern}.{fmt}", fmt=fmt, size=size, pattern=pattern)

@@ -72,8 +72,25 @@ def podvm_layers(disk: bytes, at: str = "image/podvm.qcow2", above: int = 1) -> 
     return layers
 
 
+# The names a test session gives its images, a line each, in a file the session holds locked (conftest): a
+# session killed before its end leaves the file, and the next removes the images it names. Unset in the scripts.
+_ledger: list[int] = []
+
+
+def keep_ledger(fd: int | None) -> None:
+    _ledger[:] = [] if fd is None else [fd]
+
+
+def record_image(name: str) -> None:
+    """`name` (an image's, or a repository's: every image of it) in the session's ledger, before it exists."""
+    if _ledger:
+        os.write(_ledger[0], f"{name}\n".encode())
+
+
 def unique_name(tag: str = "latest") -> str:
-    return f"localhost/cdisk-test-{uuid.uuid4().hex[:12]}:{tag}"
+    name = f"localhost/cdisk-test-{uuid.uuid4().hex[:12]}:{tag}"
+    record_image(name)
+    return name
 
 
 def podman_build(context: Path, files: dict[str, Path], dest: str = "/disk/", engine: str = "podman") -> str:

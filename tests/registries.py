@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cdisk.core.processes import die_with_parent
+
 # The access log's lines (combined log format): [TIME] "METHOD URI HTTP/x" STATUS BYTES.
 _ACCESS = re.compile(r'\[(\S+) [^]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\d+|-)')
 
@@ -42,8 +44,9 @@ class Registry:
                           f"  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: {self.address}\n"
                           + (f"proxy:\n  remoteurl: {proxy}\n" if proxy else ""))
         with open(self.log, "ab") as out:
+            # It dies with its starter (SIGKILL included): a suite killed before its end leaves no registry.
             self._proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out,
-                                          stderr=subprocess.STDOUT, env=env)
+                                          stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 30
         while not self.answers():
             if self._proc.poll() is not None or time.monotonic() > deadline:
