@@ -23,13 +23,16 @@ WRITTEN = [(name, False) for name in FORMATS] + [("qcow2", True), ("vmdk", True)
 
 
 def _qemu_formats() -> list[str]:
-    """Every format this qemu-img names under "Supported formats" (qemu-img 7.2: 38 of them)."""
+    """Every format this qemu-img names under "Supported formats" (qemu-img 7.2: 42 of them, on that line) or
+    "Supported image formats" (qemu-img 10: on the indented lines after it)."""
     if shutil.which("qemu-img") is None:
         return ["luks", "qcow", "bochs", "dmg", "nbd", "file"]
     listed = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True).stdout
-    found = re.search(r"^Supported formats:(.*)$", listed, re.MULTILINE)
+    found = re.search(r"^Supported (?:image )?formats:(.*)\n((?:\n|[ \t]+\S.*\n)*)", listed, re.MULTILINE)
     assert found, listed
-    return found[1].split()
+    names = (found[1] + " " + found[2]).split()
+    assert "qcow2" in names and "raw" in names, listed
+    return names
 
 
 REFUSED = [*sorted(set(_qemu_formats()) - set(FORMATS)), "qcow3", "QCOW2", "vmdk4", ""]
