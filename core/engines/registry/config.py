@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,13 +145,20 @@ def _read_toml(path: Path) -> dict[str, Any] | None:
 
 
 def _shown(location: str) -> str:
-    """`location` fit for a warning: a user and password written before its host (`user:secret@host`, with or
-    without a scheme) shown as `***@`, as docker redacts a mirror's URI."""
-    scheme, _, rest = location.rpartition("://")
-    host, slash, path = rest.partition("/")
-    if "@" in host:
-        host = "***@" + host.rpartition("@")[2]
-    return repr(f"{scheme}://" * bool(scheme) + host + slash + path)
+    """`location` fit for a warning: whatever stands before its last `@` (a user and password, with or without a
+    scheme, whatever characters the password holds) shown as `***@`, as docker redacts a mirror's URI. An `@`
+    that begins a digest (`@sha256:…`) is not a user's."""
+    scheme = _SCHEME.match(location)
+    head, rest = (scheme[0], location[scheme.end():]) if scheme else ("", location)
+    ats = [found.start() for found in re.finditer("@", rest) if not _DIGEST.match(rest, found.end())]
+    if ats:
+        rest = "***" + rest[ats[-1]:]
+    return repr(head + rest)
+
+
+# A URI's scheme (RFC 3986) and the algorithm of a digest (OCI image spec): what `_shown` keeps in sight.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
 
 
 def _location(value: Any, what: str) -> str:

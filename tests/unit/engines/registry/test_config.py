@@ -117,6 +117,20 @@ def test_a_rewrite_to_no_reference_is_said_so_and_a_password_never_shown(registr
     assert "s3cret" not in why and "'https://***@mirror.example/x'" in why
 
 
+@pytest.mark.parametrize(("location", "shown"), [
+    ("https://user:s3cret@mirror.example/x", "'https://***@mirror.example/x'"),
+    ("https://u:s3/cret@mirror.example/x", "'https://***@mirror.example/x'"),  # a / in the password
+    ("u:s3cret://w@mirror.example/x", "'***@mirror.example/x'"),  # a :// in it: no scheme
+    ("https://u:s3?cret/y@mirror.example", "'https://***@mirror.example'"),
+    ("u:s3@cret@mirror.example", "'***@mirror.example'"),
+    ("mirror.example/x@sha256:" + "a" * 64, "'mirror.example/x@sha256:" + "a" * 64 + "'"),
+    ("u:s3cret@mirror.example/x@sha256:" + "a" * 64, "'***@mirror.example/x@sha256:" + "a" * 64 + "'"),
+    ("mirror.example:5000/x", "'mirror.example:5000/x'"),
+])
+def test_a_location_in_a_warning_shows_no_password(location: str, shown: str) -> None:
+    assert config._shown(location) == shown
+
+
 def test_a_blocked_mirror_is_skipped(registries_conf: Path) -> None:
     registries_conf.write_text("""
 [[registry]]
