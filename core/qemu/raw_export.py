@@ -12,8 +12,9 @@ read-only, and several connections may read it at once (multi-conn) where severa
 
 It runs as its own program (`python -I -S raw_export.py LISTEN_FD MAX_CLIENTS MULTI_CONN EXPORTS_FD`),
 standard library only, in the same sandbox as qemu-storage-daemon: the files it serves bound read-only, no
-network but the listening socket it inherits. It never parses the disk (the map comes from qemu-img); what it
-parses is the client's requests, each checked against the export's bounds.
+network but the listening socket it inherits. It never parses the disk (the map comes from qemu-img; a raw
+disk's bytes are read only to be compared with zeros); what it parses is the client's requests, each checked
+against the export's bounds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import errno
+import heapq
 import json
 import os
 import socket as net
@@ -74,7 +76,7 @@ _STACK = 256 << 10
 # sendfile move a whole 2 MiB read where the default (208 KiB) wakes the client a dozen times.
 _SEND_BUFFER = 4 << 20
 # A raw disk's zeros are found in blocks of 64 KiB (qcow2's cluster: a finer map would split a client's reads
-# into more requests than the zeros save); waiting requests are told of the scan's progress each 1 MiB.
+# into more requests than the zeros save); the scan records its progress each 1 MiB.
 _ZERO_BLOCK = 64 << 10
 _SCAN_STEP = 1 << 20
 # The map of a disk's blocks never takes more than 16 MiB (a byte a block): past 1 TiB the blocks grow instead.
@@ -116,8 +118,9 @@ class _Zeros:
     hold 1.4 GiB) would cross the socket, zeros too: a client reading the file can skip the zeros it finds, one
     reading the export cannot unless told. One thread reads the disk once, in order, from the first block status
     request on (a client that never asks costs nothing: no thread, no map), for every client of the export; a
-    request waits only until the scan has passed what it asks about. Each export of a server (`--all`) has a
-    scan of its own, started by its own clients."""
+    request waits until the scan has passed its start by `_LOOKAHEAD` (or its end) and is woken then, not at
+    each step of the scan, and its reply describes what the scan has passed. Each export of a server (`--all`)
+    has a scan of its own, started by its own clients."""
 
     def __init__(self, fd: int, offset: int, size: int) -> None:
         self.fd, self.offset, self.size = fd, offset, size
@@ -127,6 +130,7 @@ class _Zeros:
         self.zero_blocks: bytearray | None = None  # 1 where the block reads as zeros; made when the scan starts
         self.scanned = 0  # bytes from the start whose blocks are known
         self.changed = threading.Condition()
+        self.awaited: list[int] = []  # a heap of where waiting requests want the scan to be
 
     def runs(self, offset: int, length: int, limit: int) -> list[list[int]]:
         """[length, state] of the data and zero runs from `offset`, at most `limit`, covering [offset, offset
@@ -135,7 +139,9 @@ class _Zeros:
             if self.zero_blocks is None and self.scanned == 0:
                 self._start()
             needed = min(offset + length, offset + _LOOKAHEAD)
-            self.changed.wait_for(lambda: self.scanned >= needed)
+            if self.scanned < needed:
+                heapq.heappush(self.awaited, needed)
+                self.changed.wait_for(lambda: self.scanned >= needed)
             end = min(offset + length, self.scanned)
         zero_blocks = self.zero_blocks
         if zero_blocks is None:  # no scan to be had: all data, as before there was one
@@ -152,37 +158,41 @@ class _Zeros:
         return described
 
     def _start(self) -> None:
-        """The map and the scan's thread; where either cannot be had (no memory, no thread), the disk is described
-        as data, and no request waits."""
+        """The map, what the scan compares with, and the scan's thread; where any cannot be had (no memory, no
+        thread), the disk is described as data, and no request waits."""
         try:
             self.zero_blocks = bytearray(-(-self.size // self.block))
-            threading.Thread(target=self._scan, daemon=True).start()
+            zero_piece = bytes(min(self.block, _SCAN_STEP))
+            threading.Thread(target=self._scan, args=(self.zero_blocks, zero_piece, _Holes(self.fd)),
+                             daemon=True).start()
         except (MemoryError, RuntimeError):
             self.zero_blocks = None
             self.scanned = self.size
 
-    def _scan(self) -> None:
+    def _scan(self, zero_blocks: bytearray, zero_piece: bytes, holes: _Holes) -> None:
         """Each block compared with zeros, a piece of at most 1 MiB at a time (a read into bytes and one memcmp
         beat a buffer compared by slices), up to the first piece that is not. Past the file's end the disk reads
         as zeros (`_Holes.cover`); the block the file ends in is read, and its short read makes it data. A read
-        that fails leaves the rest described as data: never wrong, only slower."""
-        zero_blocks = self.zero_blocks
-        assert zero_blocks is not None
-        zero_piece = bytes(min(self.block, _SCAN_STEP))
-        holes = _Holes(self.fd)
+        that fails (or memory that runs out) leaves the rest described as data: never wrong, only slower."""
         try:
             for start in range(0, self.size, self.block):
                 end = min(start + self.block, self.size)
                 zero_blocks[start // self.block] = self._reads_as_zeros(start, end, zero_piece, holes)
                 if end % _SCAN_STEP == 0 or end == self.size:
-                    with self.changed:
-                        self.scanned = end
-                        self.changed.notify_all()
-        except OSError:
+                    self._passed(end)
+        except (OSError, MemoryError):
             pass  # the rest stays data
         finally:
-            with self.changed:
-                self.scanned = self.size
+            self._passed(self.size)
+
+    def _passed(self, end: int) -> None:
+        """The scan is at `end`: the requests waiting for no more than that are woken (the others sleep on: a
+        thousand clients waiting near a large disk's end cost no wake-up per step)."""
+        with self.changed:
+            self.scanned = end
+            if self.awaited and self.awaited[0] <= end:
+                while self.awaited and self.awaited[0] <= end:
+                    heapq.heappop(self.awaited)
                 self.changed.notify_all()
 
     def _reads_as_zeros(self, start: int, end: int, zero_piece: bytes, holes: _Holes) -> bool:
@@ -204,7 +214,9 @@ class _Zeros:
 class Export:
     """One disk: its export name, and `size` bytes at `offset` in the open file `fd`; or, given `extents`
     ((start, length, offset in the file, or -1 where it reads as zeros), covering the export in order), the disk
-    as those pieces of the file (a qcow2 as `qemu-img map` maps it)."""
+    as those pieces of the file (a qcow2 as `qemu-img map` maps it). `zeros`: where a raw disk reads as zeros,
+    found by a scan (`serve()` gives each raw export one); without it, block status tells the map's pieces (a
+    raw disk: all data)."""
 
     name: bytes
     fd: int

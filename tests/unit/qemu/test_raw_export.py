@@ -463,6 +463,38 @@ def test_no_thread_to_scan_with_is_all_data_and_no_wait(tmp_path: Path, monkeypa
     assert zeros.runs(BLOCK, BLOCK, 1) == [[BLOCK, 0]]
 
 
+def test_no_memory_for_the_scan_is_all_data_and_no_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the scan needs besides its map cannot be had (a server near its address-space limit): the disk is
+    told as data, and no request waits for a scan that cannot come (was: every block status hung)."""
+    def no_memory(fd: int) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(raw_export, "_Holes", no_memory)
+    zeros = zeros_of(tmp_path, bytes(4 * BLOCK))
+    answered: list[list[list[int]]] = []
+    asking = threading.Thread(target=lambda: answered.append(zeros.runs(0, 4 * BLOCK, 1024)), daemon=True)
+    asking.start()
+    asking.join(10)
+    assert answered == [[[4 * BLOCK, 0]]]
+
+
+def test_a_waiting_request_is_woken_when_the_scan_reaches_it_not_at_each_step(tmp_path: Path) -> None:
+    """A request for 64 MiB waits for the scan's 64 steps of 1 MiB and is woken once (was: at every step, each
+    waiting client of a large disk woken a million times per TiB)."""
+    class Counted(threading.Condition):
+        wakes = 0
+
+        def notify_all(self) -> None:
+            Counted.wakes += 1
+            super().notify_all()
+
+    zeros = zeros_of(tmp_path, b"\1", 64 << 20)
+    zeros.changed = Counted()
+    assert zeros.runs(0, 64 << 20, 1024) == [[BLOCK, 0], [(64 << 20) - BLOCK, 2]]
+    assert zeros.runs(0, 1, 1) == [[1, 0]]  # the scan has ended: no more to wait for
+    assert Counted.wakes == 1
+
+
 def test_a_reply_describes_no_further_than_the_scan_has_read(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The scan held at 2 MiB: a request that may be answered then (2 MiB of look-ahead here) describes the 2 MiB
