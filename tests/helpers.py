@@ -142,6 +142,14 @@ def assert_one_line_error(result: Run, code: int, says: str = "") -> None:
     assert says in result.err, result.err
 
 
+def refused_by_podman(address: str) -> str:
+    """How podman's API tells a pull from `address`, where nothing listens: 4.x names the dial, 5.x only its end."""
+    version = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    if int(version.split(".")[0]) >= 5:
+        return "connection refused"
+    return f"dial tcp {address}: connect: connection refused"
+
+
 def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:
     """Whether `qemu-img compare` finds the two disks' contents identical."""
     return sh("qemu-img", "compare", "-f", a_fmt, "-F", b_fmt, a, b, check=False).returncode == 0

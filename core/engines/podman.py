@@ -215,7 +215,20 @@ def _pull(client: Any, reference: str, policy: str, tls_verify: bool | None, pro
                 layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
                 progress.update(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
     except APIError as error:
-        raise PullFailed(reference, "podman", pull_reason(str(error.explanation or error)), _LOGIN) from None
+        if isinstance(error.__cause__, OSError):  # podman-py's wrapper of a connection that failed: no answer
+            raise
+        raise PullFailed(reference, "podman", pull_reason(_said(error)), _LOGIN) from None
+
+
+def _said(error: Any) -> str:
+    """What podman said of a failed request: podman 5 answers with a JSON body (`{"message": …}`), 4.x with text."""
+    text = str(error.explanation or error)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) and message else text
 
 
 def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool | None = None,
@@ -251,6 +264,7 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
         elif pull is Pull.NEVER or by_id:
             raise ImageError(_absent(reference, by_id))
     import requests  # only on the API path: the CLI lookup above must not pay for it
+    from podman.errors import APIError
 
     # A private service is ours; the user's API must be root's or the user's own for its layer directories.
     trusted = not live or socket_trusted(socket)
@@ -267,11 +281,21 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
             _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress, platform)
             pulled = _inspect(client, reference, trusted)
         except requests.RequestException as error:
-            raise ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman "
-                            "works (`podman info`) and run cdisk again") from None
+            raise _stopped_answering(error) from None
+        except APIError as error:
+            if not isinstance(error.__cause__, OSError):
+                raise
+            # podman 5 sends a pull's headers only once it has begun: a service that dies before fails the request
+            # itself (podman-py wraps that), where 4.x's died mid-stream.
+            raise _stopped_answering(error.__cause__) from None
     if pulled is None:
         raise ImageError(f"pulled {reference} but podman cannot find it afterwards; check `podman images`")
     return pulled
+
+
+def _stopped_answering(error: BaseException) -> ToolError:
+    return ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman works "
+                     "(`podman info`) and run cdisk again")
 
 
 def _kept(local: Image, pull: Pull, by_id: bool, tls_verify: bool | None, platform: str | None,

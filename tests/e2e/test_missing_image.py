@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.engine_fakes import RecordingEngine
-from tests.helpers import Run, assert_one_line_error, cdisk, same_disk
+from tests.helpers import Run, assert_one_line_error, cdisk, refused_by_podman, same_disk
 from tests.images import Entry, docker_archive, layer_tar, one_disk_layout, tar_file, tar_header
 
 pytestmark = pytest.mark.needs("podman")
-
-REFUSED = "dial tcp 127.0.0.1:1: connect: connection refused"
-
 
 def _typo() -> str:
     return f"127.0.0.1:1/cdisk/typo-{uuid.uuid4().hex[:8]}:1"  # no registry listens on port 1
@@ -32,7 +29,8 @@ def no_docker(tmp_path: Path) -> dict[str, str]:
 def test_a_name_in_no_store_says_so_before_why_the_pull_failed(tmp_path: Path, no_docker: dict[str, str]) -> None:
     name = _typo()
     result = cdisk("convert", name, tmp_path / "out.raw", env=no_docker)
-    assert_one_line_error(result, 3, f"{name} is not in podman's store, and pulling it failed: {REFUSED}; check the "
+    refused = refused_by_podman("127.0.0.1:1")
+    assert_one_line_error(result, 3, f"{name} is not in podman's store, and pulling it failed: {refused}; check the "
                                      f"name (`podman images`), or pull it (`podman pull {name}`)")
     assert list(tmp_path.iterdir()) == []
 
@@ -55,8 +53,9 @@ def test_a_failed_pull_of_a_short_name_asks_for_the_full_name(tmp_path: Path, no
 def test_a_name_in_neither_store_names_both(tmp_path: Path, docker_host: str) -> None:
     name = _typo()
     result = cdisk("convert", name, tmp_path / "out.raw")
+    refused = refused_by_podman("127.0.0.1:1")
     assert_one_line_error(result, 3, f"{name} is in neither podman's nor docker's store, and pulling it failed: "
-                                     f"{REFUSED}; check the name (`podman images`, `docker images`), or pull it "
+                                     f"{refused}; check the name (`podman images`, `docker images`), or pull it "
                                      f"(`podman pull {name}`)")
 
 

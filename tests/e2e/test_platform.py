@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Images, assert_one_line_error, cdisk, same_disk
+from tests.helpers import Images, assert_one_line_error, cdisk, refused_by_podman, same_disk
 from tests.images import sh, unique_name
 
 pytestmark = [pytest.mark.needs("podman", "docker-registry", "qemu-img", "qemu-io", "bwrap"),
@@ -92,9 +92,8 @@ def test_a_local_image_of_another_platform_is_told_with_both(images: Images, tmp
     images.names.append(unanswered)
     missing = cdisk("convert", "--engine", "podman", "--platform", "linux/arm64", unanswered, tmp_path / "out.raw")
     assert_one_line_error(missing, 3, f"{unanswered} in podman's store is linux/amd64, --platform asks linux/arm64, "
-                                      "and pulling that platform failed: dial tcp 127.0.0.1:1: connect: connection "
-                                      "refused; check the name and --platform, or drop --platform to use the local "
-                                      "image")
+                                      f"and pulling that platform failed: {refused_by_podman('127.0.0.1:1')}; check "
+                                      "the name and --platform, or drop --platform to use the local image")
     assert list(tmp_path.iterdir()) == []
 
 

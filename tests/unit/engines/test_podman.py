@@ -311,3 +311,19 @@ def test_a_mount_is_given_back_though_the_image_holding_its_layer_went_before_it
     monkeypatch.setattr(podman, "_detach", lambda path: bool(detached.append(path)) or True)
     assert podman._give_back(root) is True
     assert detached == [root]
+
+
+@pytest.mark.parametrize(("explanation", "said"), [
+    ('{"message":"connection refused"}', "connection refused"),  # podman 5's compat pull, refused before it began
+    ('{"cause":"x","message":"short-name \\"a\\" did not resolve","response":500}', 'short-name "a" did not resolve'),
+    ("pinging container registry 127.0.0.1:1: connection refused", "pinging container registry 127.0.0.1:1: "
+                                                                    "connection refused"),  # podman 4.x: text
+    ('{"message":""}', '{"message":""}'),
+    ("[1, 2]", "[1, 2]"),
+])
+def test_what_podman_said_of_a_failed_request_is_its_message(explanation: str, said: str) -> None:
+    from podman.errors import APIError
+
+    from cdisk.core.engines.podman import _said
+
+    assert _said(APIError("http://d/v5.0.0/libpod/images/pull", explanation=explanation)) == said
