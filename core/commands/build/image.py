@@ -60,13 +60,14 @@ def _when(seconds: int) -> str:
 
 def config(spec: ImageSpec, layer: Layer) -> bytes:
     """The image config: its digest is the image ID podman and docker give the image."""
-    # image-spec's Image as the podman of Debian 12 (image-spec 1.1.0-rc2) encodes it: created, architecture,
-    # variant, os, config, rootfs, history. (1.1.0 final moved variant after os: an engine built with it
-    # re-encodes a config with a variant to other bytes, another ID; those without one are the same.)
-    document: dict[str, object] = {"created": _when(spec.created), "architecture": spec.platform.architecture}
+    # image-spec 1.1.0's Image as Go encodes it (podman 5, skopeo 1.18 and later: what operators run): created,
+    # architecture, os, variant, config, rootfs, history. (The podman of Debian 12, built with 1.1.0-rc2, puts
+    # variant before os: its `podman save` re-encodes a config with a variant to other bytes, another digest;
+    # those without one are the same. The image ID podman and docker give the image is this config's digest.)
+    document: dict[str, object] = {"created": _when(spec.created), "architecture": spec.platform.architecture,
+                                   "os": spec.platform.os}
     if spec.platform.variant:
         document["variant"] = spec.platform.variant
-    document["os"] = spec.platform.os
     settings: dict[str, object] = {}  # ImageConfig: Env before Labels
     if spec.env:
         settings["Env"] = list(spec.env)

@@ -49,3 +49,19 @@ def test_a_temp_name_swapped_for_a_link_is_neither_followed_nor_published(tmp_pa
         os.rmdir(tmp_path / "moved")
     else:
         os.unlink(tmp_path / "moved")
+
+
+def test_the_config_is_in_image_spec_1_1_order_as_podman_5_encodes_it_again() -> None:
+    """Go's json.Marshal of image-spec 1.1.0's Image, byte for byte (podman 5's `save` decodes and encodes the
+    config again: other bytes would be another digest, another ID): variant after os."""
+    from cdisk.core.commands.build.image import ImageSpec, config
+    from cdisk.core.commands.build.layer import Layer
+    from cdisk.core.oci.platform import Platform
+
+    layer = Layer("sha256:" + "a" * 64, 1, "sha256:" + "b" * 64, "application/vnd.oci.image.layer.v1.tar")
+    spec = ImageSpec(Platform("linux", "arm64", "v8"), labels={"z": "<&>", "a": "1"}, env=("A=1",), created=60)
+    assert config(spec, layer) == (
+        b'{"created":"1970-01-01T00:01:00Z","architecture":"arm64","os":"linux","variant":"v8",'
+        b'"config":{"Env":["A=1"],"Labels":{"a":"1","z":"\\u003c\\u0026\\u003e"}},'
+        b'"rootfs":{"type":"layers","diff_ids":["sha256:' + b"b" * 64 + b'"]},'
+        b'"history":[{"created":"1970-01-01T00:01:00Z","created_by":"cdisk build"}]}')
