@@ -24,6 +24,7 @@ import pytest
 import cdisk
 from tests.helpers import Images
 from tests.images import make_disk, sh
+from tests.stores import storage_conf
 
 pytestmark = pytest.mark.needs("podman", "qemu-img", "qemu-io")
 
@@ -157,24 +158,44 @@ def rootless() -> Iterator[RootlessUser]:
         yield user
 
 
-@pytest.fixture(scope="module")
-def rootless_image(rootless: RootlessUser) -> Iterator[tuple[str, Path]]:
-    context = rootless.work / "ctx"
+@contextlib.contextmanager
+def _user_image(rootless: RootlessUser, context: Path, env: Sequence[str] = ()) -> Iterator[tuple[str, Path]]:
+    """A containerDisk built by the user (in the store `env` names), removed again at the end."""
     context.mkdir()
     disk = make_disk(context / "disk.qcow2")
     (context / "Containerfile").write_text("FROM scratch\nCOPY disk.qcow2 /disk/\n")
     sh("chown", "-R", f"{USER}:{USER}", context)
     name = f"localhost/cdisk-rootless-test-{uuid.uuid4().hex[:12]}"
-    built = rootless.run("podman", "build", "-q", "-t", name, context)
+    built = rootless.run("podman", "build", "-q", "-t", name, context, env=env)
     assert built.returncode == 0, built.stderr
     yield name, disk
-    removed = rootless.run("podman", "rmi", "-f", name)
+    removed = rootless.run("podman", "rmi", "-f", name, env=env)
     assert removed.returncode == 0, removed.stderr
 
 
-def mounts(user: RootlessUser) -> str:
+@pytest.fixture(scope="module")
+def rootless_image(rootless: RootlessUser) -> Iterator[tuple[str, Path]]:
+    """An image in the user's own store, of podman's rootless default driver (podman 4.3 here: vfs; 5: overlay)."""
+    with _user_image(rootless, rootless.work / "ctx") as image:
+        yield image
+
+
+@pytest.fixture(scope="module")
+def child_image(rootless: RootlessUser) -> Iterator[tuple[str, Path, list[str]]]:
+    """An image in a vfs store of the user's (with the env that names it): no layer directories to read, so
+    `auto` converts in a child inside `podman unshare` whatever podman's rootless default — on podman 5's overlay
+    store it would read the layers with no namespace at all, and no child would be tested."""
+    store = rootless.work / "vfs-store"
+    store.mkdir()
+    env = [f"CONTAINERS_STORAGE_CONF={storage_conf(store / 'storage.conf', store, 'vfs')}"]
+    sh("chown", "-R", f"{USER}:{USER}", store)
+    with _user_image(rootless, rootless.work / "ctx-vfs", env) as (name, disk):
+        yield name, disk, env
+
+
+def mounts(user: RootlessUser, env: Sequence[str] = ()) -> str:
     """The user's image mounts, as its `podman unshare` sees them (a failed listing fails the test)."""
-    listed = user.run("podman", "unshare", "podman", "image", "mount")
+    listed = user.run("podman", "unshare", "podman", "image", "mount", env=env)
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.strip()
 
@@ -247,13 +268,13 @@ sys.addaudithook(_hook)
 @pytest.mark.parametrize("fault", sorted(_FAULTS))
 @pytest.mark.parametrize("method", ["auto", "mount"])
 def test_a_crash_in_the_child_is_reported_not_fallen_back_from(
-    rootless: RootlessUser, rootless_image: tuple[str, Path], fault: str, method: str
+    rootless: RootlessUser, child_image: tuple[str, Path, list[str]], fault: str, method: str
 ) -> None:
-    name, _ = rootless_image
+    name, _, store = child_image
     site = _faulty_site(rootless.work / f"site-{fault}", fault)
     target = rootless.work / f"crash-{fault}-{method}.raw"
     result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--method", method, name, target,
-                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}"])
+                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}", *store])
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith("cdisk: error: the conversion inside podman unshare crashed: "), result.stderr
@@ -264,19 +285,19 @@ def test_a_crash_in_the_child_is_reported_not_fallen_back_from(
     assert not target.exists()
     if fault == "sigkill":
         # No `finally` runs in a killed child: its one mount is left, as after any SIGKILL; take it back.
-        image_id = rootless.run("podman", "image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
-        rootless.run("podman", "unshare", "podman", "image", "unmount", image_id)
+        image_id = rootless.run("podman", "image", "inspect", "--format", "{{.Id}}", name, env=store).stdout.strip()
+        rootless.run("podman", "unshare", "podman", "image", "unmount", image_id, env=store)
         for partial in rootless.work.glob(f".{target.name}.*.cdisk-part"):
             partial.unlink()
         return
     assert [p.name for p in rootless.work.iterdir() if ".cdisk-" in p.name] == []
-    assert mounts(rootless) == ""
+    assert mounts(rootless, store) == ""
 
 
 def test_auto_falls_back_when_podman_unshare_cannot_start_the_child(
-    rootless: RootlessUser, rootless_image: tuple[str, Path]
+    rootless: RootlessUser, child_image: tuple[str, Path, list[str]]
 ) -> None:
-    name, disk = rootless_image
+    name, disk, store = child_image
     # Where user namespaces are not allowed, `podman unshare` fails before it runs anything.
     bin_dir = rootless.work / "no-userns-bin"
     bin_dir.mkdir(exist_ok=True)
@@ -292,21 +313,22 @@ exec {real} "$@"
     sh("chown", "-R", f"{USER}:{USER}", bin_dir)
     target = rootless.work / "fallback.raw"
     result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-v", "--json", name, target,
-                          env=[f"PATH={bin_dir}:{os.environ['PATH']}"])
+                          env=[f"PATH={bin_dir}:{os.environ['PATH']}", *store])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["method"] == "save"
     assert "falling back to the save method" in result.stderr
     assert sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", disk, target, check=False).returncode == 0
     refused = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "-q", "--method", "mount", name,
-                           rootless.work / "no-fallback.raw", env=[f"PATH={bin_dir}:{os.environ['PATH']}"])
+                           rootless.work / "no-fallback.raw", env=[f"PATH={bin_dir}:{os.environ['PATH']}", *store])
     assert refused.returncode == 7 and "podman unshare failed" in refused.stderr and "newuidmap" in refused.stderr
 
 
-def test_debug_shows_the_crashed_childs_own_traceback(rootless: RootlessUser, rootless_image: tuple[str, Path]) -> None:
-    name, _ = rootless_image
+def test_debug_shows_the_crashed_childs_own_traceback(rootless: RootlessUser,
+                                                     child_image: tuple[str, Path, list[str]]) -> None:
+    name, _, store = child_image
     site = _faulty_site(rootless.work / "site-exception", "exception")
     result = rootless.run("/usr/bin/python3", "-m", "cdisk", "convert", "--debug", name, rootless.work / "debug.raw",
-                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}"])
+                          env=[f"PYTHONPATH={site}:{rootless.pythonpath}", *store])
     assert result.returncode == 1
     child = result.stderr.split(" said:\n", 1)[1]
     assert "Traceback (most recent call last)" in child and "in _hook" in child
