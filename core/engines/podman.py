@@ -264,7 +264,6 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
         elif pull is Pull.NEVER or by_id:
             raise ImageError(_absent(reference, by_id))
     import requests  # only on the API path: the CLI lookup above must not pay for it
-    from podman.errors import APIError
 
     # A private service is ours; the user's API must be root's or the user's own for its layer directories.
     trusted = not live or socket_trusted(socket)
@@ -280,22 +279,26 @@ def find_image(reference: str, pull: Pull, progress: Progress, tls_verify: bool 
             # when the tag moved; for `missing` we already know the image is absent.
             _pull(client, reference, "newer" if pull is Pull.NEWER else "always", tls_verify, progress, platform)
             pulled = _inspect(client, reference, trusted)
-        except requests.RequestException as error:
-            raise _stopped_answering(error) from None
-        except APIError as error:
-            if not isinstance(error.__cause__, OSError):
-                raise
-            # podman 5 sends a pull's headers only once it has begun: a service that dies before fails the request
-            # itself (podman-py wraps that), where 4.x's died mid-stream.
-            raise _stopped_answering(error.__cause__) from None
+        except requests.RequestException as error:  # podman-py's APIError among them
+            raise api_failed(error) from None
     if pulled is None:
         raise ImageError(f"pulled {reference} but podman cannot find it afterwards; check `podman images`")
     return pulled
 
 
-def _stopped_answering(error: BaseException) -> ToolError:
-    return ToolError(f"the podman API stopped answering ({type(error).__name__}); check that podman works "
-                     "(`podman info`) and run cdisk again")
+def api_failed(error: BaseException) -> ToolError:
+    """A request to podman's API that failed otherwise than by refusing the pull: no answer at all (a connection
+    that broke — podman-py wraps it in an APIError: podman 5 sends a pull's headers only once the pull has begun,
+    so a service that dies before fails the request itself, where 4.x's died mid-stream), or an answer that is
+    an error (said with podman's own message)."""
+    from podman.errors import APIError
+
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else None
+    if isinstance(error, APIError) and cause is None:
+        return ToolError(f"podman's API failed: {pull_reason(_said(error))}; check that podman works "
+                         "(`podman info`) and run cdisk again")
+    return ToolError(f"the podman API stopped answering ({type(cause or error).__name__}); check that podman "
+                     "works (`podman info`) and run cdisk again")
 
 
 def _kept(local: Image, pull: Pull, by_id: bool, tls_verify: bool | None, platform: str | None,

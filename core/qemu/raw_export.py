@@ -118,9 +118,9 @@ class _Zeros:
     hold 1.4 GiB) would cross the socket, zeros too: a client reading the file can skip the zeros it finds, one
     reading the export cannot unless told. One thread reads the disk once, in order, from the first block status
     request on (a client that never asks costs nothing: no thread, no map), for every client of the export; a
-    request waits until the scan has passed its start by `_LOOKAHEAD` (or its end) and is woken then, not at
-    each step of the scan, and its reply describes what the scan has passed. Each export of a server (`--all`)
-    has a scan of its own, started by its own clients."""
+    request waits until the scan has passed its start by `_LOOKAHEAD` (or its end), woken only when some request's
+    place is reached, not at each step of the scan, and its reply describes what the scan has passed. Each export
+    of a server (`--all`) has a scan of its own, started by its own clients."""
 
     def __init__(self, fd: int, offset: int, size: int) -> None:
         self.fd, self.offset, self.size = fd, offset, size
@@ -186,8 +186,9 @@ class _Zeros:
             self._passed(self.size)
 
     def _passed(self, end: int) -> None:
-        """The scan is at `end`: the requests waiting for no more than that are woken (the others sleep on: a
-        thousand clients waiting near a large disk's end cost no wake-up per step)."""
+        """The scan is at `end`: where a waiting request wanted no more than that, the waiters are woken (all of
+        them: those still short of their place sleep again); a step no request waits for wakes none (a thousand
+        clients waiting near a large disk's end cost no wake-up per step)."""
         with self.changed:
             self.scanned = end
             if self.awaited and self.awaited[0] <= end:

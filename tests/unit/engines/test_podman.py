@@ -327,3 +327,23 @@ def test_what_podman_said_of_a_failed_request_is_its_message(explanation: str, s
     from cdisk.core.engines.podman import _said
 
     assert _said(APIError("http://d/v5.0.0/libpod/images/pull", explanation=explanation)) == said
+
+
+def test_a_request_without_an_answer_is_podman_stopping_and_an_error_answer_is_podmans_failure() -> None:
+    """podman-py wraps a broken connection in an APIError (podman 5: a service that died before the pull's
+    answer began); requests' own errors are no answer either; an error answer says podman's message."""
+    import requests
+    from podman.errors import APIError
+
+    from cdisk.core.engines.podman import api_failed
+
+    try:
+        try:
+            raise requests.ConnectionError("reset")
+        except OSError as broken:
+            raise APIError("http://d/pull", explanation="POST operation failed") from broken
+    except APIError as wrapped:
+        assert "the podman API stopped answering (ConnectionError)" in str(api_failed(wrapped))
+    assert "the podman API stopped answering (ReadTimeout)" in str(api_failed(requests.ReadTimeout("slow")))
+    answered = api_failed(APIError("http://d/images/x/json", explanation='{"message":"layer not known"}'))
+    assert "podman's API failed: layer not known;" in str(answered)
