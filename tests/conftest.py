@@ -43,7 +43,7 @@ from tests.helpers import (
 )
 from tests.images import keep_ledger, sh
 from tests.mounts import mounts_under
-from tests.private_dockerd import private_dockerd
+from tests.private_dockerd import private_dockerd, unmount_left
 from tests.registries import Registry
 
 # What the fixtures below drive. An image is made to be read by cdisk, which runs qemu-img in bwrap.
@@ -277,13 +277,27 @@ def _sweep_dead_dockerd_dirs() -> None:
     """The dirs of suites that ended before their end (no lock held on them), unless a dockerd still runs from
     one (its pid file names a live process) or something is mounted under one: then all are left for later."""
     found = [path for path in Path("/tmp").glob("cdisk-test-dockerd-*") if _DOCKERD_DIR.name.fullmatch(path.name)]
-    if not found or mounts_under([str(path) for path in found]):
-        return
     for path in found:
         with suppress(OSError, ValueError):
             os.kill(int((path / "dockerd.pid").read_text()), 0)
             return  # a dockerd still running
+    for path in found:
+        _unmount_if_dead(path)
+    if not found or mounts_under([str(path) for path in found]):
+        return
     leftovers.sweep("/tmp", (_DOCKERD_DIR,))
+
+
+def _unmount_if_dead(path: Path) -> None:
+    """What a dead suite's dockerd left mounted under `path` (dockerd 26's bind of its data root onto itself),
+    unmounted while this holds the dir's lock: a live suite holds it, and its daemon's mounts are left alone."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            unmount_left(path)
+        finally:
+            os.close(fd)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cdisk.core.processes import die_with_parent
+from tests.mounts import mounts_under
 
 START_SECONDS = 60
 
@@ -46,3 +47,11 @@ def private_dockerd(root: Path, env: Mapping[str, str]) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            unmount_left(root)
+
+
+def unmount_left(root: Path) -> None:
+    """What a dockerd that has ended left mounted under `root`, unmounted, deepest first: dockerd 26 (Debian 13)
+    binds its data root onto itself (to make it private) and leaves that mount when it exits; 20.10 did not."""
+    for point in sorted(mounts_under([str(root)]), reverse=True):
+        subprocess.run(["umount", point], capture_output=True)

@@ -197,3 +197,22 @@ def test_every_docker_call_ends_its_switches_before_the_image(images: Images, tm
     naming = [call.argv for call in docker.calls() if call.argv[:2] == ["image", "inspect"] or call.argv[0] == "save"]
     assert {argv[0] for argv in naming} == {"image", "save"}, docker.calls()
     assert all(argv[-2] == "--" for argv in naming), naming
+
+
+def test_a_dockerd_of_the_suites_own_leaves_nothing_mounted() -> None:
+    """dockerd 26 (Debian 13) binds its data root onto itself and leaves that mount when it exits: the suite's
+    daemon (and the stress script's) takes it back, so its dir goes whole (was: a mount per run, and a dir that
+    cannot be removed)."""
+    import shutil
+    import tempfile
+
+    from tests.mounts import mounts_under
+    from tests.private_dockerd import private_dockerd
+
+    root = Path(tempfile.mkdtemp(prefix="dd-"))  # the test's own TMPDIR, swept by the suite: a short path (the
+    # daemon's containerd socket lies under it, within a socket path's 108 bytes)
+    env = {name: value for name, value in os.environ.items() if name not in ("TMPDIR", "DOCKER_HOST")}
+    with private_dockerd(root, env) as host:
+        assert sh("docker", "--host", host, "version").returncode == 0
+    assert mounts_under([str(root)]) == set()
+    shutil.rmtree(root)
