@@ -265,7 +265,7 @@ def dockerd() -> Iterator[str]:
         with private_dockerd(root, env) as host:
             yield host
     finally:
-        # Nothing ran, so nothing of it is mounted; its overlay2 dirs are plain files by now.
+        # Nothing ran, and private_dockerd unmounted what its daemon left: its overlay2 dirs are plain files by now.
         shutil.rmtree(root, ignore_errors=True)
         os.close(held)
 
@@ -274,8 +274,9 @@ _DOCKERD_DIR = leftovers.Pattern(re.compile(r"cdisk-test-dockerd-[a-z0-9_]{8}"),
 
 
 def _sweep_dead_dockerd_dirs() -> None:
-    """The dirs of suites that ended before their end (no lock held on them), unless a dockerd still runs from
-    one (its pid file names a live process) or something is mounted under one: then all are left for later."""
+    """The dirs of suites that ended before their end (no lock held on them), what their dead dockerd left mounted
+    taken back first; unless a dockerd still runs from one (its pid file names a live process) or something stays
+    mounted under one: then all are left for later."""
     found = [path for path in Path("/tmp").glob("cdisk-test-dockerd-*") if _DOCKERD_DIR.name.fullmatch(path.name)]
     for path in found:
         with suppress(OSError, ValueError):

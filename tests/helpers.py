@@ -142,12 +142,15 @@ def assert_one_line_error(result: Run, code: int, says: str = "") -> None:
     assert says in result.err, result.err
 
 
+def podman_major() -> int:
+    """The major version of the podman installed (4 on Debian 12, 5 on Debian 13)."""
+    version = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    return int(version.split(".")[0])
+
+
 def refused_by_podman(address: str) -> str:
     """How podman's API tells a pull from `address`, where nothing listens: 4.x names the dial, 5.x only its end."""
-    version = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
-    if int(version.split(".")[0]) >= 5:
-        return "connection refused"
-    return f"dial tcp {address}: connect: connection refused"
+    return "connection refused" if podman_major() >= 5 else f"dial tcp {address}: connect: connection refused"
 
 
 def same_disk(a: Path, a_fmt: str, b: Path, b_fmt: str) -> bool:

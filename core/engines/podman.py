@@ -295,10 +295,10 @@ def api_failed(error: BaseException) -> ToolError:
 
     cause = error.__cause__ if isinstance(error.__cause__, OSError) else None
     if isinstance(error, APIError) and cause is None:
-        return ToolError(f"podman's API failed: {pull_reason(_said(error))}; check that podman works "
-                         "(`podman info`) and run cdisk again")
-    return ToolError(f"the podman API stopped answering ({type(cause or error).__name__}); check that podman "
-                     "works (`podman info`) and run cdisk again")
+        what = f"podman's API failed: {pull_reason(_said(error))}"
+    else:
+        what = f"the podman API stopped answering ({type(cause or error).__name__})"
+    return ToolError(f"{what}; check that podman works (`podman info`) and run cdisk again")
 
 
 def _kept(local: Image, pull: Pull, by_id: bool, tls_verify: bool | None, platform: str | None,

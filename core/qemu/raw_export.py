@@ -138,7 +138,7 @@ class _Zeros:
         with self.changed:
             if self.zero_blocks is None and self.scanned == 0:
                 self._start()
-            needed = min(offset + length, offset + _LOOKAHEAD)
+            needed = min(offset + length, offset + _LOOKAHEAD, self.size)  # never past what the scan reaches
             if self.scanned < needed:
                 heapq.heappush(self.awaited, needed)
                 self.changed.wait_for(lambda: self.scanned >= needed)

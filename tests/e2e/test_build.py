@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import READINGS, assert_one_line_error, cdisk, same_disk
+from tests.helpers import READINGS, assert_one_line_error, cdisk, podman_major, same_disk
 from tests.images import make_disk, remove_image, sh
 
 try:
@@ -122,8 +122,7 @@ def test_the_image_id_is_the_same_in_every_store(tmp_path: Path, names: list[tup
     manifest = json.loads((saved / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_text())
     config = (saved / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes()
     assert sh("podman", "image", "inspect", "--format", "{{.Id}}", name).stdout.strip() == _json(loaded)["image_id"]
-    version = sh("podman", "--version").stdout.split()[-1]
-    if "/v" in platform and int(version.split(".")[0]) < 5:
+    if "/v" in platform and podman_major() < 5:
         assert config.index(b'"variant"') < config.index(b'"os"')
         assert manifest["config"]["digest"] != f"sha256:{_json(loaded)['image_id']}"
     else:
